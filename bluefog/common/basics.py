@@ -1,0 +1,322 @@
+"""Framework-neutral BlueFog basics: lifecycle, ranks, topology bookkeeping,
+timeline. Both `bluefog.torch` and `bluefog.tensorflow` re-export one shared
+instance, so a process that imports both has one init and one topology."""
+import atexit
+import contextlib
+import ctypes
+import logging
+from typing import Callable, Dict, List, Optional
+
+import networkx as nx
+
+from bluefog.common import topology_util
+from bluefog.common.native import load_core
+
+logger = logging.getLogger("bluefog")
+
+# Status codes of the core (csrc/common/status.h).
+_INVALID_ARGUMENT = 4
+_PRECONDITION_ERROR = 2
+
+NOT_INITIALIZED = "BlueFog has not been initialized; use bf.init()."
+
+
+def _raise_status(lib, code: int, what: str):
+    message = lib.bluefog_last_error().decode("utf-8", "replace")
+    if code in (_INVALID_ARGUMENT, _PRECONDITION_ERROR):
+        raise ValueError(f"{what}: {message}")
+    raise RuntimeError(f"{what}: {message}")
+
+
+class BlueFogBasics:
+    """Wraps the C ABI of the core (ctypes releases the GIL around each call)."""
+
+    def __init__(self):
+        self._lib = load_core()
+        self._lib.bluefog_last_error.restype = ctypes.c_char_p
+        self._lib.bluefog_parse_config.restype = ctypes.c_char_p
+        self._lib.bluefog_parse_config.argtypes = [ctypes.c_char_p, ctypes.c_int]
+        self._lib.bluefog_init.argtypes = [ctypes.c_int, ctypes.c_char_p]
+        self._lib.bluefog_timeline_start_activity.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+        self._lib.bluefog_timeline_end_activity.argtypes = [ctypes.c_char_p]
+        self._topology: Optional[nx.DiGraph] = None
+        self._is_topo_weighted = False
+        self._machine_topology: Optional[nx.DiGraph] = None
+        self._is_machine_topo_weighted = False
+        self._atexit_registered = False
+        self._timeline_warned = False
+        # Set by the window module: returns True while windows exist.
+        self.windows_exist: Callable[[], bool] = lambda: False
+
+    # ---- lifecycle ------------------------------------------------------
+    def init(self, topology_fn: Optional[Callable[[int], nx.DiGraph]] = None, is_weighted: bool = False,
+             comm=None, config: Optional[Dict[str, object]] = None):
+        """Starts BlueFog (once per process; later calls are cheap) and resets the
+        virtual topology to `topology_fn(size())`, or `ExponentialGraph(size())`.
+
+        Args:
+            topology_fn: callable size -> networkx.DiGraph for the initial topology.
+            is_weighted: whether neighbor ops use the topology's edge weights.
+            comm: an mpi4py communicator to run BlueFog on (default MPI_COMM_WORLD),
+                e.g. a subset of the ranks of a larger MPI program.
+            config: overrides of BLUEFOG_* settings, e.g. {"BLUEFOG_CYCLE_TIME": 1}.
+                They take effect on the first init (settings are read once).
+        """
+        fcomm = 0
+        if comm is not None:
+            if not hasattr(comm, "py2f"):
+                raise TypeError("init(comm=...) expects an mpi4py communicator, got %r" % type(comm).__name__)
+            fcomm = comm.py2f()
+        overrides = "\n".join(f"{k}={v}" for k, v in (config or {}).items())
+        code = self._lib.bluefog_init(fcomm, overrides.encode())
+        if code != 0:
+            _raise_status(self._lib, code, "bluefog init failed")
+        if not self._atexit_registered:
+            atexit.register(self.shutdown)
+            self._atexit_registered = True
+        topology = topology_fn(self.size()) if topology_fn else None
+        self._topology = None  # force a reset even if the graph is equivalent
+        self.set_topology(topology, is_weighted)
+
+    def shutdown(self):
+        """Stops BlueFog on this rank once every rank has asked to; ops still in
+        flight fail. BlueFog may be initialized again afterwards."""
+        self._lib.bluefog_shutdown()
+        self._topology = None
+        self._machine_topology = None
+
+    def is_initialized(self) -> bool:
+        """True between init() and shutdown()."""
+        return bool(self._lib.bluefog_is_initialized())
+
+    def _int(self, fn) -> int:
+        value = fn()
+        if value < 0:
+            raise ValueError(NOT_INITIALIZED)
+        return value
+
+    def size(self) -> int:
+        """Number of ranks."""
+        return self._int(self._lib.bluefog_size)
+
+    def rank(self) -> int:
+        """This process's rank."""
+        return self._int(self._lib.bluefog_rank)
+
+    def local_size(self) -> int:
+        """Number of ranks on this machine (or BLUEFOG_NODES_PER_MACHINE)."""
+        return self._int(self._lib.bluefog_local_size)
+
+    def local_rank(self) -> int:
+        """This process's rank within its machine."""
+        return self._int(self._lib.bluefog_local_rank)
+
+    def machine_size(self) -> int:
+        """Number of machines (homogeneous clusters only)."""
+        self._require_homogeneous("machine_size")
+        return self._int(self._lib.bluefog_machine_size)
+
+    def machine_rank(self) -> int:
+        """This process's machine index (homogeneous clusters only)."""
+        self._require_homogeneous("machine_rank")
+        return self._int(self._lib.bluefog_machine_rank)
+
+    def is_homogeneous(self) -> bool:
+        """True if every machine runs the same number of consecutive ranks."""
+        return bool(self._int(self._lib.bluefog_is_homogeneous))
+
+    def _require_homogeneous(self, what: str):
+        if not self.is_homogeneous():
+            raise RuntimeError(f"{what}() needs a homogeneous cluster (every machine with the same number of "
+                               "consecutive ranks); this job is not.")
+
+    def mpi_threads_supported(self) -> bool:
+        """True if MPI provides MPI_THREAD_MULTIPLE."""
+        return bool(self._int(self._lib.bluefog_mpi_threads_supported))
+
+    def unified_mpi_window_model_supported(self) -> bool:
+        """True if MPI windows use the unified memory model."""
+        return bool(self._int(self._lib.bluefog_unified_mpi_window_model_supported))
+
+    def nccl_built(self) -> bool:
+        """True if BlueFog was built with NCCL."""
+        return bool(self._lib.bluefog_nccl_built())
+
+    def set_skip_negotiate_stage(self, value: bool):
+        """Collective. With True, ops run in each rank's enqueue order without
+        cross-rank agreement (faster; every rank must then enqueue the same ops
+        in the same order, and mismatches are not detected). Call it at the same
+        point on every rank with no op in flight."""
+        code = self._lib.bluefog_set_skip_negotiate_stage(1 if value else 0)
+        if code != 0:
+            _raise_status(self._lib, code, "set_skip_negotiate_stage")
+
+    def get_skip_negotiate_stage(self) -> bool:
+        """Whether skip-negotiate mode is on."""
+        return bool(self._lib.bluefog_get_skip_negotiate_stage())
+
+    def barrier(self):
+        """Blocks until every rank reaches it."""
+        code = self._lib.bluefog_barrier()
+        if code != 0:
+            _raise_status(self._lib, code, "barrier")
+
+    @staticmethod
+    def _in_ipython() -> bool:
+        try:
+            from IPython import get_ipython  # type: ignore
+        except ImportError:
+            return False
+        return get_ipython() is not None
+
+    def suspend(self):
+        """Pauses the background loop (interactive sessions under ibfrun only)."""
+        if not self._in_ipython():
+            raise EnvironmentError("suspend() is only allowed in an interactive (IPython) session")
+        self._lib.bluefog_suspend()
+
+    def resume(self):
+        """Resumes the background loop after suspend()."""
+        if not self._in_ipython():
+            raise EnvironmentError("resume() is only allowed in an interactive (IPython) session")
+        self._lib.bluefog_resume()
+
+    # ---- topology -------------------------------------------------------
+    def load_topology(self) -> Optional[nx.DiGraph]:
+        """The current virtual topology."""
+        return self._topology
+
+    def is_topo_weighted(self) -> bool:
+        """Whether neighbor ops use the topology's weights."""
+        return self._is_topo_weighted
+
+    def set_topology(self, topology: Optional[nx.DiGraph] = None, is_weighted: bool = False) -> bool:
+        """Sets the virtual topology (None: ExponentialGraph(size())).
+
+        Returns False (and keeps the old topology) if BlueFog is not initialized
+        or windows exist. Raises TypeError for a graph that is not a DiGraph
+        with size() nodes.
+        """
+        if not self.is_initialized():
+            logger.error("set_topology: %s", NOT_INITIALIZED)
+            return False
+        size = self.size()
+        if topology is None:
+            topology = topology_util.ExponentialGraph(size)
+        if not isinstance(topology, nx.DiGraph):
+            raise TypeError("set_topology: the topology must be a networkx.DiGraph, got %s" % type(topology).__name__)
+        if topology.number_of_nodes() != size:
+            raise TypeError("set_topology: the topology has %d nodes but there are %d ranks"
+                            % (topology.number_of_nodes(), size))
+        if (topology_util.IsTopologyEquivalent(topology, self._topology)
+                and bool(is_weighted) == self._is_topo_weighted):
+            return True
+        if self.windows_exist():
+            logger.error("set_topology: windows exist; free them (win_free) before changing the topology")
+            return False
+        self._topology = topology
+        self._is_topo_weighted = bool(is_weighted)
+        return True
+
+    def in_neighbor_ranks(self) -> List[int]:
+        """Ranks that send to this rank in the topology (self excluded)."""
+        if self._topology is None:
+            return []
+        me = self.rank()
+        return [r for r in self._topology.predecessors(me) if r != me]
+
+    def out_neighbor_ranks(self) -> List[int]:
+        """Ranks this rank sends to in the topology (self excluded)."""
+        if self._topology is None:
+            return []
+        me = self.rank()
+        return [r for r in self._topology.successors(me) if r != me]
+
+    def load_machine_topology(self) -> Optional[nx.DiGraph]:
+        """The machine-level topology used by hierarchical ops."""
+        return self._machine_topology
+
+    def is_machine_topo_weighted(self) -> bool:
+        """Whether hierarchical ops use the machine topology's weights."""
+        return self._is_machine_topo_weighted
+
+    def set_machine_topology(self, topology: Optional[nx.DiGraph], is_weighted: bool = False) -> bool:
+        """Sets the machine-level topology (machine_size() nodes)."""
+        if topology is None:
+            raise ValueError("set_machine_topology: the topology cannot be None")
+        if not isinstance(topology, nx.DiGraph):
+            raise TypeError("set_machine_topology: the topology must be a networkx.DiGraph, got %s"
+                            % type(topology).__name__)
+        machines = self.machine_size()
+        if topology.number_of_nodes() != machines:
+            raise TypeError("set_machine_topology: the topology has %d nodes but there are %d machines"
+                            % (topology.number_of_nodes(), machines))
+        if (topology_util.IsTopologyEquivalent(topology, self._machine_topology)
+                and bool(is_weighted) == self._is_machine_topo_weighted):
+            return True
+        self._machine_topology = topology
+        self._is_machine_topo_weighted = bool(is_weighted)
+        return True
+
+    def in_neighbor_machine_ranks(self) -> List[int]:
+        """Machines that send to this machine in the machine topology."""
+        if self._machine_topology is None:
+            return []
+        me = self.machine_rank()
+        return [r for r in self._machine_topology.predecessors(me) if r != me]
+
+    def out_neighbor_machine_ranks(self) -> List[int]:
+        """Machines this machine sends to in the machine topology."""
+        if self._machine_topology is None:
+            return []
+        me = self.machine_rank()
+        return [r for r in self._machine_topology.successors(me) if r != me]
+
+    # ---- timeline -------------------------------------------------------
+    def timeline_start_activity(self, tensor_name: str, activity_name: str) -> bool:
+        """Starts `activity_name` in `tensor_name`'s timeline lane. False if the
+        timeline is off (BLUEFOG_TIMELINE unset at init)."""
+        ok = bool(self._lib.bluefog_timeline_start_activity(tensor_name.encode(), activity_name.encode()))
+        if not ok:
+            self._warn_timeline_off()
+        return ok
+
+    def timeline_end_activity(self, tensor_name: str) -> bool:
+        """Ends the innermost activity in `tensor_name`'s lane."""
+        ok = bool(self._lib.bluefog_timeline_end_activity(tensor_name.encode()))
+        if not ok:
+            self._warn_timeline_off()
+        return ok
+
+    def _warn_timeline_off(self):
+        if not self._timeline_warned:
+            logger.warning("the timeline is off: set BLUEFOG_TIMELINE=<prefix> before bf.init()")
+            self._timeline_warned = True
+
+    @contextlib.contextmanager
+    def timeline_context(self, tensor_name: str, activity_name: str):
+        """Context manager: an activity around a block of code."""
+        self.timeline_start_activity(tensor_name, activity_name)
+        try:
+            yield
+        finally:
+            self.timeline_end_activity(tensor_name)
+
+
+def parse_config(text: str = "", use_env: bool = False) -> dict:
+    """Parses BLUEFOG_* settings ("KEY=VALUE" lines) with the core's parser,
+    without starting anything. Raises ValueError for a malformed value."""
+    import json
+    lib = _BASICS._lib
+    out = lib.bluefog_parse_config(text.encode(), 1 if use_env else 0)
+    if out is None:
+        raise ValueError(lib.bluefog_last_error().decode())
+    return json.loads(out.decode())
+
+
+_BASICS = BlueFogBasics()
+
+
+def get_basics() -> BlueFogBasics:
+    """The process-wide instance shared by all frontends."""
+    return _BASICS

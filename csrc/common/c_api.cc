@@ -1,0 +1,90 @@
+#include "c_api.h"
+
+#include <string>
+
+#include "config.h"
+#include "operations.h"
+
+using namespace bluefog;
+
+namespace {
+thread_local std::string t_last_error;
+thread_local int t_last_error_type = 0;
+thread_local std::string t_config_json;
+
+int Report(const Status& s) {
+  t_last_error = s.reason();
+  t_last_error_type = static_cast<int>(s.type());
+  return static_cast<int>(s.type());
+}
+
+int Info(int BasicInfo::*field) {
+  BasicInfo info;
+  if (!GetBasicInfo(&info).ok()) return -1;
+  return info.*field;
+}
+
+int Flag(bool BasicInfo::*field) {
+  BasicInfo info;
+  if (!GetBasicInfo(&info).ok()) return -1;
+  return info.*field ? 1 : 0;
+}
+}  // namespace
+
+extern "C" {
+
+int bluefog_init(int fortran_comm, const char* overrides) {
+  return Report(Initialize(fortran_comm, overrides ? overrides : ""));
+}
+void bluefog_shutdown(void) { Shutdown(); }
+int bluefog_is_initialized(void) { return IsInitialized() ? 1 : 0; }
+const char* bluefog_last_error(void) { return t_last_error.c_str(); }
+int bluefog_last_error_type(void) { return t_last_error_type; }
+
+int bluefog_rank(void) { return Info(&BasicInfo::rank); }
+int bluefog_size(void) { return Info(&BasicInfo::size); }
+int bluefog_local_rank(void) { return Info(&BasicInfo::local_rank); }
+int bluefog_local_size(void) { return Info(&BasicInfo::local_size); }
+int bluefog_machine_rank(void) { return Info(&BasicInfo::machine_rank); }
+int bluefog_machine_size(void) { return Info(&BasicInfo::machine_size); }
+int bluefog_is_homogeneous(void) { return Flag(&BasicInfo::homogeneous); }
+int bluefog_mpi_threads_supported(void) { return Flag(&BasicInfo::threads_multiple); }
+int bluefog_unified_mpi_window_model_supported(void) { return Flag(&BasicInfo::unified_window_model); }
+int bluefog_nccl_built(void) {
+#ifdef BLUEFOG_WITH_NCCL
+  return 1;
+#else
+  return 0;
+#endif
+}
+
+int bluefog_barrier(void) {
+  return Report(RunBlocking([](StatusCallback cb) { return EnqueueBarrier("bluefog.barrier", std::move(cb)); }));
+}
+
+int bluefog_set_skip_negotiate_stage(int value) {
+  return Report(RunBlocking([value](StatusCallback cb) { return EnqueueSetSkipNegotiate(value != 0, std::move(cb)); }));
+}
+int bluefog_get_skip_negotiate_stage(void) { return SkipNegotiate() ? 1 : 0; }
+void bluefog_suspend(void) { Suspend(); }
+void bluefog_resume(void) { Resume(); }
+
+int bluefog_timeline_start_activity(const char* name, const char* activity) {
+  return TimelineStartActivity(name, activity) ? 1 : 0;
+}
+int bluefog_timeline_end_activity(const char* name) { return TimelineEndActivity(name) ? 1 : 0; }
+
+const char* bluefog_parse_config(const char* text, int use_env) {
+  auto env = use_env ? ReadBluefogEnvironment() : std::map<std::string, std::string>();
+  for (const auto& kv : ParseKeyValueLines(text ? text : "")) env[kv.first] = kv.second;
+  Config config;
+  std::string error;
+  if (!ParseConfig(env, &config, &error)) {
+    Report(Status::InvalidArgument(error));
+    return nullptr;
+  }
+  t_config_json = ConfigToJson(config);
+  return t_config_json.c_str();
+}
+
+}  // extern "C"

@@ -1,0 +1,46 @@
+// The C ABI of libbluefog_core, used by the Python basics through ctypes.
+// Functions returning int status return 0 on success; bluefog_last_error()
+// then describes a failure (per thread).
+#ifndef BLUEFOG_COMMON_C_API_H
+#define BLUEFOG_COMMON_C_API_H
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+int bluefog_init(int fortran_comm, const char* overrides);
+void bluefog_shutdown(void);
+int bluefog_is_initialized(void);
+const char* bluefog_last_error(void);
+int bluefog_last_error_type(void);
+
+int bluefog_rank(void);
+int bluefog_size(void);
+int bluefog_local_rank(void);
+int bluefog_local_size(void);
+int bluefog_machine_rank(void);
+int bluefog_machine_size(void);
+int bluefog_is_homogeneous(void);
+int bluefog_mpi_threads_supported(void);
+int bluefog_unified_mpi_window_model_supported(void);
+int bluefog_nccl_built(void);
+
+int bluefog_barrier(void);
+int bluefog_set_skip_negotiate_stage(int value);
+int bluefog_get_skip_negotiate_stage(void);
+void bluefog_suspend(void);
+void bluefog_resume(void);
+
+int bluefog_timeline_start_activity(const char* name, const char* activity);
+int bluefog_timeline_end_activity(const char* name);
+
+// Parses BLUEFOG_* settings without starting anything: `text` holds
+// "KEY=VALUE" lines, applied over the process environment if `use_env`.
+// Returns a JSON object, or NULL with bluefog_last_error() set.
+const char* bluefog_parse_config(const char* text, int use_env);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif  // BLUEFOG_COMMON_C_API_H

@@ -1,0 +1,53 @@
+// Framework-neutral vocabulary of the BlueFog core: data types, op kinds, shapes.
+// Nothing in csrc/common includes a torch or TensorFlow header.
+#ifndef BLUEFOG_COMMON_COMMON_H
+#define BLUEFOG_COMMON_COMMON_H
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace bluefog {
+
+// Values are part of the C ABI (frontends pass them as ints): append only.
+enum class DataType : int32_t {
+  UINT8 = 0,
+  INT8 = 1,
+  INT16 = 2,
+  INT32 = 3,
+  INT64 = 4,
+  FLOAT16 = 5,
+  FLOAT32 = 6,
+  FLOAT64 = 7,
+  BFLOAT16 = 8,
+  BOOL = 9,
+};
+constexpr int32_t kNumDataTypes = 10;
+
+size_t DataTypeSize(DataType dtype);
+const char* DataTypeName(DataType dtype);
+bool IsFloatingPoint(DataType dtype);
+
+// Values are part of the C ABI: append only.
+enum class OpType : int32_t {
+  ALLREDUCE = 0,
+  BROADCAST = 1,
+  ALLGATHER = 2,
+  BARRIER = 3,
+  // Control ops travel through the same agreed order as data ops.
+  SET_SKIP_NEGOTIATE = 4,
+};
+
+const char* OpTypeName(OpType op);  // "allreduce", ...
+std::string OpTypeUpper(OpType op);  // "ALLREDUCE", for timeline activity names
+
+using Shape = std::vector<int64_t>;
+std::string ShapeString(const Shape& shape);
+int64_t NumElements(const Shape& shape);
+
+constexpr int kCpuDevice = -1;
+
+}  // namespace bluefog
+
+#endif  // BLUEFOG_COMMON_COMMON_H

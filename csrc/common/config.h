@@ -1,0 +1,43 @@
+// Typed configuration, read ONCE at init from BLUEFOG_* variables (plus
+// overrides given from Python). Nothing on the hot path calls getenv.
+#ifndef BLUEFOG_COMMON_CONFIG_H
+#define BLUEFOG_COMMON_CONFIG_H
+
+#include <cstdint>
+#include <map>
+#include <string>
+
+#include "logging.h"
+
+namespace bluefog {
+
+struct Config {
+  // Under load (ops waiting for peers), the longest the background thread waits
+  // for new local work before it negotiates again. New work wakes it at once.
+  double cycle_time_ms = 0.5;
+  int64_t fusion_threshold_bytes = 8 * 1024 * 1024;
+  LogLevel log_level = LogLevel::WARNING;
+  bool log_hide_time = false;
+  std::string timeline_prefix;  // empty: timeline off
+  int mpi_thread_level = 3;     // MPI_THREAD_MULTIPLE, so mpi4py can share MPI
+  int nodes_per_machine = 0;    // 0: split by shared memory
+  double stall_check_seconds = 60.0;     // <= 0 disables the stall inspector
+  double stall_shutdown_seconds = 0.0;   // > 0: stalled ops fail after this long
+};
+
+// Parses BLUEFOG_* entries of `env` into `config`, starting from defaults.
+// Returns false and sets `error` for a malformed value (naming the variable).
+bool ParseConfig(const std::map<std::string, std::string>& env, Config* config, std::string* error);
+
+// The BLUEFOG_* variables of the process environment.
+std::map<std::string, std::string> ReadBluefogEnvironment();
+
+// "KEY=VALUE" lines -> map (used for Python-side overrides).
+std::map<std::string, std::string> ParseKeyValueLines(const std::string& text);
+
+// A JSON object describing the config (for tests and debug logs).
+std::string ConfigToJson(const Config& config);
+
+}  // namespace bluefog
+
+#endif  // BLUEFOG_COMMON_CONFIG_H

@@ -1,0 +1,235 @@
+#include "coordinator.h"
+
+#include <sstream>
+
+namespace bluefog {
+
+namespace {
+
+std::string RankList(const std::vector<int>& ranks) {
+  std::ostringstream os;
+  os << (ranks.size() == 1 ? "rank " : "ranks ") << "[";
+  for (size_t i = 0; i < ranks.size(); ++i) os << (i ? ", " : "") << ranks[i];
+  os << "]";
+  return os.str();
+}
+
+// Groups ranks by the text `value_of` gives; "" if all agree, else a sentence.
+template <typename F>
+std::string Disagreement(const std::vector<Request>& by_rank, const char* field, F value_of) {
+  std::vector<std::pair<std::string, std::vector<int>>> groups;  // in order of first rank
+  for (int r = 0; r < static_cast<int>(by_rank.size()); ++r) {
+    std::string v = value_of(by_rank[r]);
+    auto it = groups.begin();
+    for (; it != groups.end(); ++it)
+      if (it->first == v) break;
+    if (it == groups.end()) groups.push_back({v, {r}});
+    else it->second.push_back(r);
+  }
+  if (groups.size() <= 1) return "";
+  std::ostringstream os;
+  os << "ranks disagree on " << field << ": ";
+  for (size_t i = 0; i < groups.size(); ++i) {
+    os << (i ? "; " : "") << RankList(groups[i].second) << (groups[i].second.size() == 1 ? " has " : " have ")
+       << groups[i].first;
+  }
+  return os.str();
+}
+
+std::string TrailingShape(const Request& r) {
+  if (r.shape.empty()) return "[] (scalar, gathered as [1])";
+  Shape rest(r.shape.begin() + 1, r.shape.end());
+  return std::to_string(r.shape.size()) + " dims, trailing " + ShapeString(rest);
+}
+
+}  // namespace
+
+void Coordinator::Reset(int size) {
+  size_ = size;
+  table_.clear();
+  shutdown_.assign(size, false);
+  ready_.clear();
+}
+
+Response Coordinator::Error(const Request& r, std::string message) {
+  Response resp;
+  resp.op = r.op;
+  resp.names = {r.name};
+  resp.error = "bluefog " + std::string(OpTypeName(r.op)) + " '" + r.name + "': " + message;
+  return resp;
+}
+
+std::string Coordinator::CheckAgreement(const Pending& p) const {
+  const auto& v = p.by_rank;
+  std::string d = Disagreement(v, "the op", [](const Request& r) { return std::string(OpTypeName(r.op)); });
+  if (d.empty()) d = Disagreement(v, "dtype", [](const Request& r) { return std::string(DataTypeName(r.dtype)); });
+  if (d.empty())
+    d = Disagreement(v, "device", [](const Request& r) {
+      return r.device == kCpuDevice ? std::string("cpu") : "gpu " + std::to_string(r.device);
+    });
+  const OpType op = v[0].op;
+  if (d.empty()) {
+    if (op == OpType::ALLGATHER) d = Disagreement(v, "shape", TrailingShape);
+    else d = Disagreement(v, "shape", [](const Request& r) { return ShapeString(r.shape); });
+  }
+  if (d.empty() && op == OpType::BROADCAST)
+    d = Disagreement(v, "root_rank", [](const Request& r) { return std::to_string(r.root_rank); });
+  if (d.empty() && op == OpType::ALLREDUCE) {
+    d = Disagreement(v, "average", [](const Request& r) { return std::string(r.average ? "True" : "False"); });
+    if (d.empty())
+      d = Disagreement(v, "is_hierarchical_local",
+                       [](const Request& r) { return std::string(r.hierarchical_local ? "True" : "False"); });
+  }
+  if (d.empty() && op == OpType::SET_SKIP_NEGOTIATE)
+    d = Disagreement(v, "the value", [](const Request& r) { return std::string(r.int_arg ? "True" : "False"); });
+  if (!d.empty()) return d;
+
+  // All ranks agree; now check the agreed request is valid.
+  const Request& r = v[0];
+  if (op == OpType::BROADCAST && (r.root_rank < 0 || r.root_rank >= size_)) {
+    return "root_rank " + std::to_string(r.root_rank) + " is out of range: expected 0 <= root_rank < " +
+           std::to_string(size_);
+  }
+  if (op == OpType::ALLREDUCE && r.dtype == DataType::BOOL) {
+    return "dtype bool cannot be summed; expected an integer or floating-point tensor";
+  }
+  if (op == OpType::ALLREDUCE && r.average && !IsFloatingPoint(r.dtype)) {
+    return std::string("average=True needs a floating-point tensor, got ") + DataTypeName(r.dtype) +
+           "; use average=False for a sum";
+  }
+  return "";
+}
+
+void Coordinator::Ingest(const std::vector<CycleMessage>& messages, Clock::time_point now,
+                         std::vector<Response>* out) {
+  ready_.clear();
+  for (int rank = 0; rank < static_cast<int>(messages.size()); ++rank) {
+    const CycleMessage& msg = messages[rank];
+    if (msg.shutdown) shutdown_[rank] = true;
+    for (const Request& req : msg.requests) {
+      auto it = table_.find(req.name);
+      if (it == table_.end()) {
+        Pending p;
+        p.by_rank.resize(size_);
+        p.submitted.assign(size_, false);
+        p.first_seen = now;
+        p.last_warned = now;
+        it = table_.emplace(req.name, std::move(p)).first;
+      }
+      Pending& p = it->second;
+      if (!p.submitted[rank]) ++p.count;
+      p.submitted[rank] = true;
+      p.by_rank[rank] = req;
+      if (p.count < size_) continue;
+
+      std::string problem = CheckAgreement(p);
+      Response resp;
+      if (!problem.empty()) {
+        resp = Error(p.by_rank[0], problem);
+      } else {
+        resp.op = req.op;
+        resp.names = {req.name};
+        if (req.op == OpType::ALLGATHER) {
+          std::vector<int64_t> dims(size_);
+          for (int r = 0; r < size_; ++r) dims[r] = p.by_rank[r].shape.empty() ? 1 : p.by_rank[r].shape[0];
+          resp.first_dims.push_back(std::move(dims));
+        }
+        ready_[req.name] = ReadyInfo{NumElements(req.shape) * static_cast<int64_t>(DataTypeSize(req.dtype)),
+                                     std::to_string(static_cast<int>(req.dtype)) + (req.average ? "a" : "s") +
+                                         (req.hierarchical_local ? "h" : "g") + std::to_string(req.device)};
+      }
+      out->push_back(std::move(resp));
+      table_.erase(it);
+    }
+  }
+  for (const CycleMessage& msg : messages) {
+    for (const std::string& name : msg.timed_out) {
+      auto it = table_.find(name);
+      if (it == table_.end()) continue;  // became ready in this very cycle
+      std::vector<int> submitted, missing;
+      for (int r = 0; r < size_; ++r) (it->second.submitted[r] ? submitted : missing).push_back(r);
+      double secs = std::chrono::duration<double>(now - it->second.first_seen).count();
+      const Request& any = it->second.by_rank[submitted.empty() ? 0 : submitted[0]];
+      std::ostringstream os;
+      os << "stalled: submitted by " << RankList(submitted) << " but never by " << RankList(missing)
+         << " within the stall shutdown time (waited about " << static_cast<int>(secs) << " s)";
+      out->push_back(Error(any, os.str()));
+      out->back().error_is_abort = true;
+      table_.erase(it);
+    }
+  }
+  FailMissingShutdown(out);
+}
+
+void Coordinator::FailMissingShutdown(std::vector<Response>* out) {
+  if (!AnyShutdown()) return;
+  for (auto it = table_.begin(); it != table_.end();) {
+    std::vector<int> gone;
+    for (int r = 0; r < size_; ++r)
+      if (shutdown_[r] && !it->second.submitted[r]) gone.push_back(r);
+    if (gone.empty()) {
+      ++it;
+      continue;
+    }
+    int first = 0;
+    while (!it->second.submitted[first]) ++first;
+    out->push_back(Error(it->second.by_rank[first], RankList(gone) + " shut down (bf.shutdown() or process exit) " +
+                                                        "before submitting this op; it can never complete"));
+    out->back().error_is_abort = true;
+    it = table_.erase(it);
+  }
+}
+
+void Coordinator::Fuse(std::vector<Response>* responses, int64_t threshold) {
+  std::vector<Response> fused;
+  int64_t open_bytes = 0;
+  const ReadyInfo* open = nullptr;
+  for (auto& r : *responses) {
+    auto it = r.error.empty() && r.op == OpType::ALLREDUCE ? ready_.find(r.names[0]) : ready_.end();
+    const ReadyInfo* info = it == ready_.end() ? nullptr : &it->second;
+    if (info && open && info->fusion_key == open->fusion_key && open_bytes + info->bytes <= threshold) {
+      fused.back().names.push_back(r.names[0]);
+      open_bytes += info->bytes;
+      continue;
+    }
+    open = info;
+    open_bytes = info ? info->bytes : 0;
+    fused.push_back(std::move(r));
+  }
+  responses->swap(fused);
+}
+
+std::vector<StallReport> Coordinator::Stalls(Clock::time_point now, double warn_seconds, int my_rank) {
+  std::vector<StallReport> reports;
+  if (warn_seconds <= 0) return reports;
+  auto warn = std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(warn_seconds));
+  for (auto& kv : table_) {
+    Pending& p = kv.second;
+    int reporter = 0;
+    while (reporter < size_ && !p.submitted[reporter]) ++reporter;
+    if (reporter != my_rank) continue;
+    if (now - p.first_seen < warn || now - p.last_warned < warn) continue;
+    p.last_warned = now;
+    StallReport rep;
+    rep.name = kv.first;
+    rep.op = p.by_rank[reporter].op;
+    for (int r = 0; r < size_; ++r) (p.submitted[r] ? rep.submitted : rep.missing).push_back(r);
+    rep.seconds = std::chrono::duration<double>(now - p.first_seen).count();
+    reports.push_back(std::move(rep));
+  }
+  return reports;
+}
+
+bool Coordinator::AllShutdown() const {
+  for (bool s : shutdown_)
+    if (!s) return false;
+  return !shutdown_.empty();
+}
+
+bool Coordinator::AnyShutdown() const {
+  for (bool s : shutdown_)
+    if (s) return true;
+  return false;
+}
+
+}  // namespace bluefog

@@ -1,0 +1,77 @@
+// Agreement on what runs next, computed identically on every rank.
+//
+// Every cycle each rank contributes its new requests; all ranks receive all
+// contributions (in rank order) and feed them to their own Coordinator. Since
+// every rank applies the same inputs in the same order, all reach the same
+// decisions without a master: which ops are ready (submitted everywhere), in
+// what order, which fail (ranks disagree, a peer shut down, a stall timed out).
+#ifndef BLUEFOG_COMMON_COORDINATOR_H
+#define BLUEFOG_COMMON_COORDINATOR_H
+
+#include <chrono>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "message.h"
+
+namespace bluefog {
+
+using Clock = std::chrono::steady_clock;
+
+struct StallReport {
+  std::string name;
+  OpType op;
+  std::vector<int> submitted;
+  std::vector<int> missing;
+  double seconds;
+};
+
+class Coordinator {
+ public:
+  void Reset(int size);
+
+  // Applies one cycle's messages (index = rank); appends decisions in the
+  // agreed order. `stall_failures` holds, per rank, the names that rank
+  // declared timed out in its message.
+  void Ingest(const std::vector<CycleMessage>& messages, Clock::time_point now, std::vector<Response>* out);
+
+  // Merges adjacent ready allreduce responses with the same dtype, average,
+  // hierarchical flag and device, up to `threshold` bytes in all. Uses what
+  // Ingest recorded about the ready ops; deterministic, so every rank fuses
+  // identically.
+  void Fuse(std::vector<Response>* responses, int64_t threshold);
+
+  // Pending ops waiting longer than `warn_seconds` whose reporter is `my_rank`
+  // (the lowest rank that submitted). Each op is reported at most once per
+  // `warn_seconds`.
+  std::vector<StallReport> Stalls(Clock::time_point now, double warn_seconds, int my_rank);
+
+  bool AllShutdown() const;
+  bool AnyShutdown() const;
+
+ private:
+  struct Pending {
+    std::vector<Request> by_rank;
+    std::vector<bool> submitted;
+    int count = 0;
+    Clock::time_point first_seen;
+    Clock::time_point last_warned;
+  };
+  std::string CheckAgreement(const Pending& p) const;
+  void FailMissingShutdown(std::vector<Response>* out);
+  static Response Error(const Request& r, std::string message);
+
+  int size_ = 0;
+  std::map<std::string, Pending> table_;  // ordered: deterministic iteration
+  std::vector<bool> shutdown_;
+  struct ReadyInfo {
+    int64_t bytes;
+    std::string fusion_key;
+  };
+  std::map<std::string, ReadyInfo> ready_;  // this cycle's ready ops
+};
+
+}  // namespace bluefog
+
+#endif  // BLUEFOG_COMMON_COORDINATOR_H

@@ -1,0 +1,114 @@
+#include "half.h"
+
+#include <cstring>
+
+namespace bluefog {
+
+float HalfToFloat(uint16_t h) {
+  uint32_t sign = (h & 0x8000u) << 16;
+  uint32_t exp = (h >> 10) & 0x1f;
+  uint32_t mant = h & 0x3ffu;
+  uint32_t bits;
+  if (exp == 0) {
+    if (mant == 0) {
+      bits = sign;
+    } else {  // subnormal: normalise
+      exp = 127 - 15 + 1;
+      while (!(mant & 0x400u)) {
+        mant <<= 1;
+        --exp;
+      }
+      mant &= 0x3ffu;
+      bits = sign | (exp << 23) | (mant << 13);
+    }
+  } else if (exp == 0x1f) {
+    bits = sign | 0x7f800000u | (mant << 13);
+  } else {
+    bits = sign | ((exp + 127 - 15) << 23) | (mant << 13);
+  }
+  float f;
+  std::memcpy(&f, &bits, sizeof(f));
+  return f;
+}
+
+uint16_t FloatToHalf(float f) {
+  uint32_t x;
+  std::memcpy(&x, &f, sizeof(x));
+  uint32_t sign = (x >> 16) & 0x8000u;
+  uint32_t absx = x & 0x7fffffffu;
+  if (absx >= 0x7f800000u) {  // inf or nan
+    return static_cast<uint16_t>(sign | 0x7c00u | (absx > 0x7f800000u ? 0x200u : 0));
+  }
+  if (absx >= 0x477ff000u) return static_cast<uint16_t>(sign | 0x7c00u);  // overflow -> inf
+  if (absx < 0x38800000u) {  // subnormal or zero in half
+    if (absx < 0x33000000u) return static_cast<uint16_t>(sign);
+    uint32_t exp = absx >> 23;
+    uint32_t mant = (absx & 0x7fffffu) | 0x800000u;
+    uint32_t shift = 126 - exp;  // 14..24
+    uint32_t half_mant = mant >> shift;
+    uint32_t rem = mant & ((1u << shift) - 1);  // round to nearest even
+    uint32_t halfway = 1u << (shift - 1);
+    if (rem > halfway || (rem == halfway && (half_mant & 1))) ++half_mant;
+    return static_cast<uint16_t>(sign | half_mant);
+  }
+  uint32_t exp = (absx >> 23) - 127 + 15;
+  uint32_t mant = absx & 0x7fffffu;
+  uint32_t half = (exp << 10) | (mant >> 13);
+  uint32_t rem = mant & 0x1fffu;
+  if (rem > 0x1000u || (rem == 0x1000u && (half & 1))) ++half;  // may carry into exponent: correct
+  return static_cast<uint16_t>(sign | half);
+}
+
+float BFloat16ToFloat(uint16_t b) {
+  uint32_t bits = static_cast<uint32_t>(b) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof(f));
+  return f;
+}
+
+uint16_t FloatToBFloat16(float f) {
+  uint32_t x;
+  std::memcpy(&x, &f, sizeof(x));
+  if ((x & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((x >> 16) | 0x40u);  // quiet nan
+  uint32_t rounding = 0x7fffu + ((x >> 16) & 1u);
+  return static_cast<uint16_t>((x + rounding) >> 16);
+}
+
+namespace {
+template <typename T>
+void ScaleTyped(void* data, int64_t count, double factor) {
+  T* p = static_cast<T*>(data);
+  for (int64_t i = 0; i < count; ++i) p[i] = static_cast<T>(p[i] * factor);
+}
+}  // namespace
+
+void ScaleBuffer(DataType dtype, void* data, int64_t count, double factor) {
+  switch (dtype) {
+    case DataType::FLOAT32: {
+      float* p = static_cast<float*>(data);
+      float f = static_cast<float>(factor);
+      for (int64_t i = 0; i < count; ++i) p[i] *= f;
+      return;
+    }
+    case DataType::FLOAT64: ScaleTyped<double>(data, count, factor); return;
+    case DataType::FLOAT16: {
+      uint16_t* p = static_cast<uint16_t*>(data);
+      for (int64_t i = 0; i < count; ++i) p[i] = FloatToHalf(static_cast<float>(HalfToFloat(p[i]) * factor));
+      return;
+    }
+    case DataType::BFLOAT16: {
+      uint16_t* p = static_cast<uint16_t*>(data);
+      for (int64_t i = 0; i < count; ++i)
+        p[i] = FloatToBFloat16(static_cast<float>(BFloat16ToFloat(p[i]) * factor));
+      return;
+    }
+    case DataType::UINT8: ScaleTyped<uint8_t>(data, count, factor); return;
+    case DataType::INT8: ScaleTyped<int8_t>(data, count, factor); return;
+    case DataType::INT16: ScaleTyped<int16_t>(data, count, factor); return;
+    case DataType::INT32: ScaleTyped<int32_t>(data, count, factor); return;
+    case DataType::INT64: ScaleTyped<int64_t>(data, count, factor); return;
+    case DataType::BOOL: return;
+  }
+}
+
+}  // namespace bluefog

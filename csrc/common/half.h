@@ -1,0 +1,22 @@
+// float16 / bfloat16 helpers: conversions, MPI sum ops, in-place scaling.
+#ifndef BLUEFOG_COMMON_HALF_H
+#define BLUEFOG_COMMON_HALF_H
+
+#include <cstdint>
+
+#include "common.h"
+
+namespace bluefog {
+
+float HalfToFloat(uint16_t h);
+uint16_t FloatToHalf(float f);
+float BFloat16ToFloat(uint16_t b);
+uint16_t FloatToBFloat16(float f);
+
+// Multiplies `count` elements of `dtype` at `data` by `factor` (CPU memory).
+// Integers are scaled in double precision and truncated.
+void ScaleBuffer(DataType dtype, void* data, int64_t count, double factor);
+
+}  // namespace bluefog
+
+#endif  // BLUEFOG_COMMON_HALF_H

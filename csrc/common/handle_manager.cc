@@ -1,0 +1,45 @@
+#include "handle_manager.h"
+
+#include <string>
+
+namespace bluefog {
+
+int HandleManager::Allocate() {
+  std::lock_guard<std::mutex> lock(mu_);
+  int h = next_++;
+  slots_[h] = Slot();
+  return h;
+}
+
+void HandleManager::MarkDone(int handle, const Status& status) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = slots_.find(handle);
+    if (it == slots_.end()) return;
+    it->second.done = true;
+    it->second.status = status;
+  }
+  cv_.notify_all();
+}
+
+bool HandleManager::Poll(int handle, bool* known) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = slots_.find(handle);
+  *known = it != slots_.end();
+  return *known && it->second.done;
+}
+
+Status HandleManager::Wait(int handle) {
+  std::unique_lock<std::mutex> lock(mu_);
+  auto it = slots_.find(handle);
+  if (it == slots_.end()) {
+    return Status::InvalidArgument("unknown handle " + std::to_string(handle) +
+                                   " (never returned by a nonblocking op, or already synchronized)");
+  }
+  cv_.wait(lock, [&] { return slots_.at(handle).done; });
+  Status s = slots_.at(handle).status;
+  slots_.erase(handle);
+  return s;
+}
+
+}  // namespace bluefog

@@ -1,0 +1,37 @@
+// Integer handles for nonblocking ops: a frontend allocates one per op, the
+// op's completion callback marks it done, and the user polls or waits.
+#ifndef BLUEFOG_COMMON_HANDLE_MANAGER_H
+#define BLUEFOG_COMMON_HANDLE_MANAGER_H
+
+#include <condition_variable>
+#include <mutex>
+#include <unordered_map>
+
+#include "status.h"
+
+namespace bluefog {
+
+class HandleManager {
+ public:
+  int Allocate();
+  void MarkDone(int handle, const Status& status);
+  // True once done. Sets *known to false for an unknown handle.
+  bool Poll(int handle, bool* known);
+  // Blocks until done (callers must not hold an interpreter lock), forgets the
+  // handle, and returns the op's status; INVALID_ARGUMENT for an unknown handle.
+  Status Wait(int handle);
+
+ private:
+  struct Slot {
+    bool done = false;
+    Status status;
+  };
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::unordered_map<int, Slot> slots_;
+  int next_ = 0;
+};
+
+}  // namespace bluefog
+
+#endif  // BLUEFOG_COMMON_HANDLE_MANAGER_H

@@ -1,0 +1,59 @@
+#include "message.h"
+
+#include "wire.h"
+
+namespace bluefog {
+
+namespace {
+constexpr uint8_t kFlagAverage = 1;
+constexpr uint8_t kFlagHierarchical = 2;
+}  // namespace
+
+void EncodeCycleMessage(const CycleMessage& msg, std::string* out) {
+  ByteWriter w(out);
+  w.U8(msg.shutdown ? 1 : 0);
+  w.Varint(msg.requests.size());
+  for (const auto& r : msg.requests) {
+    w.Str(r.name);
+    w.U8(static_cast<uint8_t>(r.op));
+    w.U8(static_cast<uint8_t>(r.dtype));
+    w.Varint(r.shape.size());
+    for (auto d : r.shape) w.SVarint(d);
+    w.SVarint(r.root_rank);
+    w.U8((r.average ? kFlagAverage : 0) | (r.hierarchical_local ? kFlagHierarchical : 0));
+    w.SVarint(r.device);
+    w.SVarint(r.int_arg);
+  }
+  w.Varint(msg.timed_out.size());
+  for (const auto& name : msg.timed_out) w.Str(name);
+}
+
+bool DecodeCycleMessage(const char* data, size_t size, CycleMessage* msg) {
+  ByteReader rd(data, size);
+  msg->shutdown = rd.U8() != 0;
+  uint64_t n = rd.Varint();
+  msg->requests.clear();
+  for (uint64_t i = 0; i < n && rd.ok(); ++i) {
+    Request r;
+    r.name = rd.Str();
+    r.op = static_cast<OpType>(rd.U8());
+    r.dtype = static_cast<DataType>(rd.U8());
+    uint64_t ndim = rd.Varint();
+    if (ndim > 64) return false;
+    r.shape.resize(ndim);
+    for (auto& d : r.shape) d = rd.SVarint();
+    r.root_rank = static_cast<int32_t>(rd.SVarint());
+    uint8_t flags = rd.U8();
+    r.average = flags & kFlagAverage;
+    r.hierarchical_local = flags & kFlagHierarchical;
+    r.device = static_cast<int32_t>(rd.SVarint());
+    r.int_arg = rd.SVarint();
+    msg->requests.push_back(std::move(r));
+  }
+  uint64_t t = rd.Varint();
+  msg->timed_out.clear();
+  for (uint64_t i = 0; i < t && rd.ok(); ++i) msg->timed_out.push_back(rd.Str());
+  return rd.ok() && rd.done();
+}
+
+}  // namespace bluefog

@@ -1,0 +1,49 @@
+// What a rank tells the others about an op it wants to run (Request), and the
+// agreed decision every rank computes from all ranks' requests (Response).
+#ifndef BLUEFOG_COMMON_MESSAGE_H
+#define BLUEFOG_COMMON_MESSAGE_H
+
+#include <string>
+#include <vector>
+
+#include "common.h"
+#include "status.h"
+
+namespace bluefog {
+
+struct Request {
+  std::string name;
+  OpType op = OpType::ALLREDUCE;
+  DataType dtype = DataType::FLOAT32;
+  Shape shape;
+  int32_t root_rank = -1;      // broadcast
+  bool average = false;        // allreduce
+  bool hierarchical_local = false;
+  int32_t device = kCpuDevice;
+  int64_t int_arg = 0;         // control ops (e.g. skip-negotiate value)
+};
+
+// One cycle's message of a rank: flags plus its newly enqueued requests.
+struct CycleMessage {
+  bool shutdown = false;  // this rank has asked to shut down
+  std::vector<Request> requests;
+  // Ops this rank (their stall reporter) declares timed out: all ranks fail them.
+  std::vector<std::string> timed_out;
+};
+
+void EncodeCycleMessage(const CycleMessage& msg, std::string* out);
+bool DecodeCycleMessage(const char* data, size_t size, CycleMessage* msg);
+
+// The agreed decision: run these names (fused if several) or fail them.
+struct Response {
+  OpType op = OpType::ALLREDUCE;
+  std::vector<std::string> names;
+  std::string error;  // non-empty: every listed op fails with this message
+  bool error_is_abort = false;  // peer gone / stalled (vs. invalid or mismatched input)
+  // ALLGATHER: first dimension of each rank's tensor, per name (names x size).
+  std::vector<std::vector<int64_t>> first_dims;
+};
+
+}  // namespace bluefog
+
+#endif  // BLUEFOG_COMMON_MESSAGE_H

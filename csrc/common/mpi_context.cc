@@ -1,0 +1,180 @@
+#include "mpi_context.h"
+
+#include <cstdlib>
+#include <mutex>
+
+#include "half.h"
+#include "logging.h"
+
+namespace bluefog {
+
+namespace {
+
+bool g_we_initialized_mpi = false;
+
+void HalfSum(void* in, void* inout, int* len, MPI_Datatype*) {
+  auto* a = static_cast<const uint16_t*>(in);
+  auto* b = static_cast<uint16_t*>(inout);
+  for (int i = 0; i < *len; ++i) b[i] = FloatToHalf(HalfToFloat(a[i]) + HalfToFloat(b[i]));
+}
+
+void BFloat16Sum(void* in, void* inout, int* len, MPI_Datatype*) {
+  auto* a = static_cast<const uint16_t*>(in);
+  auto* b = static_cast<uint16_t*>(inout);
+  for (int i = 0; i < *len; ++i) b[i] = FloatToBFloat16(BFloat16ToFloat(a[i]) + BFloat16ToFloat(b[i]));
+}
+
+const char* ThreadLevelName(int level) {
+  switch (level) {
+    case MPI_THREAD_SINGLE: return "MPI_THREAD_SINGLE";
+    case MPI_THREAD_FUNNELED: return "MPI_THREAD_FUNNELED";
+    case MPI_THREAD_SERIALIZED: return "MPI_THREAD_SERIALIZED";
+    case MPI_THREAD_MULTIPLE: return "MPI_THREAD_MULTIPLE";
+  }
+  return "unknown";
+}
+
+}  // namespace
+
+void FinalizeMpiIfOwned() {
+  if (!g_we_initialized_mpi) return;
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  if (!finalized) MPI_Finalize();
+}
+
+std::string MpiErrorText(const char* call, int code) {
+  char text[MPI_MAX_ERROR_STRING];
+  int len = 0;
+  MPI_Error_string(code, text, &len);
+  return std::string(call) + " failed: " + std::string(text, len);
+}
+
+Status MpiContext::Initialize(MPI_Comm base, const Config& config) {
+  int initialized = 0;
+  MPI_Initialized(&initialized);
+  if (!initialized) {
+    static const int kLevels[] = {MPI_THREAD_SINGLE, MPI_THREAD_FUNNELED, MPI_THREAD_SERIALIZED,
+                                  MPI_THREAD_MULTIPLE};
+    int provided = 0;
+    int rc = MPI_Init_thread(nullptr, nullptr, kLevels[config.mpi_thread_level], &provided);
+    if (rc != MPI_SUCCESS) return Status::Aborted("MPI_Init_thread failed");
+    g_we_initialized_mpi = true;
+  }
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  if (finalized) return Status::PreconditionError("MPI has already been finalized; BlueFog cannot start");
+  MPI_Query_thread(&thread_level_);
+  Status s = CheckThreadLevel();
+  if (!s.ok()) return s;
+
+  if (base == MPI_COMM_NULL) base = MPI_COMM_WORLD;
+  MPI_Comm_dup(base, &data_comm_);
+  MPI_Comm_dup(base, &control_comm_);
+  // Errors come back as codes on our communicators; we turn them into Status.
+  MPI_Comm_set_errhandler(data_comm_, MPI_ERRORS_RETURN);
+  MPI_Comm_set_errhandler(control_comm_, MPI_ERRORS_RETURN);
+  MPI_Comm_rank(data_comm_, &rank_);
+  MPI_Comm_size(data_comm_, &size_);
+
+  if (half_type_ == MPI_DATATYPE_NULL) {
+    MPI_Type_contiguous(2, MPI_BYTE, &half_type_);
+    MPI_Type_commit(&half_type_);
+    MPI_Type_contiguous(2, MPI_BYTE, &bfloat16_type_);
+    MPI_Type_commit(&bfloat16_type_);
+    MPI_Op_create(&HalfSum, 1, &half_sum_);
+    MPI_Op_create(&BFloat16Sum, 1, &bfloat16_sum_);
+  }
+  s = BuildMachineLayout(config);
+  if (!s.ok()) return s;
+  ProbeWindowModel();
+  return Status::OK();
+}
+
+Status MpiContext::CheckThreadLevel() {
+  // The background thread makes every data-path MPI call; the thread that
+  // initialized MPI is a different one, so SERIALIZED is the minimum.
+  if (thread_level_ < MPI_THREAD_SERIALIZED) {
+    return Status::PreconditionError(
+        std::string("MPI provides only ") + ThreadLevelName(thread_level_) +
+        "; BlueFog calls MPI from its background thread and needs at least MPI_THREAD_SERIALIZED "
+        "(MPI_THREAD_MULTIPLE if the program also calls MPI, e.g. through mpi4py). Set "
+        "BLUEFOG_MPI_THREAD_LEVEL=3 or initialize MPI with a higher thread level.");
+  }
+  if (!g_we_initialized_mpi && thread_level_ != MPI_THREAD_MULTIPLE) {
+    BFLOG(WARNING) << "MPI was initialized by the program with " << ThreadLevelName(thread_level_)
+                   << "; calling MPI from the program while BlueFog ops are in flight is unsafe.";
+  }
+  return Status::OK();
+}
+
+Status MpiContext::BuildMachineLayout(const Config& config) {
+  if (config.nodes_per_machine > 0) {
+    int per = config.nodes_per_machine;
+    MPI_Comm_split(data_comm_, rank_ / per, rank_, &local_comm_);
+  } else {
+    MPI_Comm_split_type(data_comm_, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &local_comm_);
+  }
+  MPI_Comm_rank(local_comm_, &local_rank_);
+  MPI_Comm_size(local_comm_, &local_size_);
+  MPI_Comm_split(data_comm_, local_rank_, rank_, &cross_comm_);
+  MPI_Comm_rank(cross_comm_, &cross_rank_);
+  MPI_Comm_size(cross_comm_, &cross_size_);
+
+  // Homogeneous: every machine has the same local size and holds consecutive ranks.
+  int mine[2] = {local_size_, rank_ - local_rank_};
+  std::vector<int> all(2 * size_);
+  MPI_Allgather(mine, 2, MPI_INT, all.data(), 2, MPI_INT, data_comm_);
+  homogeneous_ = true;
+  for (int r = 0; r < size_; ++r) {
+    int lsize = all[2 * r], first = all[2 * r + 1];
+    if (lsize != local_size_ || first != (r / local_size_) * local_size_) homogeneous_ = false;
+  }
+  return Status::OK();
+}
+
+void MpiContext::ProbeWindowModel() {
+  int value = 0;
+  MPI_Win win;
+  if (MPI_Win_create(&value, sizeof(int), sizeof(int), MPI_INFO_NULL, data_comm_, &win) != MPI_SUCCESS) {
+    unified_window_model_ = false;
+    return;
+  }
+  int* model = nullptr;
+  int flag = 0;
+  MPI_Win_get_attr(win, MPI_WIN_MODEL, &model, &flag);
+  unified_window_model_ = flag && model && *model == MPI_WIN_UNIFIED;
+  MPI_Win_free(&win);
+}
+
+void MpiContext::Finalize() {
+  for (MPI_Comm* c : {&data_comm_, &control_comm_, &local_comm_, &cross_comm_}) {
+    if (*c != MPI_COMM_NULL) MPI_Comm_free(c);
+  }
+  rank_ = -1;
+  size_ = 0;
+}
+
+MPI_Datatype MpiContext::MpiType(DataType dtype) const {
+  switch (dtype) {
+    case DataType::UINT8: return MPI_UINT8_T;
+    case DataType::INT8: return MPI_INT8_T;
+    case DataType::INT16: return MPI_INT16_T;
+    case DataType::INT32: return MPI_INT32_T;
+    case DataType::INT64: return MPI_INT64_T;
+    case DataType::FLOAT16: return half_type_;
+    case DataType::FLOAT32: return MPI_FLOAT;
+    case DataType::FLOAT64: return MPI_DOUBLE;
+    case DataType::BFLOAT16: return bfloat16_type_;
+    case DataType::BOOL: return MPI_C_BOOL;
+  }
+  return MPI_BYTE;
+}
+
+MPI_Op MpiContext::SumOp(DataType dtype) const {
+  if (dtype == DataType::FLOAT16) return half_sum_;
+  if (dtype == DataType::BFLOAT16) return bfloat16_sum_;
+  return MPI_SUM;
+}
+
+}  // namespace bluefog

@@ -1,0 +1,70 @@
+// MPI state of one BlueFog instance: communicators, machine layout, datatypes.
+#ifndef BLUEFOG_COMMON_MPI_CONTEXT_H
+#define BLUEFOG_COMMON_MPI_CONTEXT_H
+
+#include <mpi.h>
+
+#include <string>
+#include <vector>
+
+#include "common.h"
+#include "config.h"
+#include "status.h"
+
+namespace bluefog {
+
+class MpiContext {
+ public:
+  // Initializes MPI if needed (on the calling thread) and duplicates `base`
+  // (MPI_COMM_NULL means MPI_COMM_WORLD). Collective over `base`.
+  Status Initialize(MPI_Comm base, const Config& config);
+  // Frees the communicators (collective). MPI itself stays initialized; it is
+  // finalized at process exit if BlueFog initialized it.
+  void Finalize();
+
+  int rank() const { return rank_; }
+  int size() const { return size_; }
+  int local_rank() const { return local_rank_; }
+  int local_size() const { return local_size_; }
+  int cross_rank() const { return cross_rank_; }
+  int cross_size() const { return cross_size_; }
+  bool is_homogeneous() const { return homogeneous_; }
+  bool threads_multiple() const { return thread_level_ == MPI_THREAD_MULTIPLE; }
+  bool unified_window_model() const { return unified_window_model_; }
+
+  MPI_Comm data_comm() const { return data_comm_; }        // data ops
+  MPI_Comm control_comm() const { return control_comm_; }  // negotiation only
+  MPI_Comm local_comm() const { return local_comm_; }
+  MPI_Comm cross_comm() const { return cross_comm_; }
+
+  // MPI datatype for a BlueFog dtype (custom for float16/bfloat16).
+  MPI_Datatype MpiType(DataType dtype) const;
+  // MPI_SUM, or the custom sum for float16/bfloat16.
+  MPI_Op SumOp(DataType dtype) const;
+
+ private:
+  Status CheckThreadLevel();
+  Status BuildMachineLayout(const Config& config);
+  void ProbeWindowModel();
+
+  int rank_ = -1, size_ = 0;
+  int local_rank_ = 0, local_size_ = 1, cross_rank_ = 0, cross_size_ = 1;
+  bool homogeneous_ = true;
+  int thread_level_ = MPI_THREAD_SINGLE;
+  bool unified_window_model_ = false;
+  MPI_Comm data_comm_ = MPI_COMM_NULL, control_comm_ = MPI_COMM_NULL;
+  MPI_Comm local_comm_ = MPI_COMM_NULL, cross_comm_ = MPI_COMM_NULL;
+  MPI_Datatype half_type_ = MPI_DATATYPE_NULL;
+  MPI_Datatype bfloat16_type_ = MPI_DATATYPE_NULL;
+  MPI_Op half_sum_ = MPI_OP_NULL, bfloat16_sum_ = MPI_OP_NULL;
+};
+
+// Finalizes MPI if MpiContext initialized it (at process exit).
+void FinalizeMpiIfOwned();
+
+// "MPI_Xxx failed: <MPI error string>".
+std::string MpiErrorText(const char* call, int code);
+
+}  // namespace bluefog
+
+#endif  // BLUEFOG_COMMON_MPI_CONTEXT_H

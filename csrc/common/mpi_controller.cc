@@ -1,0 +1,208 @@
+#include "mpi_controller.h"
+
+#include <algorithm>
+#include <chrono>
+#include <climits>
+#include <cstring>
+#include <thread>
+
+#include "half.h"
+
+namespace bluefog {
+
+namespace {
+
+constexpr int64_t kMaxChunk = INT_MAX / 2;  // elements per MPI call
+constexpr size_t kSlotBytes = 1024;         // negotiation slot per rank
+constexpr size_t kSlotHeader = sizeof(uint32_t);
+
+Status CheckRc(int rc, const char* call) {
+  if (rc == MPI_SUCCESS) return Status::OK();
+  return Status::Aborted(MpiErrorText(call, rc));
+}
+
+}  // namespace
+
+Status MpiController::Wait(MPI_Request* request, const char* what) {
+  // Spin briefly (the common case: peers are already there), then back off so
+  // that an idle wait leaves the cores to the ranks that compute.
+  int done = 0;
+  auto start = std::chrono::steady_clock::now();
+  int64_t sleep_us = 0;
+  while (true) {
+    int rc = MPI_Test(request, &done, MPI_STATUS_IGNORE);
+    if (rc != MPI_SUCCESS) return Status::Aborted(MpiErrorText(what, rc));
+    if (done) return Status::OK();
+    auto waited = std::chrono::steady_clock::now() - start;
+    if (waited < std::chrono::microseconds(50)) continue;
+    sleep_us = std::min<int64_t>(sleep_us == 0 ? 2 : sleep_us * 2, 1000);
+    std::this_thread::sleep_for(std::chrono::microseconds(sleep_us));
+  }
+}
+
+Status MpiController::AllgatherBytes(const std::string& mine, std::vector<std::string>* all) {
+  const int size = mpi_->size();
+  slots_.resize(kSlotBytes * (size + 1));
+  char* send = slots_.data() + kSlotBytes * size;
+  uint32_t len = static_cast<uint32_t>(mine.size());
+  std::memcpy(send, &len, kSlotHeader);
+  size_t first = std::min(mine.size(), kSlotBytes - kSlotHeader);
+  std::memcpy(send + kSlotHeader, mine.data(), first);
+  MPI_Request req;
+  int rc = MPI_Iallgather(send, kSlotBytes, MPI_BYTE, slots_.data(), kSlotBytes, MPI_BYTE,
+                          mpi_->control_comm(), &req);
+  if (rc != MPI_SUCCESS) return Status::Aborted(MpiErrorText("MPI_Iallgather", rc));
+  Status s = Wait(&req, "MPI_Iallgather");
+  if (!s.ok()) return s;
+
+  all->assign(size, std::string());
+  std::vector<int> rest(size), displs(size);
+  int total_rest = 0;
+  for (int r = 0; r < size; ++r) {
+    const char* slot = slots_.data() + kSlotBytes * r;
+    uint32_t n;
+    std::memcpy(&n, slot, kSlotHeader);
+    size_t here = std::min<size_t>(n, kSlotBytes - kSlotHeader);
+    (*all)[r].assign(slot + kSlotHeader, here);
+    rest[r] = static_cast<int>(n - here);
+    displs[r] = total_rest;
+    total_rest += rest[r];
+  }
+  if (total_rest == 0) return Status::OK();
+  // Long messages: the remainder in a second round (every rank knows it is needed).
+  std::vector<char> recv(total_rest);
+  const int my_rest = rest[mpi_->rank()];
+  rc = MPI_Iallgatherv(mine.data() + first, my_rest, MPI_BYTE, recv.data(), rest.data(), displs.data(),
+                       MPI_BYTE, mpi_->control_comm(), &req);
+  if (rc != MPI_SUCCESS) return Status::Aborted(MpiErrorText("MPI_Iallgatherv", rc));
+  s = Wait(&req, "MPI_Iallgatherv");
+  if (!s.ok()) return s;
+  for (int r = 0; r < size; ++r) (*all)[r].append(recv.data() + displs[r], rest[r]);
+  return Status::OK();
+}
+
+Status MpiController::AllreduceInPlace(void* data, int64_t count, DataType dtype, MPI_Comm comm) {
+  MPI_Datatype type = mpi_->MpiType(dtype);
+  MPI_Op op = mpi_->SumOp(dtype);
+  const size_t elem = DataTypeSize(dtype);
+  char* p = static_cast<char*>(data);
+  for (int64_t done = 0; done < count;) {
+    int n = static_cast<int>(std::min(count - done, kMaxChunk));
+    Status s = CheckRc(MPI_Allreduce(MPI_IN_PLACE, p + done * elem, n, type, op, comm), "MPI_Allreduce");
+    if (!s.ok()) return s;
+    done += n;
+  }
+  return Status::OK();
+}
+
+Status MpiController::Allreduce(std::vector<TensorTableEntry>& entries) {
+  const TensorTableEntry& first = entries[0];
+  const DataType dtype = first.input->dtype();
+  const size_t elem = DataTypeSize(dtype);
+  MPI_Comm comm = first.hierarchical_local ? mpi_->local_comm() : mpi_->data_comm();
+  const int group = first.hierarchical_local ? mpi_->local_size() : mpi_->size();
+  const double scale = 1.0 / group;
+
+  if (entries.size() == 1) {
+    TensorTableEntry& e = entries[0];
+    int64_t count = e.input->size_bytes() / static_cast<int64_t>(elem);
+    if (e.output->data() != e.input->data() && e.input->size_bytes() > 0) {
+      std::memcpy(e.output->data(), e.input->data(), e.input->size_bytes());
+    }
+    timeline_->Start(e.name, "COMMUNICATE");
+    Status s = AllreduceInPlace(e.output->data(), count, dtype, comm);
+    timeline_->End(e.name);
+    if (s.ok() && e.average) ScaleBuffer(dtype, e.output->data(), count, scale);
+    return s;
+  }
+
+  int64_t total = 0;
+  for (auto& e : entries) total += e.input->size_bytes();
+  char* buffer = fusion_.Reserve(static_cast<size_t>(total));
+  int64_t offset = 0;
+  for (auto& e : entries) {
+    timeline_->Start(e.name, "MEMCPY_IN_FUSION_BUFFER");
+    if (e.input->size_bytes() > 0) std::memcpy(buffer + offset, e.input->data(), e.input->size_bytes());
+    offset += e.input->size_bytes();
+    timeline_->End(e.name);
+  }
+  for (auto& e : entries) timeline_->Start(e.name, "COMMUNICATE");
+  Status s = AllreduceInPlace(buffer, total / static_cast<int64_t>(elem), dtype, comm);
+  for (auto& e : entries) timeline_->End(e.name);
+  if (!s.ok()) return s;
+  if (first.average) ScaleBuffer(dtype, buffer, total / static_cast<int64_t>(elem), scale);
+  offset = 0;
+  for (auto& e : entries) {
+    timeline_->Start(e.name, "MEMCPY_OUT_FUSION_BUFFER");
+    if (e.input->size_bytes() > 0) std::memcpy(e.output->data(), buffer + offset, e.input->size_bytes());
+    offset += e.input->size_bytes();
+    timeline_->End(e.name);
+  }
+  return Status::OK();
+}
+
+Status MpiController::Broadcast(TensorTableEntry& e) {
+  const bool root = mpi_->rank() == e.root_rank;
+  if (root && e.output->data() != e.input->data() && e.input->size_bytes() > 0) {
+    std::memcpy(e.output->data(), e.input->data(), e.input->size_bytes());
+  }
+  const DataType dtype = e.input->dtype();
+  const size_t elem = DataTypeSize(dtype);
+  int64_t count = e.output->size_bytes() / static_cast<int64_t>(elem);
+  char* p = static_cast<char*>(e.output->data());
+  timeline_->Start(e.name, "COMMUNICATE");
+  Status s;
+  for (int64_t done = 0; done < count && s.ok();) {
+    int n = static_cast<int>(std::min(count - done, kMaxChunk));
+    s = CheckRc(MPI_Bcast(p + done * elem, n, mpi_->MpiType(dtype), e.root_rank, mpi_->data_comm()), "MPI_Bcast");
+    done += n;
+  }
+  timeline_->End(e.name);
+  return s;
+}
+
+Status MpiController::Allgather(TensorTableEntry& e, std::vector<int64_t> first_dims) {
+  const int size = mpi_->size();
+  const Shape& in_shape = e.input->shape();
+  int64_t my_first = in_shape.empty() ? 1 : in_shape[0];
+  if (first_dims.empty()) {
+    first_dims.resize(size);
+    Status s = CheckRc(MPI_Allgather(&my_first, 1, MPI_INT64_T, first_dims.data(), 1, MPI_INT64_T,
+                                     mpi_->data_comm()),
+                       "MPI_Allgather");
+    if (!s.ok()) return s;
+  }
+  int64_t row_elems = 1;
+  for (size_t i = 1; i < in_shape.size(); ++i) row_elems *= in_shape[i];
+  const int64_t row_bytes = row_elems * static_cast<int64_t>(DataTypeSize(e.input->dtype()));
+  int64_t total_rows = 0;
+  std::vector<int> counts(size), displs(size);
+  for (int r = 0; r < size; ++r) {
+    if (first_dims[r] > INT_MAX || total_rows > INT_MAX) {
+      return Status::InvalidArgument("allgather '" + e.name + "': more than INT_MAX rows are not supported");
+    }
+    counts[r] = static_cast<int>(first_dims[r]);
+    displs[r] = static_cast<int>(total_rows);
+    total_rows += first_dims[r];
+  }
+  Shape out_shape = in_shape.empty() ? Shape{total_rows} : in_shape;
+  if (!out_shape.empty()) out_shape[0] = total_rows;
+  Status s = e.context->AllocateOutput(out_shape, &e.output);
+  if (!s.ok()) return s;
+  if (row_bytes == 0 || total_rows == 0) return Status::OK();
+
+  MPI_Datatype row;
+  MPI_Type_contiguous(static_cast<int>(row_bytes), MPI_BYTE, &row);
+  MPI_Type_commit(&row);
+  timeline_->Start(e.name, "COMMUNICATE");
+  s = CheckRc(MPI_Allgatherv(e.input->data(), static_cast<int>(my_first), row, e.output->data(), counts.data(),
+                             displs.data(), row, mpi_->data_comm()),
+              "MPI_Allgatherv");
+  timeline_->End(e.name);
+  MPI_Type_free(&row);
+  return s;
+}
+
+Status MpiController::Barrier() { return CheckRc(MPI_Barrier(mpi_->data_comm()), "MPI_Barrier"); }
+
+}  // namespace bluefog

@@ -1,0 +1,45 @@
+// Executes agreed ops with MPI. Called only on the core's background thread.
+#ifndef BLUEFOG_COMMON_MPI_CONTROLLER_H
+#define BLUEFOG_COMMON_MPI_CONTROLLER_H
+
+#include <string>
+#include <vector>
+
+#include "fusion_buffer.h"
+#include "message.h"
+#include "mpi_context.h"
+#include "tensor_queue.h"
+#include "timeline.h"
+
+namespace bluefog {
+
+class MpiController {
+ public:
+  MpiController(MpiContext* mpi, Timeline* timeline) : mpi_(mpi), timeline_(timeline) {}
+
+  // All entries share dtype, average and hierarchical flag; more than one is fused.
+  Status Allreduce(std::vector<TensorTableEntry>& entries);
+  Status Broadcast(TensorTableEntry& entry);
+  // `first_dims`: every rank's first dimension, or empty to exchange them here.
+  Status Allgather(TensorTableEntry& entry, std::vector<int64_t> first_dims);
+  Status Barrier();
+
+  // Negotiation transport: every rank's bytes, in rank order, on the control
+  // communicator. Waits without holding a core busy for long.
+  Status AllgatherBytes(const std::string& mine, std::vector<std::string>* all);
+
+  void ReleaseBuffers() { fusion_.Release(); }
+
+ private:
+  Status AllreduceInPlace(void* data, int64_t count, DataType dtype, MPI_Comm comm);
+  Status Wait(MPI_Request* request, const char* what);
+
+  MpiContext* mpi_;
+  Timeline* timeline_;
+  FusionBuffer fusion_;
+  std::vector<char> slots_;  // negotiation slots
+};
+
+}  // namespace bluefog
+
+#endif  // BLUEFOG_COMMON_MPI_CONTROLLER_H

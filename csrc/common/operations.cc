@@ -1,0 +1,445 @@
+#include "operations.h"
+
+#include <atomic>
+#include <cstdlib>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
+
+#include "config.h"
+#include "coordinator.h"
+#include "logging.h"
+#include "mpi_context.h"
+#include "mpi_controller.h"
+#include "tensor_queue.h"
+#include "timeline.h"
+
+namespace bluefog {
+
+namespace {
+
+struct GlobalState {
+  std::mutex lifecycle_mu;
+  std::atomic<bool> running{false};
+  std::atomic<bool> shutdown_requested{false};
+  std::atomic<bool> loop_failed{false};
+  std::atomic<bool> skip_negotiate{false};
+  std::atomic<bool> suspended{false};
+  std::string loop_error;  // written before loop_failed is set
+  Config config;
+  MpiContext mpi;
+  TensorQueue queue;
+  Coordinator coordinator;
+  Timeline timeline;
+  std::unique_ptr<MpiController> controller;
+  std::thread thread;
+  std::vector<std::string> my_timed_out;  // background thread only
+};
+
+// Never destroyed: the background thread may outlive static destruction order.
+GlobalState& State() {
+  static GlobalState* state = new GlobalState();
+  return *state;
+}
+
+Status NotRunning() {
+  GlobalState& g = State();
+  if (g.loop_failed) return Status::Aborted("BlueFog's background loop stopped after an error: " + g.loop_error);
+  if (g.shutdown_requested) return Status::PreconditionError("BlueFog is shutting down; no new ops are accepted");
+  return Status::PreconditionError("BlueFog is not initialized: call bf.init() first");
+}
+
+std::chrono::microseconds IdleTick(const Config& c) {
+  // Idle ranks still join a negotiation now and then, so that stalls are seen
+  // and a shutdown is agreed; an op's own latency never waits for this tick.
+  double ms = 100.0;
+  if (c.stall_check_seconds > 0) ms = std::min(ms, std::max(1.0, c.stall_check_seconds * 1000.0 / 10.0));
+  return std::chrono::microseconds(static_cast<int64_t>(ms * 1000));
+}
+
+void FailResponse(GlobalState& g, const Response& resp) {
+  Status s = resp.error_is_abort ? Status::Aborted(resp.error) : Status::InvalidArgument(resp.error);
+  for (const auto& name : resp.names) {
+    TensorTableEntry e;
+    if (!g.queue.Take(name, &e)) continue;  // this rank never submitted it
+    g.timeline.End(name);                   // NEGOTIATE
+    CompleteEntry(e, s);
+  }
+}
+
+void WaitReady(const TensorTableEntry& e) {
+  if (!e.ready_event) return;
+  while (!e.ready_event->Ready()) std::this_thread::yield();
+}
+
+// Runs one agreed response; `first_dims` empty in skip-negotiate mode.
+Status Perform(GlobalState& g, const Response& resp) {
+  std::vector<TensorTableEntry> entries(resp.names.size());
+  for (size_t i = 0; i < resp.names.size(); ++i) {
+    if (!g.queue.Take(resp.names[i], &entries[i])) {
+      return Status::UnknownError("internal error: agreed op '" + resp.names[i] + "' is missing on this rank");
+    }
+    WaitReady(entries[i]);
+    g.timeline.End(entries[i].name);  // NEGOTIATE
+  }
+  Status s;
+  bool skip_now = false;
+  switch (resp.op) {
+    case OpType::ALLREDUCE:
+      s = g.controller->Allreduce(entries);
+      break;
+    case OpType::BROADCAST:
+      s = g.controller->Broadcast(entries[0]);
+      break;
+    case OpType::ALLGATHER:
+      s = g.controller->Allgather(entries[0], resp.first_dims.empty() ? std::vector<int64_t>() : resp.first_dims[0]);
+      break;
+    case OpType::BARRIER:
+      g.timeline.Start(entries[0].name, "COMMUNICATE");
+      s = g.controller->Barrier();
+      g.timeline.End(entries[0].name);
+      break;
+    case OpType::SET_SKIP_NEGOTIATE:
+      // Leaving skip mode: make sure every rank reached this point first.
+      if (g.skip_negotiate) s = g.controller->Barrier();
+      skip_now = entries[0].int_arg != 0;
+      break;
+  }
+  for (auto& e : entries) {
+    std::string name = e.name;
+    g.timeline.Start(name, "CALLBACK");
+    CompleteEntry(e, s);
+    g.timeline.End(name);
+  }
+  if (resp.op == OpType::SET_SKIP_NEGOTIATE && s.ok()) g.skip_negotiate = skip_now;
+  // A failed collective leaves the communicator unusable: stop.
+  return s.type() == StatusType::ABORTED ? s : Status::OK();
+}
+
+void StartNegotiation(GlobalState& g, const std::vector<Request>& requests) {
+  for (const auto& r : requests) g.timeline.Start(r.name, "NEGOTIATE_" + OpTypeUpper(r.op));
+}
+
+// One negotiated cycle. Returns false when the loop must stop.
+bool RunNegotiatedCycle(GlobalState& g) {
+  if (!g.queue.HasNewRequests() && !g.shutdown_requested) {
+    auto wait = g.queue.InFlight() > 0
+                    ? std::chrono::microseconds(static_cast<int64_t>(g.config.cycle_time_ms * 1000))
+                    : IdleTick(g.config);
+    g.queue.WaitForWork(wait);
+  }
+  CycleMessage mine;
+  mine.shutdown = g.shutdown_requested;
+  g.queue.PopRequests(&mine.requests);
+  mine.timed_out.swap(g.my_timed_out);
+  StartNegotiation(g, mine.requests);
+
+  std::string bytes;
+  EncodeCycleMessage(mine, &bytes);
+  std::vector<std::string> all_bytes;
+  Status s = g.controller->AllgatherBytes(bytes, &all_bytes);
+  if (!s.ok()) {
+    g.loop_error = s.reason();
+    g.loop_failed = true;
+    return false;
+  }
+  std::vector<CycleMessage> all(all_bytes.size());
+  for (size_t r = 0; r < all_bytes.size(); ++r) {
+    if (!DecodeCycleMessage(all_bytes[r].data(), all_bytes[r].size(), &all[r])) {
+      g.loop_error = "corrupt negotiation message from rank " + std::to_string(r);
+      g.loop_failed = true;
+      return false;
+    }
+  }
+  auto now = Clock::now();
+  std::vector<Response> responses;
+  g.coordinator.Ingest(all, now, &responses);
+  g.coordinator.Fuse(&responses, g.config.fusion_threshold_bytes);
+  for (const auto& resp : responses) {
+    if (!resp.error.empty()) {
+      BFLOG(DEBUG) << resp.error;
+      FailResponse(g, resp);
+      continue;
+    }
+    s = Perform(g, resp);
+    if (!s.ok()) {
+      g.loop_error = s.reason();
+      g.loop_failed = true;
+      return false;
+    }
+    // Switched to skip mode: the rest of this cycle's responses still run, in order.
+  }
+  for (const auto& stall : g.coordinator.Stalls(now, g.config.stall_check_seconds, g.mpi.rank())) {
+    std::string sub, miss;
+    for (int r : stall.submitted) sub += (sub.empty() ? "" : ", ") + std::to_string(r);
+    for (int r : stall.missing) miss += (miss.empty() ? "" : ", ") + std::to_string(r);
+    BFLOG(WARNING) << "stall: " << OpTypeName(stall.op) << " '" << stall.name << "' has waited "
+                   << static_cast<int>(stall.seconds) << " s: submitted by ranks [" << sub
+                   << "] but not yet by ranks [" << miss << "]. Are those ranks running a different sequence of ops?";
+    if (g.config.stall_shutdown_seconds > 0 && stall.seconds >= g.config.stall_shutdown_seconds) {
+      g.my_timed_out.push_back(stall.name);
+    }
+  }
+  return !g.coordinator.AllShutdown();
+}
+
+// Skip-negotiate mode: run this rank's requests in enqueue order.
+bool RunSkipCycle(GlobalState& g) {
+  if (g.shutdown_requested) {
+    // Agree on shutdown through negotiation; every rank gets here eventually.
+    g.skip_negotiate = false;
+    return true;
+  }
+  if (!g.queue.HasNewRequests()) g.queue.WaitForWork(std::chrono::milliseconds(100));
+  std::vector<Request> requests;
+  g.queue.PopRequests(&requests);
+  for (const auto& r : requests) {
+    StartNegotiation(g, {r});
+    Response resp;
+    resp.op = r.op;
+    resp.names = {r.name};
+    Status s = Perform(g, resp);
+    if (!s.ok()) {
+      g.loop_error = s.reason();
+      g.loop_failed = true;
+      return false;
+    }
+  }
+  return true;
+}
+
+void BackgroundLoop() {
+  GlobalState& g = State();
+  while (true) {
+    if (g.suspended && !g.shutdown_requested) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      continue;
+    }
+    bool go_on = g.skip_negotiate ? RunSkipCycle(g) : RunNegotiatedCycle(g);
+    if (!go_on) break;
+  }
+  if (g.loop_failed) BFLOG(ERROR) << "background loop stopped: " << g.loop_error;
+  g.queue.FailAll(g.loop_failed ? Status::Aborted("BlueFog's background loop stopped: " + g.loop_error)
+                                : Status::Aborted("BlueFog has shut down"));
+}
+
+Status Enqueue(TensorTableEntry entry, Request request) {
+  GlobalState& g = State();
+  if (!g.running || g.shutdown_requested || g.loop_failed) return NotRunning();
+  request.name = entry.name;
+  request.op = entry.op;
+  g.timeline.Start(entry.name, "ENQUEUE_" + OpTypeUpper(entry.op));
+  std::string name = entry.name;
+  Status s = g.queue.Add(std::move(entry), std::move(request));
+  g.timeline.End(name);
+  return s;
+}
+
+Request DescribeTensor(const Tensor& t) {
+  Request r;
+  r.dtype = t.dtype();
+  r.shape = t.shape();
+  r.device = t.device();
+  return r;
+}
+
+Status CheckSameSize(const std::string& op, const std::string& name, const Tensor& in, const Tensor& out) {
+  if (in.size_bytes() == out.size_bytes() && in.dtype() == out.dtype()) return Status::OK();
+  return Status::InvalidArgument(op + " '" + name + "': output tensor (" + DataTypeName(out.dtype()) + ", " +
+                                 std::to_string(out.size_bytes()) + " bytes) does not match input (" +
+                                 DataTypeName(in.dtype()) + ", " + std::to_string(in.size_bytes()) + " bytes)");
+}
+
+}  // namespace
+
+Status Initialize(int fortran_comm, const std::string& overrides) {
+  GlobalState& g = State();
+  std::lock_guard<std::mutex> lock(g.lifecycle_mu);
+  if (g.running) return Status::OK();
+  if (g.thread.joinable()) g.thread.join();  // a loop that stopped after an error
+
+  auto env = ReadBluefogEnvironment();
+  for (const auto& kv : ParseKeyValueLines(overrides)) env[kv.first] = kv.second;
+  Config config;
+  std::string error;
+  if (!ParseConfig(env, &config, &error)) return Status::InvalidArgument(error);
+  g.config = config;
+  SetLogOptions(config.log_level, config.log_hide_time, -1);
+
+  MPI_Comm base = MPI_COMM_NULL;
+  if (fortran_comm > 0) {
+    int initialized = 0;
+    MPI_Initialized(&initialized);
+    if (!initialized) return Status::PreconditionError("a communicator was given but MPI is not initialized");
+    base = MPI_Comm_f2c(fortran_comm);
+  }
+  Status s = g.mpi.Initialize(base, config);
+  if (!s.ok()) return s;
+  static bool exit_hook = false;
+  if (!exit_hook) {
+    // Last resort if the frontend did not shut down: stop the loop, then MPI.
+    std::atexit([] {
+      Shutdown();
+      FinalizeMpiIfOwned();
+    });
+    exit_hook = true;
+  }
+  SetLogOptions(config.log_level, config.log_hide_time, g.mpi.rank());
+  BFLOG(DEBUG) << "config " << ConfigToJson(config);
+
+  if (!config.timeline_prefix.empty()) g.timeline.Initialize(config.timeline_prefix + std::to_string(g.mpi.rank()) + ".json");
+  g.controller.reset(new MpiController(&g.mpi, &g.timeline));
+  g.coordinator.Reset(g.mpi.size());
+  g.my_timed_out.clear();
+  g.shutdown_requested = false;
+  g.loop_failed = false;
+  g.loop_error.clear();
+  g.skip_negotiate = false;
+  g.suspended = false;
+  g.running = true;
+  g.thread = std::thread(BackgroundLoop);
+  return Status::OK();
+}
+
+void Shutdown() {
+  GlobalState& g = State();
+  std::lock_guard<std::mutex> lock(g.lifecycle_mu);
+  if (!g.running) return;
+  g.shutdown_requested = true;
+  g.suspended = false;
+  g.queue.Wake();
+  if (g.thread.joinable()) g.thread.join();
+  g.queue.FailAll(Status::Aborted("BlueFog has shut down"));
+  g.controller.reset();
+  g.timeline.Shutdown();
+  g.mpi.Finalize();
+  g.running = false;
+  g.shutdown_requested = false;
+}
+
+bool IsInitialized() { return State().running; }
+
+Status GetBasicInfo(BasicInfo* info) {
+  GlobalState& g = State();
+  if (!g.running) return Status::PreconditionError("BlueFog is not initialized: call bf.init() first");
+  const MpiContext& m = g.mpi;
+  *info = BasicInfo{m.rank(),       m.size(),          m.local_rank(),       m.local_size(),
+                    m.cross_rank(), m.cross_size(),    m.is_homogeneous(),   m.threads_multiple(),
+                    m.unified_window_model()};
+  return Status::OK();
+}
+
+Status EnqueueAllreduce(std::shared_ptr<Tensor> input, std::shared_ptr<Tensor> output,
+                        std::shared_ptr<ReadyEvent> ready, const std::string& name, bool average,
+                        bool hierarchical_local, StatusCallback callback) {
+  Status s = CheckSameSize("allreduce", name, *input, *output);
+  if (!s.ok()) return s;
+  Request r = DescribeTensor(*input);
+  r.average = average;
+  r.hierarchical_local = hierarchical_local;
+  TensorTableEntry e;
+  e.name = name;
+  e.op = OpType::ALLREDUCE;
+  e.input = std::move(input);
+  e.output = std::move(output);
+  e.ready_event = std::move(ready);
+  e.average = average;
+  e.hierarchical_local = hierarchical_local;
+  e.callback = std::move(callback);
+  return Enqueue(std::move(e), std::move(r));
+}
+
+Status EnqueueBroadcast(std::shared_ptr<Tensor> input, std::shared_ptr<Tensor> output,
+                        std::shared_ptr<ReadyEvent> ready, const std::string& name, int root_rank,
+                        StatusCallback callback) {
+  Status s = CheckSameSize("broadcast", name, *input, *output);
+  if (!s.ok()) return s;
+  Request r = DescribeTensor(*input);
+  r.root_rank = root_rank;
+  TensorTableEntry e;
+  e.name = name;
+  e.op = OpType::BROADCAST;
+  e.input = std::move(input);
+  e.output = std::move(output);
+  e.ready_event = std::move(ready);
+  e.root_rank = root_rank;
+  e.callback = std::move(callback);
+  return Enqueue(std::move(e), std::move(r));
+}
+
+Status EnqueueAllgather(std::shared_ptr<Tensor> input, std::shared_ptr<OpContext> context,
+                        std::shared_ptr<ReadyEvent> ready, const std::string& name, StatusCallback callback) {
+  Request r = DescribeTensor(*input);
+  TensorTableEntry e;
+  e.name = name;
+  e.op = OpType::ALLGATHER;
+  e.input = std::move(input);
+  e.context = std::move(context);
+  e.ready_event = std::move(ready);
+  e.callback = std::move(callback);
+  return Enqueue(std::move(e), std::move(r));
+}
+
+Status EnqueueBarrier(const std::string& name, StatusCallback callback) {
+  TensorTableEntry e;
+  e.name = name;
+  e.op = OpType::BARRIER;
+  e.callback = std::move(callback);
+  Request r;
+  r.shape = {};
+  r.dtype = DataType::UINT8;
+  return Enqueue(std::move(e), std::move(r));
+}
+
+Status EnqueueSetSkipNegotiate(bool value, StatusCallback callback) {
+  TensorTableEntry e;
+  e.name = "bluefog.set_skip_negotiate_stage";
+  e.op = OpType::SET_SKIP_NEGOTIATE;
+  e.int_arg = value ? 1 : 0;
+  e.callback = std::move(callback);
+  Request r;
+  r.dtype = DataType::UINT8;
+  r.int_arg = e.int_arg;
+  return Enqueue(std::move(e), std::move(r));
+}
+
+bool SkipNegotiate() { return State().skip_negotiate; }
+
+Status RunBlocking(const std::function<Status(StatusCallback)>& enqueue) {
+  struct Done {
+    std::mutex mu;
+    std::condition_variable cv;
+    bool done = false;
+    Status status;
+  };
+  auto done = std::make_shared<Done>();
+  Status s = enqueue([done](const Status& st) {
+    std::lock_guard<std::mutex> lock(done->mu);
+    done->status = st;
+    done->done = true;
+    done->cv.notify_all();
+  });
+  if (!s.ok()) return s;
+  std::unique_lock<std::mutex> lock(done->mu);
+  done->cv.wait(lock, [&] { return done->done; });
+  return done->status;
+}
+
+void Suspend() { State().suspended = true; }
+void Resume() { State().suspended = false; }
+
+bool TimelineStartActivity(const std::string& name, const std::string& activity) {
+  GlobalState& g = State();
+  if (!g.timeline.enabled()) return false;
+  g.timeline.Start(name, activity);
+  return true;
+}
+
+bool TimelineEndActivity(const std::string& name) {
+  GlobalState& g = State();
+  if (!g.timeline.enabled()) return false;
+  g.timeline.End(name);
+  return true;
+}
+
+}  // namespace bluefog

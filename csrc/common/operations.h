@@ -1,0 +1,56 @@
+// The process-wide BlueFog instance: lifecycle, the background loop, and the
+// C++ enqueue API that frontends call. One per process, shared by all frontends.
+#ifndef BLUEFOG_COMMON_OPERATIONS_H
+#define BLUEFOG_COMMON_OPERATIONS_H
+
+#include <memory>
+#include <string>
+
+#include "status.h"
+#include "tensor.h"
+
+namespace bluefog {
+
+struct BasicInfo {
+  int rank, size, local_rank, local_size, machine_rank, machine_size;
+  bool homogeneous, threads_multiple, unified_window_model;
+};
+
+// Collective over `fortran_comm` (MPI_Comm_c2f of the communicator; 0 or a
+// negative value means MPI_COMM_WORLD). `overrides`: "BLUEFOG_X=value" lines
+// applied over the environment. A second call while running is a cheap no-op.
+Status Initialize(int fortran_comm, const std::string& overrides);
+// Waits until every rank has asked to shut down, then stops the loop. Ops
+// still in flight fail. Re-initializing afterwards is allowed.
+void Shutdown();
+bool IsInitialized();
+Status GetBasicInfo(BasicInfo* info);
+
+// Nonblocking enqueue: the callback runs on the background thread with the
+// op's final Status. An immediate error (not initialized, duplicate name,
+// bad arguments) is returned and the callback is never called.
+Status EnqueueAllreduce(std::shared_ptr<Tensor> input, std::shared_ptr<Tensor> output,
+                        std::shared_ptr<ReadyEvent> ready, const std::string& name, bool average,
+                        bool hierarchical_local, StatusCallback callback);
+Status EnqueueBroadcast(std::shared_ptr<Tensor> input, std::shared_ptr<Tensor> output,
+                        std::shared_ptr<ReadyEvent> ready, const std::string& name, int root_rank,
+                        StatusCallback callback);
+Status EnqueueAllgather(std::shared_ptr<Tensor> input, std::shared_ptr<OpContext> context,
+                        std::shared_ptr<ReadyEvent> ready, const std::string& name, StatusCallback callback);
+Status EnqueueBarrier(const std::string& name, StatusCallback callback);
+Status EnqueueSetSkipNegotiate(bool value, StatusCallback callback);
+bool SkipNegotiate();
+
+// Runs an op through `enqueue` and blocks until it completes.
+Status RunBlocking(const std::function<Status(StatusCallback)>& enqueue);
+
+void Suspend();
+void Resume();
+
+// Timeline activities from the frontends (false if the timeline is off).
+bool TimelineStartActivity(const std::string& name, const std::string& activity);
+bool TimelineEndActivity(const std::string& name);
+
+}  // namespace bluefog
+
+#endif  // BLUEFOG_COMMON_OPERATIONS_H

@@ -1,0 +1,80 @@
+#include "tensor_queue.h"
+
+namespace bluefog {
+
+void CompleteEntry(TensorTableEntry& entry, const Status& status) {
+  StatusCallback callback = std::move(entry.callback);
+  {
+    TensorTableEntry released = std::move(entry);
+  }
+  if (callback) callback(status);
+}
+
+Status TensorQueue::Add(TensorTableEntry entry, Request request) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (table_.count(entry.name)) {
+      return Status::InvalidArgument("duplicate name '" + entry.name + "' for " + OpTypeName(entry.op) +
+                                     ": an op with this name is still in flight on this rank; wait for it "
+                                     "or give a different name");
+    }
+    std::string name = entry.name;
+    table_.emplace(std::move(name), std::move(entry));
+    pending_.push_back(std::move(request));
+  }
+  cv_.notify_one();
+  return Status::OK();
+}
+
+void TensorQueue::PopRequests(std::vector<Request>* out) {
+  std::lock_guard<std::mutex> lock(mu_);
+  while (!pending_.empty()) {
+    out->push_back(std::move(pending_.front()));
+    pending_.pop_front();
+  }
+}
+
+bool TensorQueue::HasNewRequests() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return !pending_.empty();
+}
+
+bool TensorQueue::Take(const std::string& name, TensorTableEntry* entry) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = table_.find(name);
+  if (it == table_.end()) return false;
+  *entry = std::move(it->second);
+  table_.erase(it);
+  return true;
+}
+
+void TensorQueue::FailAll(const Status& status) {
+  std::unordered_map<std::string, TensorTableEntry> failed;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    failed.swap(table_);
+    pending_.clear();
+  }
+  for (auto& kv : failed) CompleteEntry(kv.second, status);
+}
+
+size_t TensorQueue::InFlight() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return table_.size();
+}
+
+void TensorQueue::WaitForWork(std::chrono::microseconds timeout) {
+  std::unique_lock<std::mutex> lock(mu_);
+  cv_.wait_for(lock, timeout, [this] { return !pending_.empty() || woken_; });
+  woken_ = false;
+}
+
+void TensorQueue::Wake() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    woken_ = true;
+  }
+  cv_.notify_one();
+}
+
+}  // namespace bluefog

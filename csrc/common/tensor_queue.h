@@ -1,0 +1,66 @@
+// The op queue: the user's thread adds named entries; the background thread
+// takes the new requests each cycle and later the entries agreed to be ready.
+#ifndef BLUEFOG_COMMON_TENSOR_QUEUE_H
+#define BLUEFOG_COMMON_TENSOR_QUEUE_H
+
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "message.h"
+#include "status.h"
+#include "tensor.h"
+
+namespace bluefog {
+
+struct TensorTableEntry {
+  std::string name;
+  OpType op = OpType::ALLREDUCE;
+  std::shared_ptr<Tensor> input;
+  std::shared_ptr<Tensor> output;     // may be null until allocated (allgather)
+  std::shared_ptr<OpContext> context;
+  std::shared_ptr<ReadyEvent> ready_event;
+  int32_t root_rank = -1;
+  bool average = false;
+  bool hierarchical_local = false;
+  int64_t int_arg = 0;
+  StatusCallback callback;
+};
+
+// Releases the entry's tensors, THEN runs its callback: when a frontend learns
+// that an op finished, the core holds no reference to its tensors any more.
+void CompleteEntry(TensorTableEntry& entry, const Status& status);
+
+class TensorQueue {
+ public:
+  // Fails with INVALID_ARGUMENT if `name` is still in flight on this rank.
+  Status Add(TensorTableEntry entry, Request request);
+  // Moves the requests added since the last call into `out` (in enqueue order).
+  void PopRequests(std::vector<Request>* out);
+  bool HasNewRequests();
+  // Removes and returns the entry (false if unknown).
+  bool Take(const std::string& name, TensorTableEntry* entry);
+  // Fails every entry still in the table (used at shutdown).
+  void FailAll(const Status& status);
+  size_t InFlight();
+
+  // Blocks until new requests arrive, Wake() is called, or the timeout passes.
+  void WaitForWork(std::chrono::microseconds timeout);
+  void Wake();
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool woken_ = false;
+  std::unordered_map<std::string, TensorTableEntry> table_;
+  std::deque<Request> pending_;
+};
+
+}  // namespace bluefog
+
+#endif  // BLUEFOG_COMMON_TENSOR_QUEUE_H

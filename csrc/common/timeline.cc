@@ -1,0 +1,128 @@
+#include "timeline.h"
+
+#include "logging.h"
+
+namespace bluefog {
+
+namespace {
+std::string JsonEscape(const std::string& s) {
+  std::string out;
+  out.reserve(s.size());
+  for (char c : s) {
+    if (c == '"' || c == '\\') {
+      out.push_back('\\');
+      out.push_back(c);
+    } else if (static_cast<unsigned char>(c) < 0x20) {
+      char buf[8];
+      std::snprintf(buf, sizeof(buf), "\\u%04x", c);
+      out += buf;
+    } else {
+      out.push_back(c);
+    }
+  }
+  return out;
+}
+}  // namespace
+
+bool Timeline::Initialize(const std::string& path) {
+  Shutdown();
+  file_ = std::fopen(path.c_str(), "w");
+  if (!file_) {
+    BFLOG(ERROR) << "cannot open timeline file '" << path << "'; timeline disabled";
+    return false;
+  }
+  std::fputs("[\n", file_);
+  std::fflush(file_);
+  start_ = std::chrono::steady_clock::now();
+  stop_ = false;
+  pids_.clear();
+  writer_ = std::thread(&Timeline::WriterLoop, this);
+  enabled_ = true;
+  return true;
+}
+
+void Timeline::Shutdown() {
+  if (!writer_.joinable()) return;
+  enabled_ = false;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_ = true;
+  }
+  cv_.notify_one();
+  writer_.join();
+  std::fclose(file_);
+  file_ = nullptr;
+}
+
+int Timeline::ThreadId() {
+  std::lock_guard<std::mutex> lock(tid_mu_);
+  auto id = std::this_thread::get_id();
+  auto it = tids_.find(id);
+  if (it != tids_.end()) return it->second;
+  int tid = next_tid_++;
+  tids_[id] = tid;
+  return tid;
+}
+
+void Timeline::Start(const std::string& name, const std::string& activity) {
+  if (!enabled()) return;
+  Push(Event{'B', name, activity, 0, ThreadId()});
+}
+
+void Timeline::End(const std::string& name) {
+  if (!enabled()) return;
+  Push(Event{'E', name, std::string(), 0, ThreadId()});
+}
+
+void Timeline::Push(Event event) {
+  event.ts_us =
+      std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - start_).count();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    events_.push_back(std::move(event));
+  }
+  cv_.notify_one();
+}
+
+void Timeline::WriteEvent(const Event& e) {
+  auto it = pids_.find(e.name);
+  int pid;
+  std::string name = JsonEscape(e.name);
+  if (it == pids_.end()) {
+    pid = static_cast<int>(pids_.size()) + 1;
+    pids_[e.name] = pid;
+    std::fprintf(file_,
+                 "{\"name\": \"process_name\", \"ph\": \"M\", \"pid\": %d, \"tid\": 0, \"args\": {\"name\": \"%s\"}},\n"
+                 "{\"name\": \"process_sort_index\", \"ph\": \"M\", \"pid\": %d, \"tid\": 0, \"args\": "
+                 "{\"sort_index\": %d}},\n",
+                 pid, name.c_str(), pid, pid);
+  } else {
+    pid = it->second;
+  }
+  if (e.phase == 'B') {
+    std::fprintf(file_, "{\"name\": \"%s\", \"ph\": \"B\", \"ts\": %lld, \"pid\": %d, \"tid\": %d},\n",
+                 JsonEscape(e.activity).c_str(), static_cast<long long>(e.ts_us), pid, e.tid);
+  } else {
+    std::fprintf(file_, "{\"ph\": \"E\", \"ts\": %lld, \"pid\": %d, \"tid\": %d},\n",
+                 static_cast<long long>(e.ts_us), pid, e.tid);
+  }
+}
+
+void Timeline::WriterLoop() {
+  std::deque<Event> batch;
+  while (true) {
+    bool stopping;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait_for(lock, std::chrono::milliseconds(100), [this] { return stop_ || !events_.empty(); });
+      batch.swap(events_);
+      stopping = stop_;
+    }
+    for (const auto& e : batch) WriteEvent(e);
+    if (!batch.empty()) std::fflush(file_);
+    batch.clear();
+    if (stopping) return;
+  }
+}
+
+}  // namespace bluefog

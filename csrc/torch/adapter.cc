@@ -1,0 +1,47 @@
+#include "adapter.h"
+
+#include <stdexcept>
+
+namespace bluefog {
+namespace torch_frontend {
+
+DataType ToDataType(at::ScalarType type) {
+  switch (type) {
+    case at::kByte: return DataType::UINT8;
+    case at::kChar: return DataType::INT8;
+    case at::kShort: return DataType::INT16;
+    case at::kInt: return DataType::INT32;
+    case at::kLong: return DataType::INT64;
+    case at::kHalf: return DataType::FLOAT16;
+    case at::kFloat: return DataType::FLOAT32;
+    case at::kDouble: return DataType::FLOAT64;
+    case at::kBFloat16: return DataType::BFLOAT16;
+    case at::kBool: return DataType::BOOL;
+    default:
+      throw std::invalid_argument(std::string("Tensor type ") + c10::toString(type) + " is not supported.");
+  }
+}
+
+TorchTensor::TorchTensor(at::Tensor tensor)
+    : tensor_(std::move(tensor)),
+      dtype_(ToDataType(tensor_.scalar_type())),
+      shape_(tensor_.sizes().begin(), tensor_.sizes().end()),
+      size_bytes_(static_cast<int64_t>(tensor_.numel()) * static_cast<int64_t>(tensor_.element_size())),
+      device_(tensor_.is_cuda() ? tensor_.get_device() : kCpuDevice) {}
+
+Status TorchOpContext::AllocateOutput(const Shape& shape, std::shared_ptr<Tensor>* output) {
+  try {
+    at::Tensor t = at::empty(at::IntArrayRef(shape), options_);
+    {
+      std::lock_guard<std::mutex> lock(record_->mu);
+      record_->output = t;
+    }
+    *output = std::make_shared<TorchTensor>(t);
+    return Status::OK();
+  } catch (const std::exception& e) {
+    return Status::Aborted(std::string("cannot allocate the output: ") + e.what());
+  }
+}
+
+}  // namespace torch_frontend
+}  // namespace bluefog

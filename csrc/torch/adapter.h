@@ -1,0 +1,58 @@
+// Adapts at::Tensor to the core's Tensor / OpContext seam.
+#ifndef BLUEFOG_TORCH_ADAPTER_H
+#define BLUEFOG_TORCH_ADAPTER_H
+
+#include <torch/extension.h>
+
+#include <memory>
+#include <mutex>
+
+#include "../common/tensor.h"
+
+namespace bluefog {
+namespace torch_frontend {
+
+// Maps a torch dtype; throws std::invalid_argument for an unsupported one.
+DataType ToDataType(at::ScalarType type);
+
+class TorchTensor : public Tensor {
+ public:
+  explicit TorchTensor(at::Tensor tensor);
+  DataType dtype() const override { return dtype_; }
+  const Shape& shape() const override { return shape_; }
+  void* data() const override { return tensor_.data_ptr(); }
+  int64_t size_bytes() const override { return size_bytes_; }
+  int device() const override { return device_; }
+
+ private:
+  at::Tensor tensor_;
+  DataType dtype_;
+  Shape shape_;
+  int64_t size_bytes_;
+  int device_;
+};
+
+// What a handle keeps alive until the user synchronizes it: the tensors, so
+// that the last reference is always dropped on the user's thread.
+struct HandleRecord {
+  std::mutex mu;
+  at::Tensor input;
+  at::Tensor output;
+};
+
+// Allocates an allgather output like the input, on the background thread.
+class TorchOpContext : public OpContext {
+ public:
+  TorchOpContext(std::shared_ptr<HandleRecord> record, at::TensorOptions options)
+      : record_(std::move(record)), options_(options) {}
+  Status AllocateOutput(const Shape& shape, std::shared_ptr<Tensor>* output) override;
+
+ private:
+  std::shared_ptr<HandleRecord> record_;
+  at::TensorOptions options_;
+};
+
+}  // namespace torch_frontend
+}  // namespace bluefog
+
+#endif  // BLUEFOG_TORCH_ADAPTER_H
