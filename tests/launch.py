@@ -1,0 +1,39 @@
+"""Helpers for tests that launch jobs with bfrun under a hard timeout."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def bfrun(np, args, timeout, env=None):
+    """Runs `bfrun -np np <args>` (args: list, python scripts get sys.executable).
+    Returns (returncode, combined output, seconds). On timeout the whole process
+    group is killed and the return code is None."""
+    cmd = [sys.executable, "-m", "bluefog.run.run", "-np", str(np)] + list(args)
+    full_env = dict(os.environ)
+    full_env.setdefault("BLUEFOG_LOG_HIDE_TIME", "1")
+    full_env["PYTHONPATH"] = ROOT + os.pathsep + full_env.get("PYTHONPATH", "")
+    full_env.update(env or {})
+    start = time.time()
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True, text=True)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+        return proc.returncode, out, time.time() - start
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        return None, out, time.time() - start
+
+
+def python_script(path, *script_args):
+    """The argument list that runs a Python script on every rank."""
+    return [sys.executable, path] + list(script_args)
+
+
+def pytest_file(path):
+    """The argument list that runs a pytest file on every rank."""
+    return [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", path]

@@ -1,0 +1,24 @@
+"""Runs each tests/parallel/test_*.py file on 1, 2 and 4 ranks under bfrun.
+
+Each run has a hard timeout: a hang fails the test instead of hanging CI, and a
+failure on any rank fails the run (the parallel conftest exits that rank at
+once, and the launcher ends the others).
+"""
+import glob
+import os
+
+import pytest
+
+from launch import ROOT, bfrun, pytest_file
+
+FILES = sorted(glob.glob(os.path.join(ROOT, "tests", "parallel", "test_*.py")))
+RANKS = (1, 2, 4)
+TIMEOUT = int(os.environ.get("BLUEFOG_TEST_TIMEOUT", "240"))
+
+
+@pytest.mark.parametrize("np", RANKS)
+@pytest.mark.parametrize("path", FILES, ids=[os.path.basename(f) for f in FILES])
+def test_parallel_file(path, np):
+    rc, out, secs = bfrun(np, pytest_file(path), TIMEOUT)
+    assert rc is not None, f"{os.path.basename(path)} on {np} ranks hung (killed after {TIMEOUT} s):\n{out[-6000:]}"
+    assert rc == 0, f"{os.path.basename(path)} on {np} ranks failed (exit {rc}):\n{out[-8000:]}"

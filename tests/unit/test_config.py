@@ -1,0 +1,77 @@
+"""The core's configuration parser (BLUEFOG_* settings), called through the C
+ABI without starting MPI."""
+import pytest
+
+from bluefog.common.basics import parse_config
+
+
+def test_defaults():
+    c = parse_config("")
+    assert c["cycle_time_ms"] == 0.5
+    assert c["fusion_threshold_bytes"] == 8 * 1024 * 1024
+    assert c["log_level"] == "warning"
+    assert c["log_hide_time"] is False
+    assert c["timeline_prefix"] == ""
+    assert c["mpi_thread_level"] == 3
+    assert c["nodes_per_machine"] == 0
+    assert c["stall_check_seconds"] == 60
+    assert c["stall_shutdown_seconds"] == 0
+
+
+def test_every_setting_is_read():
+    c = parse_config("\n".join([
+        "BLUEFOG_CYCLE_TIME=2.5",
+        "BLUEFOG_FUSION_THRESHOLD=1024",
+        "BLUEFOG_LOG_LEVEL=DEBUG",
+        "BLUEFOG_LOG_HIDE_TIME=1",
+        "BLUEFOG_TIMELINE=/tmp/trace_",
+        "BLUEFOG_MPI_THREAD_LEVEL=2",
+        "BLUEFOG_NODES_PER_MACHINE=2",
+        "BLUEFOG_STALL_CHECK_TIME_SECONDS=5",
+        "BLUEFOG_STALL_SHUTDOWN_TIME_SECONDS=30",
+    ]))
+    assert c == {
+        "cycle_time_ms": 2.5, "fusion_threshold_bytes": 1024, "log_level": "debug", "log_hide_time": True,
+        "timeline_prefix": "/tmp/trace_", "mpi_thread_level": 2, "nodes_per_machine": 2,
+        "stall_check_seconds": 5, "stall_shutdown_seconds": 30,
+    }
+
+
+def test_stall_check_can_be_disabled():
+    assert parse_config("BLUEFOG_STALL_CHECK_DISABLE=1")["stall_check_seconds"] == 0
+
+
+def test_unrelated_variables_are_ignored():
+    assert parse_config("BLUEFOG_WITH_NCCL=1\nPATH=/x") == parse_config("")
+
+
+@pytest.mark.parametrize("line, variable", [
+    ("BLUEFOG_CYCLE_TIME=fast", "BLUEFOG_CYCLE_TIME"),
+    ("BLUEFOG_CYCLE_TIME=-1", "BLUEFOG_CYCLE_TIME"),
+    ("BLUEFOG_FUSION_THRESHOLD=8MB", "BLUEFOG_FUSION_THRESHOLD"),
+    ("BLUEFOG_LOG_LEVEL=loud", "BLUEFOG_LOG_LEVEL"),
+    ("BLUEFOG_LOG_HIDE_TIME=maybe", "BLUEFOG_LOG_HIDE_TIME"),
+    ("BLUEFOG_MPI_THREAD_LEVEL=4", "BLUEFOG_MPI_THREAD_LEVEL"),
+    ("BLUEFOG_NODES_PER_MACHINE=0", "BLUEFOG_NODES_PER_MACHINE"),
+    ("BLUEFOG_STALL_CHECK_TIME_SECONDS=soon", "BLUEFOG_STALL_CHECK_TIME_SECONDS"),
+    ("BLUEFOG_STALL_SHUTDOWN_TIME_SECONDS=-3", "BLUEFOG_STALL_SHUTDOWN_TIME_SECONDS"),
+])
+def test_malformed_values_name_the_variable(line, variable):
+    with pytest.raises(ValueError) as info:
+        parse_config(line)
+    assert variable in str(info.value)
+    assert line.split("=", 1)[1] in str(info.value)
+
+
+def test_shutdown_time_must_not_be_shorter_than_check_time():
+    with pytest.raises(ValueError, match="STALL_SHUTDOWN"):
+        parse_config("BLUEFOG_STALL_CHECK_TIME_SECONDS=10\nBLUEFOG_STALL_SHUTDOWN_TIME_SECONDS=5")
+
+
+def test_environment_is_read_and_overrides_win(monkeypatch):
+    monkeypatch.setenv("BLUEFOG_CYCLE_TIME", "3")
+    monkeypatch.setenv("BLUEFOG_FUSION_THRESHOLD", "77")
+    c = parse_config("BLUEFOG_FUSION_THRESHOLD=99", use_env=True)
+    assert c["cycle_time_ms"] == 3
+    assert c["fusion_threshold_bytes"] == 99
+    assert parse_config("", use_env=False)["cycle_time_ms"] == 0.5
