@@ -19,6 +19,10 @@ from bluefog.torch.mpi_ops import (  # noqa: E402,F401
     broadcast, broadcast_, broadcast_nonblocking, broadcast_nonblocking_,
     allgather, allgather_nonblocking,
     poll, synchronize, wait, barrier)
+from bluefog.torch.neighbor_ops import (  # noqa: E402,F401
+    neighbor_allreduce, neighbor_allreduce_nonblocking, neighbor_allgather, neighbor_allgather_nonblocking,
+    hierarchical_neighbor_allreduce, hierarchical_neighbor_allreduce_nonblocking,
+    pair_gossip, pair_gossip_nonblocking)
 
 _basics = _get_basics()
 init = _basics.init
@@ -30,6 +34,8 @@ local_rank = _basics.local_rank
 machine_size = _basics.machine_size
 machine_rank = _basics.machine_rank
 is_homogeneous = _basics.is_homogeneous
+is_topo_weighted = _basics.is_topo_weighted
+is_machine_topo_weighted = _basics.is_machine_topo_weighted
 mpi_threads_supported = _basics.mpi_threads_supported
 unified_mpi_window_model_supported = _basics.unified_mpi_window_model_supported
 nccl_built = _basics.nccl_built

@@ -14,8 +14,14 @@ from bluefog.torch import _C
 
 _basics = get_basics()
 
-# handle -> (user tensor to copy the result into, or None)
-_copy_back = {}
+# handle -> callable(raw output) -> what synchronize() returns
+_postprocess = {}
+
+
+def register_postprocess(handle: int, fn):
+    """Makes synchronize(handle) return fn(output) instead of the raw output."""
+    _postprocess[handle] = fn
+    return handle
 
 
 def _prepare(tensor: torch.Tensor, op: str) -> torch.Tensor:
@@ -29,8 +35,10 @@ def _prepare(tensor: torch.Tensor, op: str) -> torch.Tensor:
 
 
 def _finish(handle: int, target: Optional[torch.Tensor]) -> int:
+    """Registers a copy of the result back into `target` (a non-contiguous or
+    GPU tensor of an in-place op) at synchronize time."""
     if target is not None:
-        _copy_back[handle] = target
+        register_postprocess(handle, lambda out: target.copy_(out))
     return handle
 
 
@@ -133,6 +141,9 @@ def allgather(tensor: torch.Tensor, name: Optional[str] = None) -> torch.Tensor:
 # ---- handles ------------------------------------------------------------------
 def poll(handle: int) -> bool:
     """True once the op behind `handle` has finished (successfully or not)."""
+    if handle < 0:
+        from bluefog.torch.composite import poll_composite
+        return poll_composite(handle)
     return _C.poll(handle)
 
 
@@ -140,12 +151,12 @@ def synchronize(handle: int) -> torch.Tensor:
     """Waits for the op behind `handle` (without holding the GIL), raises if it
     failed (ValueError: invalid input or ranks disagree; RuntimeError:
     communication failure), and returns its output."""
-    target = _copy_back.pop(handle, None)
+    if handle < 0:
+        from bluefog.torch.composite import synchronize_composite
+        return synchronize_composite(handle)
+    post = _postprocess.pop(handle, None)
     output = _C.wait(handle)
-    if target is not None:
-        target.copy_(output)
-        return target
-    return output
+    return post(output) if post is not None else output
 
 
 wait = synchronize

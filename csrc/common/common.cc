@@ -54,6 +54,8 @@ const char* OpTypeName(OpType op) {
     case OpType::ALLGATHER: return "allgather";
     case OpType::BARRIER: return "barrier";
     case OpType::SET_SKIP_NEGOTIATE: return "set_skip_negotiate_stage";
+    case OpType::NEIGHBOR_ALLREDUCE: return "neighbor_allreduce";
+    case OpType::NEIGHBOR_ALLGATHER: return "neighbor_allgather";
   }
   return "unknown";
 }

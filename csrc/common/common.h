@@ -37,6 +37,11 @@ enum class OpType : int32_t {
   BARRIER = 3,
   // Control ops travel through the same agreed order as data ops.
   SET_SKIP_NEGOTIATE = 4,
+  // Receive each source's tensor (sent scaled by the sender's dst weight):
+  // the exchange under neighbor_allreduce, pair_gossip and the hierarchical op.
+  NEIGHBOR_ALLREDUCE = 5,
+  // Receive each source's tensor, first dimensions may differ; concatenated.
+  NEIGHBOR_ALLGATHER = 6,
 };
 
 const char* OpTypeName(OpType op);  // "allreduce", ...

@@ -1,5 +1,6 @@
 #include "coordinator.h"
 
+#include <algorithm>
 #include <sstream>
 
 namespace bluefog {
@@ -42,6 +43,57 @@ std::string TrailingShape(const Request& r) {
   return std::to_string(r.shape.size()) + " dims, trailing " + ShapeString(rest);
 }
 
+bool Contains(const std::vector<int32_t>& v, int32_t x) {
+  for (auto y : v)
+    if (y == x) return true;
+  return false;
+}
+
+bool IsNeighborOp(OpType op) { return op == OpType::NEIGHBOR_ALLREDUCE || op == OpType::NEIGHBOR_ALLGATHER; }
+
+// Every rank's send/receive lists must be valid and mirror each other, or the
+// exchange would deadlock or drop data.
+std::string CheckPattern(const std::vector<Request>& v) {
+  const int size = static_cast<int>(v.size());
+  std::vector<std::string> problems;
+  for (int r = 0; r < size; ++r) {
+    for (const auto* list : {&v[r].src_ranks, &v[r].dst_ranks}) {
+      const char* what = list == &v[r].src_ranks ? "source" : "destination";
+      for (size_t i = 0; i < list->size(); ++i) {
+        int32_t x = (*list)[i];
+        if (x < 0 || x >= size || x == r) {
+          problems.push_back("rank " + std::to_string(r) + " lists " + what + " rank " + std::to_string(x) +
+                             " (expected a rank in [0, " + std::to_string(size) + ") other than itself)");
+        } else if (std::find(list->begin(), list->begin() + i, x) != list->begin() + i) {
+          problems.push_back("rank " + std::to_string(r) + " lists " + what + " rank " + std::to_string(x) + " twice");
+        }
+      }
+    }
+    if (!v[r].dst_weights.empty() && v[r].dst_weights.size() != v[r].dst_ranks.size()) {
+      problems.push_back("rank " + std::to_string(r) + " gives " + std::to_string(v[r].dst_weights.size()) +
+                         " weights for " + std::to_string(v[r].dst_ranks.size()) + " destinations");
+    }
+  }
+  if (problems.empty()) {
+    for (int r = 0; r < size; ++r) {
+      for (int32_t d : v[r].dst_ranks)
+        if (!Contains(v[d].src_ranks, r))
+          problems.push_back("rank " + std::to_string(r) + " sends to rank " + std::to_string(d) + ", but rank " +
+                             std::to_string(d) + " does not receive from rank " + std::to_string(r));
+      for (int32_t src : v[r].src_ranks)
+        if (!Contains(v[src].dst_ranks, r))
+          problems.push_back("rank " + std::to_string(r) + " receives from rank " + std::to_string(src) +
+                             ", but rank " + std::to_string(src) + " does not send to rank " + std::to_string(r));
+    }
+  }
+  if (problems.empty()) return "";
+  std::string out = "send/receive pattern mismatch: ";
+  const size_t shown = std::min<size_t>(problems.size(), 6);
+  for (size_t i = 0; i < shown; ++i) out += (i ? "; " : "") + problems[i];
+  if (problems.size() > shown) out += "; and " + std::to_string(problems.size() - shown) + " more";
+  return out;
+}
+
 }  // namespace
 
 void Coordinator::Reset(int size) {
@@ -69,7 +121,7 @@ std::string Coordinator::CheckAgreement(const Pending& p) const {
     });
   const OpType op = v[0].op;
   if (d.empty()) {
-    if (op == OpType::ALLGATHER) d = Disagreement(v, "shape", TrailingShape);
+    if (op == OpType::ALLGATHER || op == OpType::NEIGHBOR_ALLGATHER) d = Disagreement(v, "shape", TrailingShape);
     else d = Disagreement(v, "shape", [](const Request& r) { return ShapeString(r.shape); });
   }
   if (d.empty() && op == OpType::BROADCAST)
@@ -82,6 +134,7 @@ std::string Coordinator::CheckAgreement(const Pending& p) const {
   }
   if (d.empty() && op == OpType::SET_SKIP_NEGOTIATE)
     d = Disagreement(v, "the value", [](const Request& r) { return std::string(r.int_arg ? "True" : "False"); });
+  if (d.empty() && IsNeighborOp(op)) d = CheckPattern(v);
   if (!d.empty()) return d;
 
   // All ranks agree; now check the agreed request is valid.
@@ -92,6 +145,10 @@ std::string Coordinator::CheckAgreement(const Pending& p) const {
   }
   if (op == OpType::ALLREDUCE && r.dtype == DataType::BOOL) {
     return "dtype bool cannot be summed; expected an integer or floating-point tensor";
+  }
+  if (op == OpType::NEIGHBOR_ALLREDUCE && !IsFloatingPoint(r.dtype)) {
+    return std::string("needs a floating-point tensor (float16, bfloat16, float32, float64), got ") +
+           DataTypeName(r.dtype);
   }
   if (op == OpType::ALLREDUCE && r.average && !IsFloatingPoint(r.dtype)) {
     return std::string("average=True needs a floating-point tensor, got ") + DataTypeName(r.dtype) +
@@ -129,7 +186,7 @@ void Coordinator::Ingest(const std::vector<CycleMessage>& messages, Clock::time_
       } else {
         resp.op = req.op;
         resp.names = {req.name};
-        if (req.op == OpType::ALLGATHER) {
+        if (req.op == OpType::ALLGATHER || req.op == OpType::NEIGHBOR_ALLGATHER) {
           std::vector<int64_t> dims(size_);
           for (int r = 0; r < size_; ++r) dims[r] = p.by_rank[r].shape.empty() ? 1 : p.by_rank[r].shape[0];
           resp.first_dims.push_back(std::move(dims));

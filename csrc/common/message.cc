@@ -23,6 +23,14 @@ void EncodeCycleMessage(const CycleMessage& msg, std::string* out) {
     w.U8((r.average ? kFlagAverage : 0) | (r.hierarchical_local ? kFlagHierarchical : 0));
     w.SVarint(r.device);
     w.SVarint(r.int_arg);
+    if (r.op == OpType::NEIGHBOR_ALLREDUCE || r.op == OpType::NEIGHBOR_ALLGATHER) {
+      w.Varint(r.src_ranks.size());
+      for (auto v : r.src_ranks) w.Varint(static_cast<uint64_t>(v));
+      w.Varint(r.dst_ranks.size());
+      for (auto v : r.dst_ranks) w.Varint(static_cast<uint64_t>(v));
+      w.Varint(r.dst_weights.size());
+      for (auto v : r.dst_weights) w.F64(v);
+    }
   }
   w.Varint(msg.timed_out.size());
   for (const auto& name : msg.timed_out) w.Str(name);
@@ -48,6 +56,14 @@ bool DecodeCycleMessage(const char* data, size_t size, CycleMessage* msg) {
     r.hierarchical_local = flags & kFlagHierarchical;
     r.device = static_cast<int32_t>(rd.SVarint());
     r.int_arg = rd.SVarint();
+    if (r.op == OpType::NEIGHBOR_ALLREDUCE || r.op == OpType::NEIGHBOR_ALLGATHER) {
+      uint64_t n_src = rd.Varint();
+      for (uint64_t k = 0; k < n_src && rd.ok(); ++k) r.src_ranks.push_back(static_cast<int32_t>(rd.Varint()));
+      uint64_t n_dst = rd.Varint();
+      for (uint64_t k = 0; k < n_dst && rd.ok(); ++k) r.dst_ranks.push_back(static_cast<int32_t>(rd.Varint()));
+      uint64_t n_w = rd.Varint();
+      for (uint64_t k = 0; k < n_w && rd.ok(); ++k) r.dst_weights.push_back(rd.F64());
+    }
     msg->requests.push_back(std::move(r));
   }
   uint64_t t = rd.Varint();

@@ -21,6 +21,11 @@ struct Request {
   bool hierarchical_local = false;
   int32_t device = kCpuDevice;
   int64_t int_arg = 0;         // control ops (e.g. skip-negotiate value)
+  // Neighbor ops: who this rank receives from and sends to (world ranks), and
+  // the weight each sent copy is scaled by (empty: all 1).
+  std::vector<int32_t> src_ranks;
+  std::vector<int32_t> dst_ranks;
+  std::vector<double> dst_weights;
 };
 
 // One cycle's message of a rank: flags plus its newly enqueued requests.

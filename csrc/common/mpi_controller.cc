@@ -203,6 +203,100 @@ Status MpiController::Allgather(TensorTableEntry& e, std::vector<int64_t> first_
   return s;
 }
 
+Status MpiController::NeighborExchange(TensorTableEntry& e, const std::vector<int64_t>& first_dims) {
+  constexpr int kDataTag = 17, kSizeTag = 18;
+  MPI_Comm comm = mpi_->data_comm();
+  const bool gather = e.op == OpType::NEIGHBOR_ALLGATHER;
+  const Shape& in_shape = e.input->shape();
+  const auto& src = e.src_ranks;
+  const auto& dst = e.dst_ranks;
+  const int64_t in_bytes = e.input->size_bytes();
+  if (in_bytes > INT_MAX) {
+    return Status::InvalidArgument(std::string(OpTypeName(e.op)) + " '" + e.name +
+                                   "': tensors over 2 GiB are not supported by neighbor ops");
+  }
+  std::vector<MPI_Request> reqs;
+  reqs.reserve(2 * (src.size() + dst.size()));
+
+  // Bytes expected from each source.
+  std::vector<int64_t> src_bytes(src.size(), in_bytes);
+  Shape out_shape;
+  if (gather) {
+    int64_t my_first = in_shape.empty() ? 1 : in_shape[0];
+    int64_t row_bytes = my_first > 0 ? in_bytes / my_first : 0;
+    if (my_first == 0) {
+      row_bytes = static_cast<int64_t>(DataTypeSize(e.input->dtype()));
+      for (size_t i = 1; i < in_shape.size(); ++i) row_bytes *= in_shape[i];
+    }
+    std::vector<int64_t> rows(src.size());
+    if (!first_dims.empty()) {
+      for (size_t i = 0; i < src.size(); ++i) rows[i] = first_dims[src[i]];
+    } else {
+      for (size_t i = 0; i < src.size(); ++i) {
+        reqs.emplace_back();
+        MPI_Irecv(&rows[i], 1, MPI_INT64_T, src[i], kSizeTag, comm, &reqs.back());
+      }
+      for (int32_t d : dst) {
+        reqs.emplace_back();
+        MPI_Isend(&my_first, 1, MPI_INT64_T, d, kSizeTag, comm, &reqs.back());
+      }
+      Status s = CheckRc(MPI_Waitall(static_cast<int>(reqs.size()), reqs.data(), MPI_STATUSES_IGNORE), "MPI_Waitall");
+      if (!s.ok()) return s;
+      reqs.clear();
+    }
+    int64_t total = 0;
+    for (size_t i = 0; i < src.size(); ++i) {
+      src_bytes[i] = rows[i] * row_bytes;
+      total += rows[i];
+    }
+    out_shape = in_shape.empty() ? Shape{total} : in_shape;
+    out_shape[0] = total;
+  } else {
+    out_shape.push_back(static_cast<int64_t>(src.size()));
+    out_shape.insert(out_shape.end(), in_shape.begin(), in_shape.end());
+  }
+  Status s = e.context->AllocateOutput(out_shape, &e.output);
+  if (!s.ok()) return s;
+
+  // Scaled copies for destinations whose weight is not 1.
+  const int64_t count = in_bytes / static_cast<int64_t>(DataTypeSize(e.input->dtype()));
+  std::vector<const char*> send_from(dst.size(), static_cast<const char*>(e.input->data()));
+  size_t scaled = 0;
+  for (size_t i = 0; i < dst.size(); ++i)
+    if (!e.dst_weights.empty() && e.dst_weights[i] != 1.0) ++scaled;
+  if (scaled > 0) {
+    // Keep each copy off the input's page offset (see FusionBuffer).
+    const size_t stride = (static_cast<size_t>(in_bytes) + 4095) / 4096 * 4096 + 320;
+    char* scratch = scratch_.Reserve(stride * dst.size());
+    for (size_t i = 0; i < dst.size(); ++i) {
+      if (e.dst_weights.empty() || e.dst_weights[i] == 1.0) continue;
+      char* copy = scratch + stride * i;
+      if (in_bytes > 0) std::memcpy(copy, e.input->data(), in_bytes);
+      ScaleBuffer(e.input->dtype(), copy, count, e.dst_weights[i]);
+      send_from[i] = copy;
+    }
+  }
+  timeline_->Start(e.name, "COMMUNICATE");
+  char* out = static_cast<char*>(e.output->data());
+  int64_t offset = 0;
+  for (size_t i = 0; i < src.size(); ++i) {
+    if (src_bytes[i] > INT_MAX) {
+      timeline_->End(e.name);
+      return Status::InvalidArgument(std::string(OpTypeName(e.op)) + " '" + e.name + "': more than 2 GiB from one neighbor");
+    }
+    reqs.emplace_back();
+    MPI_Irecv(out + offset, static_cast<int>(src_bytes[i]), MPI_BYTE, src[i], kDataTag, comm, &reqs.back());
+    offset += src_bytes[i];
+  }
+  for (size_t i = 0; i < dst.size(); ++i) {
+    reqs.emplace_back();
+    MPI_Isend(send_from[i], static_cast<int>(in_bytes), MPI_BYTE, dst[i], kDataTag, comm, &reqs.back());
+  }
+  s = CheckRc(MPI_Waitall(static_cast<int>(reqs.size()), reqs.data(), MPI_STATUSES_IGNORE), "MPI_Waitall");
+  timeline_->End(e.name);
+  return s;
+}
+
 Status MpiController::Barrier() { return CheckRc(MPI_Barrier(mpi_->data_comm()), "MPI_Barrier"); }
 
 }  // namespace bluefog

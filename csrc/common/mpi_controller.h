@@ -23,12 +23,20 @@ class MpiController {
   // `first_dims`: every rank's first dimension, or empty to exchange them here.
   Status Allgather(TensorTableEntry& entry, std::vector<int64_t> first_dims);
   Status Barrier();
+  // NEIGHBOR_ALLREDUCE / NEIGHBOR_ALLGATHER: send the input (scaled per
+  // destination) to entry.dst_ranks and receive from entry.src_ranks into a
+  // new output, in src order. `first_dims`: every rank's first dimension
+  // (allgather form), or empty to exchange them with the neighbors here.
+  Status NeighborExchange(TensorTableEntry& entry, const std::vector<int64_t>& first_dims);
 
   // Negotiation transport: every rank's bytes, in rank order, on the control
   // communicator. Waits without holding a core busy for long.
   Status AllgatherBytes(const std::string& mine, std::vector<std::string>* all);
 
-  void ReleaseBuffers() { fusion_.Release(); }
+  void ReleaseBuffers() {
+    fusion_.Release();
+    scratch_.Release();
+  }
 
  private:
   Status AllreduceInPlace(void* data, int64_t count, DataType dtype, MPI_Comm comm);
@@ -37,6 +45,7 @@ class MpiController {
   MpiContext* mpi_;
   Timeline* timeline_;
   FusionBuffer fusion_;
+  FusionBuffer scratch_;  // per-destination scaled copies
   std::vector<char> slots_;  // negotiation slots
 };
 

@@ -94,6 +94,11 @@ Status Perform(GlobalState& g, const Response& resp) {
     case OpType::ALLGATHER:
       s = g.controller->Allgather(entries[0], resp.first_dims.empty() ? std::vector<int64_t>() : resp.first_dims[0]);
       break;
+    case OpType::NEIGHBOR_ALLREDUCE:
+    case OpType::NEIGHBOR_ALLGATHER:
+      s = g.controller->NeighborExchange(entries[0], resp.first_dims.empty() ? std::vector<int64_t>()
+                                                                            : resp.first_dims[0]);
+      break;
     case OpType::BARRIER:
       g.timeline.Start(entries[0].name, "COMMUNICATE");
       s = g.controller->Barrier();
@@ -376,6 +381,34 @@ Status EnqueueAllgather(std::shared_ptr<Tensor> input, std::shared_ptr<OpContext
   e.input = std::move(input);
   e.context = std::move(context);
   e.ready_event = std::move(ready);
+  e.callback = std::move(callback);
+  return Enqueue(std::move(e), std::move(r));
+}
+
+Status EnqueueNeighbor(OpType op, std::shared_ptr<Tensor> input, std::shared_ptr<OpContext> context,
+                       std::shared_ptr<ReadyEvent> ready, const std::string& name, std::vector<int32_t> src_ranks,
+                       std::vector<int32_t> dst_ranks, std::vector<double> dst_weights, StatusCallback callback) {
+  if (op != OpType::NEIGHBOR_ALLREDUCE && op != OpType::NEIGHBOR_ALLGATHER) {
+    return Status::InvalidArgument("EnqueueNeighbor: not a neighbor op");
+  }
+  if (!dst_weights.empty() && dst_weights.size() != dst_ranks.size()) {
+    return Status::InvalidArgument(std::string(OpTypeName(op)) + " '" + name + "': " +
+                                   std::to_string(dst_weights.size()) + " weights for " +
+                                   std::to_string(dst_ranks.size()) + " destinations");
+  }
+  Request r = DescribeTensor(*input);
+  r.src_ranks = src_ranks;
+  r.dst_ranks = dst_ranks;
+  r.dst_weights = dst_weights;
+  TensorTableEntry e;
+  e.name = name;
+  e.op = op;
+  e.input = std::move(input);
+  e.context = std::move(context);
+  e.ready_event = std::move(ready);
+  e.src_ranks = std::move(src_ranks);
+  e.dst_ranks = std::move(dst_ranks);
+  e.dst_weights = std::move(dst_weights);
   e.callback = std::move(callback);
   return Enqueue(std::move(e), std::move(r));
 }

@@ -5,6 +5,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "status.h"
 #include "tensor.h"
@@ -37,6 +38,11 @@ Status EnqueueBroadcast(std::shared_ptr<Tensor> input, std::shared_ptr<Tensor> o
                         StatusCallback callback);
 Status EnqueueAllgather(std::shared_ptr<Tensor> input, std::shared_ptr<OpContext> context,
                         std::shared_ptr<ReadyEvent> ready, const std::string& name, StatusCallback callback);
+// NEIGHBOR_ALLREDUCE or NEIGHBOR_ALLGATHER; the output (allocated through
+// `context`) holds what each of `src_ranks` sent, in that order.
+Status EnqueueNeighbor(OpType op, std::shared_ptr<Tensor> input, std::shared_ptr<OpContext> context,
+                       std::shared_ptr<ReadyEvent> ready, const std::string& name, std::vector<int32_t> src_ranks,
+                       std::vector<int32_t> dst_ranks, std::vector<double> dst_weights, StatusCallback callback);
 Status EnqueueBarrier(const std::string& name, StatusCallback callback);
 Status EnqueueSetSkipNegotiate(bool value, StatusCallback callback);
 bool SkipNegotiate();

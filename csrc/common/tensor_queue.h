@@ -29,6 +29,9 @@ struct TensorTableEntry {
   bool average = false;
   bool hierarchical_local = false;
   int64_t int_arg = 0;
+  std::vector<int32_t> src_ranks;  // neighbor ops
+  std::vector<int32_t> dst_ranks;
+  std::vector<double> dst_weights;
   StatusCallback callback;
 };
 

@@ -1,6 +1,8 @@
 // pybind11 module bluefog.torch._C: enqueue ops, poll and wait on handles.
 #include <torch/extension.h>
 
+#include <pybind11/stl.h>
+
 #include <mutex>
 #include <unordered_map>
 
@@ -105,6 +107,23 @@ int AllgatherAsync(at::Tensor input, const std::string& name) {
   });
 }
 
+// The neighbor exchange: output = what each of src_ranks sent (allreduce form:
+// [len(src), *shape]; allgather form: concatenated along dim 0).
+int NeighborAsync(at::Tensor input, bool gather, std::vector<int32_t> src_ranks, std::vector<int32_t> dst_ranks,
+                  std::vector<double> dst_weights, const std::string& name) {
+  const char* op = gather ? "neighbor_allgather" : "neighbor_allreduce";
+  CheckContiguous(input, op);
+  auto in = Wrap(input);
+  auto record = std::make_shared<HandleRecord>();
+  record->input = input;
+  auto context = std::make_shared<TorchOpContext>(record, input.options());
+  OpType type = gather ? OpType::NEIGHBOR_ALLGATHER : OpType::NEIGHBOR_ALLREDUCE;
+  return Submit(op, name, record, [&](const std::string& n, StatusCallback cb) {
+    return EnqueueNeighbor(type, in, context, nullptr, n, std::move(src_ranks), std::move(dst_ranks),
+                           std::move(dst_weights), std::move(cb));
+  });
+}
+
 bool Poll(int handle) {
   bool known = false;
   bool done = Handles().Poll(handle, &known);
@@ -146,6 +165,8 @@ PYBIND11_MODULE(_C, m) {
   m.def("broadcast_async", &BroadcastAsync, py::arg("input"), py::arg("output"), py::arg("root_rank"),
         py::arg("name"));
   m.def("allgather_async", &AllgatherAsync, py::arg("input"), py::arg("name"));
+  m.def("neighbor_async", &NeighborAsync, py::arg("input"), py::arg("gather"), py::arg("src_ranks"),
+        py::arg("dst_ranks"), py::arg("dst_weights"), py::arg("name"));
   m.def("poll", &Poll, py::arg("handle"));
   m.def("wait", &Wait, py::arg("handle"));
 }

@@ -1,0 +1,271 @@
+"""Neighbor ops over the virtual topology: neighbor_allreduce, neighbor_allgather,
+hierarchical_neighbor_allreduce, pair_gossip (blocking and nonblocking).
+
+The core only exchanges tensors (each rank receives what its sources sent,
+scaled by the senders' destination weights); the weighting policy lives here.
+Every rank must call each named op (a rank with nothing to exchange passes
+empty lists), and the core checks that the send/receive lists of all ranks
+mirror each other: a mismatch raises ValueError on every rank, nothing is
+exchanged, and nothing hangs.
+"""
+import numbers
+from typing import Dict, List, Optional, Union
+
+import torch
+
+from bluefog.common import topology_util
+from bluefog.common.basics import get_basics
+from bluefog.torch import _C
+from bluefog.torch.composite import start_composite
+from bluefog.torch.mpi_ops import _name, _prepare, allreduce_nonblocking, register_postprocess, synchronize
+
+_basics = get_basics()
+_FLOAT_TYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+Weights = Union[Dict[int, float], List[int], None]
+
+
+def _reject_old_kwargs(op: str, kwargs, old_names):
+    for old in old_names:
+        if old in kwargs:
+            raise TypeError(f"{op}() no longer accepts '{old}'; see the API documentation for the current arguments")
+    if kwargs:
+        raise TypeError(f"{op}() got unexpected keyword arguments {sorted(kwargs)}")
+
+
+def _check_float(tensor: torch.Tensor, op: str):
+    if tensor.dtype not in _FLOAT_TYPES:
+        raise ValueError(f"{op}: needs a floating-point tensor (float16, bfloat16, float32, float64), "
+                         f"got {tensor.dtype}")
+
+
+def _check_weight(value, what: str, op: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{op}: {what} must be a number, got {value!r}")
+    return float(value)
+
+
+def _check_weight_dict(weights, what: str, op: str) -> Dict[int, float]:
+    if not isinstance(weights, dict):
+        raise ValueError(f"{op}: {what} must be a dict {{rank: weight}}, got {type(weights).__name__}")
+    out = {}
+    for k, v in weights.items():
+        if isinstance(k, bool) or not isinstance(k, numbers.Integral):
+            raise ValueError(f"{op}: {what} keys must be ranks (int), got {k!r}")
+        out[int(k)] = _check_weight(v, f"{what}[{k}]", op)
+    return out
+
+
+def _dst_dict(dst_weights, op: str) -> Dict[int, float]:
+    if isinstance(dst_weights, (list, tuple)):
+        return {int(r): 1.0 for r in dst_weights}
+    return _check_weight_dict(dst_weights, "dst_weights", op)
+
+
+def _combine(x: torch.Tensor, received: torch.Tensor, self_weight: float, src_order: List[int],
+             src_weights: Dict[int, float]) -> torch.Tensor:
+    """self_weight * x + sum_j w_j * x_j (in float32 for 16-bit types)."""
+    compute = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+    result = x.to(compute) * self_weight
+    for i, src in enumerate(src_order):
+        w = src_weights.get(src, 0.0)
+        if w != 0.0:
+            result.add_(received[i].to(compute), alpha=w)
+    return result.to(x.dtype)
+
+
+def _resolve_weights(op, self_weight, src_weights, dst_weights):
+    """(self_weight, {src: w}, [src order], [dst], [dst weights])."""
+    rank = _basics.rank()
+    in_nbrs = _basics.in_neighbor_ranks()
+    out_nbrs = _basics.out_neighbor_ranks()
+    if dst_weights is None:
+        if self_weight is None and src_weights is None:
+            if _basics.is_topo_weighted():
+                self_weight, src_weights = topology_util.GetRecvWeights(_basics.load_topology(), rank)
+            else:
+                uniform = 1.0 / (len(in_nbrs) + 1)
+                self_weight, src_weights = uniform, {r: uniform for r in in_nbrs}
+        elif self_weight is None or src_weights is None:
+            raise ValueError(f"{op}: give self_weight and src_weights together (or neither, for the topology's "
+                             "weights)")
+        self_weight = _check_weight(self_weight, "self_weight", op)
+        src_weights = _check_weight_dict(src_weights, "src_weights", op)
+        stray = sorted(set(src_weights) - set(in_nbrs))
+        if stray:
+            raise ValueError(f"{op}: src_weights names ranks {stray} that are not in-neighbors of rank {rank} "
+                             f"(in-neighbors: {in_nbrs}); pass dst_weights for a dynamic exchange")
+        return self_weight, src_weights, list(in_nbrs), list(out_nbrs), []
+    if self_weight is None or src_weights is None:
+        raise ValueError(f"{op}: with dst_weights (a dynamic exchange) self_weight and src_weights are required")
+    self_weight = _check_weight(self_weight, "self_weight", op)
+    src_weights = _check_weight_dict(src_weights, "src_weights", op)
+    dst = _dst_dict(dst_weights, op)
+    src_order = sorted(src_weights)
+    dst_order = sorted(dst)
+    return self_weight, src_weights, src_order, dst_order, [dst[d] for d in dst_order]
+
+
+def neighbor_allreduce_nonblocking(tensor: torch.Tensor, *, self_weight: Optional[float] = None,
+                                   src_weights: Optional[Dict[int, float]] = None, dst_weights: Weights = None,
+                                   enable_topo_check: bool = True, name: Optional[str] = None,
+                                   **kwargs) -> int:
+    """Starts a neighbor_allreduce; returns a handle (see neighbor_allreduce)."""
+    _reject_old_kwargs("neighbor_allreduce", kwargs, ("neighbor_weights", "send_neighbors"))
+    _check_float(tensor, "neighbor_allreduce")
+    sw, srcw, src_order, dst, dstw = _resolve_weights("neighbor_allreduce", self_weight, src_weights, dst_weights)
+    x = _prepare(tensor, "neighbor_allreduce")
+    handle = _C.neighbor_async(x, False, src_order, dst, dstw, _name(name))
+    device = tensor.device
+    return register_postprocess(handle, lambda received: _combine(x, received, sw, src_order, srcw).to(device))
+
+
+def neighbor_allreduce(tensor: torch.Tensor, *, self_weight: Optional[float] = None,
+                       src_weights: Optional[Dict[int, float]] = None, dst_weights: Weights = None,
+                       enable_topo_check: bool = True, name: Optional[str] = None, **kwargs) -> torch.Tensor:
+    """Weighted average with neighbors: self_weight * x + sum_j src_weights[j] * x_j.
+
+    Without weights: the topology's receive weights if it is weighted, else
+    1/(in-degree + 1) for self and each in-neighbor. With dst_weights (a dict
+    rank -> weight, or a list meaning weight 1) the exchange is dynamic: this
+    rank sends only to those ranks, its tensor scaled by the weight, and
+    receives from the keys of src_weights (self_weight and src_weights are then
+    required). float16/bfloat16/float32/float64. The send/receive lists of all
+    ranks are always checked against each other (enable_topo_check is accepted
+    for compatibility): a mismatch raises ValueError on every rank.
+    """
+    return synchronize(neighbor_allreduce_nonblocking(tensor, self_weight=self_weight, src_weights=src_weights,
+                                                      dst_weights=dst_weights, enable_topo_check=enable_topo_check,
+                                                      name=name, **kwargs))
+
+
+def neighbor_allgather_nonblocking(tensor: torch.Tensor, *, src_ranks: Optional[List[int]] = None,
+                                   dst_ranks: Optional[List[int]] = None, enable_topo_check: bool = True,
+                                   name: Optional[str] = None) -> int:
+    """Starts a neighbor_allgather; returns a handle."""
+    if (src_ranks is None) != (dst_ranks is None):
+        raise ValueError("neighbor_allgather: give src_ranks and dst_ranks together (or neither, for the topology)")
+    if src_ranks is None:
+        src_ranks, dst_ranks = _basics.in_neighbor_ranks(), _basics.out_neighbor_ranks()
+    for what, ranks in (("src_ranks", src_ranks), ("dst_ranks", dst_ranks)):
+        if not all(isinstance(r, numbers.Integral) and not isinstance(r, bool) for r in ranks):
+            raise ValueError(f"neighbor_allgather: {what} must be a list of ranks (int), got {ranks!r}")
+    x = _prepare(tensor, "neighbor_allgather")
+    handle = _C.neighbor_async(x, True, [int(r) for r in src_ranks], [int(r) for r in dst_ranks], [], _name(name))
+    if tensor.is_cuda:
+        register_postprocess(handle, lambda out: out.to(tensor.device))
+    return handle
+
+
+def neighbor_allgather(tensor: torch.Tensor, *, src_ranks: Optional[List[int]] = None,
+                       dst_ranks: Optional[List[int]] = None, enable_topo_check: bool = True,
+                       name: Optional[str] = None) -> torch.Tensor:
+    """Concatenation along dim 0 of the in-neighbors' tensors (self excluded), in
+    in_neighbor_ranks() order, or in src_ranks order for a dynamic exchange
+    (src_ranks and dst_ranks given together). First dimensions may differ."""
+    return synchronize(neighbor_allgather_nonblocking(tensor, src_ranks=src_ranks, dst_ranks=dst_ranks,
+                                                      enable_topo_check=enable_topo_check, name=name))
+
+
+def pair_gossip_nonblocking(tensor: torch.Tensor, target_rank: int, self_weight: Optional[float] = None,
+                            pair_weight: Optional[float] = None, name: Optional[str] = None) -> int:
+    """Starts a pair_gossip; returns a handle."""
+    _check_float(tensor, "pair_gossip")
+    if isinstance(target_rank, bool) or not isinstance(target_rank, numbers.Integral):
+        raise ValueError(f"pair_gossip: target_rank must be an int, got {target_rank!r}")
+    if (self_weight is None) != (pair_weight is None):
+        raise ValueError("pair_gossip: give self_weight and pair_weight together (or neither, for 0.5 / 0.5)")
+    sw = 0.5 if self_weight is None else _check_weight(self_weight, "self_weight", "pair_gossip")
+    pw = 0.5 if pair_weight is None else _check_weight(pair_weight, "pair_weight", "pair_gossip")
+    peers = [] if int(target_rank) == _basics.rank() else [int(target_rank)]
+    x = _prepare(tensor, "pair_gossip")
+    handle = _C.neighbor_async(x, False, peers, peers, [], _name(name))
+    weights = {p: pw for p in peers}
+    device = tensor.device
+    return register_postprocess(handle, lambda received: _combine(x, received, sw if peers else 1.0, peers,
+                                                                  weights).to(device))
+
+
+def pair_gossip(tensor: torch.Tensor, target_rank: int, self_weight: Optional[float] = None,
+                pair_weight: Optional[float] = None, name: Optional[str] = None) -> torch.Tensor:
+    """self_weight * x + pair_weight * x_target (default 0.5 each) with one peer.
+    Every rank calls it (with its own target, which must target it back; a rank
+    passing its own rank sits the round out and gets its tensor back)."""
+    return synchronize(pair_gossip_nonblocking(tensor, target_rank, self_weight, pair_weight, name))
+
+
+def hierarchical_neighbor_allreduce_nonblocking(tensor: torch.Tensor, *, self_weight: Optional[float] = None,
+                                                src_machine_weights: Optional[Dict[int, float]] = None,
+                                                dst_machine_weights: Weights = None,
+                                                enable_topo_check: bool = False, name: Optional[str] = None,
+                                                **kwargs) -> int:
+    """Starts a hierarchical_neighbor_allreduce; returns a handle whose steps
+    advance when polled or synchronized."""
+    op = "hierarchical_neighbor_allreduce"
+    _reject_old_kwargs(op, kwargs, ("neighbor_machine_weights", "send_neighbor_machines"))
+    _check_float(tensor, op)
+    if not _basics.is_homogeneous():
+        raise ValueError(f"{op}: needs a homogeneous cluster (every machine with the same number of consecutive "
+                         "ranks)")
+    given = [w is not None for w in (self_weight, src_machine_weights, dst_machine_weights)]
+    if any(given) and not all(given):
+        raise ValueError(f"{op}: give self_weight, src_machine_weights and dst_machine_weights together")
+    local_size = _basics.local_size()
+    machine = _basics.machine_rank()
+    if not any(given):
+        topo = _basics.load_machine_topology()
+        if topo is None:
+            raise RuntimeError(f"{op}: no machine topology is set; call set_machine_topology() or pass weights")
+        ins, outs = _basics.in_neighbor_machine_ranks(), _basics.out_neighbor_machine_ranks()
+        if _basics.is_machine_topo_weighted():
+            self_weight, src_machine_weights = topology_util.GetRecvWeights(topo, machine)
+        else:
+            uniform = 1.0 / (len(ins) + 1)
+            self_weight, src_machine_weights = uniform, {m: uniform for m in ins}
+        dst = {m: 1.0 for m in outs}
+    else:
+        self_weight = _check_weight(self_weight, "self_weight", op)
+        src_machine_weights = _check_weight_dict(src_machine_weights, "src_machine_weights", op)
+        dst = _dst_dict(dst_machine_weights, op)
+    leader = _basics.local_rank() == 0
+    src_order = sorted(src_machine_weights) if leader else []
+    dst_order = sorted(dst) if leader else []
+    base = _name(name) or None
+    label = (lambda step: f"{base}.{step}") if base else (lambda step: None)
+    x = _prepare(tensor, op)
+    device = tensor.device
+
+    def exchange(local_mean):
+        return _C.neighbor_async(local_mean, False, [m * local_size for m in src_order],
+                                 [m * local_size for m in dst_order], [dst[m] for m in dst_order],
+                                 _name(label("exchange")))
+
+    state = {}
+
+    def spread(received):
+        local_mean = state["mean"]
+        if leader:
+            combined = _combine(local_mean, received, self_weight, src_order, src_machine_weights)
+        else:
+            combined = torch.zeros_like(local_mean)
+        return allreduce_nonblocking(combined, average=False, is_hierarchical_local=True, name=label("spread"))
+
+    def keep_mean(mean):
+        state["mean"] = mean
+        return exchange(mean)
+
+    first = allreduce_nonblocking(x, average=True, is_hierarchical_local=True, name=label("local"))
+    return start_composite(first, [keep_mean, spread], lambda result: result.to(device))
+
+
+def hierarchical_neighbor_allreduce(tensor: torch.Tensor, *, self_weight: Optional[float] = None,
+                                    src_machine_weights: Optional[Dict[int, float]] = None,
+                                    dst_machine_weights: Weights = None, enable_topo_check: bool = False,
+                                    name: Optional[str] = None, **kwargs) -> torch.Tensor:
+    """Neighbor averaging between machines: the tensor is averaged inside each
+    machine, the machines' local-rank-0 processes combine with their neighbor
+    machines (machine topology weights, uniform, or the given machine weights),
+    and the result is shared inside the machine."""
+    return synchronize(hierarchical_neighbor_allreduce_nonblocking(
+        tensor, self_weight=self_weight, src_machine_weights=src_machine_weights,
+        dst_machine_weights=dst_machine_weights, enable_topo_check=enable_topo_check, name=name, **kwargs))
