@@ -19,6 +19,8 @@ from bluefog.torch.mpi_ops import (  # noqa: E402,F401
     broadcast, broadcast_, broadcast_nonblocking, broadcast_nonblocking_,
     allgather, allgather_nonblocking,
     poll, synchronize, wait, barrier)
+from bluefog.torch.topology_util import (  # noqa: E402,F401
+    InferSourceFromDestinationRanks, InferDestinationFromSourceRanks)
 from bluefog.torch.neighbor_ops import (  # noqa: E402,F401
     neighbor_allreduce, neighbor_allreduce_nonblocking, neighbor_allgather, neighbor_allgather_nonblocking,
     hierarchical_neighbor_allreduce, hierarchical_neighbor_allreduce_nonblocking,
