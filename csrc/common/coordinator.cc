@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <sstream>
 
+#include "wire.h"
+
 namespace bluefog {
 
 namespace {
@@ -92,6 +94,26 @@ std::string CheckPattern(const std::vector<Request>& v) {
   for (size_t i = 0; i < shown; ++i) out += (i ? "; " : "") + problems[i];
   if (problems.size() > shown) out += "; and " + std::to_string(problems.size() - shown) + " more";
   return out;
+}
+
+// Ops with equal keys can share one message: same kind, dtype, flags, device
+// and (for neighbor ops) the same send/receive lists and weights on EVERY rank.
+std::string FusionKey(const std::vector<Request>& by_rank) {
+  const Request& r = by_rank[0];
+  std::string key = std::to_string(static_cast<int>(r.op)) + "|" + std::to_string(static_cast<int>(r.dtype)) + "|" +
+                    (r.average ? "a" : "s") + (r.hierarchical_local ? "h" : "g") + std::to_string(r.device);
+  if (r.op != OpType::NEIGHBOR_ALLREDUCE) return key;
+  std::string pattern;
+  ByteWriter w(&pattern);
+  for (const Request& q : by_rank) {
+    w.Varint(q.src_ranks.size());
+    for (auto v : q.src_ranks) w.Varint(static_cast<uint64_t>(v));
+    w.Varint(q.dst_ranks.size());
+    for (auto v : q.dst_ranks) w.Varint(static_cast<uint64_t>(v));
+    w.Varint(q.dst_weights.size());
+    for (auto v : q.dst_weights) w.F64(v);
+  }
+  return key + "|" + pattern;
 }
 
 }  // namespace
@@ -192,8 +214,7 @@ void Coordinator::Ingest(const std::vector<CycleMessage>& messages, Clock::time_
           resp.first_dims.push_back(std::move(dims));
         }
         ready_[req.name] = ReadyInfo{NumElements(req.shape) * static_cast<int64_t>(DataTypeSize(req.dtype)),
-                                     std::to_string(static_cast<int>(req.dtype)) + (req.average ? "a" : "s") +
-                                         (req.hierarchical_local ? "h" : "g") + std::to_string(req.device)};
+                                     FusionKey(p.by_rank)};
       }
       out->push_back(std::move(resp));
       table_.erase(it);
@@ -242,7 +263,8 @@ void Coordinator::Fuse(std::vector<Response>* responses, int64_t threshold) {
   int64_t open_bytes = 0;
   const ReadyInfo* open = nullptr;
   for (auto& r : *responses) {
-    auto it = r.error.empty() && r.op == OpType::ALLREDUCE ? ready_.find(r.names[0]) : ready_.end();
+    const bool fusable = r.op == OpType::ALLREDUCE || r.op == OpType::NEIGHBOR_ALLREDUCE;
+    auto it = r.error.empty() && fusable ? ready_.find(r.names[0]) : ready_.end();
     const ReadyInfo* info = it == ready_.end() ? nullptr : &it->second;
     if (info && open && info->fusion_key == open->fusion_key && open_bytes + info->bytes <= threshold) {
       fused.back().names.push_back(r.names[0]);

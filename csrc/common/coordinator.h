@@ -37,7 +37,9 @@ class Coordinator {
   void Ingest(const std::vector<CycleMessage>& messages, Clock::time_point now, std::vector<Response>* out);
 
   // Merges adjacent ready allreduce responses with the same dtype, average,
-  // hierarchical flag and device, up to `threshold` bytes in all. Uses what
+  // hierarchical flag and device (and neighbor_allreduce responses whose
+  // send/receive lists and weights agree on every rank), up to `threshold`
+  // bytes in all. Uses what
   // Ingest recorded about the ready ops; deterministic, so every rank fuses
   // identically.
   void Fuse(std::vector<Response>* responses, int64_t threshold);

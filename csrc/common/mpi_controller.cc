@@ -297,6 +297,73 @@ Status MpiController::NeighborExchange(TensorTableEntry& e, const std::vector<in
   return s;
 }
 
+Status MpiController::NeighborAllreduceFused(std::vector<TensorTableEntry>& entries) {
+  if (entries.size() == 1) return NeighborExchange(entries[0], {});
+  constexpr int kDataTag = 17;
+  MPI_Comm comm = mpi_->data_comm();
+  const auto& src = entries[0].src_ranks;
+  const auto& dst = entries[0].dst_ranks;
+  const auto& weights = entries[0].dst_weights;
+  const DataType dtype = entries[0].input->dtype();
+  int64_t total = 0;
+  for (auto& e : entries) total += e.input->size_bytes();
+  if (total > INT_MAX) return Status::InvalidArgument("fused neighbor_allreduce over 2 GiB");
+  for (auto& e : entries) {
+    Shape out_shape{static_cast<int64_t>(src.size())};
+    out_shape.insert(out_shape.end(), e.input->shape().begin(), e.input->shape().end());
+    Status s = e.context->AllocateOutput(out_shape, &e.output);
+    if (!s.ok()) return s;
+  }
+  // Regions: packed input | one scaled copy per weighted destination | one
+  // receive region per source. Strides keep regions off each other's page offset.
+  const size_t stride = (static_cast<size_t>(total) + 4095) / 4096 * 4096 + 320;
+  std::vector<int> scaled_slot(dst.size(), -1);
+  int n_scaled = 0;
+  for (size_t i = 0; i < dst.size(); ++i)
+    if (!weights.empty() && weights[i] != 1.0) scaled_slot[i] = n_scaled++;
+  char* base = fusion_.Reserve(stride * (1 + n_scaled + src.size()));
+  char* packed = base;
+  int64_t offset = 0;
+  for (auto& e : entries) {
+    timeline_->Start(e.name, "MEMCPY_IN_FUSION_BUFFER");
+    if (e.input->size_bytes() > 0) std::memcpy(packed + offset, e.input->data(), e.input->size_bytes());
+    offset += e.input->size_bytes();
+    timeline_->End(e.name);
+  }
+  const int64_t count = total / static_cast<int64_t>(DataTypeSize(dtype));
+  for (size_t i = 0; i < dst.size(); ++i) {
+    if (scaled_slot[i] < 0) continue;
+    char* copy = base + stride * (1 + scaled_slot[i]);
+    std::memcpy(copy, packed, total);
+    ScaleBuffer(dtype, copy, count, weights[i]);
+  }
+  char* recv = base + stride * (1 + n_scaled);
+  std::vector<MPI_Request> reqs;
+  for (auto& e : entries) timeline_->Start(e.name, "COMMUNICATE");
+  for (size_t i = 0; i < src.size(); ++i) {
+    reqs.emplace_back();
+    MPI_Irecv(recv + stride * i, static_cast<int>(total), MPI_BYTE, src[i], kDataTag, comm, &reqs.back());
+  }
+  for (size_t i = 0; i < dst.size(); ++i) {
+    const char* from = scaled_slot[i] < 0 ? packed : base + stride * (1 + scaled_slot[i]);
+    reqs.emplace_back();
+    MPI_Isend(from, static_cast<int>(total), MPI_BYTE, dst[i], kDataTag, comm, &reqs.back());
+  }
+  Status s = CheckRc(MPI_Waitall(static_cast<int>(reqs.size()), reqs.data(), MPI_STATUSES_IGNORE), "MPI_Waitall");
+  for (auto& e : entries) timeline_->End(e.name);
+  if (!s.ok()) return s;
+  offset = 0;
+  for (auto& e : entries) {
+    const int64_t bytes = e.input->size_bytes();
+    char* out = static_cast<char*>(e.output->data());
+    for (size_t i = 0; i < src.size(); ++i) {
+      if (bytes > 0) std::memcpy(out + bytes * i, recv + stride * i + offset, bytes);
+    }
+    offset += bytes;
+  }
+  return Status::OK();
+}
+
 Status MpiController::Barrier() { return CheckRc(MPI_Barrier(mpi_->data_comm()), "MPI_Barrier"); }
 
 }  // namespace bluefog

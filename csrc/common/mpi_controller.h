@@ -28,6 +28,9 @@ class MpiController {
   // new output, in src order. `first_dims`: every rank's first dimension
   // (allgather form), or empty to exchange them with the neighbors here.
   Status NeighborExchange(TensorTableEntry& entry, const std::vector<int64_t>& first_dims);
+  // Several NEIGHBOR_ALLREDUCE entries with identical send/receive lists and
+  // weights, exchanged as one message per neighbor.
+  Status NeighborAllreduceFused(std::vector<TensorTableEntry>& entries);
 
   // Negotiation transport: every rank's bytes, in rank order, on the control
   // communicator. Waits without holding a core busy for long.

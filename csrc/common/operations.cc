@@ -95,6 +95,9 @@ Status Perform(GlobalState& g, const Response& resp) {
       s = g.controller->Allgather(entries[0], resp.first_dims.empty() ? std::vector<int64_t>() : resp.first_dims[0]);
       break;
     case OpType::NEIGHBOR_ALLREDUCE:
+      s = entries.size() > 1 ? g.controller->NeighborAllreduceFused(entries)
+                             : g.controller->NeighborExchange(entries[0], {});
+      break;
     case OpType::NEIGHBOR_ALLGATHER:
       s = g.controller->NeighborExchange(entries[0], resp.first_dims.empty() ? std::vector<int64_t>()
                                                                             : resp.first_dims[0]);
