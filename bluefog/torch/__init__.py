@@ -19,6 +19,12 @@ from bluefog.torch.mpi_ops import (  # noqa: E402,F401
     broadcast, broadcast_, broadcast_nonblocking, broadcast_nonblocking_,
     allgather, allgather_nonblocking,
     poll, synchronize, wait, barrier)
+from bluefog.torch.win_ops import (  # noqa: E402,F401
+    win_create, win_free, win_put, win_put_nonblocking, win_get, win_get_nonblocking, win_accumulate,
+    win_accumulate_nonblocking, neighbor_win_put, neighbor_win_put_nonblocking, neighbor_win_get,
+    neighbor_win_get_nonblocking, neighbor_win_accumulate, neighbor_win_accumulate_nonblocking,
+    win_poll, win_wait, win_update, win_update_then_collect, get_win_version, get_current_created_window_names,
+    win_mutex, win_associated_p, turn_on_win_ops_with_associated_p, turn_off_win_ops_with_associated_p)
 from bluefog.torch.topology_util import (  # noqa: E402,F401
     InferSourceFromDestinationRanks, InferDestinationFromSourceRanks)
 from bluefog.torch.neighbor_ops import (  # noqa: E402,F401

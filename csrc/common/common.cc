@@ -56,6 +56,8 @@ const char* OpTypeName(OpType op) {
     case OpType::SET_SKIP_NEGOTIATE: return "set_skip_negotiate_stage";
     case OpType::NEIGHBOR_ALLREDUCE: return "neighbor_allreduce";
     case OpType::NEIGHBOR_ALLGATHER: return "neighbor_allgather";
+    case OpType::WIN_CREATE: return "win_create";
+    case OpType::WIN_FREE: return "win_free";
   }
   return "unknown";
 }

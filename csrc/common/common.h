@@ -42,6 +42,10 @@ enum class OpType : int32_t {
   NEIGHBOR_ALLREDUCE = 5,
   // Receive each source's tensor, first dimensions may differ; concatenated.
   NEIGHBOR_ALLGATHER = 6,
+  // Collective window lifecycle (negotiated). One-sided window ops are not
+  // negotiated: they run as direct ops on the background thread.
+  WIN_CREATE = 7,
+  WIN_FREE = 8,
 };
 
 const char* OpTypeName(OpType op);  // "allreduce", ...

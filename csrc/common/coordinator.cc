@@ -51,7 +51,9 @@ bool Contains(const std::vector<int32_t>& v, int32_t x) {
   return false;
 }
 
-bool IsNeighborOp(OpType op) { return op == OpType::NEIGHBOR_ALLREDUCE || op == OpType::NEIGHBOR_ALLGATHER; }
+bool IsNeighborOp(OpType op) {
+  return op == OpType::NEIGHBOR_ALLREDUCE || op == OpType::NEIGHBOR_ALLGATHER || op == OpType::WIN_CREATE;
+}
 
 // Every rank's send/receive lists must be valid and mirror each other, or the
 // exchange would deadlock or drop data.
@@ -168,6 +170,10 @@ std::string Coordinator::CheckAgreement(const Pending& p) const {
   if (op == OpType::ALLREDUCE && r.dtype == DataType::BOOL) {
     return "dtype bool cannot be summed; expected an integer or floating-point tensor";
   }
+  if (op == OpType::WIN_CREATE && r.dtype != DataType::INT32 && r.dtype != DataType::INT64 &&
+      r.dtype != DataType::FLOAT32 && r.dtype != DataType::FLOAT64) {
+    return std::string("windows support int32, int64, float32 and float64, got ") + DataTypeName(r.dtype);
+  }
   if (op == OpType::NEIGHBOR_ALLREDUCE && !IsFloatingPoint(r.dtype)) {
     return std::string("needs a floating-point tensor (float16, bfloat16, float32, float64), got ") +
            DataTypeName(r.dtype);
@@ -212,6 +218,9 @@ void Coordinator::Ingest(const std::vector<CycleMessage>& messages, Clock::time_
           std::vector<int64_t> dims(size_);
           for (int r = 0; r < size_; ++r) dims[r] = p.by_rank[r].shape.empty() ? 1 : p.by_rank[r].shape[0];
           resp.first_dims.push_back(std::move(dims));
+        }
+        if (req.op == OpType::WIN_CREATE) {
+          for (int r = 0; r < size_; ++r) resp.all_src_ranks.push_back(p.by_rank[r].src_ranks);
         }
         ready_[req.name] = ReadyInfo{NumElements(req.shape) * static_cast<int64_t>(DataTypeSize(req.dtype)),
                                      FusionKey(p.by_rank)};

@@ -5,6 +5,9 @@
 namespace bluefog {
 
 namespace {
+bool CarriesNeighbors(OpType op) {
+  return op == OpType::NEIGHBOR_ALLREDUCE || op == OpType::NEIGHBOR_ALLGATHER || op == OpType::WIN_CREATE;
+}
 constexpr uint8_t kFlagAverage = 1;
 constexpr uint8_t kFlagHierarchical = 2;
 }  // namespace
@@ -23,7 +26,7 @@ void EncodeCycleMessage(const CycleMessage& msg, std::string* out) {
     w.U8((r.average ? kFlagAverage : 0) | (r.hierarchical_local ? kFlagHierarchical : 0));
     w.SVarint(r.device);
     w.SVarint(r.int_arg);
-    if (r.op == OpType::NEIGHBOR_ALLREDUCE || r.op == OpType::NEIGHBOR_ALLGATHER) {
+    if (CarriesNeighbors(r.op)) {
       w.Varint(r.src_ranks.size());
       for (auto v : r.src_ranks) w.Varint(static_cast<uint64_t>(v));
       w.Varint(r.dst_ranks.size());
@@ -56,7 +59,7 @@ bool DecodeCycleMessage(const char* data, size_t size, CycleMessage* msg) {
     r.hierarchical_local = flags & kFlagHierarchical;
     r.device = static_cast<int32_t>(rd.SVarint());
     r.int_arg = rd.SVarint();
-    if (r.op == OpType::NEIGHBOR_ALLREDUCE || r.op == OpType::NEIGHBOR_ALLGATHER) {
+    if (CarriesNeighbors(r.op)) {
       uint64_t n_src = rd.Varint();
       for (uint64_t k = 0; k < n_src && rd.ok(); ++k) r.src_ranks.push_back(static_cast<int32_t>(rd.Varint()));
       uint64_t n_dst = rd.Varint();

@@ -47,6 +47,8 @@ struct Response {
   bool error_is_abort = false;  // peer gone / stalled (vs. invalid or mismatched input)
   // ALLGATHER: first dimension of each rank's tensor, per name (names x size).
   std::vector<std::vector<int64_t>> first_dims;
+  // WIN_CREATE: every rank's source (in-neighbor) list, index = rank.
+  std::vector<std::vector<int32_t>> all_src_ranks;
 };
 
 }  // namespace bluefog

@@ -33,6 +33,7 @@ Status MpiController::Wait(MPI_Request* request, const char* what) {
     int rc = MPI_Test(request, &done, MPI_STATUS_IGNORE);
     if (rc != MPI_SUCCESS) return Status::Aborted(MpiErrorText(what, rc));
     if (done) return Status::OK();
+    if (wait_hook_) wait_hook_();
     auto waited = std::chrono::steady_clock::now() - start;
     if (waited < std::chrono::microseconds(50)) continue;
     sleep_us = std::min<int64_t>(sleep_us == 0 ? 2 : sleep_us * 2, 1000);

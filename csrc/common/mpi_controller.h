@@ -2,6 +2,7 @@
 #ifndef BLUEFOG_COMMON_MPI_CONTROLLER_H
 #define BLUEFOG_COMMON_MPI_CONTROLLER_H
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -36,6 +37,9 @@ class MpiController {
   // communicator. Waits without holding a core busy for long.
   Status AllgatherBytes(const std::string& mine, std::vector<std::string>* all);
 
+  // Called while the controller waits for peers (e.g. to run direct ops).
+  void set_wait_hook(std::function<void()> hook) { wait_hook_ = std::move(hook); }
+
   void ReleaseBuffers() {
     fusion_.Release();
     scratch_.Release();
@@ -50,6 +54,7 @@ class MpiController {
   FusionBuffer fusion_;
   FusionBuffer scratch_;  // per-destination scaled copies
   std::vector<char> slots_;  // negotiation slots
+  std::function<void()> wait_hook_;
 };
 
 }  // namespace bluefog

@@ -13,10 +13,14 @@
 #include "mpi_controller.h"
 #include "tensor_queue.h"
 #include "timeline.h"
+#include "window_manager.h"
 
 namespace bluefog {
 
 namespace {
+
+const std::string kWinCreatePrefix = "bluefog.win_create.";
+const std::string kWinFreePrefix = "bluefog.win_free.";
 
 struct GlobalState {
   std::mutex lifecycle_mu;
@@ -32,6 +36,7 @@ struct GlobalState {
   Coordinator coordinator;
   Timeline timeline;
   std::unique_ptr<MpiController> controller;
+  std::unique_ptr<WindowManager> windows;
   std::thread thread;
   std::vector<std::string> my_timed_out;  // background thread only
 };
@@ -102,6 +107,15 @@ Status Perform(GlobalState& g, const Response& resp) {
       s = g.controller->NeighborExchange(entries[0], resp.first_dims.empty() ? std::vector<int64_t>()
                                                                             : resp.first_dims[0]);
       break;
+    case OpType::WIN_CREATE:
+      g.timeline.Start(entries[0].name, "COMMUNICATE");
+      s = g.windows->Create(entries[0].name.substr(kWinCreatePrefix.size()), entries[0].input, entries[0].int_arg != 0,
+                            entries[0].dst_ranks, resp.all_src_ranks);
+      g.timeline.End(entries[0].name);
+      break;
+    case OpType::WIN_FREE:
+      s = g.windows->Free(entries[0].name.substr(kWinFreePrefix.size()));
+      break;
     case OpType::BARRIER:
       g.timeline.Start(entries[0].name, "COMMUNICATE");
       s = g.controller->Barrier();
@@ -130,11 +144,13 @@ void StartNegotiation(GlobalState& g, const std::vector<Request>& requests) {
 
 // One negotiated cycle. Returns false when the loop must stop.
 bool RunNegotiatedCycle(GlobalState& g) {
+  g.queue.RunDirect();
   if (!g.queue.HasNewRequests() && !g.shutdown_requested) {
     auto wait = g.queue.InFlight() > 0
                     ? std::chrono::microseconds(static_cast<int64_t>(g.config.cycle_time_ms * 1000))
                     : IdleTick(g.config);
     g.queue.WaitForWork(wait);
+    g.queue.RunDirect();
   }
   CycleMessage mine;
   mine.shutdown = g.shutdown_requested;
@@ -199,6 +215,7 @@ bool RunSkipCycle(GlobalState& g) {
     return true;
   }
   if (!g.queue.HasNewRequests()) g.queue.WaitForWork(std::chrono::milliseconds(100));
+  g.queue.RunDirect();
   std::vector<Request> requests;
   g.queue.PopRequests(&requests);
   for (const auto& r : requests) {
@@ -227,6 +244,9 @@ void BackgroundLoop() {
     if (!go_on) break;
   }
   if (g.loop_failed) BFLOG(ERROR) << "background loop stopped: " << g.loop_error;
+  // Every rank leaves the loop in the same cycle with the same windows.
+  if (!g.loop_failed) g.windows->FreeAll();
+  g.queue.RunDirect();  // direct ops queued meanwhile fail on the missing windows
   g.queue.FailAll(g.loop_failed ? Status::Aborted("BlueFog's background loop stopped: " + g.loop_error)
                                 : Status::Aborted("BlueFog has shut down"));
 }
@@ -297,6 +317,8 @@ Status Initialize(int fortran_comm, const std::string& overrides) {
 
   if (!config.timeline_prefix.empty()) g.timeline.Initialize(config.timeline_prefix + std::to_string(g.mpi.rank()) + ".json");
   g.controller.reset(new MpiController(&g.mpi, &g.timeline));
+  g.controller->set_wait_hook([] { State().queue.RunDirect(); });
+  g.windows.reset(new WindowManager(&g.mpi));
   g.coordinator.Reset(g.mpi.size());
   g.my_timed_out.clear();
   g.shutdown_requested = false;
@@ -319,6 +341,7 @@ void Shutdown() {
   if (g.thread.joinable()) g.thread.join();
   g.queue.FailAll(Status::Aborted("BlueFog has shut down"));
   g.controller.reset();
+  g.windows.reset();
   g.timeline.Shutdown();
   g.mpi.Finalize();
   g.running = false;
@@ -440,6 +463,45 @@ Status EnqueueSetSkipNegotiate(bool value, StatusCallback callback) {
 }
 
 bool SkipNegotiate() { return State().skip_negotiate; }
+
+Status EnqueueWinCreate(std::shared_ptr<Tensor> tensor, const std::string& name, bool zero_init,
+                        std::vector<int32_t> src_ranks, std::vector<int32_t> dst_ranks, StatusCallback callback) {
+  if (name.empty()) return Status::InvalidArgument("win_create: the window needs a name");
+  Request r = DescribeTensor(*tensor);
+  r.src_ranks = src_ranks;
+  r.dst_ranks = dst_ranks;
+  r.int_arg = zero_init ? 1 : 0;
+  TensorTableEntry e;
+  e.name = kWinCreatePrefix + name;
+  e.op = OpType::WIN_CREATE;
+  e.input = std::move(tensor);
+  e.int_arg = r.int_arg;
+  e.src_ranks = std::move(src_ranks);
+  e.dst_ranks = std::move(dst_ranks);
+  e.callback = std::move(callback);
+  return Enqueue(std::move(e), std::move(r));
+}
+
+Status EnqueueWinFree(const std::string& name, StatusCallback callback) {
+  TensorTableEntry e;
+  e.name = kWinFreePrefix + name;
+  e.op = OpType::WIN_FREE;
+  e.callback = std::move(callback);
+  Request r;
+  r.dtype = DataType::UINT8;
+  return Enqueue(std::move(e), std::move(r));
+}
+
+Status EnqueueDirect(std::function<Status(WindowManager&)> work, StatusCallback callback) {
+  GlobalState& g = State();
+  if (!g.running || g.shutdown_requested || g.loop_failed) return NotRunning();
+  g.queue.AddDirect([work = std::move(work), callback = std::move(callback)] {
+    GlobalState& gs = State();
+    Status s = gs.windows ? work(*gs.windows) : Status::Aborted("BlueFog has shut down");
+    callback(s);
+  });
+  return Status::OK();
+}
 
 Status RunBlocking(const std::function<Status(StatusCallback)>& enqueue) {
   struct Done {

@@ -3,6 +3,7 @@
 #ifndef BLUEFOG_COMMON_OPERATIONS_H
 #define BLUEFOG_COMMON_OPERATIONS_H
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -46,6 +47,18 @@ Status EnqueueNeighbor(OpType op, std::shared_ptr<Tensor> input, std::shared_ptr
 Status EnqueueBarrier(const std::string& name, StatusCallback callback);
 Status EnqueueSetSkipNegotiate(bool value, StatusCallback callback);
 bool SkipNegotiate();
+
+// Collective window lifecycle (negotiated, so ranks agree on order, dtype and
+// shape). `src_ranks`/`dst_ranks`: this rank's in-/out-neighbors.
+Status EnqueueWinCreate(std::shared_ptr<Tensor> tensor, const std::string& name, bool zero_init,
+                        std::vector<int32_t> src_ranks, std::vector<int32_t> dst_ranks, StatusCallback callback);
+// Frees `name`, or all windows when `name` is empty.
+Status EnqueueWinFree(const std::string& name, StatusCallback callback);
+
+// One-sided window work, run on the background thread without negotiation
+// (see window_manager.h for the operations).
+class WindowManager;
+Status EnqueueDirect(std::function<Status(WindowManager&)> work, StatusCallback callback);
 
 // Runs an op through `enqueue` and blocks until it completes.
 Status RunBlocking(const std::function<Status(StatusCallback)>& enqueue);

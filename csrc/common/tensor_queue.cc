@@ -63,9 +63,27 @@ size_t TensorQueue::InFlight() {
   return table_.size();
 }
 
+void TensorQueue::AddDirect(std::function<void()> op) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    direct_.push_back(std::move(op));
+  }
+  cv_.notify_one();
+}
+
+size_t TensorQueue::RunDirect() {
+  std::deque<std::function<void()>> ops;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    ops.swap(direct_);
+  }
+  for (auto& op : ops) op();
+  return ops.size();
+}
+
 void TensorQueue::WaitForWork(std::chrono::microseconds timeout) {
   std::unique_lock<std::mutex> lock(mu_);
-  cv_.wait_for(lock, timeout, [this] { return !pending_.empty() || woken_; });
+  cv_.wait_for(lock, timeout, [this] { return !pending_.empty() || !direct_.empty() || woken_; });
   woken_ = false;
 }
 

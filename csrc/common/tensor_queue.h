@@ -6,6 +6,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -52,7 +53,14 @@ class TensorQueue {
   void FailAll(const Status& status);
   size_t InFlight();
 
-  // Blocks until new requests arrive, Wake() is called, or the timeout passes.
+  // Direct ops (one-sided window ops): run by the background thread as soon
+  // as it can, in order, without negotiation.
+  void AddDirect(std::function<void()> op);
+  // Runs the direct ops queued so far; returns how many ran.
+  size_t RunDirect();
+
+  // Blocks until new requests or direct ops arrive, Wake() is called, or the
+  // timeout passes.
   void WaitForWork(std::chrono::microseconds timeout);
   void Wake();
 
@@ -62,6 +70,7 @@ class TensorQueue {
   bool woken_ = false;
   std::unordered_map<std::string, TensorTableEntry> table_;
   std::deque<Request> pending_;
+  std::deque<std::function<void()>> direct_;
 };
 
 }  // namespace bluefog

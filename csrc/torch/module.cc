@@ -8,6 +8,7 @@
 
 #include "../common/handle_manager.h"
 #include "../common/operations.h"
+#include "../common/window_manager.h"
 #include "adapter.h"
 
 namespace py = pybind11;
@@ -124,6 +125,134 @@ int NeighborAsync(at::Tensor input, bool gather, std::vector<int32_t> src_ranks,
   });
 }
 
+// ---- windows -------------------------------------------------------------
+int WinCreateAsync(at::Tensor tensor, const std::string& name, bool zero_init, std::vector<int32_t> src_ranks,
+                   std::vector<int32_t> dst_ranks) {
+  CheckContiguous(tensor, "win_create");
+  auto t = Wrap(tensor);
+  auto record = std::make_shared<HandleRecord>();
+  record->input = tensor;
+  record->output = tensor;
+  return Submit("win_create", "win_create." + name, record, [&](const std::string&, StatusCallback cb) {
+    return EnqueueWinCreate(t, name, zero_init, std::move(src_ranks), std::move(dst_ranks), std::move(cb));
+  });
+}
+
+int WinFreeAsync(const std::string& name) {
+  auto record = std::make_shared<HandleRecord>();
+  return Submit("win_free", "win_free." + name, record,
+                [&](const std::string&, StatusCallback cb) { return EnqueueWinFree(name, std::move(cb)); });
+}
+
+// A direct (non-negotiated) window op: `work` runs on the background thread.
+int SubmitDirect(std::shared_ptr<HandleRecord> record, std::function<Status(WindowManager&)> work) {
+  int handle = Handles().Allocate();
+  {
+    std::lock_guard<std::mutex> lock(g_records_mu);
+    Records()[handle] = record;
+  }
+  Status s = EnqueueDirect(std::move(work), [handle](const Status& st) { Handles().MarkDone(handle, st); });
+  if (!s.ok()) {
+    Handles().MarkDone(handle, s);
+    Handles().Wait(handle);
+    std::lock_guard<std::mutex> lock(g_records_mu);
+    Records().erase(handle);
+    Throw(s);
+  }
+  return handle;
+}
+
+int WinPutAsync(at::Tensor tensor, const std::string& name, std::vector<int32_t> dst_ranks,
+                std::vector<double> weights, double self_weight, bool require_mutex, bool accumulate) {
+  CheckContiguous(tensor, accumulate ? "win_accumulate" : "win_put");
+  WinOpArgs args;
+  args.name = name;
+  args.tensor = Wrap(tensor);
+  args.ranks = std::move(dst_ranks);
+  args.weights = std::move(weights);
+  args.self_weight = self_weight;
+  args.require_mutex = require_mutex;
+  auto record = std::make_shared<HandleRecord>();
+  record->input = tensor;
+  record->output = tensor;
+  return SubmitDirect(record, [args, accumulate](WindowManager& w) { return w.Put(args, accumulate); });
+}
+
+int WinGetAsync(const std::string& name, std::vector<int32_t> src_ranks, std::vector<double> weights,
+                bool require_mutex) {
+  WinOpArgs args;
+  args.name = name;
+  args.ranks = std::move(src_ranks);
+  args.weights = std::move(weights);
+  args.require_mutex = require_mutex;
+  return SubmitDirect(std::make_shared<HandleRecord>(), [args](WindowManager& w) { return w.Get(args); });
+}
+
+int WinUpdateAsync(const std::string& name, at::Tensor output, double self_weight, std::vector<int32_t> ranks,
+                   std::vector<double> weights, bool reset, bool require_mutex) {
+  CheckContiguous(output, "win_update");
+  WinUpdateArgs args;
+  args.name = name;
+  args.output = Wrap(output);
+  args.self_weight = self_weight;
+  args.ranks = std::move(ranks);
+  args.weights = std::move(weights);
+  args.reset = reset;
+  args.require_mutex = require_mutex;
+  auto record = std::make_shared<HandleRecord>();
+  record->output = output;
+  return SubmitDirect(record, [args](WindowManager& w) { return w.Update(args); });
+}
+
+int WinMutexAsync(const std::string& name, std::vector<int32_t> ranks, bool acquire) {
+  return SubmitDirect(std::make_shared<HandleRecord>(), [name, ranks, acquire](WindowManager& w) {
+    return acquire ? w.MutexAcquire(name, ranks) : w.MutexRelease(name, ranks);
+  });
+}
+
+int WinLockAsync(const std::string& name, bool lock) {
+  return SubmitDirect(std::make_shared<HandleRecord>(),
+                      [name, lock](WindowManager& w) { return w.LockSelf(name, lock); });
+}
+
+// Runs `work` on the background thread and waits (GIL released).
+void RunDirectBlocking(std::function<Status(WindowManager&)> work) {
+  Status s;
+  {
+    py::gil_scoped_release release;
+    s = RunBlocking([&](StatusCallback cb) { return EnqueueDirect(work, std::move(cb)); });
+  }
+  if (!s.ok()) Throw(s);
+}
+
+std::pair<std::vector<int32_t>, std::vector<int32_t>> WinVersions(const std::string& name) {
+  std::vector<int32_t> ranks, versions;
+  RunDirectBlocking([&](WindowManager& w) { return w.Versions(name, &ranks, &versions); });
+  return {ranks, versions};
+}
+
+double WinAssociatedP(const std::string& name) {
+  double p = 0;
+  RunDirectBlocking([&](WindowManager& w) { return w.AssociatedP(name, &p); });
+  return p;
+}
+
+void SetWinAssociatedP(bool on) {
+  RunDirectBlocking([on](WindowManager& w) {
+    w.set_associated_p(on);
+    return Status::OK();
+  });
+}
+
+std::vector<std::string> WinNames() {
+  std::vector<std::string> names;
+  RunDirectBlocking([&](WindowManager& w) {
+    names = w.Names();
+    return Status::OK();
+  });
+  return names;
+}
+
 bool Poll(int handle) {
   bool known = false;
   bool done = Handles().Poll(handle, &known);
@@ -167,6 +296,17 @@ PYBIND11_MODULE(_C, m) {
   m.def("allgather_async", &AllgatherAsync, py::arg("input"), py::arg("name"));
   m.def("neighbor_async", &NeighborAsync, py::arg("input"), py::arg("gather"), py::arg("src_ranks"),
         py::arg("dst_ranks"), py::arg("dst_weights"), py::arg("name"));
+  m.def("win_create_async", &WinCreateAsync);
+  m.def("win_free_async", &WinFreeAsync);
+  m.def("win_put_async", &WinPutAsync);
+  m.def("win_get_async", &WinGetAsync);
+  m.def("win_update_async", &WinUpdateAsync);
+  m.def("win_mutex_async", &WinMutexAsync);
+  m.def("win_lock_async", &WinLockAsync);
+  m.def("win_versions", &WinVersions);
+  m.def("win_associated_p", &WinAssociatedP);
+  m.def("set_win_associated_p", &SetWinAssociatedP);
+  m.def("win_names", &WinNames);
   m.def("poll", &Poll, py::arg("handle"));
   m.def("wait", &Wait, py::arg("handle"));
 }

@@ -1,0 +1,268 @@
+"""One-sided window ops (asynchronous gossip, push-sum).
+
+Each window `name` is a tensor on every rank plus, at every rank, one receive
+buffer per in-neighbor. win_put / win_accumulate write (scaled) copies of a
+tensor into this rank's buffer at each destination; win_get pulls each
+source's live window tensor into the buffer for that source; only win_update
+mixes the buffers into the window tensor. Put, get, accumulate, update and the
+mutex run on the core's background thread, one-sided: the other rank takes no
+part. win_create and win_free are collective.
+
+Windows hold int32, int64, float32 or float64 CPU tensors.
+"""
+import contextlib
+import numbers
+from typing import Dict, List, Optional
+
+import torch
+
+from bluefog.common.basics import get_basics
+from bluefog.torch import _C
+
+_basics = get_basics()
+_win_map: Dict[str, torch.Tensor] = {}
+_WIN_TYPES = (torch.int32, torch.int64, torch.float32, torch.float64)
+# win handle -> (tensor to scale by self_weight when done, factor)
+_after_put = {}
+
+
+def _windows_exist() -> bool:
+    return bool(_win_map)
+
+
+_basics.windows_exist = _windows_exist
+
+
+def _check_name(name, op: str) -> str:
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{op}: the window name must be a non-empty str, got {name!r}")
+    if name not in _win_map:
+        raise ValueError(f"{op}: unknown window '{name}' (existing windows: {sorted(_win_map)}); "
+                         "create it with win_create first")
+    return name
+
+
+def _weights(weights, default_ranks: List[int], allowed: List[int], what: str, op: str):
+    """Ranks and weights from a {rank: weight} dict (or None: default ranks, 1.0)."""
+    if weights is None:
+        return list(default_ranks), [1.0] * len(default_ranks)
+    if isinstance(weights, (list, tuple)):
+        weights = {r: 1.0 for r in weights}
+    if not isinstance(weights, dict):
+        raise ValueError(f"{op}: {what} must be a dict {{rank: weight}}, got {type(weights).__name__}")
+    stray = sorted(r for r in weights if r not in allowed)
+    if stray:
+        raise ValueError(f"{op}: {what} names ranks {stray} that are not {'out' if 'dst' in what else 'in'}-neighbors "
+                         f"of rank {_basics.rank()} (they are {sorted(allowed)})")
+    ranks = sorted(weights)
+    out = []
+    for r in ranks:
+        w = weights[r]
+        if isinstance(w, bool) or not isinstance(w, numbers.Real):
+            raise ValueError(f"{op}: {what}[{r}] must be a number, got {w!r}")
+        out.append(float(w))
+    return ranks, out
+
+
+def _check_tensor(tensor, name: str, op: str):
+    if not isinstance(tensor, torch.Tensor):
+        raise ValueError(f"{op}: expected a torch.Tensor, got {type(tensor).__name__}")
+    window = _win_map[name]
+    if tensor.dtype != window.dtype or tensor.shape != window.shape:
+        raise ValueError(f"{op} '{name}': the tensor ({tensor.dtype}, {tuple(tensor.shape)}) does not match the "
+                         f"window ({window.dtype}, {tuple(window.shape)})")
+
+
+def win_create(tensor: torch.Tensor, name: str, zero_init: bool = False) -> bool:
+    """Collective. Makes `tensor` the window `name` (kept and updated in place)
+    and allocates one receive buffer per in-neighbor, holding a copy of the
+    tensor (or zeros with zero_init). The topology cannot change while windows
+    exist."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"win_create: the window name must be a non-empty str, got {name!r}")
+    if not isinstance(tensor, torch.Tensor) or tensor.dtype not in _WIN_TYPES:
+        raise ValueError("win_create: windows hold int32, int64, float32 or float64 tensors, got "
+                         f"{getattr(tensor, 'dtype', type(tensor).__name__)}")
+    if tensor.is_cuda or not tensor.is_contiguous():
+        raise ValueError("win_create: the window tensor must be a contiguous CPU tensor")
+    handle = _C.win_create_async(tensor, name, bool(zero_init), _basics.in_neighbor_ranks(),
+                                 _basics.out_neighbor_ranks())
+    _C.wait(handle)
+    _win_map[name] = tensor
+    return True
+
+
+def win_free(name: Optional[str] = None) -> bool:
+    """Collective. Frees window `name`, or every window when name is None."""
+    if name is not None:
+        _check_name(name, "win_free")
+    _C.wait(_C.win_free_async(name or ""))
+    if name is None:
+        _win_map.clear()
+    else:
+        _win_map.pop(name, None)
+    return True
+
+
+def get_current_created_window_names() -> List[str]:
+    """Sorted names of the live windows."""
+    return sorted(_win_map)
+
+
+def _put_nonblocking(tensor, name, self_weight, dst_weights, require_mutex, accumulate):
+    op = "win_accumulate" if accumulate else "win_put"
+    _check_name(name, op)
+    _check_tensor(tensor, name, op)
+    out_nbrs = _basics.out_neighbor_ranks()
+    ranks, weights = _weights(dst_weights, out_nbrs, out_nbrs, "dst_weights", op)
+    sw = 1.0 if self_weight is None else float(self_weight)
+    src = tensor if tensor.is_contiguous() else tensor.contiguous()
+    handle = _C.win_put_async(src, name, ranks, weights, sw, bool(require_mutex), accumulate)
+    if sw != 1.0:
+        _after_put[handle] = (tensor, sw)
+    return handle
+
+
+def win_put_nonblocking(tensor: torch.Tensor, name: str, self_weight: Optional[float] = None,
+                        dst_weights: Optional[Dict[int, float]] = None, require_mutex: bool = False) -> int:
+    """Starts a win_put; returns a handle for win_wait / win_poll."""
+    return _put_nonblocking(tensor, name, self_weight, dst_weights, require_mutex, False)
+
+
+def win_put(tensor: torch.Tensor, name: str, self_weight: Optional[float] = None,
+            dst_weights: Optional[Dict[int, float]] = None, require_mutex: bool = False) -> bool:
+    """Writes tensor * w into this rank's buffer at each destination (default: all
+    out-neighbors, w = 1), then scales `tensor` by self_weight (default 1)."""
+    return win_wait(win_put_nonblocking(tensor, name, self_weight, dst_weights, require_mutex))
+
+
+def win_accumulate_nonblocking(tensor: torch.Tensor, name: str, self_weight: Optional[float] = None,
+                               dst_weights: Optional[Dict[int, float]] = None, require_mutex: bool = False) -> int:
+    """Starts a win_accumulate; returns a handle."""
+    return _put_nonblocking(tensor, name, self_weight, dst_weights, require_mutex, True)
+
+
+def win_accumulate(tensor: torch.Tensor, name: str, self_weight: Optional[float] = None,
+                   dst_weights: Optional[Dict[int, float]] = None, require_mutex: bool = False) -> bool:
+    """Adds tensor * w into this rank's buffer at each destination, then scales
+    `tensor` by self_weight."""
+    return win_wait(win_accumulate_nonblocking(tensor, name, self_weight, dst_weights, require_mutex))
+
+
+def win_get_nonblocking(name: str, src_weights: Optional[Dict[int, float]] = None,
+                        require_mutex: bool = False) -> int:
+    """Starts a win_get; returns a handle."""
+    _check_name(name, "win_get")
+    in_nbrs = _basics.in_neighbor_ranks()
+    ranks, weights = _weights(src_weights, in_nbrs, in_nbrs, "src_weights", "win_get")
+    return _C.win_get_async(name, ranks, weights, bool(require_mutex))
+
+
+def win_get(name: str, src_weights: Optional[Dict[int, float]] = None, require_mutex: bool = False) -> bool:
+    """Pulls each source's window tensor (default: all in-neighbors) into this
+    rank's buffer for it, scaled by its weight (default 1)."""
+    return win_wait(win_get_nonblocking(name, src_weights, require_mutex))
+
+
+neighbor_win_put = win_put
+neighbor_win_put_nonblocking = win_put_nonblocking
+neighbor_win_get = win_get
+neighbor_win_get_nonblocking = win_get_nonblocking
+neighbor_win_accumulate = win_accumulate
+neighbor_win_accumulate_nonblocking = win_accumulate_nonblocking
+
+
+def win_poll(handle: int) -> bool:
+    """True once the window op behind `handle` has finished."""
+    return _C.poll(handle)
+
+
+def win_wait(handle: int) -> bool:
+    """Waits for a window op; raises if it failed. Returns True."""
+    post = _after_put.pop(handle, None)
+    _C.wait(handle)
+    if post is not None:
+        tensor, factor = post
+        tensor.mul_(factor)
+    return True
+
+
+def win_update(name: str, self_weight: Optional[float] = None, neighbor_weights: Optional[Dict[int, float]] = None,
+               reset: bool = False, clone: bool = False, require_mutex: bool = False) -> torch.Tensor:
+    """Local: tensor = self_weight * tensor + sum_j w_j * buffer_j, in place on the
+    window tensor (or on a clone with clone=True). No weights: the topology's
+    receive weights if it is weighted, else 1/(in-degree + 1). reset=True zeroes
+    the buffers used; require_mutex takes this rank's own window mutex."""
+    _check_name(name, "win_update")
+    in_nbrs = _basics.in_neighbor_ranks()
+    if self_weight is None and neighbor_weights is None:
+        if _basics.is_topo_weighted():
+            from bluefog.common.topology_util import GetRecvWeights
+            self_weight, neighbor_weights = GetRecvWeights(_basics.load_topology(), _basics.rank())
+        else:
+            uniform = 1.0 / (len(in_nbrs) + 1)
+            self_weight, neighbor_weights = uniform, {r: uniform for r in in_nbrs}
+    elif self_weight is None or neighbor_weights is None:
+        raise ValueError("win_update: give self_weight and neighbor_weights together (or neither)")
+    ranks, weights = _weights(neighbor_weights, in_nbrs, in_nbrs, "neighbor_weights", "win_update")
+    window = _win_map[name]
+    output = window.clone() if clone else window
+    _C.wait(_C.win_update_async(name, output, float(self_weight), ranks, weights, bool(reset), bool(require_mutex)))
+    return output
+
+
+def win_update_then_collect(name: str, require_mutex: bool = True) -> torch.Tensor:
+    """Sums the window tensor with every in-neighbor buffer and clears the
+    buffers (push-sum style)."""
+    in_nbrs = _basics.in_neighbor_ranks()
+    return win_update(name, 1.0, {r: 1.0 for r in in_nbrs}, reset=True, require_mutex=require_mutex)
+
+
+def get_win_version(name: str) -> Dict[int, int]:
+    """Per in-neighbor count of puts/gets into its buffer since the last
+    win_update (0: already consumed)."""
+    _check_name(name, "get_win_version")
+    ranks, versions = _C.win_versions(name)
+    return dict(zip(ranks, versions))
+
+
+@contextlib.contextmanager
+def win_mutex(name: str, for_self: bool = False, ranks: Optional[List[int]] = None):
+    """Holds the window mutex of `ranks` (default: the out-neighbors), or of this
+    rank itself with for_self=True, for the duration of the block. Mutexes are
+    taken in rank order, so lockers never deadlock each other."""
+    _check_name(name, "win_mutex")
+    targets = [_basics.rank()] if for_self else (list(ranks) if ranks is not None else _basics.out_neighbor_ranks())
+    _C.wait(_C.win_mutex_async(name, targets, True))
+    try:
+        yield
+    finally:
+        _C.wait(_C.win_mutex_async(name, targets, False))
+
+
+@contextlib.contextmanager
+def win_lock(name: str):
+    """An exclusive RMA epoch on this rank's window buffers: no neighbor can write
+    into them during the block (do not call other window ops on `name` inside)."""
+    _check_name(name, "win_lock")
+    _C.wait(_C.win_lock_async(name, True))
+    try:
+        yield
+    finally:
+        _C.wait(_C.win_lock_async(name, False))
+
+
+def win_associated_p(name: str) -> float:
+    """The push-sum weight p of this rank's window (1.0 at creation)."""
+    _check_name(name, "win_associated_p")
+    return _C.win_associated_p(name)
+
+
+def turn_on_win_ops_with_associated_p():
+    """From now on put, accumulate and update apply their weights to p as well."""
+    _C.set_win_associated_p(True)
+
+
+def turn_off_win_ops_with_associated_p():
+    """Stop tracking p in window ops."""
+    _C.set_win_associated_p(False)

@@ -1,0 +1,91 @@
+// One-sided windows: for each named window every rank keeps one receive
+// buffer per in-neighbor, and MPI RMA lets its in-neighbors write into (put,
+// accumulate) their own buffer there without this rank taking part. Every
+// method runs on the core's background thread.
+#ifndef BLUEFOG_COMMON_WINDOW_MANAGER_H
+#define BLUEFOG_COMMON_WINDOW_MANAGER_H
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "fusion_buffer.h"
+#include "mpi_context.h"
+#include "status.h"
+#include "tensor.h"
+
+namespace bluefog {
+
+struct WinOpArgs {
+  std::string name;
+  std::shared_ptr<Tensor> tensor;  // put/accumulate: the data sent
+  std::vector<int32_t> ranks;      // destinations (put/accumulate) or sources (get)
+  std::vector<double> weights;     // one per rank
+  double self_weight = 1.0;        // push-sum weight bookkeeping
+  bool require_mutex = false;
+};
+
+struct WinUpdateArgs {
+  std::string name;
+  double self_weight = 1.0;
+  std::vector<int32_t> ranks;  // in-neighbors to mix in
+  std::vector<double> weights;
+  bool reset = false;
+  bool require_mutex = false;
+  std::shared_ptr<Tensor> output;  // receives the result (the window tensor itself, or a clone)
+};
+
+class WindowManager {
+ public:
+  explicit WindowManager(MpiContext* mpi) : mpi_(mpi) {}
+
+  // Collective: all ranks create `name` in the same agreed order.
+  // `all_src_ranks[r]` is rank r's in-neighbor list.
+  Status Create(const std::string& name, std::shared_ptr<Tensor> tensor, bool zero_init,
+                const std::vector<int32_t>& dst_ranks, const std::vector<std::vector<int32_t>>& all_src_ranks);
+  // Collective: frees `name`, or every window when `name` is empty.
+  Status Free(const std::string& name);
+  void FreeAll();
+
+  Status Put(const WinOpArgs& args, bool accumulate);
+  Status Get(const WinOpArgs& args);
+  Status Update(const WinUpdateArgs& args);
+  Status MutexAcquire(const std::string& name, std::vector<int32_t> ranks);
+  Status MutexRelease(const std::string& name, std::vector<int32_t> ranks);
+  Status Versions(const std::string& name, std::vector<int32_t>* ranks, std::vector<int32_t>* versions);
+  Status AssociatedP(const std::string& name, double* p);
+  Status LockSelf(const std::string& name, bool lock);
+
+  bool Exists(const std::string& name) const { return windows_.count(name) > 0; }
+  std::vector<std::string> Names() const;
+  void set_associated_p(bool on) { associated_p_ = on; }
+  bool associated_p() const { return associated_p_; }
+
+ private:
+  struct Window {
+    std::shared_ptr<Tensor> tensor;  // this rank's window tensor (the frontend's memory)
+    DataType dtype;
+    int64_t bytes = 0;
+    std::vector<int32_t> in_nbrs, out_nbrs;
+    std::vector<std::vector<int32_t>> all_src;  // every rank's in-neighbors (slot order)
+    char* buffers = nullptr;   // in_nbrs.size() slots of `bytes`
+    double* p = nullptr;       // [self p, one per in-neighbor slot]
+    int32_t* versions = nullptr;
+    int32_t* mutex = nullptr;  // this rank's lock word
+    MPI_Win buf_win = MPI_WIN_NULL, self_win = MPI_WIN_NULL, p_win = MPI_WIN_NULL;
+    MPI_Win version_win = MPI_WIN_NULL, mutex_win = MPI_WIN_NULL;
+  };
+  Status Find(const std::string& name, const char* op, Window** w);
+  static int Slot(const Window& w, int32_t receiver, int32_t sender);
+  void Destroy(Window& w);
+
+  MpiContext* mpi_;
+  std::map<std::string, Window> windows_;
+  FusionBuffer scratch_;
+  bool associated_p_ = false;
+};
+
+}  // namespace bluefog
+
+#endif  // BLUEFOG_COMMON_WINDOW_MANAGER_H
