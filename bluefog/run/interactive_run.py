@@ -1,0 +1,270 @@
+"""``ibfrun``: an ipyparallel cluster whose engines are the ranks of one BlueFog MPI job.
+
+Usage::
+
+    ibfrun start -np N [-H h1:n1,.. | --hostfile F] [-p SSH_PORT] [--network-interface NIC]
+                 [--use-infiniband] [--extra-mpi-flags "..."] [--ipython-profile P]
+                 [--enable-heartbeat] [--verbose] [--prefix DIR] [--timeout S]
+    ibfrun stop [--ipython-profile P]
+    ibfrun -v
+
+``start`` launches ``ipcontroller --profile P`` (detached), waits for
+``<profile>/security/ipcontroller-engine.json``, then starts ``bfrun -np N ... python -m
+ipyparallel.engine --profile P`` (detached).  The engines are thus launched by ``bfrun`` and its
+command construction (:mod:`bluefog.run.launch_command`) and process handling.  Unless
+``--enable-heartbeat`` is given the engines run with ``--IPEngine.max_heartbeat_misses=0`` (a
+command-line option instead of the original's ``ipengine_config.py``, so the user's profile is
+not rewritten), so a long blocking MPI call cannot get an engine killed.  When the N engines have
+registered, the controller, bfrun and engine pids are written to ``<profile>/engine_pids.json``.
+``stop`` terminates bfrun (which ends the MPI job) and the controller.
+
+With remote hosts the controller listens on all interfaces and the engine connection file is
+copied to the same path on every remote host with ``ssh``/``scp`` (untested without a second
+machine).  Logs go to ``<profile>/log/ibfrun-controller.log`` and ``ibfrun-engines.log``.
+"""
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from bluefog.run import launch_command as lc
+from bluefog.run.run import bluefog_version, host_facts
+
+PID_FILE = "engine_pids.json"
+INSTALL_HINT = ("ibfrun needs ipyparallel, which is not installed; install it with "
+                "`pip install ipyparallel`")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    """The ``ibfrun`` argument parser."""
+    p = argparse.ArgumentParser(prog="ibfrun", allow_abbrev=False,
+                                description="Start or stop an ipyparallel BlueFog cluster.")
+    p.add_argument("-v", "--version", action="store_true", help="print the BlueFog version")
+    sub = p.add_subparsers(dest="action")
+    start = sub.add_parser("start", allow_abbrev=False, help="start controller and engines")
+    start.add_argument("-np", "--num-proc", type=int, dest="num_proc", required=True)
+    start.add_argument("-p", "--ssh-port", type=int, dest="ssh_port")
+    start.add_argument("--network-interface", dest="nic")
+    start.add_argument("--use-infiniband", action="store_true")
+    start.add_argument("--ipython-profile", dest="profile", default="bluefog")
+    start.add_argument("--enable-heartbeat", action="store_true")
+    group = start.add_mutually_exclusive_group()
+    group.add_argument("-H", "--hosts", dest="hosts")
+    group.add_argument("-hostfile", "--hostfile", dest="hostfile")
+    start.add_argument("--verbose", action="store_true")
+    start.add_argument("--extra-mpi-flags", dest="extra_mpi_flags", default="")
+    start.add_argument("--prefix", dest="prefix")
+    start.add_argument("--timeout", type=float, default=120.0,
+                       help="seconds to wait for the controller and the engines")
+    stop = sub.add_parser("stop", allow_abbrev=False, help="stop controller and engines")
+    stop.add_argument("--ipython-profile", dest="profile", default="bluefog")
+    return p
+
+
+def profile_dir(name: str, create: bool = True) -> str:
+    """The IPython profile directory for ``name`` (created when missing and ``create``)."""
+    from IPython.core.profiledir import ProfileDir, ProfileDirError  # pylint: disable=C0415
+    from IPython.paths import get_ipython_dir  # pylint: disable=import-outside-toplevel
+    try:
+        return ProfileDir.find_profile_dir_by_name(get_ipython_dir(), name).location
+    except ProfileDirError:
+        if not create:
+            raise
+        return ProfileDir.create_profile_dir_by_name(get_ipython_dir(), name).location
+
+
+def _alive(pid) -> bool:
+    """True if ``pid`` is a live, non-zombie process."""
+    try:
+        with open("/proc/{}/stat".format(int(pid))) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, ValueError, TypeError, IndexError):
+        try:
+            os.kill(int(pid), 0)
+            return True
+        except (OSError, ValueError, TypeError):
+            return False
+
+
+def _read_pids(pdir: str) -> dict:
+    try:
+        with open(os.path.join(pdir, PID_FILE)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def engine_identity():
+    """``[hostname, pid]`` of the calling process (run on each engine; ipyparallel ships the
+    function by value, so it imports what it needs itself)."""
+    import os as os_  # pylint: disable=import-outside-toplevel,reimported
+    import socket  # pylint: disable=import-outside-toplevel
+    return [socket.gethostname(), os_.getpid()]
+
+
+def _spawn(args, log_path):
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                start_new_session=True)
+
+
+def _copy_to_hosts(path, hosts, ssh_port):
+    """Copy ``path`` to the same path on every remote host (ssh mkdir + scp)."""
+    ssh, scp = ["ssh"], ["scp", "-q"]
+    if ssh_port:
+        ssh, scp = ssh + ["-p", str(ssh_port)], scp + ["-P", str(ssh_port)]
+    for host in hosts:
+        subprocess.run(ssh + [host, "mkdir", "-p", os.path.dirname(path)], check=True, timeout=60)
+        subprocess.run(scp + [path, "{}:{}".format(host, path)], check=True, timeout=60)
+
+
+def bfrun_args(args, engine_cmd) -> list:
+    """The ``bfrun`` command line that launches ``engine_cmd`` on every rank."""
+    out = [sys.executable, "-m", "bluefog.run.run", "-np", str(args.num_proc)]
+    for flag, value in (("-H", args.hosts), ("--hostfile", args.hostfile),
+                        ("-p", args.ssh_port), ("--network-interface", args.nic),
+                        ("--prefix", args.prefix), ("--extra-mpi-flags", args.extra_mpi_flags)):
+        if value:
+            out += [flag, str(value)]
+    if args.use_infiniband:
+        out.append("--use-infiniband")
+    if args.verbose:
+        out.append("--verbose")
+    return out + list(engine_cmd)
+
+
+def start(args) -> int:
+    """``ibfrun start``: controller, then engines through bfrun; returns an exit code."""
+    import ipyparallel  # pylint: disable=import-outside-toplevel
+    pdir = profile_dir(args.profile)
+    old = _read_pids(pdir)
+    if any(_alive(old.get(k)) for k in ("controller", "bfrun")):
+        print("ibfrun: a cluster for profile {!r} is already running; run `ibfrun stop "
+              "--ipython-profile {}` first".format(args.profile, args.profile), file=sys.stderr)
+        return 1
+    hosts = None
+    if args.hosts:
+        hosts = lc.parse_hosts(args.hosts)
+    elif args.hostfile:
+        with open(args.hostfile) as f:
+            hosts = lc.parse_hostfile_text(f.read())
+    facts = host_facts(hosts is not None)
+    remote = sorted({h for h, _ in hosts or [] if not lc.is_local_host(h, facts)})
+    engine_json = os.path.join(pdir, "security", "ipcontroller-engine.json")
+    client_json = os.path.join(pdir, "security", "ipcontroller-client.json")
+    for path in (engine_json, client_json):
+        if os.path.exists(path):
+            os.remove(path)
+    logdir = os.path.join(pdir, "log")
+    os.makedirs(logdir, exist_ok=True)
+    ctl_cmd = [sys.executable, "-m", "ipyparallel.controller", "--profile=" + args.profile]
+    if remote:
+        ctl_cmd.append("--ip=*")
+    controller = _spawn(ctl_cmd, os.path.join(logdir, "ibfrun-controller.log"))
+    pids = {"controller": controller.pid}
+
+    def fail(msg):
+        print("ibfrun: " + msg, file=sys.stderr)
+        _stop_pids(pids)
+        return 1
+
+    deadline = time.monotonic() + args.timeout
+    while not os.path.exists(engine_json):
+        if controller.poll() is not None or time.monotonic() > deadline:
+            return fail("the controller did not start; see " + logdir)
+        time.sleep(0.2)
+    time.sleep(0.2)  # let the controller finish writing the file
+    if remote:
+        _copy_to_hosts(engine_json, remote, args.ssh_port)
+    engine_cmd = [sys.executable, "-m", "ipyparallel.engine", "--profile=" + args.profile]
+    if not args.enable_heartbeat:
+        engine_cmd.append("--IPEngine.max_heartbeat_misses=0")
+    launcher = _spawn(bfrun_args(args, engine_cmd), os.path.join(logdir, "ibfrun-engines.log"))
+    pids["bfrun"] = launcher.pid
+    try:
+        client = ipyparallel.Client(profile=args.profile)
+        client.wait_for_engines(args.num_proc, timeout=max(1.0, deadline - time.monotonic()))
+        pids["engines"] = client[:].apply_sync(engine_identity)
+        client.close()
+    except Exception as exc:  # pylint: disable=broad-except
+        return fail("the engines did not register ({}); see {}".format(exc, logdir))
+    with open(os.path.join(pdir, PID_FILE), "w") as f:
+        json.dump(pids, f)
+    print("ibfrun: {} engines are up. In Python: `import ipyparallel as ipp; "
+          "rc = ipp.Client(profile={!r})`; stop with `ibfrun stop --ipython-profile {}`".format(
+              args.num_proc, args.profile, args.profile))
+    return 0
+
+
+def _stop_pids(pids: dict, grace: float = 10.0) -> None:
+    """SIGTERM bfrun (it ends the MPI job), then the controller; SIGKILL after ``grace``."""
+    for key in ("bfrun", "controller"):
+        pid = pids.get(key)
+        if not _alive(pid):
+            continue
+        try:
+            os.killpg(pid, signal.SIGTERM)  # each was started as a session/group leader
+        except OSError:
+            continue
+        deadline = time.monotonic() + grace
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if _alive(pid):
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+
+def stop(args) -> int:
+    """``ibfrun stop``: end the engines and the controller recorded for the profile."""
+    try:
+        pdir = profile_dir(args.profile, create=False)
+    except Exception:  # pylint: disable=broad-except
+        print("ibfrun: no IPython profile {!r}".format(args.profile), file=sys.stderr)
+        return 1
+    pids = _read_pids(pdir)
+    if not pids:
+        print("ibfrun: no cluster recorded for profile {!r}".format(args.profile),
+              file=sys.stderr)
+        return 1
+    _stop_pids(pids)
+    os.remove(os.path.join(pdir, PID_FILE))
+    print("ibfrun: stopped the cluster of profile {!r}".format(args.profile))
+    return 0
+
+
+def interrupt_hanged_processes(profile: str = "bluefog") -> int:
+    """Send SIGINT to this machine's engines of ``profile``; returns how many were signalled."""
+    import socket  # pylint: disable=import-outside-toplevel
+    count, here = 0, socket.gethostname()
+    for host, pid in _read_pids(profile_dir(profile, create=False)).get("engines", []):
+        if host == here and _alive(pid):
+            os.kill(pid, signal.SIGINT)
+            count += 1
+    return count
+
+
+def main(argv=None) -> int:
+    """Entry point of ``ibfrun``; returns the exit code."""
+    parser = make_parser()
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.version:
+        print(bluefog_version())
+        return 0
+    if args.action is None:
+        parser.error("choose an action: start or stop")
+    try:
+        import ipyparallel  # noqa: F401  pylint: disable=unused-import,import-outside-toplevel
+    except ImportError:
+        print("ibfrun: " + INSTALL_HINT, file=sys.stderr)
+        return 1
+    return start(args) if args.action == "start" else stop(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""bfrun end to end: real mpirun/mpiexec runs of tiny Python ranks (no BlueFog core needed).
+
+Uses the launcher bfrun itself would pick (next to sys.executable, then PATH); skipped when there
+is none.  Set BLUEFOG_TEST_MPICH_PREFIX to an MPICH installation (e.g. a venv with the PyPI
+``mpich`` wheel) to run the same checks with Hydra as well.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+from bluefog.run import mpi_vendor
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+RANK = "int(os.environ.get('OMPI_COMM_WORLD_RANK', os.environ.get('PMI_RANK', '-1')))"
+
+
+def _launchers():
+    out = []
+    try:
+        default = mpi_vendor.find_launcher()
+    except FileNotFoundError:
+        default = None
+    out.append(pytest.param(None, marks=pytest.mark.skipif(
+        default is None, reason="no mpirun/mpiexec next to the interpreter or on PATH"),
+        id="default"))
+    prefix = os.environ.get("BLUEFOG_TEST_MPICH_PREFIX")
+    out.append(pytest.param(prefix, marks=pytest.mark.skipif(
+        not prefix, reason="BLUEFOG_TEST_MPICH_PREFIX not set"), id="mpich-prefix"))
+    return out
+
+
+@pytest.fixture(params=_launchers())
+def prefix(request):
+    """``--prefix`` arguments for the launcher under test (empty for the default one)."""
+    vendor = mpi_vendor.detect_vendor(mpi_vendor.find_launcher(request.param))
+    if vendor.name not in (mpi_vendor.OPENMPI, mpi_vendor.MPICH):
+        pytest.skip("launcher is neither Open MPI nor MPICH: " + vendor.text[:100])
+    return ["--prefix", request.param] if request.param else []
+
+
+def bfrun(args, timeout=60, env=None):
+    """Start ``python -m bluefog.run.run args`` in its own session; returns the Popen."""
+    full_env = dict(os.environ)
+    full_env["PYTHONPATH"] = ROOT + os.pathsep + full_env.get("PYTHONPATH", "")
+    full_env.update(env or {})
+    return subprocess.Popen([sys.executable, "-m", "bluefog.run.run"] + list(args), cwd=ROOT,
+                            env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+
+
+def finish(proc, timeout=60):
+    """Wait for ``proc`` under ``timeout``; returns (rc, output, seconds); kills it on timeout."""
+    start = time.monotonic()
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        pytest.fail("bfrun did not finish within {} s:\n{}".format(timeout, out))
+    return proc.returncode, out, time.monotonic() - start
+
+
+def rank_script(marker, body):
+    """A ``python -c`` program tagged with ``marker`` (to find leftover processes)."""
+    return [sys.executable, "-c", "# {}\nimport os, sys, time\nrank = {}\n{}".format(
+        marker, RANK, body)]
+
+
+def leftovers(marker):
+    """Pids of live processes whose command line contains ``marker``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != os.getpid():
+            try:
+                with open("/proc/{}/cmdline".format(entry), "rb") as f:
+                    if marker.encode() in f.read():
+                        with open("/proc/{}/stat".format(entry)) as s:
+                            if s.read().rsplit(")", 1)[1].split()[0] != "Z":
+                                found.append(int(entry))
+            except OSError:
+                pass
+    return found
+
+
+def wait_no_leftovers(marker, seconds=5.0):
+    deadline = time.monotonic() + seconds
+    while leftovers(marker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return leftovers(marker)
+
+
+def test_version_flag():
+    rc, out, _ = finish(bfrun(["-v"]))
+    assert rc == 0 and out.strip() and "usage" not in out
+
+
+def test_success_and_environment(prefix):
+    marker = "bf-" + uuid.uuid4().hex
+    body = ("print('rank', rank, os.environ.get('BLUEFOG_TIMELINE'), "
+            "os.environ.get('BLUEFOG_LOG_LEVEL'), flush=True)")
+    rc, out, _ = finish(bfrun(prefix + ["-np", "2", "--verbose", "--timeline-filename", "/tmp/tl",
+                                        *rank_script(marker, body)]))
+    assert rc == 0, out
+    assert "rank 0 /tmp/tl debug" in out and "rank 1 /tmp/tl debug" in out, out
+    assert "bfrun: " in out  # --verbose prints the command
+
+
+def test_exit_code_of_a_failing_rank(prefix):
+    marker = "bf-" + uuid.uuid4().hex
+    rc, out, secs = finish(bfrun(prefix + ["-np", "2", *rank_script(
+        marker, "sys.exit(3) if rank == 1 else time.sleep(120)")]), timeout=60)
+    assert rc != 0, out
+    if not prefix:  # Open MPI reports the rank's own code; Hydra its own
+        vendor = mpi_vendor.detect_vendor(mpi_vendor.find_launcher())
+        if vendor.name == mpi_vendor.OPENMPI:
+            assert rc == 3, out
+    assert secs < 30, out
+    assert wait_no_leftovers(marker) == []
+
+
+def test_killed_rank_ends_job(prefix):
+    marker = "bf-" + uuid.uuid4().hex
+    body = "time.sleep(1)\nif rank == 1:\n    os.kill(os.getpid(), 9)\ntime.sleep(120)"
+    rc, out, secs = finish(bfrun(prefix + ["-np", "3", *rank_script(marker, body)]), timeout=60)
+    assert rc != 0, out
+    assert secs < 30, out
+    assert wait_no_leftovers(marker) == []
+
+
+def test_signal_is_forwarded(prefix, tmp_path):
+    marker = "bf-" + uuid.uuid4().hex
+    body = "open(os.path.join({!r}, str(rank)), 'w').close()\ntime.sleep(120)".format(
+        str(tmp_path))
+    proc = bfrun(prefix + ["-np", "2", *rank_script(marker, body)])
+    deadline = time.monotonic() + 30
+    while len(os.listdir(tmp_path)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len(os.listdir(tmp_path)) == 2, "the ranks did not start"
+    os.kill(proc.pid, signal.SIGTERM)
+    rc, out, secs = finish(proc, timeout=30)
+    assert rc == 128 + signal.SIGTERM, out
+    assert secs < 15, out
+    assert wait_no_leftovers(marker) == []

@@ -1,0 +1,238 @@
+"""Unit tests of bfrun's command construction and MPI vendor detection (no MPI needed)."""
+
+import os
+import stat
+import sys
+
+import pytest
+
+from bluefog.run import launch_command as lc
+from bluefog.run import mpi_vendor
+from bluefog.run.mpi_vendor import MPICH, OPENMPI, UNKNOWN, VendorInfo
+from bluefog.run import run as bfrun
+
+OMPI5_VERSION = ("mpirun (Open MPI) 5.0.11\n\n"
+                 "Report bugs to https://www.open-mpi.org/community/help/\n")
+OMPI4_VERSION = ("mpirun (Open MPI) 4.1.5\n\n"
+                 "Report bugs to http://www.open-mpi.org/community/help/\n")
+MPICH4_VERSION = """HYDRA build details:
+    Version:                                 4.1.2
+    Release Date:                            Wed Jun  7 15:22:45 CDT 2023
+    CC:                              gcc
+    Configure options:                       '--prefix=/usr' '--with-device=ch4:ofi'
+    Process Manager:                         pmi
+    Launchers available:                     ssh rsh fork slurm ll lsf sge manual persist
+    Topology libraries available:            hwloc
+    Resource management kernels available:   user slurm ll lsf sge pbs cobalt
+    Demux engines available:                 poll select
+"""
+INTEL_VERSION = "Intel(R) MPI Library for Linux* OS, Version 2021.10 Build 20230619 (id: c2e19)\n"
+
+OMPI = VendorInfo(OPENMPI, (5, 0, 11))
+OMPI4 = VendorInfo(OPENMPI, (4, 1, 5))
+HYDRA = VendorInfo(MPICH, (4, 1, 2))
+ROOT = lc.HostFacts(is_root=True, cpu_count=2, local_names=frozenset({"myhost"}))
+USER = lc.HostFacts(is_root=False, cpu_count=8, local_names=frozenset({"myhost"}))
+CMD = ["python", "x.py"]
+GUARD = ["/py", "-m", "bluefog.run.run", "--bf-rank-guard"]
+
+
+def settings(num_proc=4, **kw):
+    kw.setdefault("command", CMD)
+    return lc.LaunchSettings(num_proc=num_proc, **kw)
+
+
+def ompi(s, facts=ROOT, environ=None, vendor=OMPI):
+    return lc.build_launch("mpirun", vendor, s, facts, environ or {"PATH": "/bin"})
+
+
+def hydra(s, facts=ROOT, environ=None):
+    return lc.build_launch("mpiexec", HYDRA, s, facts, environ or {"PATH": "/bin"}, GUARD)
+
+
+# ---------------------------------------------------------------- vendor detection
+@pytest.mark.parametrize("text,name,version", [
+    (OMPI5_VERSION, OPENMPI, (5, 0, 11)),
+    (OMPI4_VERSION, OPENMPI, (4, 1, 5)),
+    (MPICH4_VERSION, MPICH, (4, 1, 2)),
+    (INTEL_VERSION, MPICH, (2021, 10)),
+    ("srun: unknown option --version\n", UNKNOWN, ()),
+    ("", UNKNOWN, ()),
+])
+def test_parse_version_output(text, name, version):
+    info = mpi_vendor.parse_version_output(text)
+    assert (info.name, info.version) == (name, version)
+
+
+def _script(path, body):
+    path.write_text("#!/bin/sh\n" + body)
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return str(path)
+
+
+def test_detect_vendor_runs_version(tmp_path):
+    fake = _script(tmp_path / "mpiexec", "cat <<'EOF'\n" + MPICH4_VERSION + "EOF\n")
+    assert mpi_vendor.detect_vendor(fake).name == MPICH
+    assert mpi_vendor.detect_vendor(str(tmp_path / "missing")).name == UNKNOWN
+
+
+def test_find_launcher_prefix_forms(tmp_path):
+    (tmp_path / "inst" / "bin").mkdir(parents=True)
+    want = _script(tmp_path / "inst" / "bin" / "mpirun", "exit 0\n")
+    assert mpi_vendor.find_launcher(str(tmp_path / "inst")) == want
+    (tmp_path / "flat").mkdir()
+    want = _script(tmp_path / "flat" / "mpiexec", "exit 0\n")
+    assert mpi_vendor.find_launcher(str(tmp_path / "flat")) == want
+    want = _script(tmp_path / "my-mpirun", "exit 0\n")
+    assert mpi_vendor.find_launcher(str(tmp_path / "my-")) == want
+    with pytest.raises(FileNotFoundError, match="--prefix"):
+        mpi_vendor.find_launcher(str(tmp_path / "nothing"))
+
+
+def test_find_launcher_prefers_venv_over_path(tmp_path, monkeypatch):
+    (tmp_path / "venv").mkdir()
+    (tmp_path / "path").mkdir()
+    venv = _script(tmp_path / "venv" / "mpirun", "exit 0\n")
+    _script(tmp_path / "path" / "mpirun", "exit 0\n")
+    monkeypatch.setenv("PATH", str(tmp_path / "path"))
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "venv" / "python"))
+    assert mpi_vendor.find_launcher() == venv
+    os.remove(venv)
+    assert mpi_vendor.find_launcher() == str(tmp_path / "path" / "mpirun")
+
+
+# ---------------------------------------------------------------- hosts
+def test_parse_hosts_and_hostfile():
+    assert lc.parse_hosts("a:2,b:3,c") == [("a", 2), ("b", 3), ("c", 1)]
+    with pytest.raises(ValueError):
+        lc.parse_hosts(" , ")
+    text = "# cluster\nnode1 slots=4\nnode2:2\n\nnode3  # default slots\n"
+    assert lc.parse_hostfile_text(text) == [("node1", 4), ("node2", 2), ("node3", None)]
+
+
+def test_oversubscribe_rules():
+    facts = lc.HostFacts(cpu_count=2, local_names=frozenset({"me"}))
+    assert not lc.needs_oversubscribe(2, None, facts)
+    assert lc.needs_oversubscribe(3, None, facts)
+    assert lc.needs_oversubscribe(4, [("localhost", 4)], facts)   # 4 local ranks > 2 cores
+    assert lc.needs_oversubscribe(3, [("me", 2)], facts)          # only local, np > slots
+    assert not lc.needs_oversubscribe(4, [("me", 2), ("far", 2)], facts)
+    assert not lc.needs_oversubscribe(6, [("far", 2), ("away", 2)], facts)  # mpirun decides
+    assert lc.needs_oversubscribe(5, [("me", 4), ("far", 1)], facts)
+    assert lc.place_ranks(5, [("a", 2), ("b", 2)], facts) == [3, 2]
+
+
+# ---------------------------------------------------------------- Open MPI
+def test_openmpi_root_localhost():
+    spec = ompi(settings(4))
+    assert spec.args == ["mpirun", "--allow-run-as-root", "-np", "4", "--oversubscribe",
+                         "--bind-to", "none", "--map-by", "slot", "--mca", "pml", "ob1",
+                         "--mca", "btl", "^openib", "--mca", "osc", "^ucx"] + CMD
+    assert spec.env == {"PATH": "/bin"}
+
+
+def test_openmpi_non_root_enough_cores():
+    args = ompi(settings(4), facts=USER).args
+    assert "--allow-run-as-root" not in args and "--oversubscribe" not in args
+
+
+def test_openmpi_hosts_forward_environment():
+    env = {"PATH": "/bin", "HOME": "/root", "OLDPWD": "/x", "BASH_FUNC_f%%": "() { :; }",
+           "bad-name": "1", "MY_VAR": "a b"}
+    args = ompi(settings(4, hosts=lc.parse_hosts("myhost:2,far:2"), hosts_arg="myhost:2,far:2",
+                         timeline_filename="/tmp/tl"), facts=USER, environ=env).args
+    assert args[args.index("-H") + 1] == "myhost:2,far:2"
+    forwarded = [args[i + 1] for i, a in enumerate(args) if a == "-x"]
+    assert forwarded == ["BLUEFOG_TIMELINE=/tmp/tl", "HOME", "MY_VAR", "PATH"]
+    assert args[-2:] == CMD
+
+
+def test_openmpi_local_hosts_do_not_forward_environment():
+    args = ompi(settings(2, hosts=[("localhost", 2)], hosts_arg="localhost:2"), facts=USER,
+                environ={"PATH": "/bin", "HOME": "/r"}).args
+    assert "-x" not in args and "--oversubscribe" not in args
+
+
+def test_openmpi_hostfile_is_passed_verbatim():
+    s = settings(4, hosts=[("n1", 4), ("n2", 4)], hostfile="/etc/hosts.mpi")
+    args = ompi(s, facts=USER).args
+    assert args[args.index("--hostfile") + 1] == "/etc/hosts.mpi" and "-H" not in args
+
+
+def test_openmpi_ssh_port_nic_infiniband():
+    args = ompi(settings(2, ssh_port=2222, network_interface="eth1", use_infiniband=True),
+                facts=USER).args
+    text = " ".join(args)
+    assert ["--mca", "plm_rsh_args", "-p 2222"] == args[args.index("plm_rsh_args") - 1:][:3]
+    assert "--mca btl_tcp_if_include eth1" in text
+    assert "-x NCCL_SOCKET_IFNAME=eth1" in text
+    assert "--mca pml ucx --mca osc ucx" in text and "^ucx" not in text
+    args4 = ompi(settings(2, use_infiniband=True), facts=USER, vendor=OMPI4).args
+    assert "openib,vader,self" in args4
+
+
+def test_openmpi_extra_flags_quoting_and_env():
+    spec = ompi(settings(2, extra_mpi_flags="--mca btl_tcp_links 2 -x 'A=b c' --tag-output",
+                         verbose=True, timeline_filename="tl/"), facts=USER)
+    i = spec.args.index("--tag-output")
+    assert spec.args[i - 5:i] == ["--mca", "btl_tcp_links", "2", "-x", "A=b c"]
+    assert spec.args[i + 1:] == CMD
+    assert spec.env["BLUEFOG_LOG_LEVEL"] == "debug" and spec.env["BLUEFOG_TIMELINE"] == "tl/"
+    assert "-x" in spec.args and "BLUEFOG_LOG_LEVEL=debug" in spec.args
+
+
+# ---------------------------------------------------------------- MPICH / Hydra
+def test_mpich_basic_no_root_flags():
+    spec = hydra(settings(4))
+    assert spec.args == ["mpiexec", "-np", "4", "-genvall"] + GUARD + CMD
+    assert spec.env == {"PATH": "/bin"}
+
+
+def test_mpich_hosts_hostfile_nic_ssh_env():
+    s = settings(4, hosts=[("n1", 2), ("n2", None)], hostfile="hf", ssh_port=2200,
+                 network_interface="ib0", timeline_filename="/t/", verbose=True,
+                 extra_mpi_flags="-prepend-rank")
+    spec = hydra(s)
+    a = spec.args
+    assert a[a.index("-hosts") + 1] == "n1:2,n2:1" and "-f" not in a
+    assert a[a.index("-iface") + 1] == "ib0"
+    assert "--allow-run-as-root" not in a and "--oversubscribe" not in a
+    genv = [tuple(a[i + 1:i + 3]) for i, x in enumerate(a) if x == "-genv"]
+    assert genv == [("BLUEFOG_LOG_LEVEL", "debug"), ("BLUEFOG_TIMELINE", "/t/"),
+                    ("NCCL_SOCKET_IFNAME", "ib0")]
+    assert a[a.index("-prepend-rank") + 1:] == GUARD + CMD
+    assert spec.env["HYDRA_LAUNCHER_EXTRA_ARGS"] == "-p 2200"
+
+
+def test_errors():
+    with pytest.raises(ValueError, match="unsupported"):
+        lc.build_launch("srun", VendorInfo(UNKNOWN), settings(2), ROOT, {})
+    with pytest.raises(ValueError, match="command"):
+        ompi(settings(2, command=[]))
+    with pytest.raises(ValueError, match="-np"):
+        ompi(settings(0))
+
+
+# ---------------------------------------------------------------- bfrun argument parsing
+def test_parser_forms(tmp_path):
+    p = bfrun.make_parser()
+    a = p.parse_args(["-np", "2", "-H", "a:1,b:1", "-p", "22", "--network-interface", "eth0",
+                      "--extra-mpi-flags", "-x FOO", "--timeline-filename", "tl",
+                      "python", "-c", "print(1)", "--verbose"])
+    assert (a.num_proc, a.hosts, a.ssh_port, a.nic, a.extra_mpi_flags, a.timeline) == \
+        (2, "a:1,b:1", 22, "eth0", "-x FOO", "tl")
+    assert a.command == ["python", "-c", "print(1)", "--verbose"] and not a.verbose
+    with pytest.raises(SystemExit):
+        p.parse_args(["-np", "2", "-H", "a", "--hostfile", "f", "x"])
+    hf = tmp_path / "hosts"
+    hf.write_text("n1 slots=2\nn2 slots=2\n")
+    s = bfrun.settings_from_args(p.parse_args(["-np", "4", "-hostfile", str(hf), "--", "x"]))
+    assert s.hosts == [("n1", 2), ("n2", 2)] and s.hostfile == str(hf) and s.command == ["x"]
+
+
+def test_main_requires_np(capsys):
+    with pytest.raises(SystemExit):
+        bfrun.main(["python", "x.py"])
+    assert "-np" in capsys.readouterr().err
+    assert bfrun.main(["-v"]) == 0
+    assert capsys.readouterr().out.strip() == bfrun.bluefog_version()
