@@ -5,6 +5,7 @@ import atexit
 import contextlib
 import ctypes
 import logging
+import sys
 from typing import Callable, Dict, List, Optional
 
 import networkx as nx
@@ -73,10 +74,27 @@ class BlueFogBasics:
             _raise_status(self._lib, code, "bluefog init failed")
         if not self._atexit_registered:
             atexit.register(self.shutdown)
+            self._install_excepthook()
             self._atexit_registered = True
         topology = topology_fn(self.size()) if topology_fn else None
         self._topology = None  # force a reset even if the graph is equivalent
         self.set_topology(topology, is_weighted)
+
+    def _install_excepthook(self):
+        # A rank that dies of an uncaught exception ends the whole job at once,
+        # instead of leaving its peers waiting in ops it will never submit.
+        previous = sys.excepthook
+
+        def hook(kind, value, tb):
+            previous(kind, value, tb)
+            if self.is_initialized() and self.size() > 1 and not issubclass(kind, KeyboardInterrupt):
+                sys.stdout.flush()
+                sys.stderr.write(f"bluefog: rank {self.rank()} failed with an uncaught {kind.__name__}; "
+                                 "aborting the job\n")
+                sys.stderr.flush()
+                self._lib.bluefog_abort(1)
+
+        sys.excepthook = hook
 
     def shutdown(self):
         """Stops BlueFog on this rank once every rank has asked to; ops still in

@@ -68,6 +68,7 @@ int bluefog_set_skip_negotiate_stage(int value) {
 int bluefog_get_skip_negotiate_stage(void) { return SkipNegotiate() ? 1 : 0; }
 void bluefog_suspend(void) { Suspend(); }
 void bluefog_resume(void) { Resume(); }
+void bluefog_abort(int code) { Abort(code); }
 
 int bluefog_timeline_start_activity(const char* name, const char* activity) {
   return TimelineStartActivity(name, activity) ? 1 : 0;

@@ -29,6 +29,8 @@ int bluefog_barrier(void);
 int bluefog_set_skip_negotiate_stage(int value);
 int bluefog_get_skip_negotiate_stage(void);
 void bluefog_suspend(void);
+// Ends the whole job at once (MPI_Abort); used when a rank dies of an uncaught error.
+void bluefog_abort(int code);
 void bluefog_resume(void);
 
 int bluefog_timeline_start_activity(const char* name, const char* activity);

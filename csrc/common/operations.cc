@@ -523,6 +523,14 @@ Status RunBlocking(const std::function<Status(StatusCallback)>& enqueue) {
   return done->status;
 }
 
+void Abort(int code) {
+  int initialized = 0, finalized = 0;
+  MPI_Initialized(&initialized);
+  MPI_Finalized(&finalized);
+  if (initialized && !finalized) MPI_Abort(MPI_COMM_WORLD, code);
+  std::_Exit(code);
+}
+
 void Suspend() { State().suspended = true; }
 void Resume() { State().suspended = false; }
 

@@ -63,6 +63,8 @@ Status EnqueueDirect(std::function<Status(WindowManager&)> work, StatusCallback 
 // Runs an op through `enqueue` and blocks until it completes.
 Status RunBlocking(const std::function<Status(StatusCallback)>& enqueue);
 
+// MPI_Abort on the job's communicator (no return).
+void Abort(int code);
 void Suspend();
 void Resume();
 

@@ -33,8 +33,11 @@ absl::Status ToTfStatus(const Status& status) {
   }
 }
 
-TfTensor::TfTensor(const tensorflow::Tensor& tensor, DataType dtype)
-    : tensor_(tensor), dtype_(dtype), shape_(tensor.shape().dim_sizes().begin(), tensor.shape().dim_sizes().end()) {}
+TfTensor::TfTensor(const tensorflow::Tensor& tensor, DataType dtype) : tensor_(tensor), dtype_(dtype) {
+  const int dims = tensor.dims();
+  shape_.reserve(dims);
+  for (int i = 0; i < dims; ++i) shape_.push_back(tensor.dim_size(i));
+}
 
 void* TfTensor::data() const {
   // The core writes only into output tensors, which the kernel owns.
