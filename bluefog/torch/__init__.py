@@ -25,12 +25,21 @@ from bluefog.torch.win_ops import (  # noqa: E402,F401
     neighbor_win_get_nonblocking, neighbor_win_accumulate, neighbor_win_accumulate_nonblocking,
     win_poll, win_wait, win_update, win_update_then_collect, get_win_version, get_current_created_window_names,
     win_mutex, win_associated_p, turn_on_win_ops_with_associated_p, turn_off_win_ops_with_associated_p)
+from bluefog.torch.utility import (  # noqa: E402,F401
+    broadcast_parameters, allreduce_parameters, broadcast_optimizer_state)
+from bluefog.torch.optimizers import (  # noqa: E402,F401
+    CommunicationType, DistributedAdaptWithCombineOptimizer, DistributedAdaptThenCombineOptimizer,
+    DistributedGradientAllreduceOptimizer, DistributedWinPutOptimizer, DistributedPullGetOptimizer,
+    DistributedPushSumOptimizer, DistributedAllreduceOptimizer, DistributedNeighborAllreduceOptimizer,
+    DistributedHierarchicalNeighborAllreduceOptimizer)
 from bluefog.torch.topology_util import (  # noqa: E402,F401
     InferSourceFromDestinationRanks, InferDestinationFromSourceRanks)
 from bluefog.torch.neighbor_ops import (  # noqa: E402,F401
     neighbor_allreduce, neighbor_allreduce_nonblocking, neighbor_allgather, neighbor_allgather_nonblocking,
     hierarchical_neighbor_allreduce, hierarchical_neighbor_allreduce_nonblocking,
     pair_gossip, pair_gossip_nonblocking)
+from bluefog.torch import win_ops as _win_ops  # noqa: E402
+win_lock = _win_ops.win_lock
 
 _basics = _get_basics()
 init = _basics.init

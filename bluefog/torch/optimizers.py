@@ -1,0 +1,430 @@
+"""Distributed optimizers: wrap a torch optimizer so that training is
+decentralized (neighbor averaging of parameters), or Horovod-style.
+
+Each factory returns an object whose class inherits from the user's optimizer
+class (isinstance, state_dict, param_groups and lr schedulers keep working),
+built from the optimizer's param_groups. With one rank no hooks are
+registered and the wrapper behaves like the plain optimizer.
+"""
+import contextlib
+import os
+import warnings
+from enum import Enum
+from typing import Dict, List, Optional
+
+import torch
+
+from bluefog.common.basics import get_basics
+from bluefog.torch import mpi_ops, neighbor_ops, win_ops
+
+_basics = get_basics()
+
+
+class CommunicationType(Enum):
+    neighbor_allreduce = "neighbor.allreduce"
+    hierarchical_neighbor_allreduce = "hierarchical.neighbor.allreduce"
+    allreduce = "allreduce"
+    empty = "empty"
+
+
+def _named_parameters(model, optimizer) -> Dict[torch.nn.Parameter, str]:
+    models = list(model) if isinstance(model, (list, tuple)) else [model]
+    named = []
+    for i, m in enumerate(models):
+        if not isinstance(m, torch.nn.Module):
+            raise ValueError(f"model must be an nn.Module or a list of them, got {type(m).__name__}")
+        prefix = f"{i}." if len(models) > 1 else ""
+        named += [(prefix + n, p) for n, p in m.named_parameters()]
+    names = [n for n, _ in named]
+    dups = sorted({n for n in names if names.count(n) > 1})
+    if dups:
+        raise ValueError(f"duplicate parameter names in the model: {dups}")
+    by_param = {p: n for n, p in named}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if p not in by_param:
+                raise ValueError(f"the optimizer has a parameter of shape {tuple(p.shape)} that is not among the "
+                                 "model's named_parameters(); pass the model (or list of models) that owns it")
+    return by_param
+
+
+class _Distributed:
+    """Bookkeeping shared by the wrappers (mixed in before the user's class)."""
+
+    def _bf_setup(self, model, num_steps_per_communication, prefix):
+        if not isinstance(num_steps_per_communication, int) or num_steps_per_communication < 1:
+            raise ValueError(f"num_steps_per_communication must be a positive int, got {num_steps_per_communication!r}")
+        self._bf_names = _named_parameters(model, self)
+        self._bf_models = list(model) if isinstance(model, (list, tuple)) else [model]
+        self._bf_prefix = prefix
+        self._bf_steps = num_steps_per_communication
+        self._bf_counts: Dict[torch.nn.Parameter, int] = {}
+        self._bf_handles: Dict[torch.nn.Parameter, int] = {}
+        self._bf_hooks = []
+        self._bf_should_sync = True
+        self._bf_warned = False
+        self._bf_timeline = bool(os.environ.get("BLUEFOG_TIMELINE"))
+        self._bf_active = _basics.size() > 1
+
+    def _bf_name(self, p) -> str:
+        return f"{self._bf_prefix}.{self._bf_names[p]}"
+
+    def _bf_due(self, p) -> bool:
+        """Counts a use of p; True when it is time to communicate it."""
+        self._bf_counts[p] = self._bf_counts.get(p, 0) + 1
+        if self._bf_counts[p] % self._bf_steps != 0:
+            return False
+        if p in self._bf_handles:
+            if not self._bf_warned:
+                warnings.warn("Unexpected behavior: a parameter was used again before its previous communication "
+                              "was synchronized (more forward/backward passes per step() than "
+                              "num_steps_per_communication allows); the extra communication is skipped.")
+                self._bf_warned = True
+            return False
+        return True
+
+    def _bf_register_forward_hooks(self, fn):
+        for m in self._bf_models:
+            for module in m.modules():
+                if any(p in self._bf_names for p in module.parameters(recurse=False)):
+                    self._bf_hooks.append(module.register_forward_hook(
+                        lambda mod, inp, out: fn(mod) if mod.training else None))
+
+    def _bf_module_params(self, module):
+        return [p for p in module.parameters(recurse=False) if p in self._bf_names and p.requires_grad]
+
+    def turn_on_timeline(self):
+        """Record FORWARD / COMMUNICATE activities of the parameters in the timeline."""
+        self._bf_timeline = True
+
+    def turn_off_timeline(self):
+        self._bf_timeline = False
+
+    @contextlib.contextmanager
+    def skip_synchronize(self):
+        """step() inside this block does not synchronize (call synchronize() first)."""
+        self._bf_should_sync = False
+        try:
+            yield
+        finally:
+            self._bf_should_sync = True
+
+    def zero_grad(self, set_to_none: bool = True):
+        if self._bf_handles:
+            raise AssertionError("zero_grad() was called while communication is still pending; call step() (or "
+                                 "synchronize()) first")
+        return super().zero_grad(set_to_none=set_to_none)
+
+    def unregister_hooks(self):
+        for h in self._bf_hooks:
+            h.remove()
+        self._bf_hooks = []
+
+
+class _AdaptWithCombine(_Distributed):
+    def __init__(self, params, model, communication_type, num_steps_per_communication, prefix="awc"):
+        super().__init__(params)
+        self._bf_setup(model, num_steps_per_communication, prefix)
+        if not isinstance(communication_type, CommunicationType):
+            raise ValueError(f"communication_type must be a CommunicationType, got {communication_type!r}")
+        self.communication_type = communication_type
+        self.self_weight = None
+        self.src_weights = None
+        self.dst_weights = None
+        self.src_machine_weights = None
+        self.dst_machine_weights = None
+        self.enable_topo_check = False
+        if self._bf_active:
+            self._bf_register_forward_hooks(self._bf_forward)
+
+    def _bf_communicate(self, tensor, name):
+        ct = self.communication_type
+        if ct == CommunicationType.neighbor_allreduce:
+            return neighbor_ops.neighbor_allreduce_nonblocking(
+                tensor, self_weight=self.self_weight, src_weights=self.src_weights, dst_weights=self.dst_weights,
+                enable_topo_check=self.enable_topo_check, name=name)
+        if ct == CommunicationType.hierarchical_neighbor_allreduce:
+            return neighbor_ops.hierarchical_neighbor_allreduce_nonblocking(
+                tensor, self_weight=self.self_weight, src_machine_weights=self.src_machine_weights,
+                dst_machine_weights=self.dst_machine_weights, enable_topo_check=self.enable_topo_check, name=name)
+        if ct == CommunicationType.allreduce:
+            return mpi_ops.allreduce_nonblocking(tensor, average=True, name=name)
+        return None
+
+    def _bf_forward(self, module):
+        for p in self._bf_module_params(module):
+            if self._bf_due(p):
+                handle = self._bf_communicate(p.data, self._bf_name(p))
+                if handle is not None:
+                    self._bf_handles[p] = handle
+
+    def synchronize(self):
+        """Waits for the parameters' communication and adopts the combined values."""
+        for p, handle in self._bf_handles.items():
+            p.data.copy_(mpi_ops.synchronize(handle))
+        self._bf_handles.clear()
+
+    def step(self, closure=None):
+        if self._bf_should_sync:
+            self.synchronize()
+        return super().step(closure)
+
+
+class _AdaptThenCombine(_AdaptWithCombine):
+    def __init__(self, params, model, communication_type, num_steps_per_communication):
+        self._bf_step_function = None
+        super().__init__(params, model, communication_type, num_steps_per_communication, prefix="atc")
+        for h in self._bf_hooks:  # ATC communicates after the local step, not at forward
+            h.remove()
+        self._bf_hooks = []
+        self._bf_group_of = {p: g for g in self.param_groups for p in g["params"]}
+        if self._bf_active:
+            for p in self._bf_names:
+                if p.requires_grad and p in self._bf_group_of:
+                    self._bf_hooks.append(p.register_post_accumulate_grad_hook(self._bf_after_grad))
+
+    def register_step_function(self, func):
+        """func(optimizer, param, grad, group) replaces the per-parameter local step."""
+        self._bf_step_function = func
+
+    def _bf_local_step(self, p):
+        group = self._bf_group_of[p]
+        if self._bf_step_function is not None:
+            self._bf_step_function(self, p, p.grad, group)
+            return
+        saved = self.param_groups
+        self.param_groups = [dict(group, params=[p])]
+        try:
+            super(_AdaptWithCombine, self).step()
+        finally:
+            self.param_groups = saved
+
+    def _bf_after_grad(self, p):
+        with torch.no_grad():
+            self._bf_local_step(p)
+        if self._bf_due(p):
+            handle = self._bf_communicate(p.data, self._bf_name(p))
+            if handle is not None:
+                self._bf_handles[p] = handle
+
+    def step(self, closure=None):
+        if not self._bf_active:
+            return super(_AdaptWithCombine, self).step(closure)
+        if closure is not None:
+            raise ValueError("DistributedAdaptThenCombineOptimizer does not support a closure")
+        if self._bf_should_sync:
+            self.synchronize()
+        return None
+
+
+class _GradientAllreduce(_Distributed):
+    def __init__(self, params, model, num_steps_per_communication):
+        super().__init__(params)
+        self._bf_setup(model, num_steps_per_communication, "grad")
+        if self._bf_active:
+            for p in self._bf_names:
+                if p.requires_grad:
+                    self._bf_hooks.append(p.register_post_accumulate_grad_hook(self._bf_after_grad))
+
+    def _bf_after_grad(self, p):
+        if self._bf_due(p):
+            self._bf_handles[p] = mpi_ops.allreduce_nonblocking(p.grad, average=True, name=self._bf_name(p))
+
+    def synchronize(self):
+        """Waits for the gradient averages and installs them in p.grad."""
+        for p, handle in self._bf_handles.items():
+            p.grad.copy_(mpi_ops.synchronize(handle))
+        self._bf_handles.clear()
+
+    def step(self, closure=None):
+        if self._bf_should_sync:
+            self.synchronize()
+        return super().step(closure)
+
+
+class _WindowOptimizer(_Distributed):
+    """Shared by the win_put, pull-get and push-sum wrappers: a window per parameter."""
+
+    _bf_zero_init = False
+
+    def __init__(self, params, model, num_steps_per_communication, window_prefix, default_prefix):
+        super().__init__(params)
+        self._bf_setup(model, num_steps_per_communication, window_prefix or default_prefix)
+        self.force_barrier = False
+        self._bf_windows: Dict[torch.nn.Parameter, str] = {}
+        self._bf_buffers: Dict[torch.nn.Parameter, torch.Tensor] = {}
+        if self._bf_active:
+            for p in sorted(self._bf_names, key=lambda q: self._bf_names[q]):
+                if p.requires_grad:
+                    name = self._bf_name(p)
+                    buf = self._bf_window_tensor(p)
+                    win_ops.win_create(buf, name, zero_init=self._bf_zero_init)
+                    self._bf_windows[p] = name
+                    self._bf_buffers[p] = buf
+            self._bf_register_forward_hooks(self._bf_forward)
+
+    def _bf_window_tensor(self, p):
+        return p.data  # the parameter itself is the window
+
+    def _bf_forward(self, module):
+        for p in self._bf_module_params(module):
+            if p in self._bf_windows and self._bf_due(p):
+                self._bf_handles[p] = self._bf_start(p)
+
+    def synchronize(self):
+        for handle in self._bf_handles.values():
+            win_ops.win_wait(handle)
+        self._bf_handles.clear()
+        if self.force_barrier:
+            mpi_ops.barrier()
+        for p, name in self._bf_windows.items():
+            self._bf_combine(p, name)
+
+    def step(self, closure=None):
+        if self._bf_active and self._bf_should_sync:
+            self.synchronize()
+        return super().step(closure)
+
+    def unregister_window(self):
+        """Frees the windows (collective)."""
+        if self._bf_windows and _basics.is_initialized():
+            for name in self._bf_windows.values():
+                if name in win_ops.get_current_created_window_names():
+                    win_ops.win_free(name)
+        self._bf_windows = {}
+
+    def __del__(self):
+        try:
+            self.unregister_window()
+        except Exception:  # noqa: BLE001  (interpreter shutdown)
+            pass
+
+
+class _WinPut(_WindowOptimizer):
+    def __init__(self, params, model, num_steps_per_communication, window_prefix):
+        self.dst_weights = None
+        super().__init__(params, model, num_steps_per_communication, window_prefix, "win_put")
+
+    def _bf_start(self, p):
+        return win_ops.win_put_nonblocking(p.data, self._bf_windows[p], dst_weights=self.dst_weights)
+
+    def _bf_combine(self, p, name):
+        win_ops.win_update(name, require_mutex=True)  # in place on p.data
+
+
+class _PullGet(_WindowOptimizer):
+    def __init__(self, params, model, num_steps_per_communication, window_prefix):
+        self.src_weights = None
+        super().__init__(params, model, num_steps_per_communication, window_prefix, "pull_get")
+
+    def _bf_start(self, p):
+        return win_ops.win_get_nonblocking(self._bf_windows[p], src_weights=self.src_weights)
+
+    def _bf_combine(self, p, name):
+        win_ops.win_update(name, require_mutex=True)
+
+
+class _PushSum(_WindowOptimizer):
+    _bf_zero_init = True
+
+    def __init__(self, params, model, num_steps_per_communication, window_prefix):
+        super().__init__(params, model, num_steps_per_communication, window_prefix, "push_sum")
+        outs = _basics.out_neighbor_ranks() if self._bf_active else []
+        share = 1.0 / (len(outs) + 1)
+        self.self_weight = share
+        self.dst_weights = {d: share for d in outs}
+        self.force_barrier = True
+
+    def _bf_window_tensor(self, p):
+        # [z, w]: the push-sum numerator (x * w) and the weight w.
+        return torch.cat([p.data.detach().flatten(), torch.ones(1, dtype=p.dtype)])
+
+    def _bf_start(self, p):
+        buf = self._bf_buffers[p]
+        buf[:-1].copy_(p.data.flatten() * buf[-1])
+        return win_ops.win_accumulate_nonblocking(buf, self._bf_windows[p], self_weight=self.self_weight,
+                                                  dst_weights=self.dst_weights, require_mutex=True)
+
+    def _bf_combine(self, p, name):
+        buf = win_ops.win_update_then_collect(name)
+        p.data.copy_((buf[:-1] / buf[-1]).view_as(p))
+
+
+def _wrap(impl, optimizer, *args):
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise ValueError(f"expected a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    base = optimizer.__class__
+    cls = type(base.__name__, (impl, base), {"_bluefog_base_class": base, "__module__": impl.__module__})
+    wrapped = cls.__new__(cls)
+    # Adopt the user's options exactly (defaults included), then the param groups.
+    wrapped.defaults = optimizer.defaults
+    impl.__init__(wrapped, optimizer.param_groups, *args)
+    return wrapped
+
+
+def _init_from_groups(self, params):
+    torch.optim.Optimizer.__init__(self, params, self.defaults)
+
+
+# The wrappers' first base __init__ call goes through the user's class, which
+# may require arguments (e.g. lr); initialize through torch.optim.Optimizer with
+# the user's defaults instead.
+_Distributed.__init__ = _init_from_groups
+
+
+def DistributedAdaptWithCombineOptimizer(optimizer, model, communication_type=CommunicationType.neighbor_allreduce,
+                                         num_steps_per_communication=1):
+    """Adapt-with-combine: each forward pass starts the communication of the
+    parameters (neighbor_allreduce, hierarchical, allreduce or none); step()
+    adopts the combined parameters, then applies the local update. The weight
+    knobs self_weight, src_weights, dst_weights, src_machine_weights,
+    dst_machine_weights and enable_topo_check may be changed every step."""
+    return _wrap(_AdaptWithCombine, optimizer, model, communication_type, num_steps_per_communication)
+
+
+def DistributedAdaptThenCombineOptimizer(optimizer, model, communication_type=CommunicationType.neighbor_allreduce,
+                                         num_steps_per_communication=1):
+    """Adapt-then-combine: as each gradient is ready the parameter takes its local
+    optimizer step, then its communication starts; step() adopts the combined
+    parameters. Works for any torch optimizer (each parameter is stepped alone);
+    register_step_function() overrides the local step."""
+    return _wrap(_AdaptThenCombine, optimizer, model, communication_type, num_steps_per_communication)
+
+
+def DistributedGradientAllreduceOptimizer(optimizer, model, num_steps_per_communication=1):
+    """Horovod-style: gradients are averaged over all ranks before each step."""
+    return _wrap(_GradientAllreduce, optimizer, model, num_steps_per_communication)
+
+
+def DistributedWinPutOptimizer(optimizer, model, num_steps_per_communication=1, window_prefix=None):
+    """Asynchronous gossip with one window per parameter: forward passes put the
+    parameters into the out-neighbors' windows; step() mixes what arrived."""
+    return _wrap(_WinPut, optimizer, model, num_steps_per_communication, window_prefix)
+
+
+def DistributedPullGetOptimizer(optimizer, model, num_steps_per_communication=1, window_prefix=None):
+    """Like the win_put optimizer, but each rank pulls its in-neighbors' parameters."""
+    return _wrap(_PullGet, optimizer, model, num_steps_per_communication, window_prefix)
+
+
+def DistributedPushSumOptimizer(optimizer, model, num_steps_per_communication=1, window_prefix=None):
+    """Push-sum over windows (works on directed graphs): each rank accumulates
+    shares of (x * w, w) into its out-neighbors and uses x = z / w."""
+    return _wrap(_PushSum, optimizer, model, num_steps_per_communication, window_prefix)
+
+
+def _deprecated(old, communication_type):
+    def factory(optimizer, model, num_steps_per_communication=1):
+        warnings.warn(f"{old} is deprecated; use DistributedAdaptWithCombineOptimizer(communication_type="
+                      f"CommunicationType.{communication_type.name})", PendingDeprecationWarning, stacklevel=2)
+        return DistributedAdaptWithCombineOptimizer(optimizer, model, communication_type, num_steps_per_communication)
+    factory.__name__ = old
+    factory.__doc__ = f"Deprecated alias of DistributedAdaptWithCombineOptimizer with {communication_type.name}."
+    return factory
+
+
+DistributedAllreduceOptimizer = _deprecated("DistributedAllreduceOptimizer", CommunicationType.allreduce)
+DistributedNeighborAllreduceOptimizer = _deprecated("DistributedNeighborAllreduceOptimizer",
+                                                    CommunicationType.neighbor_allreduce)
+DistributedHierarchicalNeighborAllreduceOptimizer = _deprecated(
+    "DistributedHierarchicalNeighborAllreduceOptimizer", CommunicationType.hierarchical_neighbor_allreduce)
