@@ -115,7 +115,7 @@ def neighbor_allreduce_nonblocking(tensor: torch.Tensor, *, self_weight: Optiona
     _check_float(tensor, "neighbor_allreduce")
     sw, srcw, src_order, dst, dstw = _resolve_weights("neighbor_allreduce", self_weight, src_weights, dst_weights)
     x = _prepare(tensor, "neighbor_allreduce")
-    handle = _C.neighbor_async(x, False, src_order, dst, dstw, _name(name))
+    handle = _C.neighbor_async(x, False, src_order, dst, dstw, _name(name), bool(enable_topo_check))
     device = tensor.device
     return register_postprocess(handle, lambda received: _combine(x, received, sw, src_order, srcw).to(device))
 
@@ -131,8 +131,9 @@ def neighbor_allreduce(tensor: torch.Tensor, *, self_weight: Optional[float] = N
     rank sends only to those ranks, its tensor scaled by the weight, and
     receives from the keys of src_weights (self_weight and src_weights are then
     required). float16/bfloat16/float32/float64. The send/receive lists of all
-    ranks are always checked against each other (enable_topo_check is accepted
-    for compatibility): a mismatch raises ValueError on every rank.
+    ranks are checked against each other, always during negotiation, and in
+    skip-negotiate mode when enable_topo_check is True: a mismatch raises
+    ValueError on every rank and nothing is exchanged.
     """
     return synchronize(neighbor_allreduce_nonblocking(tensor, self_weight=self_weight, src_weights=src_weights,
                                                       dst_weights=dst_weights, enable_topo_check=enable_topo_check,
@@ -151,7 +152,8 @@ def neighbor_allgather_nonblocking(tensor: torch.Tensor, *, src_ranks: Optional[
         if not all(isinstance(r, numbers.Integral) and not isinstance(r, bool) for r in ranks):
             raise ValueError(f"neighbor_allgather: {what} must be a list of ranks (int), got {ranks!r}")
     x = _prepare(tensor, "neighbor_allgather")
-    handle = _C.neighbor_async(x, True, [int(r) for r in src_ranks], [int(r) for r in dst_ranks], [], _name(name))
+    handle = _C.neighbor_async(x, True, [int(r) for r in src_ranks], [int(r) for r in dst_ranks], [], _name(name),
+                               bool(enable_topo_check))
     if tensor.is_cuda:
         register_postprocess(handle, lambda out: out.to(tensor.device))
     return handle

@@ -55,6 +55,8 @@ bool IsNeighborOp(OpType op) {
   return op == OpType::NEIGHBOR_ALLREDUCE || op == OpType::NEIGHBOR_ALLGATHER || op == OpType::WIN_CREATE;
 }
 
+}  // namespace
+
 // Every rank's send/receive lists must be valid and mirror each other, or the
 // exchange would deadlock or drop data.
 std::string CheckPattern(const std::vector<Request>& v) {
@@ -97,6 +99,8 @@ std::string CheckPattern(const std::vector<Request>& v) {
   if (problems.size() > shown) out += "; and " + std::to_string(problems.size() - shown) + " more";
   return out;
 }
+
+namespace {
 
 // Ops with equal keys can share one message: same kind, dtype, flags, device
 // and (for neighbor ops) the same send/receive lists and weights on EVERY rank.

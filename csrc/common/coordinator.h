@@ -27,6 +27,10 @@ struct StallReport {
   double seconds;
 };
 
+// "" if every rank's send/receive lists are valid and mirror each other,
+// else a description of the mismatch (used without negotiation too).
+std::string CheckPattern(const std::vector<Request>& by_rank);
+
 class Coordinator {
  public:
   void Reset(int size);

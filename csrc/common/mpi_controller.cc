@@ -365,6 +365,27 @@ Status MpiController::NeighborAllreduceFused(std::vector<TensorTableEntry>& entr
   return Status::OK();
 }
 
+Status MpiController::AllgatherLists(const std::vector<int32_t>& mine, std::vector<std::vector<int32_t>>* all) {
+  const int size = mpi_->size();
+  int n = static_cast<int>(mine.size());
+  std::vector<int> counts(size), displs(size);
+  Status s = CheckRc(MPI_Allgather(&n, 1, MPI_INT, counts.data(), 1, MPI_INT, mpi_->data_comm()), "MPI_Allgather");
+  if (!s.ok()) return s;
+  int total = 0;
+  for (int r = 0; r < size; ++r) {
+    displs[r] = total;
+    total += counts[r];
+  }
+  std::vector<int32_t> flat(std::max(total, 1));
+  s = CheckRc(MPI_Allgatherv(mine.data(), n, MPI_INT32_T, flat.data(), counts.data(), displs.data(), MPI_INT32_T,
+                             mpi_->data_comm()),
+              "MPI_Allgatherv");
+  if (!s.ok()) return s;
+  all->assign(size, {});
+  for (int r = 0; r < size; ++r) (*all)[r].assign(flat.begin() + displs[r], flat.begin() + displs[r] + counts[r]);
+  return Status::OK();
+}
+
 Status MpiController::Barrier() { return CheckRc(MPI_Barrier(mpi_->data_comm()), "MPI_Barrier"); }
 
 }  // namespace bluefog

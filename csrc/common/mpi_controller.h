@@ -24,6 +24,9 @@ class MpiController {
   // `first_dims`: every rank's first dimension, or empty to exchange them here.
   Status Allgather(TensorTableEntry& entry, std::vector<int64_t> first_dims);
   Status Barrier();
+  // Every rank's list, in rank order (skip-negotiate mode, where negotiation
+  // does not share the requests).
+  Status AllgatherLists(const std::vector<int32_t>& mine, std::vector<std::vector<int32_t>>* all);
   // NEIGHBOR_ALLREDUCE / NEIGHBOR_ALLGATHER: send the input (scaled per
   // destination) to entry.dst_ranks and receive from entry.src_ranks into a
   // new output, in src order. `first_dims`: every rank's first dimension

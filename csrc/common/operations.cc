@@ -77,6 +77,23 @@ void WaitReady(const TensorTableEntry& e) {
   while (!e.ready_event->Ready()) std::this_thread::yield();
 }
 
+// Skip-negotiate mode: with the topology check on, every rank shares its
+// send/receive lists and all fail alike on a mismatch (nothing is exchanged).
+Status SkipModePatternCheck(GlobalState& g, const TensorTableEntry& e) {
+  std::vector<std::vector<int32_t>> srcs, dsts;
+  Status s = g.controller->AllgatherLists(e.src_ranks, &srcs);
+  if (s.ok()) s = g.controller->AllgatherLists(e.dst_ranks, &dsts);
+  if (!s.ok()) return s;
+  std::vector<Request> by_rank(srcs.size());
+  for (size_t r = 0; r < srcs.size(); ++r) {
+    by_rank[r].src_ranks = srcs[r];
+    by_rank[r].dst_ranks = dsts[r];
+  }
+  std::string problem = CheckPattern(by_rank);
+  if (problem.empty()) return Status::OK();
+  return Status::InvalidArgument("bluefog " + std::string(OpTypeName(e.op)) + " '" + e.name + "': " + problem);
+}
+
 // Runs one agreed response; `first_dims` empty in skip-negotiate mode.
 Status Perform(GlobalState& g, const Response& resp) {
   std::vector<TensorTableEntry> entries(resp.names.size());
@@ -100,19 +117,28 @@ Status Perform(GlobalState& g, const Response& resp) {
       s = g.controller->Allgather(entries[0], resp.first_dims.empty() ? std::vector<int64_t>() : resp.first_dims[0]);
       break;
     case OpType::NEIGHBOR_ALLREDUCE:
+      if (g.skip_negotiate && entries[0].int_arg) s = SkipModePatternCheck(g, entries[0]);
+      if (!s.ok()) break;
       s = entries.size() > 1 ? g.controller->NeighborAllreduceFused(entries)
                              : g.controller->NeighborExchange(entries[0], {});
       break;
     case OpType::NEIGHBOR_ALLGATHER:
+      if (g.skip_negotiate && entries[0].int_arg) s = SkipModePatternCheck(g, entries[0]);
+      if (!s.ok()) break;
       s = g.controller->NeighborExchange(entries[0], resp.first_dims.empty() ? std::vector<int64_t>()
                                                                             : resp.first_dims[0]);
       break;
-    case OpType::WIN_CREATE:
+    case OpType::WIN_CREATE: {
       g.timeline.Start(entries[0].name, "COMMUNICATE");
-      s = g.windows->Create(entries[0].name.substr(kWinCreatePrefix.size()), entries[0].input, entries[0].int_arg != 0,
-                            entries[0].dst_ranks, resp.all_src_ranks);
+      std::vector<std::vector<int32_t>> all_src = resp.all_src_ranks;
+      if (all_src.empty()) s = g.controller->AllgatherLists(entries[0].src_ranks, &all_src);  // skip mode
+      if (s.ok()) {
+        s = g.windows->Create(entries[0].name.substr(kWinCreatePrefix.size()), entries[0].input,
+                              entries[0].int_arg != 0, entries[0].dst_ranks, all_src);
+      }
       g.timeline.End(entries[0].name);
       break;
+    }
     case OpType::WIN_FREE:
       s = g.windows->Free(entries[0].name.substr(kWinFreePrefix.size()));
       break;
@@ -127,13 +153,14 @@ Status Perform(GlobalState& g, const Response& resp) {
       skip_now = entries[0].int_arg != 0;
       break;
   }
+  // Switch before the callbacks, so the caller sees the new mode on return.
+  if (resp.op == OpType::SET_SKIP_NEGOTIATE && s.ok()) g.skip_negotiate = skip_now;
   for (auto& e : entries) {
     std::string name = e.name;
     g.timeline.Start(name, "CALLBACK");
     CompleteEntry(e, s);
     g.timeline.End(name);
   }
-  if (resp.op == OpType::SET_SKIP_NEGOTIATE && s.ok()) g.skip_negotiate = skip_now;
   // A failed collective leaves the communicator unusable: stop.
   return s.type() == StatusType::ABORTED ? s : Status::OK();
 }
@@ -413,7 +440,8 @@ Status EnqueueAllgather(std::shared_ptr<Tensor> input, std::shared_ptr<OpContext
 
 Status EnqueueNeighbor(OpType op, std::shared_ptr<Tensor> input, std::shared_ptr<OpContext> context,
                        std::shared_ptr<ReadyEvent> ready, const std::string& name, std::vector<int32_t> src_ranks,
-                       std::vector<int32_t> dst_ranks, std::vector<double> dst_weights, StatusCallback callback) {
+                       std::vector<int32_t> dst_ranks, std::vector<double> dst_weights, StatusCallback callback,
+                       bool topo_check) {
   if (op != OpType::NEIGHBOR_ALLREDUCE && op != OpType::NEIGHBOR_ALLGATHER) {
     return Status::InvalidArgument("EnqueueNeighbor: not a neighbor op");
   }
@@ -435,6 +463,7 @@ Status EnqueueNeighbor(OpType op, std::shared_ptr<Tensor> input, std::shared_ptr
   e.src_ranks = std::move(src_ranks);
   e.dst_ranks = std::move(dst_ranks);
   e.dst_weights = std::move(dst_weights);
+  e.int_arg = topo_check ? 1 : 0;
   e.callback = std::move(callback);
   return Enqueue(std::move(e), std::move(r));
 }

@@ -40,10 +40,13 @@ Status EnqueueBroadcast(std::shared_ptr<Tensor> input, std::shared_ptr<Tensor> o
 Status EnqueueAllgather(std::shared_ptr<Tensor> input, std::shared_ptr<OpContext> context,
                         std::shared_ptr<ReadyEvent> ready, const std::string& name, StatusCallback callback);
 // NEIGHBOR_ALLREDUCE or NEIGHBOR_ALLGATHER; the output (allocated through
-// `context`) holds what each of `src_ranks` sent, in that order.
+// `context`) holds what each of `src_ranks` sent, in that order. Negotiation
+// always checks the ranks' lists against each other; in skip-negotiate mode
+// `topo_check` asks for that check (two extra collectives).
 Status EnqueueNeighbor(OpType op, std::shared_ptr<Tensor> input, std::shared_ptr<OpContext> context,
                        std::shared_ptr<ReadyEvent> ready, const std::string& name, std::vector<int32_t> src_ranks,
-                       std::vector<int32_t> dst_ranks, std::vector<double> dst_weights, StatusCallback callback);
+                       std::vector<int32_t> dst_ranks, std::vector<double> dst_weights, StatusCallback callback,
+                       bool topo_check = true);
 Status EnqueueBarrier(const std::string& name, StatusCallback callback);
 Status EnqueueSetSkipNegotiate(bool value, StatusCallback callback);
 bool SkipNegotiate();

@@ -111,7 +111,7 @@ int AllgatherAsync(at::Tensor input, const std::string& name) {
 // The neighbor exchange: output = what each of src_ranks sent (allreduce form:
 // [len(src), *shape]; allgather form: concatenated along dim 0).
 int NeighborAsync(at::Tensor input, bool gather, std::vector<int32_t> src_ranks, std::vector<int32_t> dst_ranks,
-                  std::vector<double> dst_weights, const std::string& name) {
+                  std::vector<double> dst_weights, const std::string& name, bool topo_check) {
   const char* op = gather ? "neighbor_allgather" : "neighbor_allreduce";
   CheckContiguous(input, op);
   auto in = Wrap(input);
@@ -121,7 +121,7 @@ int NeighborAsync(at::Tensor input, bool gather, std::vector<int32_t> src_ranks,
   OpType type = gather ? OpType::NEIGHBOR_ALLGATHER : OpType::NEIGHBOR_ALLREDUCE;
   return Submit(op, name, record, [&](const std::string& n, StatusCallback cb) {
     return EnqueueNeighbor(type, in, context, nullptr, n, std::move(src_ranks), std::move(dst_ranks),
-                           std::move(dst_weights), std::move(cb));
+                           std::move(dst_weights), std::move(cb), topo_check);
   });
 }
 
@@ -295,7 +295,7 @@ PYBIND11_MODULE(_C, m) {
         py::arg("name"));
   m.def("allgather_async", &AllgatherAsync, py::arg("input"), py::arg("name"));
   m.def("neighbor_async", &NeighborAsync, py::arg("input"), py::arg("gather"), py::arg("src_ranks"),
-        py::arg("dst_ranks"), py::arg("dst_weights"), py::arg("name"));
+        py::arg("dst_ranks"), py::arg("dst_weights"), py::arg("name"), py::arg("topo_check") = true);
   m.def("win_create_async", &WinCreateAsync);
   m.def("win_free_async", &WinFreeAsync);
   m.def("win_put_async", &WinPutAsync);
