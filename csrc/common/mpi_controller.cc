@@ -34,9 +34,15 @@ Status MpiController::Wait(MPI_Request* request, const char* what) {
     if (rc != MPI_SUCCESS) return Status::Aborted(MpiErrorText(what, rc));
     if (done) return Status::OK();
     if (wait_hook_) wait_hook_();
+    // Yield while the wait is young (peers usually arrive within a few
+    // scheduling slices; sleeping costs at least the timer slack), then back
+    // off to short sleeps so a long wait leaves the cores to ranks that compute.
     auto waited = std::chrono::steady_clock::now() - start;
-    if (waited < std::chrono::microseconds(50)) continue;
-    sleep_us = std::min<int64_t>(sleep_us == 0 ? 2 : sleep_us * 2, 1000);
+    if (waited < std::chrono::milliseconds(2)) {
+      std::this_thread::yield();
+      continue;
+    }
+    sleep_us = std::min<int64_t>(sleep_us == 0 ? 10 : sleep_us * 2, 500);
     std::this_thread::sleep_for(std::chrono::microseconds(sleep_us));
   }
 }
@@ -96,6 +102,21 @@ Status MpiController::AllreduceInPlace(void* data, int64_t count, DataType dtype
   return Status::OK();
 }
 
+Status MpiController::AllreduceInto(const void* in, void* out, int64_t count, DataType dtype, MPI_Comm comm) {
+  MPI_Datatype type = mpi_->MpiType(dtype);
+  MPI_Op op = mpi_->SumOp(dtype);
+  const size_t elem = DataTypeSize(dtype);
+  const char* src = static_cast<const char*>(in);
+  char* dst = static_cast<char*>(out);
+  for (int64_t done = 0; done < count;) {
+    int n = static_cast<int>(std::min(count - done, kMaxChunk));
+    Status s = CheckRc(MPI_Allreduce(src + done * elem, dst + done * elem, n, type, op, comm), "MPI_Allreduce");
+    if (!s.ok()) return s;
+    done += n;
+  }
+  return Status::OK();
+}
+
 Status MpiController::Allreduce(std::vector<TensorTableEntry>& entries) {
   const TensorTableEntry& first = entries[0];
   const DataType dtype = first.input->dtype();
@@ -107,11 +128,9 @@ Status MpiController::Allreduce(std::vector<TensorTableEntry>& entries) {
   if (entries.size() == 1) {
     TensorTableEntry& e = entries[0];
     int64_t count = e.input->size_bytes() / static_cast<int64_t>(elem);
-    if (e.output->data() != e.input->data() && e.input->size_bytes() > 0) {
-      std::memcpy(e.output->data(), e.input->data(), e.input->size_bytes());
-    }
     timeline_->Start(e.name, "COMMUNICATE");
-    Status s = AllreduceInPlace(e.output->data(), count, dtype, comm);
+    Status s = e.output->data() == e.input->data() ? AllreduceInPlace(e.output->data(), count, dtype, comm)
+                                                    : AllreduceInto(e.input->data(), e.output->data(), count, dtype, comm);
     timeline_->End(e.name);
     if (s.ok() && e.average) ScaleBuffer(dtype, e.output->data(), count, scale);
     return s;

@@ -50,6 +50,7 @@ class MpiController {
 
  private:
   Status AllreduceInPlace(void* data, int64_t count, DataType dtype, MPI_Comm comm);
+  Status AllreduceInto(const void* in, void* out, int64_t count, DataType dtype, MPI_Comm comm);
   Status Wait(MPI_Request* request, const char* what);
 
   MpiContext* mpi_;

@@ -39,6 +39,7 @@ struct GlobalState {
   std::unique_ptr<WindowManager> windows;
   std::thread thread;
   std::vector<std::string> my_timed_out;  // background thread only
+  bool last_cycle_moved = false;          // background thread only
 };
 
 // Never destroyed: the background thread may outlive static destruction order.
@@ -172,10 +173,14 @@ void StartNegotiation(GlobalState& g, const std::vector<Request>& requests) {
 // One negotiated cycle. Returns false when the loop must stop.
 bool RunNegotiatedCycle(GlobalState& g) {
   g.queue.RunDirect();
-  if (!g.queue.HasNewRequests() && !g.shutdown_requested) {
-    auto wait = g.queue.InFlight() > 0
-                    ? std::chrono::microseconds(static_cast<int64_t>(g.config.cycle_time_ms * 1000))
-                    : IdleTick(g.config);
+  // Ops waiting for peers: if the last cycle moved (anyone submitted or
+  // something ran), negotiate again at once — the peers are busy submitting,
+  // and the next exchange simply waits for them. If it did not move, wait up
+  // to the cycle time for new local work (no hot loop of empty exchanges).
+  const bool waiting = g.queue.InFlight() > 0;
+  if (!g.queue.HasNewRequests() && !g.shutdown_requested && !(waiting && g.last_cycle_moved)) {
+    auto wait = waiting ? std::chrono::microseconds(static_cast<int64_t>(g.config.cycle_time_ms * 1000))
+                        : IdleTick(g.config);
     g.queue.WaitForWork(wait);
     g.queue.RunDirect();
   }
@@ -205,6 +210,8 @@ bool RunNegotiatedCycle(GlobalState& g) {
   auto now = Clock::now();
   std::vector<Response> responses;
   g.coordinator.Ingest(all, now, &responses);
+  g.last_cycle_moved = !responses.empty();
+  for (const auto& m : all) g.last_cycle_moved = g.last_cycle_moved || !m.requests.empty();
   g.coordinator.Fuse(&responses, g.config.fusion_threshold_bytes);
   for (const auto& resp : responses) {
     if (!resp.error.empty()) {
