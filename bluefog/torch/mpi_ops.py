@@ -2,8 +2,9 @@
 nonblocking with handles, and in-place), poll / synchronize, barrier.
 
 Every op is named: the same name must be used for the same op on every rank.
-With name=None a name "<op>.noname.<handle>" is generated, which matches
-across ranks when every rank issues the same sequence of unnamed ops.
+With name=None a name "<op>.noname.<n>" is generated from a per-op counter of
+unnamed calls, which matches across ranks when every rank issues the same
+sequence of unnamed ops of that kind.
 """
 from typing import Optional
 
@@ -42,11 +43,19 @@ def _finish(handle: int, target: Optional[torch.Tensor]) -> int:
     return handle
 
 
-def _name(name: Optional[str]) -> str:
+_auto_counts = {}
+
+
+def _name(name: Optional[str], op: str) -> str:
+    """`name`, or "<op>.noname.<n>" where n counts this process's unnamed `op`
+    calls: ranks issuing the same sequence of unnamed ops agree on the names,
+    whatever else (polling, other ops' internal steps) happens in between."""
     if name is None:
-        return ""
-    if not isinstance(name, str):
-        raise ValueError(f"name must be a str or None, got {type(name).__name__}")
+        n = _auto_counts.get(op, 0)
+        _auto_counts[op] = n + 1
+        return f"{op}.noname.{n}"
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{op}: name must be a non-empty str or None, got {name!r}")
     return name
 
 
@@ -59,7 +68,7 @@ def _allreduce_async(tensor, output, average, is_hierarchical_local, name, op, i
     else:
         out = torch.empty_like(src) if output is None else output
         target = tensor.new_empty(tensor.shape) if src is not tensor and tensor.is_cuda else None
-    handle = _C.allreduce_async(src, out, bool(average), bool(is_hierarchical_local), _name(name))
+    handle = _C.allreduce_async(src, out, bool(average), bool(is_hierarchical_local), _name(name, "allreduce"))
     return _finish(handle, target)
 
 
@@ -101,7 +110,7 @@ def _broadcast_async(tensor, root_rank, name, op, inplace):
     src = _prepare(tensor, op)
     out = src if inplace else torch.empty_like(src)
     target = tensor if inplace and src is not tensor else None
-    return _finish(_C.broadcast_async(src, out, root_rank, _name(name)), target)
+    return _finish(_C.broadcast_async(src, out, root_rank, _name(name, "broadcast")), target)
 
 
 def broadcast_nonblocking(tensor: torch.Tensor, root_rank: int, name: Optional[str] = None) -> int:
@@ -128,7 +137,7 @@ def broadcast_(tensor: torch.Tensor, root_rank: int, name: Optional[str] = None)
 def allgather_nonblocking(tensor: torch.Tensor, name: Optional[str] = None) -> int:
     """Starts an allgather; returns a handle."""
     src = _prepare(tensor, "allgather")
-    return _C.allgather_async(src, _name(name))
+    return _C.allgather_async(src, _name(name, "allgather"))
 
 
 def allgather(tensor: torch.Tensor, name: Optional[str] = None) -> torch.Tensor:

@@ -115,7 +115,8 @@ def neighbor_allreduce_nonblocking(tensor: torch.Tensor, *, self_weight: Optiona
     _check_float(tensor, "neighbor_allreduce")
     sw, srcw, src_order, dst, dstw = _resolve_weights("neighbor_allreduce", self_weight, src_weights, dst_weights)
     x = _prepare(tensor, "neighbor_allreduce")
-    handle = _C.neighbor_async(x, False, src_order, dst, dstw, _name(name), bool(enable_topo_check))
+    handle = _C.neighbor_async(x, False, src_order, dst, dstw, _name(name, "neighbor_allreduce"),
+                               bool(enable_topo_check))
     device = tensor.device
     return register_postprocess(handle, lambda received: _combine(x, received, sw, src_order, srcw).to(device))
 
@@ -152,7 +153,8 @@ def neighbor_allgather_nonblocking(tensor: torch.Tensor, *, src_ranks: Optional[
         if not all(isinstance(r, numbers.Integral) and not isinstance(r, bool) for r in ranks):
             raise ValueError(f"neighbor_allgather: {what} must be a list of ranks (int), got {ranks!r}")
     x = _prepare(tensor, "neighbor_allgather")
-    handle = _C.neighbor_async(x, True, [int(r) for r in src_ranks], [int(r) for r in dst_ranks], [], _name(name),
+    handle = _C.neighbor_async(x, True, [int(r) for r in src_ranks], [int(r) for r in dst_ranks], [],
+                               _name(name, "neighbor_allgather"),
                                bool(enable_topo_check))
     if tensor.is_cuda:
         register_postprocess(handle, lambda out: out.to(tensor.device))
@@ -181,7 +183,7 @@ def pair_gossip_nonblocking(tensor: torch.Tensor, target_rank: int, self_weight:
     pw = 0.5 if pair_weight is None else _check_weight(pair_weight, "pair_weight", "pair_gossip")
     peers = [] if int(target_rank) == _basics.rank() else [int(target_rank)]
     x = _prepare(tensor, "pair_gossip")
-    handle = _C.neighbor_async(x, False, peers, peers, [], _name(name))
+    handle = _C.neighbor_async(x, False, peers, peers, [], _name(name, "pair_gossip"))
     weights = {p: pw for p in peers}
     device = tensor.device
     return register_postprocess(handle, lambda received: _combine(x, received, sw if peers else 1.0, peers,
@@ -232,15 +234,17 @@ def hierarchical_neighbor_allreduce_nonblocking(tensor: torch.Tensor, *, self_we
     leader = _basics.local_rank() == 0
     src_order = sorted(src_machine_weights) if leader else []
     dst_order = sorted(dst) if leader else []
-    base = _name(name) or None
-    label = (lambda step: f"{base}.{step}") if base else (lambda step: None)
+    # The steps' names derive from one base fixed now, so ranks agree on them
+    # whenever (and on whichever rank) the steps start.
+    base = _name(name, op)
+    label = lambda step: f"{base}.{step}"  # noqa: E731
     x = _prepare(tensor, op)
     device = tensor.device
 
     def exchange(local_mean):
         return _C.neighbor_async(local_mean, False, [m * local_size for m in src_order],
                                  [m * local_size for m in dst_order], [dst[m] for m in dst_order],
-                                 _name(label("exchange")))
+                                 label("exchange"))
 
     state = {}
 
