@@ -76,6 +76,9 @@ class BlueFogBasics:
             atexit.register(self.shutdown)
             self._install_excepthook()
             self._atexit_registered = True
+        if self.windows_exist():
+            logger.warning("init: windows exist, so the topology is kept; free them (win_free) to change it")
+            return
         topology = topology_fn(self.size()) if topology_fn else None
         self._topology = None  # force a reset even if the graph is equivalent
         self.set_topology(topology, is_weighted)

@@ -172,18 +172,26 @@ neighbor_win_accumulate = win_accumulate
 neighbor_win_accumulate_nonblocking = win_accumulate_nonblocking
 
 
+def _apply_self_weight(handle: int):
+    post = _after_put.pop(handle, None)
+    if post is not None:
+        tensor, factor = post
+        tensor.mul_(factor)
+
+
 def win_poll(handle: int) -> bool:
-    """True once the window op behind `handle` has finished."""
-    return _C.poll(handle)
+    """True once the window op behind `handle` has finished (a finished put or
+    accumulate has then scaled its tensor by self_weight)."""
+    done = _C.poll(handle)
+    if done:
+        _apply_self_weight(handle)
+    return done
 
 
 def win_wait(handle: int) -> bool:
     """Waits for a window op; raises if it failed. Returns True."""
-    post = _after_put.pop(handle, None)
     _C.wait(handle)
-    if post is not None:
-        tensor, factor = post
-        tensor.mul_(factor)
+    _apply_self_weight(handle)
     return True
 
 

@@ -8,13 +8,20 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+_exit_status = {"code": 0}
+
+
+def pytest_sessionfinish(session, exitstatus):
+    _exit_status["code"] = int(exitstatus)
+
 
 @pytest.hookimpl(trylast=True)
-def pytest_sessionfinish(session, exitstatus):
-    # A rank whose tests failed must not wait for its peers in the atexit
-    # shutdown (they may be blocked in an op it never issued): leave at once,
-    # so the launcher sees the failure and ends the job.
-    if exitstatus not in (0, 5):
+def pytest_unconfigure(config):
+    # After the failure report is printed: a rank whose tests failed must not
+    # wait for its peers in the atexit shutdown (they may be blocked in an op
+    # it never issued). Leave at once, so the launcher ends the job.
+    code = _exit_status["code"]
+    if code not in (0, 5):
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(int(exitstatus))
+        os._exit(code)
