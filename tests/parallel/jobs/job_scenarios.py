@@ -1,0 +1,119 @@
+"""Small BlueFog jobs for tests/test_job_behaviour.py (run under bfrun).
+
+Usage: python job_scenarios.py <scenario> <marker_dir>
+
+Ranks coordinate through files in <marker_dir> (all ranks run on one machine),
+never through a BlueFog op, so that one rank can deliberately skip an op.
+Each scenario prints lines starting with "RESULT" that the driver test checks.
+"""
+import os
+import sys
+import time
+
+import torch
+
+import bluefog.torch as bf
+
+
+def wait_for_file(path, seconds=60.0):
+    deadline = time.time() + seconds
+    while not os.path.exists(path):
+        if time.time() > deadline:
+            print(f"RESULT rank {bf.rank()} gave up waiting for {path}", flush=True)
+            os._exit(5)
+        time.sleep(0.05)
+
+
+def touch(path, text=""):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def stall_warning(marker_dir):
+    """Rank 0 submits 'stall.op'; rank 1 submits it only after rank 0 has
+    waited ~4 s (BLUEFOG_STALL_CHECK_TIME_SECONDS=1 gives warnings meanwhile)."""
+    rank = bf.rank()
+    x = torch.full((3,), float(rank + 1))
+    go = os.path.join(marker_dir, "go")
+    if rank == 0:
+        h = bf.allreduce_nonblocking(x, average=False, name="stall.op")
+        start = time.time()
+        while time.time() - start < 4.0:
+            assert not bf.poll(h), "stall.op finished although rank 1 never submitted it"
+            time.sleep(0.05)
+        touch(go)
+        out = bf.synchronize(h)
+    else:
+        wait_for_file(go)
+        out = bf.allreduce(x, average=False, name="stall.op")
+    expected = float(sum(r + 1 for r in range(bf.size())))
+    ok = out.tolist() == [expected] * 3
+    print(f"RESULT rank {rank} stall.op {'ok' if ok else 'WRONG ' + str(out.tolist())}", flush=True)
+    after = bf.allreduce(torch.ones(1), average=False, name="after.stall")
+    print(f"RESULT rank {rank} after {after.item()}", flush=True)
+    return 0 if ok else 1
+
+
+def stall_shutdown(marker_dir):
+    """With BLUEFOG_STALL_SHUTDOWN_TIME_SECONDS=2, rank 0's 'stall.op' (never
+    submitted by rank 1) fails on rank 0; then both ranks run one more op."""
+    rank = bf.rank()
+    failed = os.path.join(marker_dir, "failed")
+    if rank == 0:
+        h = bf.allreduce_nonblocking(torch.ones(3), average=False, name="stall.op")
+        start = time.time()
+        try:
+            bf.synchronize(h)
+            print("RESULT rank 0 stall.op completed unexpectedly", flush=True)
+            code = 1
+        except Exception as e:  # pylint: disable=broad-except
+            print(f"RESULT rank 0 stall.op raised {type(e).__name__} after {time.time() - start:.1f} s: {e}",
+                  flush=True)
+            code = 0
+        touch(failed)
+    else:
+        wait_for_file(failed)
+        code = 0
+    after = bf.allreduce(torch.full((2,), float(rank + 1)), average=False, name="after.stall")
+    expected = float(sum(r + 1 for r in range(bf.size())))
+    print(f"RESULT rank {rank} after {'ok' if after.tolist() == [expected] * 2 else 'WRONG'}", flush=True)
+    return code
+
+
+def killed_rank(marker_dir):
+    """Rank 1 kills itself with SIGKILL while the others wait in an allreduce."""
+    rank = bf.rank()
+    if rank == 1:
+        time.sleep(1.0)
+        touch(os.path.join(marker_dir, "killed_at"), repr(time.time()))
+        print("RESULT rank 1 killing itself", flush=True)
+        os.kill(os.getpid(), 9)
+        time.sleep(60)
+    print(f"RESULT rank {rank} waiting in allreduce", flush=True)
+    bf.allreduce(torch.ones(2), name="never.completes")
+    print(f"RESULT rank {rank} allreduce returned", flush=True)
+    time.sleep(60)
+    return 0
+
+
+def raising_rank(marker_dir):
+    """Rank 1 raises an uncaught exception while the others wait in an op."""
+    rank = bf.rank()
+    if rank == 1:
+        time.sleep(1.0)
+        touch(os.path.join(marker_dir, "raised_at"), repr(time.time()))
+        raise RuntimeError("deliberate failure on rank 1")
+    print(f"RESULT rank {rank} waiting in allreduce", flush=True)
+    bf.allreduce(torch.ones(2), name="never.completes")
+    print(f"RESULT rank {rank} allreduce returned", flush=True)
+    time.sleep(60)
+    return 0
+
+
+SCENARIOS = {f.__name__: f for f in (stall_warning, stall_shutdown, killed_rank, raising_rank)}
+
+if __name__ == "__main__":
+    bf.init()
+    sys.exit(SCENARIOS[sys.argv[1]](sys.argv[2]))

@@ -1,0 +1,504 @@
+"""Collective ops on every rank: allreduce, broadcast, allgather, handles,
+barrier, basics, hierarchical local allreduce, skip-negotiate mode.
+
+Run on 1, 2 and 4 ranks by tests/test_parallel_suites.py. Every rank's input is
+a known function of its rank (`rank_input`), so each expected value is computed
+here with torch from all ranks' inputs, independently of BlueFog. Every test
+issues the same sequence of collective ops on every rank.
+"""
+import time
+
+import pytest
+import torch
+
+import bluefog.torch as bf
+
+bf.init()
+SIZE = bf.size()
+RANK = bf.rank()
+
+ALLREDUCE_DTYPES = [torch.int32, torch.int64, torch.float16, torch.bfloat16, torch.float32, torch.float64]
+FLOAT_DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
+MOVE_DTYPES = [torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64,
+               torch.float16, torch.float32, torch.float64]
+SHAPES = [(), (0,), (0, 3), (17,), (3, 4, 5)]
+SHAPE_IDS = ["scalar", "empty", "empty2d", "vector", "3d"]
+
+
+@pytest.fixture(autouse=True)
+def _init():
+    bf.init()  # idempotent; resets the topology like user scripts do
+    yield
+
+
+def rank_input(r, shape, dtype):
+    """Rank r's input: small integers (exact in every dtype, sums of 4 ranks too)."""
+    n = 1
+    for d in shape:
+        n *= d
+    values = torch.arange(n, dtype=torch.float64) % 5 + 2 * r + 1
+    return values.reshape(shape).to(dtype)
+
+
+def expected_sum(shape, dtype):
+    total = sum(rank_input(r, shape, torch.float64) for r in range(SIZE))
+    return torch.as_tensor(total, dtype=torch.float64).reshape(shape).to(dtype)
+
+
+def expected_average(shape, dtype, ranks=None):
+    ranks = list(range(SIZE)) if ranks is None else ranks
+    total = sum(rank_input(r, shape, torch.float64) for r in ranks)
+    return (torch.as_tensor(total, dtype=torch.float64).reshape(shape) / len(ranks)).to(dtype)
+
+
+def check(actual, expected):
+    assert actual.dtype == expected.dtype, (actual.dtype, expected.dtype)
+    assert tuple(actual.shape) == tuple(expected.shape), (actual.shape, expected.shape)
+    torch.testing.assert_close(actual, expected, rtol=0, atol=0)
+
+
+def noncontiguous_input(r, dtype):
+    """A transposed (non-contiguous) view holding rank_input(r, (4, 6), dtype)."""
+    t = rank_input(r, (4, 6), dtype).t().contiguous().t()
+    assert not t.is_contiguous()
+    check(t, rank_input(r, (4, 6), dtype))
+    return t
+
+
+def wait_done(handle, seconds=60.0):
+    """Polls until the op is done; fails (instead of hanging) after `seconds`."""
+    deadline = time.time() + seconds
+    while not bf.poll(handle):
+        assert time.time() < deadline, f"handle {handle} not done after {seconds} s"
+        time.sleep(0.001)
+    return True
+
+
+# ---- allreduce ------------------------------------------------------------------
+@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
+@pytest.mark.parametrize("dtype", ALLREDUCE_DTYPES, ids=str)
+def test_allreduce_sum(dtype, shape):
+    x = rank_input(RANK, shape, dtype)
+    before = x.clone()
+    exp = expected_sum(shape, dtype)
+    check(bf.allreduce(x, average=False, name=f"ar.sum.{dtype}.{shape}"), exp)
+    check(x, before)  # the input is unchanged
+    check(bf.allreduce(x, average=False), exp)  # auto name
+    h = bf.allreduce_nonblocking(x, average=False, name=f"ar.sum.nb.{dtype}.{shape}")
+    assert isinstance(h, int)
+    check(bf.synchronize(h), exp)
+    h = bf.allreduce_nonblocking(x, average=False)
+    assert wait_done(h) and bf.poll(h) is True
+    check(bf.wait(h), exp)
+    check(x, before)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+def test_allreduce_average(dtype, shape):
+    x = rank_input(RANK, shape, dtype)
+    exp = expected_average(shape, dtype)
+    check(bf.allreduce(x, name=f"ar.avg.{dtype}.{shape}"), exp)  # average is the default
+    check(bf.allreduce(x, average=True), exp)
+    check(bf.synchronize(bf.allreduce_nonblocking(x, average=True, name=f"ar.avg.nb.{dtype}.{shape}")), exp)
+    check(x, rank_input(RANK, shape, dtype))
+
+
+INPLACE_CASES = [(dtype, False) for dtype in ALLREDUCE_DTYPES] + [(dtype, True) for dtype in FLOAT_DTYPES]
+
+
+@pytest.mark.parametrize("dtype,average", INPLACE_CASES, ids=[f"{d}-{'avg' if a else 'sum'}" for d, a in INPLACE_CASES])
+def test_allreduce_inplace(dtype, average):
+    shape = (3, 5)
+    exp = expected_average(shape, dtype) if average else expected_sum(shape, dtype)
+    x = rank_input(RANK, shape, dtype)
+    ptr = x.data_ptr()
+    out = bf.allreduce_(x, average=average, name=f"ar_.{dtype}.{average}")
+    check(x, exp)
+    check(out, exp)
+    assert out.data_ptr() == ptr
+
+    x = rank_input(RANK, shape, dtype)
+    h = bf.allreduce_nonblocking_(x, average=average, name=f"ar_.nb.{dtype}.{average}")
+    wait_done(h)
+    out = bf.synchronize(h)
+    check(x, exp)
+    check(out, exp)
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.float32, torch.float64], ids=str)
+def test_allreduce_noncontiguous(dtype):
+    exp = expected_sum((4, 6), dtype)
+    x = noncontiguous_input(RANK, dtype)
+    contiguous = bf.allreduce(x.contiguous(), average=False, name="ar.nc.ref")
+    check(contiguous, exp)
+    out = bf.allreduce(x, average=False, name="ar.nc")
+    check(out, exp)
+    check(x, rank_input(RANK, (4, 6), dtype))  # input unchanged
+    check(bf.synchronize(bf.allreduce_nonblocking(x, average=False, name="ar.nc.nb")), exp)
+
+    # In place on a non-contiguous view: the caller's tensor holds the result.
+    y = noncontiguous_input(RANK, dtype)
+    out = bf.allreduce_(y, average=False, name="ar_.nc")
+    check(y, exp)
+    check(out, exp)
+    z = noncontiguous_input(RANK, dtype)
+    bf.synchronize(bf.allreduce_nonblocking_(z, average=False, name="ar_.nc.nb"))
+    check(z, exp)
+    # A view into a bigger tensor: only the viewed elements change.
+    big = torch.zeros(6, 8, dtype=dtype)
+    view = big[1:5, 1:7]
+    view.copy_(rank_input(RANK, (4, 6), dtype))
+    bf.allreduce_(view, average=False, name="ar_.view")
+    check(big[1:5, 1:7], exp)
+    outside = big.clone()
+    outside[1:5, 1:7] = 0
+    assert (outside == 0).all()
+
+
+# ---- broadcast ------------------------------------------------------------------
+@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
+@pytest.mark.parametrize("dtype", MOVE_DTYPES, ids=str)
+def test_broadcast(dtype, shape):
+    x = rank_input(RANK, shape, dtype)
+    for root in range(SIZE):
+        exp = rank_input(root, shape, dtype)
+        check(bf.broadcast(x, root_rank=root, name=f"bc.{dtype}.{shape}.{root}"), exp)
+        check(x, rank_input(RANK, shape, dtype))  # input unchanged
+        check(bf.broadcast(x, root), exp)  # auto name, positional root
+        h = bf.broadcast_nonblocking(x, root, name=f"bc.nb.{dtype}.{shape}.{root}")
+        wait_done(h)
+        check(bf.synchronize(h), exp)
+        check(x, rank_input(RANK, shape, dtype))
+
+
+@pytest.mark.parametrize("dtype", MOVE_DTYPES, ids=str)
+def test_broadcast_inplace(dtype):
+    shape = (2, 7)
+    for root in range(SIZE):
+        exp = rank_input(root, shape, dtype)
+        x = rank_input(RANK, shape, dtype)
+        ptr = x.data_ptr()
+        out = bf.broadcast_(x, root_rank=root, name=f"bc_.{dtype}.{root}")
+        check(x, exp)
+        check(out, exp)
+        assert out.data_ptr() == ptr
+        y = rank_input(RANK, shape, dtype)
+        h = bf.broadcast_nonblocking_(y, root, name=f"bc_.nb.{dtype}.{root}")
+        check(bf.synchronize(h), exp)
+        check(y, exp)
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int64, torch.float32], ids=str)
+def test_broadcast_noncontiguous(dtype):
+    for root in range(SIZE):
+        exp = rank_input(root, (4, 6), dtype)
+        x = noncontiguous_input(RANK, dtype)
+        check(bf.broadcast(x.contiguous(), root, name=f"bc.nc.ref.{root}"), exp)
+        check(bf.broadcast(x, root, name=f"bc.nc.{root}"), exp)
+        check(x, rank_input(RANK, (4, 6), dtype))
+        out = bf.broadcast_(x, root, name=f"bc_.nc.{root}")
+        check(x, exp)
+        check(out, exp)
+        y = noncontiguous_input(RANK, dtype)
+        bf.synchronize(bf.broadcast_nonblocking_(y, root, name=f"bc_.nc.nb.{root}"))
+        check(y, exp)
+
+
+# ---- allgather ------------------------------------------------------------------
+def expected_gather(shapes, dtype):
+    parts = [rank_input(r, shapes[r], dtype) for r in range(SIZE)]
+    parts = [p.reshape(1) if p.dim() == 0 else p for p in parts]
+    return torch.cat(parts, dim=0)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
+@pytest.mark.parametrize("dtype", MOVE_DTYPES, ids=str)
+def test_allgather(dtype, shape):
+    x = rank_input(RANK, shape, dtype)
+    exp = expected_gather([shape] * SIZE, dtype)
+    check(bf.allgather(x, name=f"ag.{dtype}.{shape}"), exp)
+    check(x, rank_input(RANK, shape, dtype))
+    check(bf.allgather(x), exp)
+    h = bf.allgather_nonblocking(x, name=f"ag.nb.{dtype}.{shape}")
+    wait_done(h)
+    check(bf.synchronize(h), exp)
+
+
+@pytest.mark.parametrize("dtype", MOVE_DTYPES, ids=str)
+def test_allgather_variable_first_dim(dtype):
+    # first dim rank+1
+    shapes = [(r + 1, 3, 2) for r in range(SIZE)]
+    exp = expected_gather(shapes, dtype)
+    assert exp.shape == (SIZE * (SIZE + 1) // 2, 3, 2)
+    check(bf.allgather(rank_input(RANK, shapes[RANK], dtype), name=f"agv.{dtype}"), exp)
+    # first dim = rank: rank 0 contributes nothing
+    shapes = [(r, 3) for r in range(SIZE)]
+    exp = expected_gather(shapes, dtype)
+    assert exp.shape == (SIZE * (SIZE - 1) // 2, 3)
+    check(bf.synchronize(bf.allgather_nonblocking(rank_input(RANK, shapes[RANK], dtype), name=f"agv0.{dtype}")),
+          exp)
+
+
+@pytest.mark.parametrize("dtype", [torch.int8, torch.int32, torch.float64], ids=str)
+def test_allgather_noncontiguous(dtype):
+    exp = expected_gather([(4, 6)] * SIZE, dtype)
+    x = noncontiguous_input(RANK, dtype)
+    check(bf.allgather(x.contiguous(), name="ag.nc.ref"), exp)
+    check(bf.allgather(x, name="ag.nc"), exp)
+    check(bf.synchronize(bf.allgather_nonblocking(x, name="ag.nc.nb")), exp)
+    check(x, rank_input(RANK, (4, 6), dtype))
+
+
+# ---- ordering, names, many ops in flight ---------------------------------------------
+def test_different_enqueue_orders():
+    """Even and odd ranks enqueue the same named ops in opposite orders."""
+    ops = [
+        ("ord.ar.f32", lambda: bf.allreduce_nonblocking(rank_input(RANK, (5,), torch.float32), name="ord.ar.f32"),
+         expected_average((5,), torch.float32)),
+        ("ord.ar.i64", lambda: bf.allreduce_nonblocking(rank_input(RANK, (3, 2), torch.int64), average=False,
+                                                        name="ord.ar.i64"),
+         expected_sum((3, 2), torch.int64)),
+        ("ord.bc", lambda: bf.broadcast_nonblocking(rank_input(RANK, (4,), torch.int16), SIZE - 1, name="ord.bc"),
+         rank_input(SIZE - 1, (4,), torch.int16)),
+        ("ord.ag", lambda: bf.allgather_nonblocking(rank_input(RANK, (RANK + 1,), torch.float64), name="ord.ag"),
+         expected_gather([(r + 1,) for r in range(SIZE)], torch.float64)),
+        ("ord.ar.f64", lambda: bf.allreduce_nonblocking(rank_input(RANK, (7,), torch.float64), average=False,
+                                                        name="ord.ar.f64"),
+         expected_sum((7,), torch.float64)),
+    ]
+    for rotation in range(3):
+        order = list(range(len(ops)))
+        order = order[rotation:] + order[:rotation]
+        if RANK % 2 == 1:
+            order.reverse()
+        handles = {}
+        for i in order:
+            handles[i] = ops[i][1]()
+        # Synchronize in yet another rank-dependent order.
+        for i in (order if RANK % 2 == 0 else sorted(order)):
+            check(bf.synchronize(handles[i]), ops[i][2])
+
+
+def test_many_ops_in_flight():
+    """100 nonblocking ops of mixed sizes and dtypes, then synchronized (small
+    same-dtype allreduces fuse; the big ones do not fit one fusion buffer
+    with others)."""
+    specs = []
+    for i in range(100):
+        kind = i % 10
+        if kind == 7:
+            specs.append(("bc", (i % 13 + 1,), torch.int32))
+        elif kind == 9:
+            specs.append(("ag", (i % 4 + 1, 2), torch.float32))
+        else:
+            n = [1, 3, 100, 1000, 4, 70000][i % 6]
+            dtype = [torch.float32, torch.float64, torch.int32][i % 3]
+            specs.append(("ar", (n,), dtype))
+    handles = []
+    for i, (kind, shape, dtype) in enumerate(specs):
+        x = rank_input(RANK, shape, dtype)
+        if kind == "ar":
+            handles.append(bf.allreduce_nonblocking(x, average=False, name=f"many.{i}"))
+        elif kind == "bc":
+            handles.append(bf.broadcast_nonblocking(x, i % SIZE, name=f"many.{i}"))
+        else:
+            handles.append(bf.allgather_nonblocking(x, name=f"many.{i}"))
+    assert len(set(handles)) == 100
+    for i, ((kind, shape, dtype), h) in enumerate(zip(specs, handles)):
+        if kind == "ar":
+            exp = expected_sum(shape, dtype)
+        elif kind == "bc":
+            exp = rank_input(i % SIZE, shape, dtype)
+        else:
+            exp = expected_gather([shape] * SIZE, dtype)
+        check(bf.synchronize(h), exp)
+
+
+def test_auto_names_and_explicit_names():
+    x = rank_input(RANK, (6,), torch.float32)
+    exp = expected_sum((6,), torch.float32)
+    # Several unnamed ops in flight at once: auto names match across ranks.
+    handles = [bf.allreduce_nonblocking(x, average=False) for _ in range(5)]
+    handles += [bf.broadcast_nonblocking(x, 0) for _ in range(3)]
+    handles += [bf.allgather_nonblocking(x) for _ in range(3)]
+    assert len(set(handles)) == len(handles)
+    for h in handles[:5]:
+        check(bf.synchronize(h), exp)
+    for h in handles[5:8]:
+        check(bf.synchronize(h), rank_input(0, (6,), torch.float32))
+    for h in handles[8:]:
+        check(bf.synchronize(h), expected_gather([(6,)] * SIZE, torch.float32))
+    # An explicit name can be reused once its op has completed.
+    for _ in range(3):
+        check(bf.allreduce(x, average=False, name="reused.name"), exp)
+    # Names are arbitrary strings.
+    check(bf.allreduce(x, average=False, name="weird name/with:chars\"and'quotes é"), exp)
+
+
+# ---- handles -----------------------------------------------------------------------
+def test_poll_and_synchronize_return_values():
+    x = rank_input(RANK, (3,), torch.float64)
+    h = bf.allreduce_nonblocking(x, average=False, name="poll.test")
+    polled = bf.poll(h)
+    assert isinstance(polled, bool)
+    wait_done(h)
+    assert bf.poll(h) is True
+    assert bf.poll(h) is True  # polling does not consume the handle
+    check(bf.synchronize(h), expected_sum((3,), torch.float64))
+
+
+def test_unknown_handle_raises():
+    with pytest.raises(ValueError, match="handle"):
+        bf.synchronize(987654321)
+    with pytest.raises(ValueError, match="handle"):
+        bf.poll(987654321)
+    with pytest.raises(ValueError):
+        bf.synchronize(-5)
+
+
+def test_synchronize_twice_raises():
+    x = rank_input(RANK, (2,), torch.float32)
+    h = bf.allreduce_nonblocking(x, average=False, name="sync.twice")
+    check(bf.synchronize(h), expected_sum((2,), torch.float32))
+    with pytest.raises(ValueError, match="handle"):
+        bf.synchronize(h)
+    with pytest.raises(ValueError, match="handle"):
+        bf.poll(h)
+    h = bf.broadcast_nonblocking_(x, 0, name="sync.twice.inplace")
+    bf.synchronize(h)
+    with pytest.raises(ValueError, match="handle"):
+        bf.wait(h)
+
+
+# ---- barrier ---------------------------------------------------------------------
+def _barrier_is_a_barrier(tag):
+    """Nobody leaves the barrier before the last rank arrives (rank 0 arrives
+    0.3 s late). All ranks run on one host, so time.time() is comparable."""
+    if RANK == 0:
+        time.sleep(0.3)
+    arrived = time.time()
+    bf.barrier()
+    left = time.time()
+    times = bf.allgather(torch.tensor([[arrived, left]], dtype=torch.float64), name=f"barrier.times.{tag}")
+    assert times.shape == (SIZE, 2)
+    assert times[:, 1].min().item() >= times[:, 0].max().item()
+
+
+def test_barrier():
+    for i in range(3):
+        bf.barrier()
+    _barrier_is_a_barrier("negotiated")
+    # Ops around barriers still work.
+    x = rank_input(RANK, (4,), torch.float32)
+    h = bf.allreduce_nonblocking(x, average=False, name="around.barrier")
+    bf.barrier()
+    check(bf.synchronize(h), expected_sum((4,), torch.float32))
+
+
+# ---- basics ----------------------------------------------------------------------
+def _hostnames():
+    """Every rank's hostname, gathered with bf.allgather (fixed-width bytes)."""
+    import socket
+    raw = socket.gethostname().encode()[:64].ljust(64, b"\0")
+    gathered = bf.allgather(torch.tensor(list(raw), dtype=torch.uint8).reshape(1, 64), name="basics.hostnames")
+    return [bytes(row.tolist()).rstrip(b"\0").decode() for row in gathered]
+
+
+def test_basics():
+    size, rank = bf.size(), bf.rank()
+    assert isinstance(size, int) and isinstance(rank, int)
+    assert size >= 1 and 0 <= rank < size
+    ranks = bf.allgather(torch.tensor([rank], dtype=torch.int64), name="basics.ranks")
+    assert ranks.tolist() == list(range(size))  # distinct ranks, in rank order
+    local_size, local_rank = bf.local_size(), bf.local_rank()
+    assert 1 <= local_size <= size and 0 <= local_rank < local_size
+    assert bf.is_homogeneous() in (True, False)
+    import os
+    if "BLUEFOG_NODES_PER_MACHINE" not in os.environ:
+        # Default split: the ranks sharing this host.
+        hosts = _hostnames()
+        mine = [r for r in range(size) if hosts[r] == hosts[rank]]
+        assert local_size == len(mine)
+        assert local_rank == mine.index(rank)
+    if bf.is_homogeneous():
+        assert size % local_size == 0
+        assert bf.machine_size() == size // local_size
+        assert bf.machine_rank() == rank // local_size
+        assert local_rank == rank % local_size
+    flags = [bf.mpi_threads_supported(), bf.unified_mpi_window_model_supported(), bf.nccl_built(),
+             bf.is_homogeneous()]
+    for f in flags:
+        assert isinstance(f, bool)
+    # The same answers on every rank.
+    t = torch.tensor([[int(f) for f in flags] + [size, local_size]], dtype=torch.int64)
+    everyone = bf.allgather(t, name="basics.flags")
+    assert (everyone == t).all()
+    assert bf.get_skip_negotiate_stage() is False
+
+
+# ---- hierarchical local allreduce -------------------------------------------------------
+def test_hierarchical_local_allreduce():
+    local_size = bf.local_size()
+    start = bf.rank() - bf.local_rank()
+    local_ranks = list(range(start, start + local_size))
+    if bf.is_homogeneous():
+        assert local_ranks == list(range(bf.machine_rank() * local_size, (bf.machine_rank() + 1) * local_size))
+    import os
+    if "BLUEFOG_NODES_PER_MACHINE" not in os.environ and len(set(_hostnames())) == 1:
+        # The driver runs every rank on one machine: the local group is everyone.
+        assert local_ranks == list(range(SIZE))
+    for dtype in (torch.float32, torch.float64, torch.float16):
+        x = rank_input(RANK, (3, 4), dtype)
+        exp = expected_average((3, 4), dtype, local_ranks)
+        check(bf.allreduce(x, is_hierarchical_local=True, name=f"hier.{dtype}"), exp)
+        check(bf.synchronize(bf.allreduce_nonblocking(x, average=True, is_hierarchical_local=True,
+                                                      name=f"hier.nb.{dtype}")), exp)
+        y = x.clone()
+        bf.allreduce_(y, is_hierarchical_local=True, name=f"hier_.{dtype}")
+        check(y, exp)
+    # The local sum too.
+    x = rank_input(RANK, (5,), torch.int32)
+    exp = sum(rank_input(r, (5,), torch.int64) for r in local_ranks).to(torch.int32)
+    check(bf.allreduce(x, average=False, is_hierarchical_local=True, name="hier.sum"), exp)
+
+
+# ---- skip-negotiate mode ---------------------------------------------------------------
+def test_skip_negotiate_stage():
+    # No try/finally: a rank that failed inside skip mode must not issue a
+    # collective the others are not issuing (that would hang, not fail); the
+    # parallel conftest makes a failed rank exit, which ends the job.
+    assert bf.get_skip_negotiate_stage() is False
+    bf.set_skip_negotiate_stage(True)
+    flag_after_on = bf.get_skip_negotiate_stage()  # checked below, after every rank left skip mode
+    # Same ops in the same order on every rank.
+    for dtype in (torch.float32, torch.int64):
+        x = rank_input(RANK, (4, 3), dtype)
+        check(bf.allreduce(x, average=False, name=f"skip.ar.{dtype}"), expected_sum((4, 3), dtype))
+    x = rank_input(RANK, (5,), torch.float64)
+    check(bf.allreduce(x, name="skip.avg"), expected_average((5,), torch.float64))
+    for root in range(SIZE):
+        check(bf.broadcast(x, root, name=f"skip.bc.{root}"), rank_input(root, (5,), torch.float64))
+    check(bf.allgather(rank_input(RANK, (RANK + 1, 2), torch.int32), name="skip.ag"),
+          expected_gather([(r + 1, 2) for r in range(SIZE)], torch.int32))
+    handles = [bf.allreduce_nonblocking(rank_input(RANK, (i + 1,), torch.float32), average=False,
+                                        name=f"skip.nb.{i}") for i in range(10)]
+    for i, h in enumerate(handles):
+        check(bf.synchronize(h), expected_sum((i + 1,), torch.float32))
+    y = noncontiguous_input(RANK, torch.float32)
+    bf.allreduce_(y, average=False, name="skip.inplace")
+    check(y, expected_sum((4, 6), torch.float32))
+    check(bf.allreduce(x, average=False), expected_sum((5,), torch.float64))  # auto name
+    _barrier_is_a_barrier("skip")
+    bf.set_skip_negotiate_stage(False)
+    flag_after_off = bf.get_skip_negotiate_stage()
+    assert flag_after_on is True, "get_skip_negotiate_stage() right after set_skip_negotiate_stage(True)"
+    assert flag_after_off is False, "get_skip_negotiate_stage() right after set_skip_negotiate_stage(False)"
+    # Back to negotiation: different orders work again.
+    a = rank_input(RANK, (2,), torch.float32)
+    names = ["after.skip.a", "after.skip.b"]
+    if RANK % 2:
+        names.reverse()
+    handles = {n: bf.allreduce_nonblocking(a, average=False, name=n) for n in names}
+    for n in sorted(handles):
+        check(bf.synchronize(handles[n]), expected_sum((2,), torch.float32))

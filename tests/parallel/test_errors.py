@@ -1,0 +1,238 @@
+"""Error handling of the collective ops, run on 1, 2 and 4 ranks.
+
+Cross-rank mismatches (the same op name with a different dtype / shape / op
+kind / root_rank / average flag on some ranks) must raise ValueError on EVERY
+rank, naming the op, the field and the disagreeing ranks; afterwards the next
+op must work. Local errors (duplicate name in flight, unsupported dtype) raise
+on the rank that made them. Every op here has an explicit name: an auto name
+comes from the handle counter, which a rank-local failure may advance on one
+rank only.
+"""
+import time
+
+import pytest
+import torch
+
+import bluefog.torch as bf
+
+bf.init()
+SIZE = bf.size()
+RANK = bf.rank()
+
+
+@pytest.fixture(autouse=True)
+def _init():
+    bf.init()
+    yield
+
+
+def rank_input(r, shape, dtype=torch.float32):
+    n = 1
+    for d in shape:
+        n *= d
+    return (torch.arange(n, dtype=torch.float64) % 5 + 2 * r + 1).reshape(shape).to(dtype)
+
+
+def expected_sum(shape, dtype=torch.float32):
+    return sum(rank_input(r, shape, torch.float64) for r in range(SIZE)).reshape(shape).to(dtype)
+
+
+def check(actual, expected):
+    assert actual.dtype == expected.dtype and tuple(actual.shape) == tuple(expected.shape), (actual, expected)
+    torch.testing.assert_close(actual, expected, rtol=0, atol=0)
+
+
+def next_op_works(tag):
+    """After an error, a fresh op completes correctly on every rank."""
+    x = rank_input(RANK, (3, 2))
+    check(bf.allreduce(x, average=False, name=f"after.{tag}"), expected_sum((3, 2)))
+    check(bf.broadcast(x, SIZE - 1, name=f"after.bc.{tag}"), rank_input(SIZE - 1, (3, 2)))
+
+
+def odd(rank):
+    return rank % 2 == 1
+
+
+# Each case: (field named in the error, function(deviant: bool, name) -> handle).
+# The deviant ranks submit the odd one out; the rest agree.
+CASES = {
+    "dtype": lambda dev, name: bf.allreduce_nonblocking(
+        rank_input(RANK, (4,), torch.float64 if dev else torch.float32), average=False, name=name),
+    "shape": lambda dev, name: bf.allreduce_nonblocking(
+        rank_input(RANK, (5,) if dev else (4,)), average=False, name=name),
+    "op": lambda dev, name: (bf.allreduce_nonblocking(rank_input(RANK, (4,)), average=False, name=name) if dev
+                             else bf.broadcast_nonblocking(rank_input(RANK, (4,)), 0, name=name)),
+    "root_rank": lambda dev, name: bf.broadcast_nonblocking(rank_input(RANK, (4,)), 0 if dev else SIZE - 1,
+                                                            name=name),
+    "average": lambda dev, name: bf.allreduce_nonblocking(rank_input(RANK, (4,)), average=dev, name=name),
+    "allgather shape": lambda dev, name: bf.allgather_nonblocking(
+        rank_input(RANK, (2, 3) if dev else (2, 4)), name=name),
+    "is_hierarchical_local": lambda dev, name: bf.allreduce_nonblocking(
+        rank_input(RANK, (4,)), average=False, is_hierarchical_local=dev, name=name),
+}
+# Words the error must contain for each case (the field, or both op kinds).
+FIELD_WORDS = {"dtype": ["dtype", "float64", "float32"], "shape": ["shape"], "op": ["allreduce", "broadcast"],
+               "root_rank": ["root_rank"], "average": ["average"], "allgather shape": ["shape"],
+               "is_hierarchical_local": ["hierarchical"]}
+
+
+def single_rank_expected(case):
+    """What the deviant variant returns when it is the only rank."""
+    if case == "dtype":
+        return rank_input(0, (4,), torch.float64)
+    if case == "shape":
+        return rank_input(0, (5,))
+    if case == "allgather shape":
+        return rank_input(0, (2, 3))
+    return rank_input(0, (4,))  # a sum, broadcast from 0, or average over one rank
+
+
+@pytest.mark.parametrize("who", ["rank0", "odd"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_mismatch_raises_on_every_rank(case, who):
+    name = f"mm.{list(CASES).index(case)}.{who}"  # no field word in the name itself
+    deviant = (RANK == 0) if who == "rank0" else odd(RANK)
+    if SIZE == 1:
+        # No other rank to disagree with: the op must simply succeed.
+        check(bf.synchronize(CASES[case](True, name)), single_rank_expected(case))
+        next_op_works(name)
+        return
+    deviants = [r for r in range(SIZE) if (r == 0 if who == "rank0" else odd(r))]
+    others = [r for r in range(SIZE) if r not in deviants]
+    handle = CASES[case](deviant, name)
+    with pytest.raises(ValueError) as info:
+        bf.synchronize(handle)
+    message = str(info.value)
+    assert name in message, message
+    for word in FIELD_WORDS[case]:
+        assert word in message, (word, message)
+    assert str(deviants) in message and str(others) in message, message
+    next_op_works(name)
+
+
+def test_mismatch_blocking_and_poll():
+    """The blocking form raises too, and poll() reports the failed op as done."""
+    name = "mismatch.blocking"
+    x = rank_input(RANK, (2,), torch.int32 if RANK == 0 else torch.int64)
+    if SIZE == 1:
+        check(bf.allreduce(x, average=False, name=name), x)
+    else:
+        with pytest.raises(ValueError, match="dtype"):
+            bf.allreduce(x, average=False, name=name)
+        h = bf.allreduce_nonblocking(x, average=False, name=name + ".nb")
+        deadline = time.time() + 60
+        while not bf.poll(h):
+            assert time.time() < deadline
+            time.sleep(0.001)
+        with pytest.raises(ValueError, match=r"mismatch\.blocking\.nb"):
+            bf.synchronize(h)
+    next_op_works("blocking")
+
+
+def test_mismatch_among_other_ops_in_flight():
+    """A mismatched op fails while good ops submitted around it still complete."""
+    x = rank_input(RANK, (3,))
+    h1 = bf.allreduce_nonblocking(x, average=False, name="mix.good.1")
+    bad = bf.allreduce_nonblocking(rank_input(RANK, (3 + (RANK % 2),)), average=False, name="mix.bad")
+    h2 = bf.allgather_nonblocking(x, name="mix.good.2")
+    check(bf.synchronize(h1), expected_sum((3,)))
+    if SIZE == 1:
+        check(bf.synchronize(bad), rank_input(0, (3,)))
+    else:
+        with pytest.raises(ValueError, match="mix.bad"):
+            bf.synchronize(bad)
+    check(bf.synchronize(h2), torch.cat([rank_input(r, (3,)) for r in range(SIZE)]))
+
+
+# ---- local errors --------------------------------------------------------------------
+def test_duplicate_name_in_flight():
+    """Rank 0 enqueues 'dup' twice: the second raises ValueError on rank 0 only,
+    and every rank still completes the first one."""
+    x = rank_input(RANK, (4,))
+    exp = expected_sum((4,))
+    if SIZE > 1:
+        # The other ranks submit 'dup' only after rank 0 has made its second
+        # attempt (they first wait for 'dup.gate', which rank 0 submits after
+        # it), so 'dup' is certainly still in flight on rank 0.
+        if RANK == 0:
+            h = bf.allreduce_nonblocking(x, average=False, name="dup")
+            with pytest.raises(ValueError) as info:
+                bf.allreduce_nonblocking(x, average=False, name="dup")
+            assert "dup" in str(info.value) and "in flight" in str(info.value)
+            with pytest.raises(ValueError, match="in flight"):
+                bf.broadcast_nonblocking(x, 0, name="dup")  # any op kind
+            assert bf.poll(h) is False  # the others have not submitted 'dup' yet
+            gate = bf.allreduce_nonblocking(x, average=False, name="dup.gate")
+            check(bf.synchronize(h), exp)
+            check(bf.synchronize(gate), exp)
+        else:
+            check(bf.allreduce(x, average=False, name="dup.gate"), exp)
+            check(bf.allreduce(x, average=False, name="dup"), exp)
+    else:
+        # One rank: keep 'dup' queued behind a big op (~10 ms) so that it is
+        # still in flight; retry in the unlikely case it finished first.
+        big = torch.ones(3_000_000, dtype=torch.float64)
+        raised = False
+        for attempt in range(20):
+            hb = bf.allreduce_nonblocking(big, average=False, name=f"dup.big.{attempt}")
+            h = bf.allreduce_nonblocking(x, average=False, name=f"dup.{attempt}")
+            try:
+                h2 = bf.allreduce_nonblocking(x, average=False, name=f"dup.{attempt}")
+            except ValueError as e:
+                assert f"dup.{attempt}" in str(e) and "in flight" in str(e)
+                raised = True
+            else:
+                bf.synchronize(h2)
+            bf.synchronize(hb)
+            check(bf.synchronize(h), exp)
+            if raised:
+                break
+        assert raised, "a duplicate name in flight never raised"
+    # The name is free again once its op completed.
+    check(bf.allreduce(x, average=False, name="dup"), exp)
+    next_op_works("dup")
+
+
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128], ids=str)
+def test_unsupported_dtype(dtype):
+    x = torch.ones(3, dtype=dtype)
+    with pytest.raises(ValueError, match="not supported"):
+        bf.allreduce(x, average=False, name="unsupported.ar")
+    with pytest.raises(ValueError, match="not supported"):
+        bf.allreduce_nonblocking(x, average=False, name="unsupported.ar.nb")
+    with pytest.raises(ValueError, match="not supported"):
+        bf.broadcast(x, 0, name="unsupported.bc")
+    with pytest.raises(ValueError, match="not supported"):
+        bf.broadcast_(x, 0, name="unsupported.bc_")
+    with pytest.raises(ValueError, match="not supported"):
+        bf.allgather(x, name="unsupported.ag")
+    next_op_works(f"unsupported.{dtype}")
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int64, torch.uint8], ids=str)
+def test_average_on_integer_tensor(dtype):
+    x = torch.ones(3, dtype=dtype)
+    with pytest.raises(ValueError, match="average"):
+        bf.allreduce(x, average=True, name=f"avg.int.{dtype}")
+    with pytest.raises(ValueError, match="average"):
+        bf.synchronize(bf.allreduce_nonblocking_(x.clone(), name=f"avg.int.inplace.{dtype}"))
+    next_op_works(f"avg.int.{dtype}")
+
+
+@pytest.mark.parametrize("root", [SIZE, SIZE + 3, -1])
+def test_broadcast_root_out_of_range(root):
+    x = rank_input(RANK, (3,))
+    with pytest.raises(ValueError, match="root"):
+        bf.broadcast(x, root, name=f"root.range.{root}")
+    y = x.clone()
+    with pytest.raises(ValueError, match="root"):
+        bf.synchronize(bf.broadcast_nonblocking_(y, root, name=f"root.range.inplace.{root}"))
+    check(y, x)  # a failed in-place op leaves the tensor alone
+    next_op_works(f"root.{root}")
+
+
+def test_broadcast_root_not_an_int():
+    x = rank_input(RANK, (3,))
+    with pytest.raises(ValueError):
+        bf.broadcast(x, 0.5, name="root.float")
+    next_op_works("root.float")

@@ -1,0 +1,182 @@
+"""The timeline (BLUEFOG_TIMELINE), read by each rank while the job runs.
+
+BLUEFOG_TIMELINE is read at a process's FIRST init, so it is set here at import,
+before bluefog is imported. The prefix must be the same on every rank of a job
+and differ between jobs (the driver runs this file on 1, 2 and 4 ranks, maybe
+concurrently with other jobs), so it is built from the launcher's job id:
+  - Open MPI 5 / PMIx: PMIX_NAMESPACE (e.g. "prterun-host-1234@1"),
+  - Open MPI 4: OMPI_MCA_ess_base_jobid,
+  - MPICH Hydra: PMI_KVSNAME (when set),
+  - otherwise the parent's pid (the launcher daemon that started every local rank).
+The prefix is /tmp/bluefog_timeline_test_<uid>/<job id>/timeline_, so rank r writes
+/tmp/bluefog_timeline_test_<uid>/<job id>/timeline_<r>.json, which the rank
+deletes when the module finishes. A BLUEFOG_TIMELINE already in the environment
+(e.g. from `bfrun --timeline-filename`) is overwritten.
+"""
+import json
+import os
+import re
+import time
+
+
+def _job_id():
+    for var in ("PMIX_NAMESPACE", "OMPI_MCA_ess_base_jobid", "PMI_KVSNAME"):
+        if os.environ.get(var):
+            return re.sub(r"[^A-Za-z0-9_.-]", "_", os.environ[var])
+    return f"ppid{os.getppid()}"
+
+
+TIMELINE_DIR = os.path.join("/tmp", f"bluefog_timeline_test_{os.getuid()}", _job_id())
+os.makedirs(TIMELINE_DIR, exist_ok=True)
+PREFIX = os.path.join(TIMELINE_DIR, "timeline_")
+os.environ["BLUEFOG_TIMELINE"] = PREFIX
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import bluefog.torch as bf  # noqa: E402
+
+bf.init()
+SIZE = bf.size()
+RANK = bf.rank()
+PATH = f"{PREFIX}{RANK}.json"
+
+
+@pytest.fixture(autouse=True)
+def _init():
+    bf.init()
+    yield
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _cleanup():
+    yield
+    try:
+        os.remove(PATH)
+        os.rmdir(TIMELINE_DIR)  # fails while other ranks' files remain; the last one removes it
+    except OSError:
+        pass
+
+
+def read_timeline():
+    """The trace so far, as a list of events (the file is an unclosed JSON array)."""
+    with open(PATH) as f:
+        text = f.read()
+    assert text.startswith("["), text[:100]
+    body = text.rstrip()
+    if body.endswith(","):
+        body = body[:-1]
+    return text, json.loads(body + "]")
+
+
+def lanes(events):
+    """pid -> tensor name, from the process_name metadata."""
+    return {e["pid"]: e["args"]["name"] for e in events if e.get("ph") == "M" and e.get("name") == "process_name"}
+
+
+def phases_of(events, tensor_name):
+    """The 'B' activity names of one tensor name's lane, in file order."""
+    pids = [pid for pid, name in lanes(events).items() if name == tensor_name]
+    assert len(pids) == 1, (tensor_name, lanes(events))
+    return [e["name"] for e in events if e.get("ph") == "B" and e["pid"] == pids[0]]
+
+
+def wait_for(predicate, seconds=10.0):
+    """Re-reads the timeline until predicate(events) holds (the writer thread
+    flushes about every 0.1 s); returns the last events read."""
+    deadline = time.time() + seconds
+    time.sleep(0.5)
+    while True:
+        _, events = read_timeline()
+        if predicate(events) or time.time() > deadline:
+            return events
+        time.sleep(0.1)
+
+
+def test_timeline_file_while_running():
+    assert os.environ["BLUEFOG_TIMELINE"] == PREFIX
+    x = torch.arange(6, dtype=torch.float32) + RANK
+    out = bf.allreduce(x, average=False, name="tl.allreduce")
+    torch.testing.assert_close(out, (torch.arange(6, dtype=torch.float32) * SIZE + sum(range(SIZE))))
+    bc = bf.broadcast(x, 0, name="tl.broadcast")
+    torch.testing.assert_close(bc, torch.arange(6, dtype=torch.float32))
+    ag = bf.synchronize(bf.allgather_nonblocking(x, name="tl.allgather"))
+    assert ag.shape == (6 * SIZE,)
+    assert bf.timeline_start_activity("tl.user", "MY_ACTIVITY") is True
+    time.sleep(0.01)
+    assert bf.timeline_end_activity("tl.user") is True
+    with bf.timeline_context("tl.ctx", "CTX_ACTIVITY"):
+        time.sleep(0.01)
+
+    wanted = {"tl.allreduce", "tl.broadcast", "tl.allgather", "tl.user", "tl.ctx"}
+    events = wait_for(lambda ev: wanted <= set(lanes(ev).values())
+                      and sum(1 for e in ev if e.get("ph") in ("B", "E")) >= 2 * 4 + 4)
+    text, _ = read_timeline()
+    assert text.startswith("[")
+    assert not text.rstrip().endswith("]")  # still open while the job runs
+    names = lanes(events)
+    assert wanted <= set(names.values()), names
+    assert len(set(names.values())) == len(names)  # one lane per tensor name
+    sort_meta = {e["pid"] for e in events if e.get("ph") == "M" and e.get("name") == "process_sort_index"}
+    assert set(names) <= sort_meta
+
+    for e in events:
+        if e.get("ph") in ("B", "E"):
+            assert isinstance(e["pid"], int) and e["pid"] in names, e
+            assert isinstance(e["tid"], int) and e["tid"] >= 1, e
+            assert isinstance(e["ts"], (int, float)) and e["ts"] >= 0, e
+        if e.get("ph") == "B":
+            assert isinstance(e["name"], str) and e["name"], e
+
+    ar = phases_of(events, "tl.allreduce")
+    for phase in ("ENQUEUE_ALLREDUCE", "NEGOTIATE_ALLREDUCE", "COMMUNICATE", "CALLBACK"):
+        assert phase in ar, (phase, ar)
+    assert ar.index("ENQUEUE_ALLREDUCE") < ar.index("NEGOTIATE_ALLREDUCE") < ar.index("COMMUNICATE") \
+        < ar.index("CALLBACK"), ar
+    bcp = phases_of(events, "tl.broadcast")
+    for phase in ("ENQUEUE_BROADCAST", "NEGOTIATE_BROADCAST", "COMMUNICATE", "CALLBACK"):
+        assert phase in bcp, (phase, bcp)
+    agp = phases_of(events, "tl.allgather")
+    for phase in ("ENQUEUE_ALLGATHER", "NEGOTIATE_ALLGATHER", "COMMUNICATE", "CALLBACK"):
+        assert phase in agp, (phase, agp)
+    assert phases_of(events, "tl.user") == ["MY_ACTIVITY"]
+    assert phases_of(events, "tl.ctx") == ["CTX_ACTIVITY"]
+
+    # Every finished lane has as many ends as begins, with no end before its begin.
+    for pid, name in names.items():
+        depth = 0
+        for e in events:
+            if e.get("pid") != pid:
+                continue
+            if e.get("ph") == "B":
+                depth += 1
+            elif e.get("ph") == "E":
+                depth -= 1
+                assert depth >= 0, (name, "E before B")
+        assert depth == 0, (name, "unbalanced B/E")
+
+    # The user activity lasted at least the 10 ms we slept (same clock as ts).
+    pid = [p for p, n in names.items() if n == "tl.user"][0]
+    ts = [e["ts"] for e in events if e.get("pid") == pid and e.get("ph") in ("B", "E")]
+    assert len(ts) == 2 and ts[1] - ts[0] >= 10_000, ts
+
+
+def test_timeline_keeps_growing_and_names_are_escaped():
+    _, before = read_timeline()
+    n_before = len(before)
+    odd_name = 'tl."quoted"\\name'
+    bf.allreduce(torch.ones(2), name=odd_name)
+    events = wait_for(lambda ev: odd_name in lanes(ev).values())
+    assert odd_name in lanes(events).values()
+    assert len(events) > n_before
+    assert phases_of(events, odd_name)[0] == "ENQUEUE_ALLREDUCE"
+
+
+def test_timeline_files_of_all_ranks_exist():
+    bf.barrier()  # every rank has initialized and written by now
+    for r in range(SIZE):
+        path = f"{PREFIX}{r}.json"
+        assert os.path.exists(path), path
+        with open(path) as f:
+            assert f.read(1) == "["
+    bf.barrier()  # nobody deletes its file (module teardown) before all have looked

@@ -1,0 +1,70 @@
+"""Whole-job behaviour under bfrun: stall warnings, stall shutdown, and jobs
+with a dead or failing rank ending (non-zero) instead of hanging.
+
+Each test launches tests/parallel/jobs/job_scenarios.py with bfrun under a hard
+timeout; ranks coordinate through marker files in a pytest tmp_path.
+"""
+import os
+import re
+import time
+
+from launch import ROOT, bfrun, python_script
+
+SCRIPT = os.path.join(ROOT, "tests", "parallel", "jobs", "job_scenarios.py")
+HARD_TIMEOUT = 150  # the launch itself (python + torch import on every rank) is part of it
+
+
+def run(scenario, tmp_path, np=2, env=None):
+    rc, out, secs = bfrun(np, python_script(SCRIPT, scenario, str(tmp_path)), HARD_TIMEOUT, env=env)
+    assert rc is not None, f"{scenario} hung (killed after {HARD_TIMEOUT} s):\n{out[-6000:]}"
+    return rc, out, secs
+
+
+def test_stall_warning_names_op_and_missing_rank(tmp_path):
+    rc, out, _ = run("stall_warning", tmp_path, env={"BLUEFOG_STALL_CHECK_TIME_SECONDS": "1"})
+    assert rc == 0, out[-6000:]
+    assert "RESULT rank 0 stall.op ok" in out and "RESULT rank 1 stall.op ok" in out, out[-6000:]
+    assert "RESULT rank 0 after 2.0" in out and "RESULT rank 1 after 2.0" in out, out[-6000:]
+    warnings = [line for line in out.splitlines() if "stall" in line.lower() and "'stall.op'" in line]
+    assert warnings, f"no stall warning for 'stall.op':\n{out[-6000:]}"
+    # The warning names the op, who submitted it, and the missing rank 1.
+    assert any(re.search(r"\[1\]", w) and re.search(r"\[0\]", w) for w in warnings), warnings
+    # Rank 0 waited ~4 s with a 1 s check interval: more than one warning, but
+    # none about the op that completed normally afterwards.
+    assert len(warnings) >= 2, warnings
+    assert not any("after.stall" in line for line in out.splitlines() if "stall:" in line), out[-6000:]
+
+
+def test_stall_shutdown_fails_the_stalled_op(tmp_path):
+    rc, out, _ = run("stall_shutdown", tmp_path, env={"BLUEFOG_STALL_CHECK_TIME_SECONDS": "1",
+                                                      "BLUEFOG_STALL_SHUTDOWN_TIME_SECONDS": "2"})
+    assert rc == 0, out[-6000:]
+    lines = [line for line in out.splitlines() if line.startswith("RESULT rank 0 stall.op raised")]
+    assert len(lines) == 1, out[-6000:]
+    assert "stalled" in lines[0] and "stall.op" in lines[0], lines[0]
+    assert "[1]" in lines[0], lines[0]  # names the rank that never submitted it
+    seconds = float(re.search(r"after ([0-9.]+) s", lines[0]).group(1))
+    assert seconds >= 1.5, lines[0]  # not before the 2 s shutdown time (minus cycle granularity)
+    assert "RESULT rank 0 after ok" in out and "RESULT rank 1 after ok" in out, out[-6000:]
+
+
+def test_killed_rank_ends_the_job(tmp_path):
+    rc, out, _ = run("killed_rank", tmp_path, np=4)
+    ended = time.time()
+    assert rc != 0, out[-6000:]
+    assert "RESULT rank 1 killing itself" in out, out[-6000:]
+    assert "allreduce returned" not in out, out[-6000:]
+    with open(tmp_path / "killed_at") as f:
+        elapsed = ended - float(f.read())
+    assert elapsed < 30, f"the job took {elapsed:.1f} s to end after rank 1 died:\n{out[-6000:]}"
+
+
+def test_uncaught_exception_ends_the_job(tmp_path):
+    rc, out, _ = run("raising_rank", tmp_path, np=4)
+    ended = time.time()
+    assert rc != 0, out[-6000:]
+    assert "deliberate failure on rank 1" in out, out[-6000:]
+    assert "allreduce returned" not in out, out[-6000:]
+    with open(tmp_path / "raised_at") as f:
+        elapsed = ended - float(f.read())
+    assert elapsed < 30, f"the job took {elapsed:.1f} s to end after rank 1 raised:\n{out[-6000:]}"

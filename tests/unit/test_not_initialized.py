@@ -1,0 +1,70 @@
+"""Ops and basics before bf.init() raise ValueError telling the user to call bf.init().
+
+Runs in a fresh subprocess (this pytest process may have initialized BlueFog
+elsewhere), with no MPI launcher variables in its environment.
+"""
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+SCRIPT = r"""
+import sys
+import torch
+import bluefog.torch as bf
+
+def expect_value_error(label, fn):
+    try:
+        fn()
+    except ValueError as e:
+        print(label, "ValueError:", e)
+    except Exception as e:
+        print(label, "WRONG", type(e).__name__, e)
+    else:
+        print(label, "NO-ERROR")
+
+x = torch.ones(3)
+expect_value_error("allreduce", lambda: bf.allreduce(x, name="x"))
+expect_value_error("allreduce_nonblocking", lambda: bf.allreduce_nonblocking(x))
+expect_value_error("allreduce_", lambda: bf.allreduce_(x))
+expect_value_error("broadcast", lambda: bf.broadcast(x, 0))
+expect_value_error("broadcast_nonblocking_", lambda: bf.broadcast_nonblocking_(x, 0))
+expect_value_error("allgather", lambda: bf.allgather(x))
+expect_value_error("barrier", lambda: bf.barrier())
+expect_value_error("size", lambda: bf.size())
+expect_value_error("rank", lambda: bf.rank())
+expect_value_error("local_rank", lambda: bf.local_rank())
+print("unchanged", x.tolist())
+"""
+
+LABELS = ["allreduce", "allreduce_nonblocking", "allreduce_", "broadcast", "broadcast_nonblocking_", "allgather",
+          "barrier", "size", "rank", "local_rank"]
+
+
+def _clean_env():
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("OMPI_", "PMIX_", "PMI_", "PRTE_", "HYDRA_", "MPI_LOCALNRANKS", "BLUEFOG_"))}
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+@pytest.fixture(scope="module")
+def output():
+    proc = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, env=_clean_env(), capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return {line.split(" ", 1)[0]: line.split(" ", 1)[1] for line in proc.stdout.splitlines() if " " in line}
+
+
+@pytest.mark.parametrize("label", LABELS)
+def test_raises_value_error_asking_for_init(output, label):
+    result = output[label]
+    assert result.startswith("ValueError:"), result
+    assert "bf.init()" in result, result
+
+
+def test_input_untouched(output):
+    assert output["unchanged"] == "[1.0, 1.0, 1.0]"
