@@ -2,6 +2,7 @@
 
 Build-time switches (environment):
   BLUEFOG_WITH_PYTORCH=1/0   require / skip the PyTorch extension (default: build it if torch imports)
+  BLUEFOG_WITH_TENSORFLOW=1/0  require / skip the TensorFlow op library (default: build it if tensorflow imports)
   MPICXX / MPICC             MPI compiler wrappers (default: mpicxx / mpicc on PATH)
   BLUEFOG_BUILD_DIR          CMake build directory (default: build/cmake, reused between builds)
   BLUEFOG_BUILD_JOBS         parallel compile jobs (default: number of CPUs)
@@ -53,6 +54,26 @@ def _torch_cmake_args():
     ]
 
 
+def _tensorflow_cmake_args():
+    want = _switch("BLUEFOG_WITH_TENSORFLOW")
+    if want is False:
+        return ["-DBLUEFOG_BUILD_TENSORFLOW=OFF"]
+    try:
+        import tensorflow as tf
+    except ImportError as exc:
+        if want:
+            raise SystemExit(f"BLUEFOG_WITH_TENSORFLOW=1 but tensorflow does not import: {exc}")
+        print("bluefog: tensorflow not importable at build time; building without the TensorFlow ops. "
+              "Install tensorflow first and build with `pip install --no-build-isolation .`", file=sys.stderr)
+        return ["-DBLUEFOG_BUILD_TENSORFLOW=OFF"]
+    return [
+        "-DBLUEFOG_BUILD_TENSORFLOW=ON",
+        "-DBLUEFOG_TF_COMPILE_FLAGS=" + ";".join(tf.sysconfig.get_compile_flags()),
+        "-DBLUEFOG_TF_LINK_FLAGS=" + ";".join(tf.sysconfig.get_link_flags()),
+        "-DBLUEFOG_TF_LIBRARY_DIR=" + tf.sysconfig.get_lib(),
+    ]
+
+
 class CMakeExtension(Extension):
     """A native library built by the CMake project (declared so that setuptools
     packages it and copies it back for in-place and editable builds)."""
@@ -91,6 +112,7 @@ class CMakeBuild(build_ext):
         if shutil.which("ninja") and not os.path.exists(os.path.join(build_dir, "Makefile")):
             args += ["-G", "Ninja"]
         args += _torch_cmake_args()
+        args += _tensorflow_cmake_args()
         args.append("-DBLUEFOG_PYTHON_EXT_SUFFIX=" + sysconfig.get_config_var("EXT_SUFFIX"))
         subprocess.check_call(args)
         jobs = os.environ.get("BLUEFOG_BUILD_JOBS", str(os.cpu_count() or 1))
@@ -101,6 +123,7 @@ setup(
     ext_modules=[
         CMakeExtension("bluefog.common._bluefog_core"),
         CMakeExtension("bluefog.torch._C", optional=True),
+        CMakeExtension("bluefog.tensorflow._ops", optional=True),
     ],
     cmdclass={"build_ext": CMakeBuild},
 )

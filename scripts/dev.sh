@@ -26,7 +26,7 @@ setup() {
     echo "$want" > "$stamp"
   fi
   echo "[dev] building bluefog (incremental)" >&2
-  BLUEFOG_WITH_PYTORCH="${BLUEFOG_WITH_PYTORCH:-1}" \
+  BLUEFOG_WITH_PYTORCH="${BLUEFOG_WITH_PYTORCH:-1}" BLUEFOG_WITH_TENSORFLOW="${BLUEFOG_WITH_TENSORFLOW:-1}" \
     "$PY" -m pip install -q --no-build-isolation --no-deps -e . >&2
 }
 

@@ -1,0 +1,167 @@
+"""TensorFlow collective ops on the BlueFog core: allreduce, grouped_allreduce,
+broadcast, allgather, with their gradients.
+
+Each op works eagerly and inside tf.function (or a tf.compat.v1 graph). Ops are
+named, and a name must mean the same op on every rank:
+
+* an explicit `name` is used as given;
+* eagerly, `name=None` gives "tf.<op>.<n>" from one per-process counter, which
+  agrees across ranks when every rank issues the same sequence of unnamed ops;
+* in a graph, `name=None` lets the kernel use its node name, which is
+  deterministic when every rank builds the same graph.
+
+Failures surface as tf.errors exceptions carrying the core's message:
+InvalidArgumentError (bad input, ranks disagree), FailedPreconditionError (not
+initialized), AbortedError (communication failed / shut down).
+"""
+import itertools
+import os
+from typing import Optional
+
+import tensorflow as tf
+
+from bluefog.common.basics import get_basics
+from bluefog.common.native import find_library
+
+_basics = get_basics()
+_LIB_PATH = find_library(os.path.dirname(os.path.abspath(__file__)), "_ops")
+_ops = tf.load_op_library(_LIB_PATH)
+
+_counter = itertools.count()
+
+
+def op_name(name: Optional[str], op: str) -> str:
+    """The name an op is submitted under (see the module docstring); '' means
+    'the graph node's name'."""
+    if name is not None:
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"{op}: name must be a non-empty str or None, got {name!r}")
+        return name
+    if tf.executing_eagerly():
+        return f"tf.{op}.{next(_counter)}"
+    return ""
+
+
+def sub_name(name: str, suffix: str) -> str:
+    """Name of a step of a composite op: '<name><suffix>', or '' (node names) for ''."""
+    return name + suffix if name else ""
+
+
+def grad_name(op) -> str:
+    """The gradient op's name: '<forward name>.grad', or '' if the forward op
+    used its node name (then the gradient op uses its own node name)."""
+    value = tf.get_static_value(op.inputs[-1])
+    if value is None:
+        return ""
+    value = value.decode() if isinstance(value, bytes) else str(value)
+    return value + ".grad" if value else ""
+
+
+def _check_root(root_rank, op: str) -> int:
+    if isinstance(root_rank, bool) or not isinstance(root_rank, int):
+        raise ValueError(f"{op}: root_rank must be an int, got {root_rank!r}")
+    return root_rank
+
+
+# ---- allreduce ----------------------------------------------------------------
+def allreduce(tensor, average: bool = True, name: Optional[str] = None, is_hierarchical_local: bool = False):
+    """Sum (or mean, the default) of `tensor` over all ranks (with
+    is_hierarchical_local: over this machine's ranks).
+
+    int32/int64/float16/bfloat16/float32/float64 (average needs a float type).
+    A tf.IndexedSlices (a sparse gradient) is allgathered instead: the result is
+    an IndexedSlices holding every rank's values (divided by size() when
+    averaging) and indices, which sums to the allreduced dense tensor.
+    Gradient: the allreduce of the gradient with the same `average`.
+    """
+    if isinstance(tensor, tf.IndexedSlices):
+        if is_hierarchical_local:
+            raise ValueError("allreduce: is_hierarchical_local is not supported for tf.IndexedSlices")
+        return _allreduce_sparse(tensor, average, name)
+    return _ops.bluefog_allreduce(tf.convert_to_tensor(tensor), op_name(name, "allreduce"), average=bool(average),
+                                  hierarchical_local=bool(is_hierarchical_local))
+
+
+def _allreduce_sparse(slices: tf.IndexedSlices, average: bool, name: Optional[str]):
+    base = op_name(name, "allreduce")
+    values = allgather(slices.values, name=sub_name(base, ".values") or None)
+    indices = allgather(slices.indices, name=sub_name(base, ".indices") or None)
+    if average:
+        values = values / tf.cast(_basics.size(), values.dtype)
+    return tf.IndexedSlices(values, indices, dense_shape=slices.dense_shape)
+
+
+@tf.RegisterGradient("BluefogAllreduce")
+def _allreduce_grad(op, grad):
+    return [_ops.bluefog_allreduce(grad, grad_name(op), average=op.get_attr("average"),
+                                   hierarchical_local=op.get_attr("hierarchical_local")), None]
+
+
+def grouped_allreduce(tensors, average: bool = True, name: Optional[str] = None):
+    """Allreduces a list of tensors submitted together, so the core can fuse
+    them into few messages (what the optimizer wrappers use). Tensors are
+    grouped by dtype; each group is one op whose i-th tensor is named
+    '<name>.<i>'. Returns a list in the input order. Gradient: the grouped
+    allreduce of the gradients."""
+    tensors = [tf.convert_to_tensor(t) for t in tensors]
+    if not tensors:
+        return []
+    base = op_name(name, "grouped_allreduce")
+    by_dtype = {}
+    for i, t in enumerate(tensors):
+        by_dtype.setdefault(t.dtype, []).append(i)
+    out = [None] * len(tensors)
+    for dtype, idx in sorted(by_dtype.items(), key=lambda kv: kv[0].name):
+        group_name = sub_name(base, f".{dtype.name}") if len(by_dtype) > 1 else base
+        results = _ops.bluefog_grouped_allreduce([tensors[i] for i in idx], group_name, average=bool(average))
+        for i, r in zip(idx, results):
+            out[i] = r
+    return out
+
+
+@tf.RegisterGradient("BluefogGroupedAllreduce")
+def _grouped_allreduce_grad(op, *grads):
+    grads = [tf.zeros_like(x) if g is None else g for g, x in zip(grads, op.inputs[:-1])]
+    return list(_ops.bluefog_grouped_allreduce(grads, grad_name(op), average=op.get_attr("average"))) + [None]
+
+
+# ---- broadcast ----------------------------------------------------------------
+def broadcast(tensor, root_rank: int, name: Optional[str] = None):
+    """root_rank's `tensor` on every rank (any supported dtype, bool included).
+    Gradient: the sum of the gradients over ranks on the root, zero elsewhere."""
+    _check_root(root_rank, "broadcast")
+    tensor = tf.convert_to_tensor(tensor)
+    return _ops.bluefog_broadcast(tensor, op_name(name, "broadcast"), root_rank=root_rank)
+
+
+@tf.RegisterGradient("BluefogBroadcast")
+def _broadcast_grad(op, grad):
+    reduced = _ops.bluefog_allreduce(grad, grad_name(op), average=False, hierarchical_local=False)
+    if _basics.rank() != op.get_attr("root_rank"):
+        reduced = tf.zeros_like(reduced)
+    return [reduced, None]
+
+
+# ---- allgather ----------------------------------------------------------------
+def allgather(tensor, name: Optional[str] = None):
+    """Every rank's `tensor` concatenated along dim 0 in rank order. The first
+    dimension may differ between ranks; the others must match. Gradient: the
+    sum of the gradients over ranks, of which each rank takes its own slice."""
+    tensor = tf.convert_to_tensor(tensor)
+    return _ops.bluefog_allgather(tensor, op_name(name, "allgather"))
+
+
+@tf.RegisterGradient("BluefogAllgather")
+def _allgather_grad(op, grad):
+    name = grad_name(op)
+    x = op.inputs[0]
+    sizes = _ops.bluefog_allgather(tf.shape(x, out_type=tf.int64)[:1], sub_name(name, ".sizes"))
+    reduced = _ops.bluefog_allreduce(grad, name, average=False, hierarchical_local=False)
+    rank = _basics.rank()
+    start = tf.reduce_sum(sizes[:rank])
+    return [reduced[start:start + sizes[rank]], None]
+
+
+def barrier():
+    """Blocks until every rank has reached the barrier."""
+    _basics.barrier()

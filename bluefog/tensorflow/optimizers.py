@@ -1,0 +1,104 @@
+"""DistributedOptimizer: averages gradients across ranks before they are applied.
+
+Works with Keras 3 optimizers (model.fit and custom loops) and with legacy
+tf.compat.v1.train.Optimizer, through public extension points only:
+
+* Keras 3: a subclass of the optimizer's own class, made on the fly, whose
+  `apply` (which `apply_gradients` and model.fit's train step call) allreduces
+  the gradients and then calls the class's `apply`. The wrapper is rebuilt from
+  `optimizer.get_config()`, so wrap an optimizer before training with it (any
+  state it already holds is not carried over).
+* tf.compat.v1: a tf.compat.v1.train.Optimizer whose compute_gradients is the
+  wrapped optimizer's followed by the allreduce; minimize() uses it.
+"""
+from typing import Optional
+
+import tensorflow as tf
+
+from bluefog.tensorflow.training import allreduce_gradients
+
+
+def _keras_optimizer_class():
+    try:
+        import keras
+    except ImportError:  # pragma: no cover - Keras 3 ships with TF >= 2.16
+        return None
+    return keras.optimizers.Optimizer
+
+
+def DistributedOptimizer(optimizer, name: Optional[str] = None, use_locking: bool = False,
+                         average: bool = True, sparse_as_dense: bool = False):
+    """Wraps `optimizer` so that gradients are averaged (average=False: summed)
+    over all ranks before being applied.
+
+    Args:
+        optimizer: a Keras 3 optimizer (keras.optimizers.*) or a
+            tf.compat.v1.train.Optimizer.
+        name: the legacy wrapper's name (default "Distributed<Class>"); for a
+            Keras optimizer, the new optimizer's name (default: unchanged).
+        use_locking: passed to the legacy Optimizer base class.
+        average: average (True) or sum the gradients.
+        sparse_as_dense: densify tf.IndexedSlices gradients before reducing
+            (default: allgather their values and indices).
+    Returns:
+        An optimizer of the same kind.
+    """
+    keras_base = _keras_optimizer_class()
+    if keras_base is not None and isinstance(optimizer, keras_base):
+        return _wrap_keras(optimizer, name, average, sparse_as_dense)
+    if isinstance(optimizer, tf.compat.v1.train.Optimizer):
+        return _LegacyDistributedOptimizer(optimizer, name, use_locking, average, sparse_as_dense)
+    raise TypeError("DistributedOptimizer expects a Keras 3 optimizer or a tf.compat.v1.train.Optimizer, got "
+                    f"{type(optimizer).__module__}.{type(optimizer).__name__}")
+
+
+def _wrap_keras(optimizer, name, average, sparse_as_dense):
+    base = type(optimizer)
+
+    def apply(self, grads, trainable_variables=None):
+        grads = allreduce_gradients(list(grads), average=average, sparse_as_dense=sparse_as_dense)
+        return base.apply(self, grads, trainable_variables)
+
+    apply.__doc__ = f"Allreduces the gradients across ranks, then {base.__name__}.apply."
+    cls = type(base.__name__, (base,), {
+        "apply": apply,
+        "__module__": __name__,
+        "__doc__": f"{base.__name__} whose gradients are averaged across BlueFog ranks.",
+        "_bluefog_wrapped": True,
+    })
+    config = optimizer.get_config()
+    if name is not None:
+        config["name"] = name
+    return cls.from_config(config)
+
+
+class _LegacyDistributedOptimizer(tf.compat.v1.train.Optimizer):
+    """A tf.compat.v1.train.Optimizer whose gradients are allreduced."""
+
+    def __init__(self, optimizer, name, use_locking, average, sparse_as_dense):
+        super().__init__(use_locking=use_locking, name=name or "Distributed" + type(optimizer).__name__)
+        self._optimizer = optimizer
+        self._average = average
+        self._sparse_as_dense = sparse_as_dense
+
+    def compute_gradients(self, *args, **kwargs):
+        """The wrapped optimizer's (gradient, variable) pairs, gradients allreduced."""
+        pairs = self._optimizer.compute_gradients(*args, **kwargs)
+        if not pairs:
+            return pairs
+        grads, variables = zip(*pairs)
+        grads = allreduce_gradients(list(grads), average=self._average, sparse_as_dense=self._sparse_as_dense)
+        return list(zip(grads, variables))
+
+    def apply_gradients(self, *args, **kwargs):
+        """The wrapped optimizer's apply_gradients."""
+        return self._optimizer.apply_gradients(*args, **kwargs)
+
+    def get_slot(self, *args, **kwargs):
+        return self._optimizer.get_slot(*args, **kwargs)
+
+    def get_slot_names(self, *args, **kwargs):
+        return self._optimizer.get_slot_names(*args, **kwargs)
+
+    def variables(self, *args, **kwargs):
+        return self._optimizer.variables(*args, **kwargs)

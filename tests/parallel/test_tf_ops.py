@@ -1,0 +1,300 @@
+"""bluefog.tensorflow collectives on every rank: allreduce, grouped_allreduce,
+broadcast, allgather in eager mode and inside tf.function; dtypes; gradients
+(against the analytic expectation and finite differences); names; errors.
+
+Run on 1, 2 and 4 ranks by tests/test_parallel_suites.py. Each rank's input is
+a known function of its rank, so expected values are computed here with numpy
+from all ranks' inputs, independently of BlueFog. Every test issues the same
+sequence of collective ops on every rank.
+"""
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+pytest.importorskip("bluefog.tensorflow", reason="BlueFog was built without TensorFlow", exc_type=ImportError)
+import tensorflow as tf  # noqa: E402
+
+import bluefog.tensorflow as bf  # noqa: E402
+from bluefog.tensorflow.mpi_ops import op_name  # noqa: E402
+
+bf.init()
+SIZE = bf.size()
+RANK = bf.rank()
+
+SUM_DTYPES = [tf.int32, tf.int64, tf.float16, tf.bfloat16, tf.float32, tf.float64]
+FLOAT_DTYPES = [tf.float16, tf.bfloat16, tf.float32, tf.float64]
+MOVE_DTYPES = [tf.uint8, tf.int8, tf.int16, tf.int32, tf.int64, tf.float16, tf.float32, tf.float64, tf.bool]
+SHAPES = [(), (17,), (3, 4, 5)]
+MODES = ["eager", "function"]
+
+
+def run(mode, fn, *args):
+    """fn(*args) eagerly, or traced in a fresh tf.function."""
+    return fn(*args) if mode == "eager" else tf.function(fn)(*args)
+
+
+def rank_input(r, shape, dtype=tf.float64):
+    """Rank r's input: small integers, exact in every dtype (also summed over 4 ranks)."""
+    n = int(np.prod(shape, dtype=np.int64))
+    values = (np.arange(n) % 5 + 2 * r + 1).reshape(shape)
+    if dtype == tf.bool:
+        return tf.constant(values % 2 == 1)
+    return tf.cast(tf.constant(values, tf.float64), dtype)
+
+
+def assert_equal(actual, expected):
+    assert actual.dtype == expected.dtype, (actual.dtype, expected.dtype)
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    np.testing.assert_array_equal(tf.cast(actual, tf.float64).numpy() if actual.dtype != tf.bool else actual.numpy(),
+                                  tf.cast(expected, tf.float64).numpy() if expected.dtype != tf.bool
+                                  else expected.numpy())
+
+
+def global_sum(x):
+    """Sum over ranks, computed with an allreduce in float64 (for losses)."""
+    return bf.allreduce(tf.cast(x, tf.float64), average=False)
+
+
+# ---- forward values -------------------------------------------------------------------
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("dtype", SUM_DTYPES, ids=lambda d: d.name)
+def test_allreduce_sum(dtype, shape, mode):
+    total = sum(rank_input(r, shape) for r in range(SIZE))
+    out = run(mode, lambda x: bf.allreduce(x, average=False), rank_input(RANK, shape, dtype))
+    assert_equal(out, tf.cast(total, dtype))
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=lambda d: d.name)
+def test_allreduce_average(dtype, mode):
+    shape = (3, 4)
+    mean = sum(rank_input(r, shape) for r in range(SIZE)) / SIZE
+    out = run(mode, lambda x: bf.allreduce(x), rank_input(RANK, shape, dtype))
+    atol = 1e-2 if dtype in (tf.float16, tf.bfloat16) else 1e-12
+    np.testing.assert_allclose(tf.cast(out, tf.float64).numpy(), mean.numpy(), atol=atol)
+    assert out.dtype == dtype
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_grouped_allreduce_mixed_dtypes(mode):
+    shapes = [(2,), (3, 2), ()]
+    dtypes = [tf.float32, tf.float64, tf.int32]
+    inputs = [rank_input(RANK, s, d) for s, d in zip(shapes, dtypes)]
+    outs = run(mode, lambda *xs: bf.grouped_allreduce(list(xs), average=False), *inputs)
+    for s, d, out in zip(shapes, dtypes, outs):
+        assert_equal(out, tf.cast(sum(rank_input(r, s) for r in range(SIZE)), d))
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", MOVE_DTYPES, ids=lambda d: d.name)
+def test_broadcast(dtype, mode):
+    for root in range(SIZE):
+        out = run(mode, lambda x: bf.broadcast(x, root), rank_input(RANK, (3, 2), dtype))
+        assert_equal(out, rank_input(root, (3, 2), dtype))
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", MOVE_DTYPES, ids=lambda d: d.name)
+def test_allgather_variable_first_dim(dtype, mode):
+    shapes = [(r + 1, 2) for r in range(SIZE)]
+    out = run(mode, bf.allgather, rank_input(RANK, shapes[RANK], dtype))
+    assert_equal(out, tf.concat([rank_input(r, shapes[r], dtype) for r in range(SIZE)], 0))
+
+
+def test_allgather_in_function_has_unknown_first_dim():
+    f = tf.function(bf.allgather).get_concrete_function(tf.TensorSpec([2, 3], tf.float32))
+    assert f.structured_outputs.shape.as_list() == [None, 3]
+
+
+def test_several_unnamed_ops_in_one_function():
+    """Unnamed ops in a graph take their node names, which are unique and agree across ranks."""
+    @tf.function
+    def f(x):
+        return bf.allreduce(x, average=False) + bf.allreduce(2 * x, average=False) + bf.broadcast(x, 0)
+
+    x = rank_input(RANK, (4,))
+    total = sum(rank_input(r, (4,)) for r in range(SIZE))
+    for _ in range(2):
+        np.testing.assert_array_equal(f(x).numpy(), (3 * total + rank_input(0, (4,))).numpy())
+
+
+def test_eager_names_count_up():
+    a, b = op_name(None, "allreduce"), op_name(None, "allreduce")
+    assert a.startswith("tf.allreduce.") and b.startswith("tf.allreduce.")
+    assert int(b.rsplit(".", 1)[1]) == int(a.rsplit(".", 1)[1]) + 1
+    assert op_name("mine", "allreduce") == "mine"
+    with pytest.raises(ValueError):
+        op_name(3, "allreduce")
+
+
+def test_explicit_names():
+    x = rank_input(RANK, (5,))
+    total = sum(rank_input(r, (5,)) for r in range(SIZE))
+    np.testing.assert_array_equal(bf.allreduce(x, average=False, name="tf.test.explicit").numpy(), total.numpy())
+    np.testing.assert_array_equal(bf.allreduce(x, average=False, name="tf.test.explicit").numpy(), total.numpy())
+
+
+# ---- gradients ------------------------------------------------------------------------
+def tape_gradient(mode, fn, x, c):
+    """d/dx of the global loss sum_ranks <c, fn(x)> on this rank, through the tape."""
+    def step(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(c * fn(x))
+        return tape.gradient(loss, x)
+    return run(mode, step, x)
+
+
+def finite_difference_check(fn, x, c, grad, directions=2, eps=0.5):
+    """Checks `grad` (this rank's block of the gradient of the global loss
+    sum_ranks <c, fn(x)>) numerically: for random perturbations v of every
+    rank's input, the central difference (L(x + eps v) - L(x - eps v)) / 2 eps
+    must equal sum_ranks <grad, v> (exact up to rounding for linear ops)."""
+    rng = np.random.RandomState(1000 + RANK)
+    for _ in range(directions):
+        v = rng.standard_normal(x.shape)
+        values = []
+        for sign in (1.0, -1.0):
+            local = tf.reduce_sum(c * fn(x + sign * eps * tf.constant(v, x.dtype)))
+            values.append(float(bf.allreduce(local, average=False).numpy()))
+        predicted = float(bf.allreduce(tf.constant(np.sum(np.asarray(grad) * v)), average=False).numpy())
+        np.testing.assert_allclose((values[0] - values[1]) / (2 * eps), predicted, rtol=1e-9, atol=1e-9)
+
+
+def loss_weights(r, shape):
+    return tf.constant(np.arange(int(np.prod(shape))).reshape(shape) * 0.5 + r + 1.0, tf.float64)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("average", [True, False])
+def test_allreduce_gradient(average, mode):
+    shape = (2, 3)
+    c = loss_weights(RANK, shape)
+    grad = tape_gradient(mode, lambda x: bf.allreduce(x, average=average), rank_input(RANK, shape), c)
+    expected = sum(loss_weights(r, shape) for r in range(SIZE)) / (SIZE if average else 1)
+    np.testing.assert_allclose(grad.numpy(), expected.numpy(), rtol=1e-12)
+    finite_difference_check(lambda x: bf.allreduce(x, average=average), rank_input(RANK, shape), c, grad)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_grouped_allreduce_gradient(mode):
+    c1, c2 = loss_weights(RANK, (3,)), loss_weights(RANK, (2, 2))
+
+    def step(x1, x2):
+        with tf.GradientTape() as tape:
+            tape.watch([x1, x2])
+            y1, y2 = bf.grouped_allreduce([x1, x2], average=True)
+            loss = tf.reduce_sum(c1 * y1) + tf.reduce_sum(c2 * y2)
+        return tape.gradient(loss, [x1, x2])
+
+    g1, g2 = run(mode, step, rank_input(RANK, (3,)), rank_input(RANK, (2, 2)))
+    np.testing.assert_allclose(g1.numpy(), (sum(loss_weights(r, (3,)) for r in range(SIZE)) / SIZE).numpy())
+    np.testing.assert_allclose(g2.numpy(), (sum(loss_weights(r, (2, 2)) for r in range(SIZE)) / SIZE).numpy())
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_broadcast_gradient(mode):
+    shape = (4,)
+    root = SIZE - 1
+    c = loss_weights(RANK, shape)
+    grad = tape_gradient(mode, lambda x: bf.broadcast(x, root), rank_input(RANK, shape), c)
+    expected = sum(loss_weights(r, shape) for r in range(SIZE)) if RANK == root else tf.zeros(shape, tf.float64)
+    np.testing.assert_allclose(grad.numpy(), expected.numpy())
+    finite_difference_check(lambda x: bf.broadcast(x, root), rank_input(RANK, shape), c, grad)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_allgather_gradient(mode):
+    rows = [r % 3 + 1 for r in range(SIZE)]
+    total_rows = sum(rows)
+    c = tf.constant(np.arange(total_rows * 2).reshape(total_rows, 2) + 10.0 * RANK, tf.float64)
+    x = rank_input(RANK, (rows[RANK], 2))
+    grad = tape_gradient(mode, bf.allgather, x, c)
+    c_sum = sum(np.arange(total_rows * 2).reshape(total_rows, 2) + 10.0 * r for r in range(SIZE))
+    start = sum(rows[:RANK])
+    np.testing.assert_allclose(grad.numpy(), c_sum[start:start + rows[RANK]])
+    finite_difference_check(bf.allgather, x, c, grad.numpy())
+
+
+# ---- sparse gradients -----------------------------------------------------------------
+def test_allreduce_indexed_slices():
+    values = tf.constant([[1.0, 2.0]]) * (RANK + 1)
+    slices = tf.IndexedSlices(values, tf.constant([RANK % 3]), dense_shape=tf.constant([3, 2]))
+    out = bf.allreduce(slices, average=True)
+    assert isinstance(out, tf.IndexedSlices)
+    expected = np.zeros((3, 2))
+    for r in range(SIZE):
+        expected[r % 3] += np.array([1.0, 2.0]) * (r + 1) / SIZE
+    np.testing.assert_allclose(tf.convert_to_tensor(out).numpy(), expected, rtol=1e-6)
+
+
+def test_distributed_tape_with_embedding_gradient():
+    table = tf.Variable(tf.ones([4, 2]))
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(tf.gather(table, [RANK % 4]) * (RANK + 1.0))
+    grad = bf.DistributedGradientTape(tape).gradient(loss, table)
+    assert isinstance(grad, tf.IndexedSlices)
+    expected = np.zeros((4, 2))
+    for r in range(SIZE):
+        expected[r % 4] += (r + 1.0) / SIZE
+    np.testing.assert_allclose(tf.convert_to_tensor(grad).numpy(), expected, rtol=1e-6)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(tf.gather(table, [RANK % 4]) * (RANK + 1.0))
+    dense = bf.DistributedGradientTape(tape, sparse_as_dense=True).gradient(loss, table)
+    assert isinstance(dense, tf.Tensor)
+    np.testing.assert_allclose(dense.numpy(), expected, rtol=1e-6)
+
+
+# ---- errors ---------------------------------------------------------------------------
+def test_bool_allreduce_is_invalid():
+    with pytest.raises(tf.errors.InvalidArgumentError, match="bool"):
+        bf.allreduce(tf.constant([True, False]), average=False)
+
+
+def test_integer_average_is_invalid():
+    with pytest.raises(tf.errors.InvalidArgumentError, match="average"):
+        bf.allreduce(tf.constant([1, 2]), average=True)
+
+
+def test_unsupported_dtype_is_rejected():
+    with pytest.raises((TypeError, tf.errors.InvalidArgumentError)):
+        bf.allreduce(tf.constant([1 + 2j]), average=False)
+
+
+def test_bad_root_rank():
+    with pytest.raises(tf.errors.InvalidArgumentError, match="root_rank"):
+        bf.broadcast(tf.constant([1.0]), SIZE + 3)
+    with pytest.raises(ValueError):
+        bf.broadcast(tf.constant([1.0]), "0")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_shape_mismatch_raises_on_every_rank(mode):
+    if SIZE == 1:
+        pytest.skip("needs two ranks to disagree")
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"tf\.test\.mismatch.*shape"):
+        run(mode, lambda x: bf.allreduce(x, name=f"tf.test.mismatch.{mode}"), tf.ones([RANK + 1]))
+    # The queue is still healthy afterwards.
+    assert int(bf.allreduce(tf.constant(1), average=False).numpy()) == SIZE
+
+
+def test_root_and_dtype_mismatch():
+    if SIZE == 1:
+        pytest.skip("needs two ranks to disagree")
+    with pytest.raises(tf.errors.InvalidArgumentError, match="root_rank"):
+        bf.broadcast(tf.constant([1.0]), RANK, name="tf.test.root_mismatch")
+    dtype = tf.float32 if RANK == 0 else tf.float64
+    with pytest.raises(tf.errors.InvalidArgumentError, match="dtype"):
+        bf.allgather(tf.ones([1], dtype), name="tf.test.dtype_mismatch")
+
+
+def test_not_initialized_raises_then_reinit():
+    """Runs last: shuts BlueFog down on every rank, checks the error, starts again."""
+    bf.shutdown()
+    with pytest.raises(tf.errors.FailedPreconditionError, match="init"):
+        bf.allreduce(tf.constant([1.0]))
+    bf.init()
+    assert float(bf.allreduce(tf.constant(2.0), average=False).numpy()) == 2.0 * SIZE

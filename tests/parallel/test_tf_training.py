@@ -1,0 +1,192 @@
+"""bluefog.tensorflow training helpers on every rank: broadcast_variables,
+DistributedGradientTape, DistributedOptimizer with a Keras 3 optimizer (custom
+loop and model.fit) and with a tf.compat.v1 optimizer (eager minimize and a v1
+graph in a Session).
+
+Each rank trains on its own shard of equal size. Averaging the per-shard mean
+gradients equals the full-batch mean gradient, so after a few steps every
+rank's weights must equal those of a plain, non-distributed model trained here
+on all the shards at once (and hence be identical across ranks).
+"""
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+pytest.importorskip("bluefog.tensorflow", reason="BlueFog was built without TensorFlow", exc_type=ImportError)
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import bluefog.tensorflow as bf  # noqa: E402
+
+bf.init()
+SIZE = bf.size()
+RANK = bf.rank()
+ROWS = 8
+
+
+def shard(r):
+    """Rank r's data: a linear target with a rank-dependent input distribution."""
+    rng = np.random.RandomState(100 + r)
+    x = rng.standard_normal((ROWS, 3)).astype(np.float32) + r
+    y = (x @ np.array([[1.0], [-2.0], [0.5]], np.float32) + 0.3).astype(np.float32)
+    return x, y
+
+
+ALL_X = np.concatenate([shard(r)[0] for r in range(SIZE)])
+ALL_Y = np.concatenate([shard(r)[1] for r in range(SIZE)])
+X, Y = shard(RANK)
+
+
+def make_model(seed=0):
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([keras.Input((3,)), keras.layers.Dense(4, activation="tanh"), keras.layers.Dense(1)])
+
+
+def assert_same_on_all_ranks(arrays):
+    for a in arrays:
+        gathered = bf.allgather(tf.constant(a)[None]).numpy()
+        for r in range(SIZE):
+            np.testing.assert_array_equal(gathered[r], a)
+
+
+def assert_weights_close(model, reference, rtol=1e-5, atol=1e-6):
+    for w, ref in zip(model.get_weights(), reference.get_weights()):
+        np.testing.assert_allclose(w, ref, rtol=rtol, atol=atol)
+
+
+# ---- broadcast_variables -------------------------------------------------------------------
+@pytest.mark.parametrize("mode", ["eager", "function"])
+def test_broadcast_variables(mode):
+    root = SIZE - 1
+    variables = [tf.Variable(tf.fill([2, 3], float(RANK))), tf.Variable(RANK + 10), tf.Variable([RANK % 2 == 0])]
+    if mode == "eager":
+        assert bf.broadcast_variables(variables, root) is None
+    else:
+        tf.function(lambda: bf.broadcast_variables(variables, root))()
+    np.testing.assert_array_equal(variables[0].numpy(), np.full([2, 3], float(root)))
+    assert int(variables[1].numpy()) == root + 10
+    assert bool(variables[2].numpy()[0]) == (root % 2 == 0)
+
+
+def test_broadcast_keras_variables():
+    model = make_model(seed=RANK)
+    bf.broadcast_variables(model.variables, 0)
+    reference = make_model(seed=0)
+    assert_weights_close(model, reference, rtol=0, atol=0)
+
+
+# ---- DistributedGradientTape ---------------------------------------------------------------
+@pytest.mark.parametrize("mode", ["eager", "function"])
+def test_distributed_gradient_tape_averages(mode):
+    w = tf.Variable([[0.5], [0.25], [-1.0]])
+
+    def grads(x, y, distributed):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(tf.square(tf.matmul(x, w) - y))
+        if distributed:
+            tape = bf.DistributedGradientTape(tape)
+        return tape.gradient(loss, [w])[0]
+
+    run = (lambda f, *a: f(*a)) if mode == "eager" else (lambda f, *a: tf.function(f)(*a))
+    grad = run(lambda x, y: grads(x, y, True), X, Y)
+    expected = np.mean([grads(*shard(r), False).numpy() for r in range(SIZE)], axis=0)
+    np.testing.assert_allclose(grad.numpy(), expected, rtol=1e-5)
+    summed = bf.DistributedGradientTape(tf.GradientTape(), average=False)
+    with summed as tape:
+        loss = tf.reduce_sum(w)
+    np.testing.assert_allclose(tape.gradient(loss, w).numpy(), np.full((3, 1), float(SIZE)))
+
+
+def test_distributed_gradient_tape_type_check():
+    with pytest.raises(TypeError):
+        bf.DistributedGradientTape(object())
+
+
+# ---- Keras 3 optimizers ------------------------------------------------------------------
+def test_keras_optimizer_wrapper_keeps_class_and_config():
+    opt = bf.DistributedOptimizer(keras.optimizers.Adam(learning_rate=0.01, beta_1=0.8))
+    assert isinstance(opt, keras.optimizers.Adam)
+    assert opt.get_config()["beta_1"] == pytest.approx(0.8)
+    assert float(opt.learning_rate.numpy()) == pytest.approx(0.01)
+    with pytest.raises(TypeError):
+        bf.DistributedOptimizer("sgd")
+
+
+def test_keras_custom_loop_matches_full_batch():
+    model, reference = make_model(), make_model()
+    opt = bf.DistributedOptimizer(keras.optimizers.SGD(learning_rate=0.1, momentum=0.5))
+    ref_opt = keras.optimizers.SGD(learning_rate=0.1, momentum=0.5)
+    loss_fn = keras.losses.MeanSquaredError()
+
+    def make_step(m, o):
+        @tf.function
+        def step(x, y):
+            with tf.GradientTape() as tape:
+                loss = loss_fn(y, m(x))
+            o.apply_gradients(zip(tape.gradient(loss, m.trainable_variables), m.trainable_variables))
+        return step
+
+    step, ref_step = make_step(model, opt), make_step(reference, ref_opt)
+    for _ in range(3):
+        step(X, Y)
+        ref_step(ALL_X, ALL_Y)
+    assert_weights_close(model, reference)
+    assert_same_on_all_ranks(model.get_weights())
+
+
+@pytest.mark.parametrize("make_opt", [lambda: keras.optimizers.Adam(0.05), lambda: keras.optimizers.SGD(0.1)],
+                         ids=["adam", "sgd"])
+def test_keras_model_fit_matches_full_batch(make_opt):
+    model, reference = make_model(), make_model()
+    model.compile(optimizer=bf.DistributedOptimizer(make_opt()), loss="mse")
+    reference.compile(optimizer=make_opt(), loss="mse")
+    model.fit(X, Y, batch_size=ROWS, epochs=3, shuffle=False, verbose=0)
+    reference.fit(ALL_X, ALL_Y, batch_size=ROWS * SIZE, epochs=3, shuffle=False, verbose=0)
+    assert_weights_close(model, reference)
+    assert_same_on_all_ranks(model.get_weights())
+
+
+# ---- tf.compat.v1 optimizers -------------------------------------------------------------
+def linear_loss(w, b, x, y):
+    return tf.reduce_mean(tf.square(tf.matmul(x, w) + b - y))
+
+
+def test_legacy_optimizer_eager_minimize():
+    w0 = np.array([[0.1], [0.2], [0.3]], np.float32)
+    w, b = tf.Variable(w0), tf.Variable([0.0])
+    ref_w, ref_b = tf.Variable(w0), tf.Variable([0.0])
+    opt = bf.DistributedOptimizer(tf.compat.v1.train.MomentumOptimizer(0.05, momentum=0.9))
+    assert isinstance(opt, tf.compat.v1.train.Optimizer)
+    ref = tf.compat.v1.train.MomentumOptimizer(0.05, momentum=0.9)
+    for _ in range(3):
+        opt.minimize(lambda: linear_loss(w, b, X, Y), var_list=[w, b])
+        ref.minimize(lambda: linear_loss(ref_w, ref_b, ALL_X, ALL_Y), var_list=[ref_w, ref_b])
+    np.testing.assert_allclose(w.numpy(), ref_w.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(b.numpy(), ref_b.numpy(), rtol=1e-5)
+    assert_same_on_all_ranks([w.numpy(), b.numpy()])
+
+
+def test_legacy_optimizer_in_v1_graph_session():
+    """A tf.compat.v1 graph: unnamed ops take their node names."""
+    graph = tf.Graph()
+    with graph.as_default():
+        w = tf.compat.v1.get_variable("w", initializer=tf.constant([[0.1], [0.2], [0.3]]), use_resource=True)
+        b = tf.compat.v1.get_variable("b", initializer=tf.constant([0.0]), use_resource=True)
+        x, y = tf.constant(X), tf.constant(Y)
+        opt = bf.DistributedOptimizer(tf.compat.v1.train.GradientDescentOptimizer(0.05))
+        train = opt.minimize(linear_loss(w, b, x, y), var_list=[w, b])
+        init = tf.compat.v1.global_variables_initializer()
+        with tf.compat.v1.Session(graph=graph) as sess:
+            sess.run(init)
+            for _ in range(3):
+                sess.run(train)
+            w_val, b_val = sess.run([w, b])
+    ref_w, ref_b = tf.Variable([[0.1], [0.2], [0.3]]), tf.Variable([0.0])
+    ref = tf.compat.v1.train.GradientDescentOptimizer(0.05)
+    for _ in range(3):
+        ref.minimize(lambda: linear_loss(ref_w, ref_b, ALL_X, ALL_Y), var_list=[ref_w, ref_b])
+    np.testing.assert_allclose(w_val, ref_w.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(b_val, ref_b.numpy(), rtol=1e-5)
+    assert_same_on_all_ranks([w_val, b_val])
