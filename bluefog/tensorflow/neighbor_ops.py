@@ -21,7 +21,7 @@ from typing import Dict, List, Optional, Union
 import tensorflow as tf
 
 from bluefog.common.basics import get_basics
-from bluefog.tensorflow import neighbor_weights
+from bluefog.common import neighbor_weights
 from bluefog.tensorflow.mpi_ops import _ops, allreduce, op_name, sub_name
 
 _basics = get_basics()

@@ -13,7 +13,7 @@ from typing import Dict, List, Optional, Union
 
 import torch
 
-from bluefog.common import topology_util
+from bluefog.common import neighbor_weights
 from bluefog.common.basics import get_basics
 from bluefog.torch import _C
 from bluefog.torch.composite import start_composite
@@ -39,71 +39,15 @@ def _check_float(tensor: torch.Tensor, op: str):
                          f"got {tensor.dtype}")
 
 
-def _check_weight(value, what: str, op: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{op}: {what} must be a number, got {value!r}")
-    return float(value)
-
-
-def _check_weight_dict(weights, what: str, op: str) -> Dict[int, float]:
-    if not isinstance(weights, dict):
-        raise ValueError(f"{op}: {what} must be a dict {{rank: weight}}, got {type(weights).__name__}")
-    out = {}
-    for k, v in weights.items():
-        if isinstance(k, bool) or not isinstance(k, numbers.Integral):
-            raise ValueError(f"{op}: {what} keys must be ranks (int), got {k!r}")
-        out[int(k)] = _check_weight(v, f"{what}[{k}]", op)
-    return out
-
-
-def _dst_dict(dst_weights, op: str) -> Dict[int, float]:
-    if isinstance(dst_weights, (list, tuple)):
-        return {int(r): 1.0 for r in dst_weights}
-    return _check_weight_dict(dst_weights, "dst_weights", op)
-
-
-def _combine(x: torch.Tensor, received: torch.Tensor, self_weight: float, src_order: List[int],
-             src_weights: Dict[int, float]) -> torch.Tensor:
-    """self_weight * x + sum_j w_j * x_j (in float32 for 16-bit types)."""
+def _combine(x: torch.Tensor, received: torch.Tensor, self_weight: float, src_weights: List[float]
+             ) -> torch.Tensor:
+    """self_weight * x + sum_k src_weights[k] * received[k] (in float32 for 16-bit types)."""
     compute = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
     result = x.to(compute) * self_weight
-    for i, src in enumerate(src_order):
-        w = src_weights.get(src, 0.0)
+    for k, w in enumerate(src_weights):
         if w != 0.0:
-            result.add_(received[i].to(compute), alpha=w)
+            result.add_(received[k].to(compute), alpha=w)
     return result.to(x.dtype)
-
-
-def _resolve_weights(op, self_weight, src_weights, dst_weights):
-    """(self_weight, {src: w}, [src order], [dst], [dst weights])."""
-    rank = _basics.rank()
-    in_nbrs = _basics.in_neighbor_ranks()
-    out_nbrs = _basics.out_neighbor_ranks()
-    if dst_weights is None:
-        if self_weight is None and src_weights is None:
-            if _basics.is_topo_weighted():
-                self_weight, src_weights = topology_util.GetRecvWeights(_basics.load_topology(), rank)
-            else:
-                uniform = 1.0 / (len(in_nbrs) + 1)
-                self_weight, src_weights = uniform, {r: uniform for r in in_nbrs}
-        elif self_weight is None or src_weights is None:
-            raise ValueError(f"{op}: give self_weight and src_weights together (or neither, for the topology's "
-                             "weights)")
-        self_weight = _check_weight(self_weight, "self_weight", op)
-        src_weights = _check_weight_dict(src_weights, "src_weights", op)
-        stray = sorted(set(src_weights) - set(in_nbrs))
-        if stray:
-            raise ValueError(f"{op}: src_weights names ranks {stray} that are not in-neighbors of rank {rank} "
-                             f"(in-neighbors: {in_nbrs}); pass dst_weights for a dynamic exchange")
-        return self_weight, src_weights, list(in_nbrs), list(out_nbrs), []
-    if self_weight is None or src_weights is None:
-        raise ValueError(f"{op}: with dst_weights (a dynamic exchange) self_weight and src_weights are required")
-    self_weight = _check_weight(self_weight, "self_weight", op)
-    src_weights = _check_weight_dict(src_weights, "src_weights", op)
-    dst = _dst_dict(dst_weights, op)
-    src_order = sorted(src_weights)
-    dst_order = sorted(dst)
-    return self_weight, src_weights, src_order, dst_order, [dst[d] for d in dst_order]
 
 
 def neighbor_allreduce_nonblocking(tensor: torch.Tensor, *, self_weight: Optional[float] = None,
@@ -113,12 +57,13 @@ def neighbor_allreduce_nonblocking(tensor: torch.Tensor, *, self_weight: Optiona
     """Starts a neighbor_allreduce; returns a handle (see neighbor_allreduce)."""
     _reject_old_kwargs("neighbor_allreduce", kwargs, ("neighbor_weights", "send_neighbors"))
     _check_float(tensor, "neighbor_allreduce")
-    sw, srcw, src_order, dst, dstw = _resolve_weights("neighbor_allreduce", self_weight, src_weights, dst_weights)
+    ex = neighbor_weights.resolve(_basics, "neighbor_allreduce", self_weight, src_weights, dst_weights)
     x = _prepare(tensor, "neighbor_allreduce")
-    handle = _C.neighbor_async(x, False, src_order, dst, dstw, _name(name, "neighbor_allreduce"),
-                               bool(enable_topo_check))
+    handle = _C.neighbor_async(x, False, ex.src_ranks, ex.dst_ranks, ex.dst_weights,
+                               _name(name, "neighbor_allreduce"), bool(enable_topo_check))
     device = tensor.device
-    return register_postprocess(handle, lambda received: _combine(x, received, sw, src_order, srcw).to(device))
+    return register_postprocess(handle, lambda received: _combine(x, received, ex.self_weight,
+                                                                  ex.src_weights).to(device))
 
 
 def neighbor_allreduce(tensor: torch.Tensor, *, self_weight: Optional[float] = None,
@@ -149,11 +94,10 @@ def neighbor_allgather_nonblocking(tensor: torch.Tensor, *, src_ranks: Optional[
         raise ValueError("neighbor_allgather: give src_ranks and dst_ranks together (or neither, for the topology)")
     if src_ranks is None:
         src_ranks, dst_ranks = _basics.in_neighbor_ranks(), _basics.out_neighbor_ranks()
-    for what, ranks in (("src_ranks", src_ranks), ("dst_ranks", dst_ranks)):
-        if not all(isinstance(r, numbers.Integral) and not isinstance(r, bool) for r in ranks):
-            raise ValueError(f"neighbor_allgather: {what} must be a list of ranks (int), got {ranks!r}")
+    src_ranks = neighbor_weights.check_ranks(src_ranks, "src_ranks", "neighbor_allgather")
+    dst_ranks = neighbor_weights.check_ranks(dst_ranks, "dst_ranks", "neighbor_allgather")
     x = _prepare(tensor, "neighbor_allgather")
-    handle = _C.neighbor_async(x, True, [int(r) for r in src_ranks], [int(r) for r in dst_ranks], [],
+    handle = _C.neighbor_async(x, True, src_ranks, dst_ranks, [],
                                _name(name, "neighbor_allgather"),
                                bool(enable_topo_check))
     if tensor.is_cuda:
@@ -179,15 +123,14 @@ def pair_gossip_nonblocking(tensor: torch.Tensor, target_rank: int, self_weight:
         raise ValueError(f"pair_gossip: target_rank must be an int, got {target_rank!r}")
     if (self_weight is None) != (pair_weight is None):
         raise ValueError("pair_gossip: give self_weight and pair_weight together (or neither, for 0.5 / 0.5)")
-    sw = 0.5 if self_weight is None else _check_weight(self_weight, "self_weight", "pair_gossip")
-    pw = 0.5 if pair_weight is None else _check_weight(pair_weight, "pair_weight", "pair_gossip")
+    sw = 0.5 if self_weight is None else neighbor_weights.check_weight(self_weight, "self_weight", "pair_gossip")
+    pw = 0.5 if pair_weight is None else neighbor_weights.check_weight(pair_weight, "pair_weight", "pair_gossip")
     peers = [] if int(target_rank) == _basics.rank() else [int(target_rank)]
     x = _prepare(tensor, "pair_gossip")
     handle = _C.neighbor_async(x, False, peers, peers, [], _name(name, "pair_gossip"))
-    weights = {p: pw for p in peers}
     device = tensor.device
-    return register_postprocess(handle, lambda received: _combine(x, received, sw if peers else 1.0, peers,
-                                                                  weights).to(device))
+    return register_postprocess(handle, lambda received: _combine(x, received, sw if peers else 1.0,
+                                                                  [pw] * len(peers)).to(device))
 
 
 def pair_gossip(tensor: torch.Tensor, target_rank: int, self_weight: Optional[float] = None,
@@ -208,32 +151,7 @@ def hierarchical_neighbor_allreduce_nonblocking(tensor: torch.Tensor, *, self_we
     op = "hierarchical_neighbor_allreduce"
     _reject_old_kwargs(op, kwargs, ("neighbor_machine_weights", "send_neighbor_machines"))
     _check_float(tensor, op)
-    if not _basics.is_homogeneous():
-        raise ValueError(f"{op}: needs a homogeneous cluster (every machine with the same number of consecutive "
-                         "ranks)")
-    given = [w is not None for w in (self_weight, src_machine_weights, dst_machine_weights)]
-    if any(given) and not all(given):
-        raise ValueError(f"{op}: give self_weight, src_machine_weights and dst_machine_weights together")
-    local_size = _basics.local_size()
-    machine = _basics.machine_rank()
-    if not any(given):
-        topo = _basics.load_machine_topology()
-        if topo is None:
-            raise RuntimeError(f"{op}: no machine topology is set; call set_machine_topology() or pass weights")
-        ins, outs = _basics.in_neighbor_machine_ranks(), _basics.out_neighbor_machine_ranks()
-        if _basics.is_machine_topo_weighted():
-            self_weight, src_machine_weights = topology_util.GetRecvWeights(topo, machine)
-        else:
-            uniform = 1.0 / (len(ins) + 1)
-            self_weight, src_machine_weights = uniform, {m: uniform for m in ins}
-        dst = {m: 1.0 for m in outs}
-    else:
-        self_weight = _check_weight(self_weight, "self_weight", op)
-        src_machine_weights = _check_weight_dict(src_machine_weights, "src_machine_weights", op)
-        dst = _dst_dict(dst_machine_weights, op)
-    leader = _basics.local_rank() == 0
-    src_order = sorted(src_machine_weights) if leader else []
-    dst_order = sorted(dst) if leader else []
+    ex = neighbor_weights.resolve_machines(_basics, op, self_weight, src_machine_weights, dst_machine_weights)
     # The steps' names derive from one base fixed now, so ranks agree on them
     # whenever (and on whichever rank) the steps start.
     base = _name(name, op)
@@ -242,18 +160,13 @@ def hierarchical_neighbor_allreduce_nonblocking(tensor: torch.Tensor, *, self_we
     device = tensor.device
 
     def exchange(local_mean):
-        return _C.neighbor_async(local_mean, False, [m * local_size for m in src_order],
-                                 [m * local_size for m in dst_order], [dst[m] for m in dst_order],
-                                 label("exchange"))
+        return _C.neighbor_async(local_mean, False, ex.src_ranks, ex.dst_ranks, ex.dst_weights, label("exchange"))
 
     state = {}
 
     def spread(received):
-        local_mean = state["mean"]
-        if leader:
-            combined = _combine(local_mean, received, self_weight, src_order, src_machine_weights)
-        else:
-            combined = torch.zeros_like(local_mean)
+        # Leaders combine with their neighbor machines; the others add zeros.
+        combined = _combine(state["mean"], received, ex.self_weight, ex.src_weights)
         return allreduce_nonblocking(combined, average=False, is_hierarchical_local=True, name=label("spread"))
 
     def keep_mean(mean):

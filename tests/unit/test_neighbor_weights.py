@@ -5,7 +5,7 @@ import networkx as nx
 import pytest
 
 from bluefog.common import topology_util
-from bluefog.tensorflow import neighbor_weights as nw
+from bluefog.common import neighbor_weights as nw
 
 
 class FakeBasics:

@@ -2,10 +2,9 @@
 receives from and sends to, and with which weights.
 
 Pure Python over a basics object (rank, neighbor lists, topology); no tensors,
-so it is unit-testable without MPI. It mirrors the policy of bluefog.torch's
-neighbor ops (uniform 1/(in-degree+1), the topology's receive weights when it
-is weighted, or explicit weights; dst_weights makes the exchange dynamic).
-It belongs in bluefog.common; it lives here until the core owner moves it.
+so it is unit-testable without MPI. Both frontends' neighbor ops use it
+(uniform 1/(in-degree+1), the topology's receive weights when it is weighted,
+or explicit weights; dst_weights makes the exchange dynamic).
 """
 import numbers
 from typing import Dict, List, NamedTuple
