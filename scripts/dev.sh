@@ -42,7 +42,7 @@ case "$cmd" in
     ;;
   test)
     setup
-    exec "$PY" -m pytest -q tests "$@"
+    exec "$PY" -m pytest -q -rs tests "$@"
     ;;
   *)
     echo "usage: scripts/dev.sh {setup|train|test} [args]" >&2
