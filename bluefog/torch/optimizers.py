@@ -39,7 +39,12 @@ def _named_parameters(model, optimizer) -> Dict[torch.nn.Parameter, str]:
     dups = sorted({n for n in names if names.count(n) > 1})
     if dups:
         raise ValueError(f"duplicate parameter names in the model: {dups}")
-    by_param = {p: n for n, p in named}
+    by_param = {}
+    for n, p in named:
+        if p in by_param:
+            raise ValueError(f"the same parameter appears twice, as '{by_param[p]}' and '{n}' (a model given twice, "
+                             "or a model together with one of its submodules?)")
+        by_param[p] = n
     for group in optimizer.param_groups:
         for p in group["params"]:
             if p not in by_param:
@@ -178,17 +183,38 @@ class _AdaptThenCombine(_AdaptWithCombine):
             h.remove()
         self._bf_hooks = []
         self._bf_group_of = {p: g for g in self.param_groups for p in g["params"]}
-        if self._bf_active:
-            for p in self._bf_names:
-                if p.requires_grad and p in self._bf_group_of:
+        self._bf_group_key = tuple(id(g) for g in self.param_groups)
+        self._bf_hooked = set()
+        self._bf_hook_new_params()
+
+    def _bf_hook_new_params(self):
+        if not self._bf_active:
+            return
+        for g in self.param_groups:
+            for p in g["params"]:
+                if p.requires_grad and p in self._bf_names and p not in self._bf_hooked:
                     self._bf_hooks.append(p.register_post_accumulate_grad_hook(self._bf_after_grad))
+                    self._bf_hooked.add(p)
+
+    def add_param_group(self, param_group):
+        super().add_param_group(param_group)
+        if hasattr(self, "_bf_hooked"):  # not during construction
+            self._bf_hook_new_params()
 
     def register_step_function(self, func):
         """func(optimizer, param, grad, group) replaces the per-parameter local step."""
         self._bf_step_function = func
 
+    def _bf_group(self, p):
+        # load_state_dict replaces the group dicts: map again when they change.
+        key = tuple(id(g) for g in self.param_groups)
+        if self._bf_group_key != key:
+            self._bf_group_of = {q: g for g in self.param_groups for q in g["params"]}
+            self._bf_group_key = key
+        return self._bf_group_of[p]
+
     def _bf_local_step(self, p):
-        group = self._bf_group_of[p]
+        group = self._bf_group(p)
         if self._bf_step_function is not None:
             self._bf_step_function(self, p, p.grad, group)
             return
