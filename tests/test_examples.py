@@ -99,7 +99,6 @@ def test_digits_default_decentralized_optimizer_reaches_90_percent():
 
 
 @pytest.mark.parametrize("flags", [
-    ["--dist-optimizer", "gradient_allreduce"],
     ["--dist-optimizer", "hierarchical_neighbor_allreduce", "--atc-style"],
     ["--dist-optimizer", "win_put"],
     ["--dist-optimizer", "push_sum"],

@@ -9,6 +9,7 @@ registered and the wrapper behaves like the plain optimizer.
 import contextlib
 import os
 import warnings
+import weakref
 from enum import Enum
 from typing import Dict, List, Optional
 
@@ -88,7 +89,21 @@ class _Distributed:
             return False
         return True
 
-    def _bf_register_forward_hooks(self, fn):
+    def _bf_weak(self, method_name):
+        # Hooks hold the optimizer weakly: no model <-> optimizer reference cycle,
+        # so a wrapper is destroyed (and its windows freed, collectively) when
+        # the program drops it — at the same point on every rank — rather than
+        # whenever each rank's cyclic garbage collector happens to run.
+        ref = weakref.ref(self)
+
+        def call(*args):
+            target = ref()
+            if target is not None:
+                getattr(target, method_name)(*args)
+        return call
+
+    def _bf_register_forward_hooks(self, method_name):
+        fn = self._bf_weak(method_name)
         for m in self._bf_models:
             for module in m.modules():
                 if any(p in self._bf_names for p in module.parameters(recurse=False)):
@@ -140,7 +155,7 @@ class _AdaptWithCombine(_Distributed):
         self.dst_machine_weights = None
         self.enable_topo_check = False
         if self._bf_active:
-            self._bf_register_forward_hooks(self._bf_forward)
+            self._bf_register_forward_hooks("_bf_forward")
 
     def _bf_communicate(self, tensor, name):
         ct = self.communication_type
@@ -193,7 +208,7 @@ class _AdaptThenCombine(_AdaptWithCombine):
         for g in self.param_groups:
             for p in g["params"]:
                 if p.requires_grad and p in self._bf_names and p not in self._bf_hooked:
-                    self._bf_hooks.append(p.register_post_accumulate_grad_hook(self._bf_after_grad))
+                    self._bf_hooks.append(p.register_post_accumulate_grad_hook(self._bf_weak("_bf_after_grad")))
                     self._bf_hooked.add(p)
 
     def add_param_group(self, param_group):
@@ -250,7 +265,7 @@ class _GradientAllreduce(_Distributed):
         if self._bf_active:
             for p in self._bf_names:
                 if p.requires_grad:
-                    self._bf_hooks.append(p.register_post_accumulate_grad_hook(self._bf_after_grad))
+                    self._bf_hooks.append(p.register_post_accumulate_grad_hook(self._bf_weak("_bf_after_grad")))
 
     def _bf_after_grad(self, p):
         if self._bf_due(p):
@@ -287,7 +302,7 @@ class _WindowOptimizer(_Distributed):
                     win_ops.win_create(buf, name, zero_init=self._bf_zero_init)
                     self._bf_windows[p] = name
                     self._bf_buffers[p] = buf
-            self._bf_register_forward_hooks(self._bf_forward)
+            self._bf_register_forward_hooks("_bf_forward")
 
     def _bf_window_tensor(self, p):
         return p.data  # the parameter itself is the window
