@@ -15,6 +15,9 @@ def bfrun(np, args, timeout, env=None):
     cmd = [sys.executable, "-m", "bluefog.run.run", "-np", str(np)] + list(args)
     full_env = dict(os.environ)
     full_env.setdefault("BLUEFOG_LOG_HIDE_TIME", "1")
+    # Several ranks share few cores: one compute thread per rank avoids
+    # oversubscribing them many times over (set OMP_NUM_THREADS to override).
+    full_env.setdefault("OMP_NUM_THREADS", "1")
     full_env["PYTHONPATH"] = ROOT + os.pathsep + full_env.get("PYTHONPATH", "")
     full_env.update(env or {})
     start = time.time()
