@@ -337,7 +337,23 @@ def parse_config(text: str = "", use_env: bool = False) -> dict:
 
 _BASICS = BlueFogBasics()
 
+# The basics every frontend re-exports (bluefog.torch, bluefog.tensorflow).
+PUBLIC_NAMES = (
+    "init", "shutdown", "is_initialized", "size", "rank", "local_size", "local_rank", "machine_size",
+    "machine_rank", "is_homogeneous", "is_topo_weighted", "is_machine_topo_weighted", "mpi_threads_supported",
+    "unified_mpi_window_model_supported", "nccl_built", "set_skip_negotiate_stage", "get_skip_negotiate_stage",
+    "suspend", "resume", "load_topology", "set_topology", "in_neighbor_ranks", "out_neighbor_ranks",
+    "load_machine_topology", "set_machine_topology", "in_neighbor_machine_ranks", "out_neighbor_machine_ranks",
+    "timeline_start_activity", "timeline_end_activity", "timeline_context",
+)
+
 
 def get_basics() -> BlueFogBasics:
     """The process-wide instance shared by all frontends."""
     return _BASICS
+
+
+def export_basics(namespace: dict):
+    """Binds PUBLIC_NAMES of the shared instance into a frontend's module namespace."""
+    for name in PUBLIC_NAMES:
+        namespace[name] = getattr(_BASICS, name)

@@ -13,7 +13,7 @@ if _find_library(_os.path.dirname(_os.path.abspath(__file__)), "_ops") is None:
 
 import tensorflow as _tf  # noqa: E402,F401  (load TensorFlow's libraries before the op library)
 
-from bluefog.common.basics import get_basics as _get_basics  # noqa: E402
+from bluefog.common.basics import export_basics as _export_basics  # noqa: E402
 from bluefog.common.topology_util import (  # noqa: E402,F401
     ExponentialTwoGraph, ExponentialGraph, FullyConnectedGraph, MeshGrid2DGraph, RingGraph, StarGraph,
     SymmetricExponentialGraph, GetRecvWeights, GetSendWeights, IsRegularGraph, IsTopologyEquivalent)
@@ -25,30 +25,4 @@ from bluefog.tensorflow.training import (  # noqa: E402,F401
     broadcast_variables, allreduce_gradients, DistributedGradientTape)
 from bluefog.tensorflow.optimizers import DistributedOptimizer  # noqa: E402,F401
 
-_basics = _get_basics()
-init = _basics.init
-shutdown = _basics.shutdown
-is_initialized = _basics.is_initialized
-size = _basics.size
-rank = _basics.rank
-local_size = _basics.local_size
-local_rank = _basics.local_rank
-machine_size = _basics.machine_size
-machine_rank = _basics.machine_rank
-is_homogeneous = _basics.is_homogeneous
-is_topo_weighted = _basics.is_topo_weighted
-is_machine_topo_weighted = _basics.is_machine_topo_weighted
-mpi_threads_supported = _basics.mpi_threads_supported
-unified_mpi_window_model_supported = _basics.unified_mpi_window_model_supported
-nccl_built = _basics.nccl_built
-load_topology = _basics.load_topology
-set_topology = _basics.set_topology
-in_neighbor_ranks = _basics.in_neighbor_ranks
-out_neighbor_ranks = _basics.out_neighbor_ranks
-load_machine_topology = _basics.load_machine_topology
-set_machine_topology = _basics.set_machine_topology
-in_neighbor_machine_ranks = _basics.in_neighbor_machine_ranks
-out_neighbor_machine_ranks = _basics.out_neighbor_machine_ranks
-timeline_start_activity = _basics.timeline_start_activity
-timeline_end_activity = _basics.timeline_end_activity
-timeline_context = _basics.timeline_context
+_export_basics(globals())  # init, size, rank, topology, timeline, ... (shared instance)
