@@ -75,6 +75,9 @@ bool ParseConfig(const std::map<std::string, std::string>& env, Config* config, 
     } else if (key == "BLUEFOG_STALL_SHUTDOWN_TIME_SECONDS") {
       if (!ParseDouble(value, &d) || d < 0) { *error = Bad(key, value, "a non-negative number of seconds (0 disables)"); return false; }
       c.stall_shutdown_seconds = d;
+    } else if (key == "BLUEFOG_SPIN_TIME_US") {
+      if (!ParseInt(value, &i) || i < 0) { *error = Bad(key, value, "a non-negative number of microseconds"); return false; }
+      c.spin_time_us = i;
     } else if (key == "BLUEFOG_STALL_CHECK_DISABLE") {
       bool disable = false;
       if (!ParseBool(value, &disable)) { *error = Bad(key, value, "a boolean"); return false; }
@@ -127,7 +130,8 @@ std::string ConfigToJson(const Config& c) {
      << (c.log_hide_time ? "true" : "false") << ", \"timeline_prefix\": \"" << escaped
      << "\", \"mpi_thread_level\": " << c.mpi_thread_level << ", \"nodes_per_machine\": " << c.nodes_per_machine
      << ", \"stall_check_seconds\": " << c.stall_check_seconds
-     << ", \"stall_shutdown_seconds\": " << c.stall_shutdown_seconds << "}";
+     << ", \"stall_shutdown_seconds\": " << c.stall_shutdown_seconds
+     << ", \"spin_time_us\": " << c.spin_time_us << "}";
   return os.str();
 }
 

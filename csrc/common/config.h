@@ -23,6 +23,11 @@ struct Config {
   int nodes_per_machine = 0;    // 0: split by shared memory
   double stall_check_seconds = 60.0;     // <= 0 disables the stall inspector
   double stall_shutdown_seconds = 0.0;   // > 0: stalled ops fail after this long
+  // How long a waiting thread (a caller waiting for its op, the background
+  // thread waiting for work) polls, yielding the core, before it sleeps on a
+  // condition variable. Waking a sleeping thread costs tens of microseconds
+  // (more on virtual machines), so short waits must not sleep.
+  int64_t spin_time_us = 200;
 };
 
 // Parses BLUEFOG_* entries of `env` into `config`, starting from defaults.

@@ -1,6 +1,8 @@
 #include "handle_manager.h"
 
+#include <chrono>
 #include <string>
+#include <thread>
 
 namespace bluefog {
 
@@ -29,12 +31,21 @@ bool HandleManager::Poll(int handle, bool* known) {
   return *known && it->second.done;
 }
 
-Status HandleManager::Wait(int handle) {
+Status HandleManager::Wait(int handle, int64_t spin_us) {
   std::unique_lock<std::mutex> lock(mu_);
   auto it = slots_.find(handle);
   if (it == slots_.end()) {
     return Status::InvalidArgument("unknown handle " + std::to_string(handle) +
                                    " (never returned by a nonblocking op, or already synchronized)");
+  }
+  if (spin_us > 0 && !it->second.done) {
+    // Most ops finish within a few scheduling slices: poll before sleeping.
+    auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(spin_us);
+    do {
+      lock.unlock();
+      std::this_thread::yield();
+      lock.lock();
+    } while (!slots_.at(handle).done && std::chrono::steady_clock::now() < until);
   }
   cv_.wait(lock, [&] { return slots_.at(handle).done; });
   Status s = slots_.at(handle).status;

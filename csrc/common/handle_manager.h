@@ -19,7 +19,8 @@ class HandleManager {
   bool Poll(int handle, bool* known);
   // Blocks until done (callers must not hold an interpreter lock), forgets the
   // handle, and returns the op's status; INVALID_ARGUMENT for an unknown handle.
-  Status Wait(int handle);
+  // Polls (yielding the core) for up to `spin_us` before it sleeps.
+  Status Wait(int handle, int64_t spin_us = 0);
 
  private:
   struct Slot {

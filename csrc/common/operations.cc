@@ -181,7 +181,7 @@ bool RunNegotiatedCycle(GlobalState& g) {
   if (!g.queue.HasNewRequests() && !g.shutdown_requested && !(waiting && g.last_cycle_moved)) {
     auto wait = waiting ? std::chrono::microseconds(static_cast<int64_t>(g.config.cycle_time_ms * 1000))
                         : IdleTick(g.config);
-    g.queue.WaitForWork(wait);
+    g.queue.WaitForWork(wait, std::chrono::microseconds(g.config.spin_time_us));
     g.queue.RunDirect();
   }
   CycleMessage mine;
@@ -248,7 +248,9 @@ bool RunSkipCycle(GlobalState& g) {
     g.skip_negotiate = false;
     return true;
   }
-  if (!g.queue.HasNewRequests()) g.queue.WaitForWork(std::chrono::milliseconds(100));
+  if (!g.queue.HasNewRequests()) {
+    g.queue.WaitForWork(std::chrono::milliseconds(100), std::chrono::microseconds(g.config.spin_time_us));
+  }
   g.queue.RunDirect();
   std::vector<Request> requests;
   g.queue.PopRequests(&requests);
@@ -499,6 +501,8 @@ Status EnqueueSetSkipNegotiate(bool value, StatusCallback callback) {
 }
 
 bool SkipNegotiate() { return State().skip_negotiate; }
+
+int64_t SpinMicros() { return State().config.spin_time_us; }
 
 Status EnqueueWinCreate(std::shared_ptr<Tensor> tensor, const std::string& name, bool zero_init,
                         std::vector<int32_t> src_ranks, std::vector<int32_t> dst_ranks, StatusCallback callback) {

@@ -50,6 +50,8 @@ Status EnqueueNeighbor(OpType op, std::shared_ptr<Tensor> input, std::shared_ptr
 Status EnqueueBarrier(const std::string& name, StatusCallback callback);
 Status EnqueueSetSkipNegotiate(bool value, StatusCallback callback);
 bool SkipNegotiate();
+// BLUEFOG_SPIN_TIME_US: how long a frontend polls for an op before it sleeps.
+int64_t SpinMicros();
 
 // Collective window lifecycle (negotiated, so ranks agree on order, dtype and
 // shape). `src_ranks`/`dst_ranks`: this rank's in-/out-neighbors.

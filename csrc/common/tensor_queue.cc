@@ -1,5 +1,8 @@
 #include "tensor_queue.h"
 
+#include <algorithm>
+#include <thread>
+
 namespace bluefog {
 
 void CompleteEntry(TensorTableEntry& entry, const Status& status) {
@@ -81,9 +84,20 @@ size_t TensorQueue::RunDirect() {
   return ops.size();
 }
 
-void TensorQueue::WaitForWork(std::chrono::microseconds timeout) {
+void TensorQueue::WaitForWork(std::chrono::microseconds timeout, std::chrono::microseconds spin) {
+  auto has_work = [this] { return !pending_.empty() || !direct_.empty() || woken_; };
+  auto start = std::chrono::steady_clock::now();
   std::unique_lock<std::mutex> lock(mu_);
-  cv_.wait_for(lock, timeout, [this] { return !pending_.empty() || !direct_.empty() || woken_; });
+  if (spin.count() > 0) {
+    auto until = start + std::min(spin, timeout);
+    while (!has_work() && std::chrono::steady_clock::now() < until) {
+      lock.unlock();
+      std::this_thread::yield();
+      lock.lock();
+    }
+  }
+  auto left = timeout - std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - start);
+  if (left.count() > 0) cv_.wait_for(lock, left, has_work);
   woken_ = false;
 }
 

@@ -60,8 +60,9 @@ class TensorQueue {
   size_t RunDirect();
 
   // Blocks until new requests or direct ops arrive, Wake() is called, or the
-  // timeout passes.
-  void WaitForWork(std::chrono::microseconds timeout);
+  // timeout passes. Polls (yielding the core) for up to `spin` of that time
+  // before it sleeps.
+  void WaitForWork(std::chrono::microseconds timeout, std::chrono::microseconds spin = {});
   void Wake();
 
  private:

@@ -265,7 +265,7 @@ at::Tensor Wait(int handle) {
   Status s;
   {
     py::gil_scoped_release release;
-    s = Handles().Wait(handle);
+    s = Handles().Wait(handle, SpinMicros());
   }
   std::shared_ptr<HandleRecord> record;
   {
