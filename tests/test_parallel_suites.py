@@ -11,6 +11,9 @@ import pytest
 
 from launch import ROOT, bfrun, pytest_file
 
+# Run once more with small-op data kept out of the negotiation exchange, so
+# that the MPI path of every small op and dtype is covered too.
+NO_INLINE_FILES = ["test_collectives.py", "test_neighbor_ops.py", "test_hierarchical.py"]
 FILES = sorted(glob.glob(os.path.join(ROOT, "tests", "parallel", "test_*.py")))
 RANKS = (1, 2, 4)
 TIMEOUT = int(os.environ.get("BLUEFOG_TEST_TIMEOUT", "240"))
@@ -26,3 +29,12 @@ def test_parallel_file(path, np):
         pytest.skip(f"{os.path.basename(path)}: no test ran on {np} ranks (a framework is not built)")
     assert rc is not None, f"{os.path.basename(path)} on {np} ranks hung (killed after {TIMEOUT} s):\n{out[-6000:]}"
     assert rc == 0, f"{os.path.basename(path)} on {np} ranks failed (exit {rc}):\n{out[-8000:]}"
+
+
+@pytest.mark.parametrize("np", (2, 4))
+@pytest.mark.parametrize("name", NO_INLINE_FILES)
+def test_parallel_file_without_inline_data(name, np):
+    path = os.path.join(ROOT, "tests", "parallel", name)
+    rc, out, secs = bfrun(np, pytest_file(path), TIMEOUT, env={"BLUEFOG_INLINE_BYTES": "0"})
+    assert rc is not None, f"{name} on {np} ranks (BLUEFOG_INLINE_BYTES=0) hung (killed after {TIMEOUT} s):\n{out[-6000:]}"
+    assert rc == 0, f"{name} on {np} ranks (BLUEFOG_INLINE_BYTES=0) failed (exit {rc}):\n{out[-8000:]}"

@@ -28,6 +28,11 @@ struct Config {
   // condition variable. Waking a sleeping thread costs tens of microseconds
   // (more on virtual machines), so short waits must not sleep.
   int64_t spin_time_us = 200;
+  // An allreduce / neighbor_allreduce whose input, times the number of ranks,
+  // is at most this many bytes travels inside the negotiation exchange: every
+  // rank then computes the result from the gathered inputs, with no second
+  // collective. 0 disables.
+  int64_t inline_bytes = 64 * 1024;
 };
 
 // Parses BLUEFOG_* entries of `env` into `config`, starting from defaults.

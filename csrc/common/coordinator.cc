@@ -51,6 +51,17 @@ bool Contains(const std::vector<int32_t>& v, int32_t x) {
   return false;
 }
 
+// Every rank's request carried its input, whole: the op completes from the
+// negotiation exchange alone.
+bool CompletesInline(const std::vector<Request>& by_rank) {
+  const Request& r = by_rank[0];
+  if (!(r.op == OpType::ALLREDUCE && !r.hierarchical_local) && r.op != OpType::NEIGHBOR_ALLREDUCE) return false;
+  const size_t bytes = static_cast<size_t>(NumElements(r.shape)) * DataTypeSize(r.dtype);
+  for (const Request& q : by_rank)
+    if (!q.has_payload || q.payload.size() != bytes) return false;
+  return true;
+}
+
 bool IsNeighborOp(OpType op) {
   return op == OpType::NEIGHBOR_ALLREDUCE || op == OpType::NEIGHBOR_ALLGATHER || op == OpType::WIN_CREATE;
 }
@@ -226,8 +237,12 @@ void Coordinator::Ingest(const std::vector<CycleMessage>& messages, Clock::time_
         if (req.op == OpType::WIN_CREATE) {
           for (int r = 0; r < size_; ++r) resp.all_src_ranks.push_back(p.by_rank[r].src_ranks);
         }
-        ready_[req.name] = ReadyInfo{NumElements(req.shape) * static_cast<int64_t>(DataTypeSize(req.dtype)),
-                                     FusionKey(p.by_rank)};
+        if (CompletesInline(p.by_rank)) {
+          resp.inline_by_rank = std::move(p.by_rank);  // not fused: its data has already travelled
+        } else {
+          ready_[req.name] = ReadyInfo{NumElements(req.shape) * static_cast<int64_t>(DataTypeSize(req.dtype)),
+                                       FusionKey(p.by_rank)};
+        }
       }
       out->push_back(std::move(resp));
       table_.erase(it);

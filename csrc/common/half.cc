@@ -80,7 +80,37 @@ void ScaleTyped(void* data, int64_t count, double factor) {
   T* p = static_cast<T*>(data);
   for (int64_t i = 0; i < count; ++i) p[i] = static_cast<T>(p[i] * factor);
 }
+
+// U: the type the sum is formed in (unsigned for integers, so overflow wraps).
+template <typename T, typename U = T>
+void SumTyped(void* acc, const void* add, int64_t count) {
+  T* a = static_cast<T*>(acc);
+  const T* b = static_cast<const T*>(add);
+  for (int64_t i = 0; i < count; ++i) a[i] = static_cast<T>(static_cast<U>(a[i]) + static_cast<U>(b[i]));
+}
+
+template <float (*ToFloat)(uint16_t), uint16_t (*FromFloat)(float)>
+void SumHalfTyped(void* acc, const void* add, int64_t count) {
+  uint16_t* a = static_cast<uint16_t*>(acc);
+  const uint16_t* b = static_cast<const uint16_t*>(add);
+  for (int64_t i = 0; i < count; ++i) a[i] = FromFloat(ToFloat(a[i]) + ToFloat(b[i]));
+}
 }  // namespace
+
+void SumInto(DataType dtype, void* acc, const void* add, int64_t count) {
+  switch (dtype) {
+    case DataType::FLOAT32: SumTyped<float>(acc, add, count); return;
+    case DataType::FLOAT64: SumTyped<double>(acc, add, count); return;
+    case DataType::FLOAT16: SumHalfTyped<HalfToFloat, FloatToHalf>(acc, add, count); return;
+    case DataType::BFLOAT16: SumHalfTyped<BFloat16ToFloat, FloatToBFloat16>(acc, add, count); return;
+    case DataType::UINT8: SumTyped<uint8_t, uint32_t>(acc, add, count); return;
+    case DataType::INT8: SumTyped<int8_t, uint32_t>(acc, add, count); return;
+    case DataType::INT16: SumTyped<int16_t, uint32_t>(acc, add, count); return;
+    case DataType::INT32: SumTyped<int32_t, uint32_t>(acc, add, count); return;
+    case DataType::INT64: SumTyped<int64_t, uint64_t>(acc, add, count); return;
+    case DataType::BOOL: return;
+  }
+}
 
 void ScaleBuffer(DataType dtype, void* data, int64_t count, double factor) {
   switch (dtype) {

@@ -1,4 +1,4 @@
-// float16 / bfloat16 helpers: conversions, MPI sum ops, in-place scaling.
+// float16 / bfloat16 helpers: conversions, in-place scaling, elementwise sums.
 #ifndef BLUEFOG_COMMON_HALF_H
 #define BLUEFOG_COMMON_HALF_H
 
@@ -16,6 +16,11 @@ uint16_t FloatToBFloat16(float f);
 // Multiplies `count` elements of `dtype` at `data` by `factor` (CPU memory).
 // Integers are scaled in double precision and truncated.
 void ScaleBuffer(DataType dtype, void* data, int64_t count, double factor);
+
+// acc[i] += add[i] for `count` elements of `dtype` (CPU memory). Integers wrap
+// like MPI_SUM; float16/bfloat16 add in float and round once, like the MPI sum
+// ops. Bool is not summable (the coordinator rejects it first).
+void SumInto(DataType dtype, void* acc, const void* add, int64_t count);
 
 }  // namespace bluefog
 

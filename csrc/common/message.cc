@@ -10,6 +10,7 @@ bool CarriesNeighbors(OpType op) {
 }
 constexpr uint8_t kFlagAverage = 1;
 constexpr uint8_t kFlagHierarchical = 2;
+constexpr uint8_t kFlagPayload = 4;
 }  // namespace
 
 void EncodeCycleMessage(const CycleMessage& msg, std::string* out) {
@@ -23,7 +24,8 @@ void EncodeCycleMessage(const CycleMessage& msg, std::string* out) {
     w.Varint(r.shape.size());
     for (auto d : r.shape) w.SVarint(d);
     w.SVarint(r.root_rank);
-    w.U8((r.average ? kFlagAverage : 0) | (r.hierarchical_local ? kFlagHierarchical : 0));
+    w.U8((r.average ? kFlagAverage : 0) | (r.hierarchical_local ? kFlagHierarchical : 0) |
+         (r.has_payload ? kFlagPayload : 0));
     w.SVarint(r.device);
     w.SVarint(r.int_arg);
     if (CarriesNeighbors(r.op)) {
@@ -34,6 +36,7 @@ void EncodeCycleMessage(const CycleMessage& msg, std::string* out) {
       w.Varint(r.dst_weights.size());
       for (auto v : r.dst_weights) w.F64(v);
     }
+    if (r.has_payload) w.Str(r.payload);
   }
   w.Varint(msg.timed_out.size());
   for (const auto& name : msg.timed_out) w.Str(name);
@@ -57,6 +60,7 @@ bool DecodeCycleMessage(const char* data, size_t size, CycleMessage* msg) {
     uint8_t flags = rd.U8();
     r.average = flags & kFlagAverage;
     r.hierarchical_local = flags & kFlagHierarchical;
+    r.has_payload = flags & kFlagPayload;
     r.device = static_cast<int32_t>(rd.SVarint());
     r.int_arg = rd.SVarint();
     if (CarriesNeighbors(r.op)) {
@@ -67,6 +71,7 @@ bool DecodeCycleMessage(const char* data, size_t size, CycleMessage* msg) {
       uint64_t n_w = rd.Varint();
       for (uint64_t k = 0; k < n_w && rd.ok(); ++k) r.dst_weights.push_back(rd.F64());
     }
+    if (r.has_payload) r.payload = rd.Str();
     msg->requests.push_back(std::move(r));
   }
   uint64_t t = rd.Varint();

@@ -26,6 +26,12 @@ struct Request {
   std::vector<int32_t> src_ranks;
   std::vector<int32_t> dst_ranks;
   std::vector<double> dst_weights;
+  // Small allreduce / neighbor_allreduce ops: the input's bytes travel inside
+  // the negotiation exchange itself (see BLUEFOG_INLINE_BYTES). When every
+  // rank's request carries them, each rank computes the result locally from
+  // the same bytes, and the op needs no second collective.
+  bool has_payload = false;
+  std::string payload;
 };
 
 // One cycle's message of a rank: flags plus its newly enqueued requests.
@@ -49,6 +55,9 @@ struct Response {
   std::vector<std::vector<int64_t>> first_dims;
   // WIN_CREATE: every rank's source (in-neighbor) list, index = rank.
   std::vector<std::vector<int32_t>> all_src_ranks;
+  // Inline op (every rank's request carried its input): every rank's request,
+  // index = rank, payload included. Empty for ops that run through MPI.
+  std::vector<Request> inline_by_rank;
 };
 
 }  // namespace bluefog

@@ -12,17 +12,9 @@ namespace {
 
 bool g_we_initialized_mpi = false;
 
-void HalfSum(void* in, void* inout, int* len, MPI_Datatype*) {
-  auto* a = static_cast<const uint16_t*>(in);
-  auto* b = static_cast<uint16_t*>(inout);
-  for (int i = 0; i < *len; ++i) b[i] = FloatToHalf(HalfToFloat(a[i]) + HalfToFloat(b[i]));
-}
+void HalfSum(void* in, void* inout, int* len, MPI_Datatype*) { SumInto(DataType::FLOAT16, inout, in, *len); }
 
-void BFloat16Sum(void* in, void* inout, int* len, MPI_Datatype*) {
-  auto* a = static_cast<const uint16_t*>(in);
-  auto* b = static_cast<uint16_t*>(inout);
-  for (int i = 0; i < *len; ++i) b[i] = FloatToBFloat16(BFloat16ToFloat(a[i]) + BFloat16ToFloat(b[i]));
-}
+void BFloat16Sum(void* in, void* inout, int* len, MPI_Datatype*) { SumInto(DataType::BFLOAT16, inout, in, *len); }
 
 const char* ThreadLevelName(int level) {
   switch (level) {

@@ -13,7 +13,7 @@ namespace bluefog {
 namespace {
 
 constexpr int64_t kMaxChunk = INT_MAX / 2;  // elements per MPI call
-constexpr size_t kSlotBytes = 1024;         // negotiation slot per rank
+constexpr size_t kSlotBytes = 1024;         // smallest negotiation slot per rank
 constexpr size_t kSlotHeader = sizeof(uint32_t);
 
 Status CheckRc(int rc, const char* call) {
@@ -21,7 +21,18 @@ Status CheckRc(int rc, const char* call) {
   return Status::Aborted(MpiErrorText(call, rc));
 }
 
+size_t RoundUpToSlot(size_t n) { return (n + kSlotBytes - 1) / kSlotBytes * kSlotBytes; }
+
 }  // namespace
+
+MpiController::MpiController(MpiContext* mpi, Timeline* timeline)
+    : mpi_(mpi), timeline_(timeline), slot_bytes_(kSlotBytes), max_slot_bytes_(kSlotBytes) {}
+
+void MpiController::set_max_slot_bytes(size_t bytes) {
+  max_slot_bytes_ = std::max(kSlotBytes, RoundUpToSlot(bytes));
+  slot_bytes_ = kSlotBytes;
+  small_rounds_ = 0;
+}
 
 Status MpiController::Wait(MPI_Request* request, const char* what) {
   // Spin briefly (the common case: peers are already there), then back off so
@@ -49,14 +60,15 @@ Status MpiController::Wait(MPI_Request* request, const char* what) {
 
 Status MpiController::AllgatherBytes(const std::string& mine, std::vector<std::string>* all) {
   const int size = mpi_->size();
-  slots_.resize(kSlotBytes * (size + 1));
-  char* send = slots_.data() + kSlotBytes * size;
+  const size_t slot = slot_bytes_;
+  slots_.resize(slot * (size + 1));
+  char* send = slots_.data() + slot * size;
   uint32_t len = static_cast<uint32_t>(mine.size());
   std::memcpy(send, &len, kSlotHeader);
-  size_t first = std::min(mine.size(), kSlotBytes - kSlotHeader);
+  size_t first = std::min(mine.size(), slot - kSlotHeader);
   std::memcpy(send + kSlotHeader, mine.data(), first);
   MPI_Request req;
-  int rc = MPI_Iallgather(send, kSlotBytes, MPI_BYTE, slots_.data(), kSlotBytes, MPI_BYTE,
+  int rc = MPI_Iallgather(send, static_cast<int>(slot), MPI_BYTE, slots_.data(), static_cast<int>(slot), MPI_BYTE,
                           mpi_->control_comm(), &req);
   if (rc != MPI_SUCCESS) return Status::Aborted(MpiErrorText("MPI_Iallgather", rc));
   Status s = Wait(&req, "MPI_Iallgather");
@@ -65,15 +77,30 @@ Status MpiController::AllgatherBytes(const std::string& mine, std::vector<std::s
   all->assign(size, std::string());
   std::vector<int> rest(size), displs(size);
   int total_rest = 0;
+  size_t longest = 0;
   for (int r = 0; r < size; ++r) {
-    const char* slot = slots_.data() + kSlotBytes * r;
+    const char* from = slots_.data() + slot * r;
     uint32_t n;
-    std::memcpy(&n, slot, kSlotHeader);
-    size_t here = std::min<size_t>(n, kSlotBytes - kSlotHeader);
-    (*all)[r].assign(slot + kSlotHeader, here);
+    std::memcpy(&n, from, kSlotHeader);
+    size_t here = std::min<size_t>(n, slot - kSlotHeader);
+    (*all)[r].assign(from + kSlotHeader, here);
     rest[r] = static_cast<int>(n - here);
     displs[r] = total_rest;
     total_rest += rest[r];
+    longest = std::max<size_t>(longest, n + kSlotHeader);
+  }
+  // Next round's slot: grow at once to fit, shrink (halving) only after many
+  // rounds that would fit a quarter of it. Every rank computes the same.
+  if (longest > slot_bytes_) {
+    slot_bytes_ = std::min(max_slot_bytes_, RoundUpToSlot(longest));
+    small_rounds_ = 0;
+  } else if (slot_bytes_ > kSlotBytes && longest * 4 <= slot_bytes_) {
+    if (++small_rounds_ >= 64) {
+      slot_bytes_ = std::max(kSlotBytes, RoundUpToSlot(slot_bytes_ / 2));
+      small_rounds_ = 0;
+    }
+  } else {
+    small_rounds_ = 0;
   }
   if (total_rest == 0) return Status::OK();
   // Long messages: the remainder in a second round (every rank knows it is needed).

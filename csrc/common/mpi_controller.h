@@ -16,7 +16,7 @@ namespace bluefog {
 
 class MpiController {
  public:
-  MpiController(MpiContext* mpi, Timeline* timeline) : mpi_(mpi), timeline_(timeline) {}
+  MpiController(MpiContext* mpi, Timeline* timeline);
 
   // All entries share dtype, average and hierarchical flag; more than one is fused.
   Status Allreduce(std::vector<TensorTableEntry>& entries);
@@ -37,8 +37,12 @@ class MpiController {
   Status NeighborAllreduceFused(std::vector<TensorTableEntry>& entries);
 
   // Negotiation transport: every rank's bytes, in rank order, on the control
-  // communicator. Waits without holding a core busy for long.
+  // communicator. Waits without holding a core busy for long. One collective
+  // when every message fits the current slot, else a second for the rest. The
+  // slot adapts to recent message sizes (identically on every rank, since all
+  // see all sizes), up to `max_slot_bytes`.
   Status AllgatherBytes(const std::string& mine, std::vector<std::string>* all);
+  void set_max_slot_bytes(size_t bytes);
 
   // Called while the controller waits for peers (e.g. to run direct ops).
   void set_wait_hook(std::function<void()> hook) { wait_hook_ = std::move(hook); }
@@ -58,6 +62,9 @@ class MpiController {
   FusionBuffer fusion_;
   FusionBuffer scratch_;  // per-destination scaled copies
   std::vector<char> slots_;  // negotiation slots
+  size_t slot_bytes_;        // current slot size, the same on every rank
+  size_t max_slot_bytes_;
+  int small_rounds_ = 0;     // consecutive rounds that would fit a quarter slot
   std::function<void()> wait_hook_;
 };
 

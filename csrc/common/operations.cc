@@ -1,5 +1,6 @@
 #include "operations.h"
 
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <condition_variable>
@@ -8,6 +9,7 @@
 
 #include "config.h"
 #include "coordinator.h"
+#include "inline_ops.h"
 #include "logging.h"
 #include "mpi_context.h"
 #include "mpi_controller.h"
@@ -95,8 +97,28 @@ Status SkipModePatternCheck(GlobalState& g, const TensorTableEntry& e) {
   return Status::InvalidArgument("bluefog " + std::string(OpTypeName(e.op)) + " '" + e.name + "': " + problem);
 }
 
+int64_t InlineBudget(const GlobalState& g) { return g.config.inline_bytes / std::max(1, g.mpi.size()); }
+
+// An op whose inputs all came with the negotiation exchange: no MPI here.
+Status PerformInline(GlobalState& g, const Response& resp) {
+  TensorTableEntry e;
+  if (!g.queue.Take(resp.names[0], &e)) {
+    return Status::UnknownError("internal error: agreed op '" + resp.names[0] + "' is missing on this rank");
+  }
+  std::string name = e.name;
+  g.timeline.End(name);  // NEGOTIATE (which carried the data)
+  g.timeline.Start(name, "COMMUNICATE_INLINE");
+  Status s = ComputeInline(resp, g.mpi.rank(), e);
+  g.timeline.End(name);
+  g.timeline.Start(name, "CALLBACK");
+  CompleteEntry(e, s);
+  g.timeline.End(name);
+  return Status::OK();
+}
+
 // Runs one agreed response; `first_dims` empty in skip-negotiate mode.
 Status Perform(GlobalState& g, const Response& resp) {
+  if (!resp.inline_by_rank.empty()) return PerformInline(g, resp);
   std::vector<TensorTableEntry> entries(resp.names.size());
   for (size_t i = 0; i < resp.names.size(); ++i) {
     if (!g.queue.Take(resp.names[i], &entries[i])) {
@@ -187,6 +209,7 @@ bool RunNegotiatedCycle(GlobalState& g) {
   CycleMessage mine;
   mine.shutdown = g.shutdown_requested;
   g.queue.PopRequests(&mine.requests);
+  if (g.config.inline_bytes > 0) AttachPayloads(g.queue, InlineBudget(g), &mine.requests);
   mine.timed_out.swap(g.my_timed_out);
   StartNegotiation(g, mine.requests);
 
@@ -354,6 +377,8 @@ Status Initialize(int fortran_comm, const std::string& overrides) {
   if (!config.timeline_prefix.empty()) g.timeline.Initialize(config.timeline_prefix + std::to_string(g.mpi.rank()) + ".json");
   g.controller.reset(new MpiController(&g.mpi, &g.timeline));
   g.controller->set_wait_hook([] { State().queue.RunDirect(); });
+  // Room for a cycle's requests plus the inline inputs they may carry.
+  g.controller->set_max_slot_bytes(1024 + static_cast<size_t>(InlineBudget(g)));
   g.windows.reset(new WindowManager(&g.mpi));
   g.coordinator.Reset(g.mpi.size());
   g.my_timed_out.clear();

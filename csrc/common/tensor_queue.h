@@ -47,6 +47,9 @@ class TensorQueue {
   // Moves the requests added since the last call into `out` (in enqueue order).
   void PopRequests(std::vector<Request>* out);
   bool HasNewRequests();
+  // Copies the input bytes of entry `name` into *out if it is in CPU memory,
+  // at most `max_bytes` long and ready now (never waits). False otherwise.
+  bool CopyInput(const std::string& name, int64_t max_bytes, std::string* out);
   // Removes and returns the entry (false if unknown).
   bool Take(const std::string& name, TensorTableEntry* entry);
   // Fails every entry still in the table (used at shutdown).
