@@ -66,7 +66,7 @@ def _allreduce_async(tensor, output, average, is_hierarchical_local, name, op, i
         out = src
         target = tensor if out is not tensor else None
     else:
-        out = torch.empty_like(src) if output is None else output
+        out = _C.empty_output_like(src) if output is None else output
         target = tensor.new_empty(tensor.shape) if src is not tensor and tensor.is_cuda else None
     handle = _C.allreduce_async(src, out, bool(average), bool(is_hierarchical_local), _name(name, "allreduce"))
     return _finish(handle, target)
@@ -108,7 +108,7 @@ def _check_root(root_rank, op):
 def _broadcast_async(tensor, root_rank, name, op, inplace):
     _check_root(root_rank, op)
     src = _prepare(tensor, op)
-    out = src if inplace else torch.empty_like(src)
+    out = src if inplace else _C.empty_output_like(src)
     target = tensor if inplace and src is not tensor else None
     return _finish(_C.broadcast_async(src, out, root_rank, _name(name, "broadcast")), target)
 

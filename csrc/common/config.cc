@@ -81,6 +81,9 @@ bool ParseConfig(const std::map<std::string, std::string>& env, Config* config, 
     } else if (key == "BLUEFOG_INLINE_BYTES") {
       if (!ParseInt(value, &i) || i < 0) { *error = Bad(key, value, "a non-negative number of bytes (0 disables)"); return false; }
       c.inline_bytes = i;
+    } else if (key == "BLUEFOG_OUTPUT_CACHE_BYTES") {
+      if (!ParseInt(value, &i) || i < 0) { *error = Bad(key, value, "a non-negative number of bytes (0 disables)"); return false; }
+      c.output_cache_bytes = i;
     } else if (key == "BLUEFOG_STALL_CHECK_DISABLE") {
       bool disable = false;
       if (!ParseBool(value, &disable)) { *error = Bad(key, value, "a boolean"); return false; }
@@ -134,7 +137,8 @@ std::string ConfigToJson(const Config& c) {
      << "\", \"mpi_thread_level\": " << c.mpi_thread_level << ", \"nodes_per_machine\": " << c.nodes_per_machine
      << ", \"stall_check_seconds\": " << c.stall_check_seconds
      << ", \"stall_shutdown_seconds\": " << c.stall_shutdown_seconds
-     << ", \"spin_time_us\": " << c.spin_time_us << ", \"inline_bytes\": " << c.inline_bytes << "}";
+     << ", \"spin_time_us\": " << c.spin_time_us << ", \"inline_bytes\": " << c.inline_bytes
+     << ", \"output_cache_bytes\": " << c.output_cache_bytes << "}";
   return os.str();
 }
 

@@ -33,6 +33,9 @@ struct Config {
   // rank then computes the result from the gathered inputs, with no second
   // collective. 0 disables.
   int64_t inline_bytes = 64 * 1024;
+  // Free memory of dropped op outputs a frontend keeps to reuse for the next
+  // outputs of the same size (no page faults on first touch). 0 disables.
+  int64_t output_cache_bytes = 256 * 1024 * 1024;
 };
 
 // Parses BLUEFOG_* entries of `env` into `config`, starting from defaults.

@@ -529,6 +529,8 @@ bool SkipNegotiate() { return State().skip_negotiate; }
 
 int64_t SpinMicros() { return State().config.spin_time_us; }
 
+int64_t OutputCacheBytes() { return State().config.output_cache_bytes; }
+
 Status EnqueueWinCreate(std::shared_ptr<Tensor> tensor, const std::string& name, bool zero_init,
                         std::vector<int32_t> src_ranks, std::vector<int32_t> dst_ranks, StatusCallback callback) {
   if (name.empty()) return Status::InvalidArgument("win_create: the window needs a name");

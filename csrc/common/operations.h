@@ -52,6 +52,8 @@ Status EnqueueSetSkipNegotiate(bool value, StatusCallback callback);
 bool SkipNegotiate();
 // BLUEFOG_SPIN_TIME_US: how long a frontend polls for an op before it sleeps.
 int64_t SpinMicros();
+// BLUEFOG_OUTPUT_CACHE_BYTES: free output memory a frontend may keep for reuse.
+int64_t OutputCacheBytes();
 
 // Collective window lifecycle (negotiated, so ranks agree on order, dtype and
 // shape). `src_ranks`/`dst_ranks`: this rank's in-/out-neighbors.

@@ -2,6 +2,8 @@
 
 #include <stdexcept>
 
+#include "output_pool.h"
+
 namespace bluefog {
 namespace torch_frontend {
 
@@ -31,7 +33,7 @@ TorchTensor::TorchTensor(at::Tensor tensor)
 
 Status TorchOpContext::AllocateOutput(const Shape& shape, std::shared_ptr<Tensor>* output) {
   try {
-    at::Tensor t = at::empty(at::IntArrayRef(shape), options_);
+    at::Tensor t = EmptyOutput(at::IntArrayRef(shape), options_, near_);
     {
       std::lock_guard<std::mutex> lock(record_->mu);
       record_->output = t;

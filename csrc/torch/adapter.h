@@ -40,16 +40,18 @@ struct HandleRecord {
   at::Tensor output;
 };
 
-// Allocates an allgather output like the input, on the background thread.
+// Allocates an output like the input (allgather, neighbor ops), on the
+// background thread; large ones come from the output pool (output_pool.h).
 class TorchOpContext : public OpContext {
  public:
-  TorchOpContext(std::shared_ptr<HandleRecord> record, at::TensorOptions options)
-      : record_(std::move(record)), options_(options) {}
+  TorchOpContext(std::shared_ptr<HandleRecord> record, const at::Tensor& input)
+      : record_(std::move(record)), options_(input.options()), near_(input.data_ptr()) {}
   Status AllocateOutput(const Shape& shape, std::shared_ptr<Tensor>* output) override;
 
  private:
   std::shared_ptr<HandleRecord> record_;
   at::TensorOptions options_;
+  const void* near_;
 };
 
 }  // namespace torch_frontend

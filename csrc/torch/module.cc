@@ -10,6 +10,7 @@
 #include "../common/operations.h"
 #include "../common/window_manager.h"
 #include "adapter.h"
+#include "output_pool.h"
 
 namespace py = pybind11;
 
@@ -102,7 +103,7 @@ int AllgatherAsync(at::Tensor input, const std::string& name) {
   auto in = Wrap(input);
   auto record = std::make_shared<HandleRecord>();
   record->input = input;
-  auto context = std::make_shared<TorchOpContext>(record, input.options());
+  auto context = std::make_shared<TorchOpContext>(record, input);
   return Submit("allgather", name, record, [&](const std::string& n, StatusCallback cb) {
     return EnqueueAllgather(in, context, nullptr, n, std::move(cb));
   });
@@ -117,7 +118,7 @@ int NeighborAsync(at::Tensor input, bool gather, std::vector<int32_t> src_ranks,
   auto in = Wrap(input);
   auto record = std::make_shared<HandleRecord>();
   record->input = input;
-  auto context = std::make_shared<TorchOpContext>(record, input.options());
+  auto context = std::make_shared<TorchOpContext>(record, input);
   OpType type = gather ? OpType::NEIGHBOR_ALLGATHER : OpType::NEIGHBOR_ALLREDUCE;
   return Submit(op, name, record, [&](const std::string& n, StatusCallback cb) {
     return EnqueueNeighbor(type, in, context, nullptr, n, std::move(src_ranks), std::move(dst_ranks),
@@ -307,6 +308,9 @@ PYBIND11_MODULE(_C, m) {
   m.def("win_associated_p", &WinAssociatedP);
   m.def("set_win_associated_p", &SetWinAssociatedP);
   m.def("win_names", &WinNames);
+  m.def("empty_output_like", [](const at::Tensor& like) { return EmptyOutput(like.sizes(), like.options(), like.data_ptr()); },
+        py::arg("like"), "An uninitialized tensor like `like` for an op's output (large ones from the output pool).");
+  m.def("cached_output_bytes", &CachedOutputBytes);
   m.def("poll", &Poll, py::arg("handle"));
   m.def("wait", &Wait, py::arg("handle"));
 }

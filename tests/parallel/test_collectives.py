@@ -502,3 +502,26 @@ def test_skip_negotiate_stage():
     handles = {n: bf.allreduce_nonblocking(a, average=False, name=n) for n in names}
     for n in sorted(handles):
         check(bf.synchronize(handles[n]), expected_sum((2,), torch.float32))
+
+
+def test_large_outputs_come_from_the_output_cache_and_behave_like_tensors():
+    from bluefog.torch import _C
+    n = 300 * 1024  # 1.2 MB of float32: above the pool's 256 KiB minimum
+    x = torch.full((n,), float(RANK + 1))
+    expected = float(sum(range(1, SIZE + 1)))
+    first = bf.allreduce(x, average=False, name="pool.a")
+    assert first.data_ptr() % 64 == 0
+    assert (first.data_ptr() - x.data_ptr()) % 4096 != 0  # not at the input's page offset
+    ptr = first.data_ptr()
+    del first  # back to the cache...
+    assert _C.cached_output_bytes() >= n * 4
+    again = bf.allreduce(x, average=False, name="pool.b")  # ...and reused, already mapped
+    assert again.data_ptr() == ptr
+    assert torch.equal(again, torch.full((n,), expected))
+    bc = bf.broadcast(x, root_rank=0, name="pool.bc")
+    assert torch.equal(bc, torch.full((n,), 1.0))
+    # An ordinary resizable CPU tensor: growing it moves it to new memory.
+    again.resize_(2 * n)
+    again[n:] = 7
+    assert again[:n].eq(expected).all() and again[n:].eq(7).all()
+    assert again.grad_fn is None and not again.requires_grad

@@ -1,0 +1,129 @@
+#include "output_pool.h"
+
+#include <torch/version.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <map>
+#include <mutex>
+#include <new>
+#include <vector>
+
+#include "../common/operations.h"
+
+namespace bluefog {
+namespace torch_frontend {
+
+namespace {
+
+constexpr size_t kPage = 4096;
+constexpr size_t kGranule = 64 * 1024;  // size classes: multiples of 64 KiB
+
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 3)
+#define BLUEFOG_ALLOCATE_CONST
+#else
+#define BLUEFOG_ALLOCATE_CONST const
+#endif
+
+class PooledAllocator final : public c10::Allocator {
+ public:
+  c10::DataPtr allocate(size_t n) BLUEFOG_ALLOCATE_CONST override { return Allocate(n, 0); }
+
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 3)
+  void copy_data(void* dest, const void* src, std::size_t count) const override {
+    default_copy_data(dest, src, count);
+  }
+#endif
+
+  // `offset` (a multiple of 64, below one page) is where the data starts
+  // within the block's first page.
+  c10::DataPtr Allocate(size_t n, size_t offset) BLUEFOG_ALLOCATE_CONST {
+    const size_t capacity = (n + kPage + kGranule - 1) / kGranule * kGranule;
+    Block* block = nullptr;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      auto it = free_.find(capacity);
+      if (it != free_.end()) {
+        block = it->second;
+        free_.erase(it);
+        cached_ -= capacity;
+      }
+    }
+    if (!block) {
+      void* base = std::aligned_alloc(kPage, capacity);
+      if (!base) throw std::bad_alloc();
+      block = new Block{base, capacity};
+    }
+    return c10::DataPtr(static_cast<char*>(block->base) + offset, block, &Release, c10::Device(c10::kCPU));
+  }
+
+  size_t cached() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return cached_;
+  }
+
+ private:
+  struct Block {
+    void* base;
+    size_t capacity;
+  };
+
+  static void Release(void* context);
+
+  mutable std::mutex mu_;
+  mutable std::multimap<size_t, Block*> free_;  // capacity -> free block
+  mutable size_t cached_ = 0;
+};
+
+// Never destroyed: tensors may be freed during interpreter teardown.
+PooledAllocator& Pool() {
+  static PooledAllocator* pool = new PooledAllocator();
+  return *pool;
+}
+
+void PooledAllocator::Release(void* context) {
+  auto* block = static_cast<Block*>(context);
+  PooledAllocator& pool = Pool();
+  const int64_t limit = OutputCacheBytes();
+  {
+    std::lock_guard<std::mutex> lock(pool.mu_);
+    if (static_cast<int64_t>(pool.cached_ + block->capacity) <= limit) {
+      pool.free_.emplace(block->capacity, block);
+      pool.cached_ += block->capacity;
+      return;
+    }
+  }
+  std::free(block->base);
+  delete block;
+}
+
+}  // namespace
+
+at::Tensor EmptyOutput(at::IntArrayRef shape, const at::TensorOptions& options, const void* near) {
+  const int64_t numel = c10::multiply_integers(shape);
+  const size_t nbytes = static_cast<size_t>(numel) * c10::elementSize(c10::typeMetaToScalarType(options.dtype()));
+  if (options.device().type() != c10::kCPU || options.layout() != c10::kStrided || nbytes < kMinPooledBytes ||
+      OutputCacheBytes() <= 0) {
+    return at::empty(shape, options);
+  }
+  // Half a page away from the source's offset, keeping 64-byte alignment.
+  const size_t near_offset = reinterpret_cast<uintptr_t>(near) % kPage;
+  const size_t offset = ((near_offset + kPage / 2) % kPage) / 64 * 64;
+  c10::Storage storage(c10::Storage::use_byte_size_t(), nbytes, Pool().Allocate(nbytes, offset), &Pool(),
+                       /*resizable=*/true);
+  std::vector<int64_t> strides(shape.size());
+  int64_t stride = 1;
+  for (size_t i = shape.size(); i-- > 0;) {
+    strides[i] = stride;
+    stride *= std::max<int64_t>(shape[i], 1);
+  }
+  at::Tensor t = at::empty({0}, options);
+  t.set_(storage, 0, shape, strides);
+  return t;
+}
+
+size_t CachedOutputBytes() { return Pool().cached(); }
+
+}  // namespace torch_frontend
+}  // namespace bluefog
