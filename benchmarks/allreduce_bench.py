@@ -91,15 +91,34 @@ def int_list(text):
     return [int(x) for x in text.split(",") if x.strip()]
 
 
+def by_size(nbytes, small, mid, large):
+    """Default per-size counts: small (<= 64 KiB), mid (<= 4 MiB) or large messages."""
+    return small if nbytes <= 64 * 1024 else mid if nbytes <= 4 * 1024 ** 2 else large
+
+
+def per_size_option(parser, args, name, n, default=None):
+    """--NAME as one value per size (one value is repeated); when not given, default(i)."""
+    text = getattr(args, name)
+    if text is None:
+        return [default(i) for i in range(n)]
+    vals = int_list(text)
+    if len(vals) == 1:
+        vals = vals * n
+    if len(vals) != n or any(v < 0 for v in vals):
+        parser.error(f"--{name} needs one value or one per size ({n}), all >= 0")
+    return vals
+
+
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", default="4KiB,1MiB,16MiB",
                    help="comma-separated message sizes in bytes of float32 data (default: 4KiB,1MiB,16MiB)")
-    p.add_argument("--iters", default="400,80,15",
+    p.add_argument("--iters", default=None,
                    help="timed ops per contender per round: one value for all sizes, or one per size "
-                        "(default: 400,80,15)")
-    p.add_argument("--warmup", default="50,10,3",
-                   help="untimed warm-up ops per contender per size: one value, or one per size (default: 50,10,3)")
+                        "(default by size: 400 up to 64 KiB, 80 up to 4 MiB, else 15)")
+    p.add_argument("--warmup", default=None,
+                   help="untimed warm-up ops per contender per size: one value, or one per size "
+                        "(default by size: 50, 10, 3)")
     p.add_argument("--trials", type=int, default=20,
                    help="round-robin rounds; each round times every contender once (default: 20)")
     p.add_argument("--json-out", default=None, metavar="PATH", help="also write the results as JSON to PATH")
@@ -122,16 +141,9 @@ def parse_args():
     if unknown or not a.contenders:
         p.error(f"--contenders: unknown {unknown}; choose from {', '.join(CONTENDERS)}")
 
-    def per_size(values, what):
-        vals = int_list(values)
-        if len(vals) == 1:
-            vals = vals * len(a.sizes)
-        if len(vals) != len(a.sizes) or any(v < 0 for v in vals):
-            p.error(f"--{what} needs one value or one per size ({len(a.sizes)}), all >= 0")
-        return vals
-
-    a.iters = per_size(a.iters, "iters")
-    a.warmup = per_size(a.warmup, "warmup")
+    n = len(a.sizes)
+    a.iters = per_size_option(p, a, "iters", n, lambda i: by_size(a.sizes[i], 400, 80, 15))
+    a.warmup = per_size_option(p, a, "warmup", n, lambda i: by_size(a.sizes[i], 50, 10, 3))
     if any(v < 1 for v in a.iters):
         p.error("--iters must be >= 1")
     if a.trials < 1:

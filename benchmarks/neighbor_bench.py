@@ -62,11 +62,12 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import allreduce_bench as ab  # noqa: E402  (parse_size, fmt_size, int_list, init_gloo, TARGETS)
+import allreduce_bench as ab  # noqa: E402  (parse_size, fmt_size, int_list, per-size options, init_gloo, TARGETS)
 
 import bluefog.torch as bf  # noqa: E402
 
 parse_size, fmt_size, int_list = ab.parse_size, ab.fmt_size, ab.int_list
+by_size, per_size_option = ab.by_size, ab.per_size_option
 TARGETS = ab.TARGETS          # {4 KiB: 1.3, 16 MiB: 1.1}: bluefog / raw MPI
 FUSION_TARGET = 3.0           # bf.one_by_one / bf.fused
 SIZE_CONTENDERS = ("bf.static", "mpi4py.static", "bf.dyn1", "mpi4py.dyn1", "gloo")
@@ -184,24 +185,6 @@ def print_table(title, head, rows):
     print("  ".join(str(h).rjust(w) for h, w in zip(head, widths)))
     for r in rows:
         print("  ".join(str(c).rjust(w) for c, w in zip(r, widths)))
-
-
-def by_size(nbytes, small, mid, large):
-    """Default per-size counts: small (<= 64 KiB), mid (<= 4 MiB) or large messages."""
-    return small if nbytes <= 64 * 1024 else mid if nbytes <= 4 * 1024 ** 2 else large
-
-
-def per_size_option(parser, args, name, n, default=None):
-    """--NAME as one value per size (one value is repeated); when not given, default(i)."""
-    text = getattr(args, name)
-    if text is None:
-        return [default(i) for i in range(n)]
-    vals = int_list(text)
-    if len(vals) == 1:
-        vals = vals * n
-    if len(vals) != n or any(v < 0 for v in vals):
-        parser.error(f"--{name} needs one value or one per size ({n}), all >= 0")
-    return vals
 
 
 # ----------------------------------------------------------------------------------------------
