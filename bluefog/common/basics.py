@@ -42,6 +42,9 @@ class BlueFogBasics:
         self._lib.bluefog_timeline_end_activity.argtypes = [ctypes.c_char_p]
         self._topology: Optional[nx.DiGraph] = None
         self._is_topo_weighted = False
+        # What neighbor ops derive from the topology, computed once per
+        # set_topology (like the original, which fixed it in the core then).
+        self._topo_cache = {}
         self._machine_topology: Optional[nx.DiGraph] = None
         self._is_machine_topo_weighted = False
         self._atexit_registered = False
@@ -104,6 +107,7 @@ class BlueFogBasics:
         flight fail. BlueFog may be initialized again afterwards."""
         self._lib.bluefog_shutdown()
         self._topology = None
+        self._topo_cache = {}
         self._machine_topology = None
 
     def is_initialized(self) -> bool:
@@ -237,21 +241,30 @@ class BlueFogBasics:
             return False
         self._topology = topology
         self._is_topo_weighted = bool(is_weighted)
+        self._topo_cache = {}
         return True
+
+    def topology_cached(self, key, compute):
+        """compute(), remembered until the topology changes (for per-op lookups)."""
+        try:
+            return self._topo_cache[key]
+        except KeyError:
+            value = self._topo_cache[key] = compute()
+            return value
 
     def in_neighbor_ranks(self) -> List[int]:
         """Ranks that send to this rank in the topology (self excluded)."""
         if self._topology is None:
             return []
         me = self.rank()
-        return [r for r in self._topology.predecessors(me) if r != me]
+        return list(self.topology_cached("in", lambda: [r for r in self._topology.predecessors(me) if r != me]))
 
     def out_neighbor_ranks(self) -> List[int]:
         """Ranks this rank sends to in the topology (self excluded)."""
         if self._topology is None:
             return []
         me = self.rank()
-        return [r for r in self._topology.successors(me) if r != me]
+        return list(self.topology_cached("out", lambda: [r for r in self._topology.successors(me) if r != me]))
 
     def load_machine_topology(self) -> Optional[nx.DiGraph]:
         """The machine-level topology used by hierarchical ops."""

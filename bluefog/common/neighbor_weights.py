@@ -68,6 +68,15 @@ def resolve(basics, op: str, self_weight=None, src_weights=None, dst_weights=Non
     dst_weights (dict rank -> weight, or a list meaning 1): a dynamic exchange
     receiving from src_weights' keys, which then are required.
     """
+    if dst_weights is None and self_weight is None and src_weights is None:
+        # The static default depends on the topology alone: derive it once per set_topology.
+        cached = getattr(basics, "topology_cached", None)
+        if cached is not None:
+            return cached(("default-exchange", op), lambda: _resolve(basics, op, None, None, None))
+    return _resolve(basics, op, self_weight, src_weights, dst_weights)
+
+
+def _resolve(basics, op, self_weight, src_weights, dst_weights) -> Exchange:
     rank = basics.rank()
     in_nbrs = list(basics.in_neighbor_ranks())
     out_nbrs = list(basics.out_neighbor_ranks())
