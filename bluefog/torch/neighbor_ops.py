@@ -59,11 +59,14 @@ def neighbor_allreduce_nonblocking(tensor: torch.Tensor, *, self_weight: Optiona
     _check_float(tensor, "neighbor_allreduce")
     ex = neighbor_weights.resolve(_basics, "neighbor_allreduce", self_weight, src_weights, dst_weights)
     x = _prepare(tensor, "neighbor_allreduce")
+    # The weighted average is formed in C++ when the handle is waited on.
     handle = _C.neighbor_async(x, False, ex.src_ranks, ex.dst_ranks, ex.dst_weights,
-                               _name(name, "neighbor_allreduce"), bool(enable_topo_check))
-    device = tensor.device
-    return register_postprocess(handle, lambda received: _combine(x, received, ex.self_weight,
-                                                                  ex.src_weights).to(device))
+                               _name(name, "neighbor_allreduce"), bool(enable_topo_check),
+                               (ex.self_weight, ex.src_weights))
+    if tensor.is_cuda:
+        device = tensor.device
+        register_postprocess(handle, lambda out: out.to(device))
+    return handle
 
 
 def neighbor_allreduce(tensor: torch.Tensor, *, self_weight: Optional[float] = None,
@@ -127,10 +130,12 @@ def pair_gossip_nonblocking(tensor: torch.Tensor, target_rank: int, self_weight:
     pw = 0.5 if pair_weight is None else neighbor_weights.check_weight(pair_weight, "pair_weight", "pair_gossip")
     peers = [] if int(target_rank) == _basics.rank() else [int(target_rank)]
     x = _prepare(tensor, "pair_gossip")
-    handle = _C.neighbor_async(x, False, peers, peers, [], _name(name, "pair_gossip"))
-    device = tensor.device
-    return register_postprocess(handle, lambda received: _combine(x, received, sw if peers else 1.0,
-                                                                  [pw] * len(peers)).to(device))
+    handle = _C.neighbor_async(x, False, peers, peers, [], _name(name, "pair_gossip"), True,
+                               (sw if peers else 1.0, [pw] * len(peers)))
+    if tensor.is_cuda:
+        device = tensor.device
+        register_postprocess(handle, lambda out: out.to(device))
+    return handle
 
 
 def pair_gossip(tensor: torch.Tensor, target_rank: int, self_weight: Optional[float] = None,

@@ -31,6 +31,17 @@ TorchTensor::TorchTensor(at::Tensor tensor)
       size_bytes_(static_cast<int64_t>(tensor_.numel()) * static_cast<int64_t>(tensor_.element_size())),
       device_(tensor_.is_cuda() ? tensor_.get_device() : kCpuDevice) {}
 
+at::Tensor CombineNeighbors(const at::Tensor& x, const at::Tensor& received, double self_weight,
+                            const std::vector<double>& src_weights) {
+  const bool half = x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16;
+  const at::ScalarType compute = half ? at::kFloat : x.scalar_type();
+  at::Tensor result = x.to(compute) * self_weight;
+  for (size_t k = 0; k < src_weights.size(); ++k) {
+    if (src_weights[k] != 0.0) result.add_(received[static_cast<int64_t>(k)].to(compute), src_weights[k]);
+  }
+  return result.to(x.scalar_type());
+}
+
 Status TorchOpContext::AllocateOutput(const Shape& shape, std::shared_ptr<Tensor>* output) {
   try {
     at::Tensor t = EmptyOutput(at::IntArrayRef(shape), options_, near_);

@@ -38,7 +38,17 @@ struct HandleRecord {
   std::mutex mu;
   at::Tensor input;
   at::Tensor output;
+  // neighbor_allreduce: when set, wait() returns self_weight * input +
+  // sum_k src_weights[k] * output[k] instead of the received stack.
+  bool combine = false;
+  double self_weight = 0.0;
+  std::vector<double> src_weights;
 };
+
+// self_weight * x + sum_k src_weights[k] * received[k], in float32 for 16-bit
+// types: the same ATen kernels, in the same order, as the Python reference.
+at::Tensor CombineNeighbors(const at::Tensor& x, const at::Tensor& received, double self_weight,
+                            const std::vector<double>& src_weights);
 
 // Allocates an output like the input (allgather, neighbor ops), on the
 // background thread; large ones come from the output pool (output_pool.h).

@@ -4,6 +4,8 @@
 #include <pybind11/stl.h>
 
 #include <mutex>
+#include <optional>
+#include <utility>
 #include <unordered_map>
 
 #include "../common/handle_manager.h"
@@ -111,13 +113,24 @@ int AllgatherAsync(at::Tensor input, const std::string& name) {
 
 // The neighbor exchange: output = what each of src_ranks sent (allreduce form:
 // [len(src), *shape]; allgather form: concatenated along dim 0).
+// `combine`: (self_weight, src_weights) to make wait() return the weighted
+// average (neighbor_allreduce) instead of the received stack.
 int NeighborAsync(at::Tensor input, bool gather, std::vector<int32_t> src_ranks, std::vector<int32_t> dst_ranks,
-                  std::vector<double> dst_weights, const std::string& name, bool topo_check) {
+                  std::vector<double> dst_weights, const std::string& name, bool topo_check,
+                  std::optional<std::pair<double, std::vector<double>>> combine) {
   const char* op = gather ? "neighbor_allgather" : "neighbor_allreduce";
   CheckContiguous(input, op);
   auto in = Wrap(input);
   auto record = std::make_shared<HandleRecord>();
   record->input = input;
+  if (combine) {
+    if (gather || combine->second.size() != src_ranks.size()) {
+      throw py::value_error(std::string(op) + ": combine weights need one weight per source rank");
+    }
+    record->combine = true;
+    record->self_weight = combine->first;
+    record->src_weights = std::move(combine->second);
+  }
   auto context = std::make_shared<TorchOpContext>(record, input);
   OpType type = gather ? OpType::NEIGHBOR_ALLGATHER : OpType::NEIGHBOR_ALLREDUCE;
   return Submit(op, name, record, [&](const std::string& n, StatusCallback cb) {
@@ -280,6 +293,10 @@ at::Tensor Wait(int handle) {
   if (!s.ok()) Throw(s);
   if (!record) throw py::value_error("unknown handle " + std::to_string(handle));
   std::lock_guard<std::mutex> lock(record->mu);
+  if (record->combine) {
+    py::gil_scoped_release release;
+    return CombineNeighbors(record->input, record->output, record->self_weight, record->src_weights);
+  }
   return record->output;
 }
 
@@ -296,7 +313,8 @@ PYBIND11_MODULE(_C, m) {
         py::arg("name"));
   m.def("allgather_async", &AllgatherAsync, py::arg("input"), py::arg("name"));
   m.def("neighbor_async", &NeighborAsync, py::arg("input"), py::arg("gather"), py::arg("src_ranks"),
-        py::arg("dst_ranks"), py::arg("dst_weights"), py::arg("name"), py::arg("topo_check") = true);
+        py::arg("dst_ranks"), py::arg("dst_weights"), py::arg("name"), py::arg("topo_check") = true,
+        py::arg("combine") = py::none());
   m.def("win_create_async", &WinCreateAsync);
   m.def("win_free_async", &WinFreeAsync);
   m.def("win_put_async", &WinPutAsync);
