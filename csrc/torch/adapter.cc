@@ -1,5 +1,7 @@
 #include "adapter.h"
 
+#include <ATen/ScalarOps.h>
+
 #include <stdexcept>
 
 #include "output_pool.h"
@@ -35,7 +37,10 @@ at::Tensor CombineNeighbors(const at::Tensor& x, const at::Tensor& received, dou
                             const std::vector<double>& src_weights) {
   const bool half = x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16;
   const at::ScalarType compute = half ? at::kFloat : x.scalar_type();
-  at::Tensor result = x.to(compute) * self_weight;
+  // x * self_weight (the kernel Python's `x * w` runs) into a pooled output.
+  const at::Tensor xc = x.to(compute);
+  at::Tensor result = EmptyOutput(xc.sizes(), xc.options(), x.data_ptr());
+  at::mul_out(result, xc, at::native::wrapped_scalar_tensor(self_weight));
   for (size_t k = 0; k < src_weights.size(); ++k) {
     if (src_weights[k] != 0.0) result.add_(received[static_cast<int64_t>(k)].to(compute), src_weights[k]);
   }
