@@ -7,7 +7,8 @@
 // the next output of the same size class reuses it, already mapped. The cache
 // keeps at most BLUEFOG_OUTPUT_CACHE_BYTES of free memory (0: no cache).
 //
-// Each output also starts at a different offset within a 4 KiB page than the
+// Blocks of 4 MiB and more are 2 MiB aligned and advised for transparent huge
+// pages. Each output also starts at a different offset within a 4 KiB page than the
 // tensor it is computed from, so copies between the two do not suffer 4K
 // aliasing. The tensors are ordinary resizable CPU tensors.
 #ifndef BLUEFOG_TORCH_OUTPUT_POOL_H
