@@ -22,7 +22,7 @@ Method (timings on small, oversubscribed machines are noisy):
   * correctness is checked once per size for every contender before timing;
   * every contender gets --warmup untimed ops per size;
   * then --trials rounds; in each round every contender runs one block of
-    --iters ops (preceded by a barrier and one untimed op), and the order of
+    --iters ops (preceded by a barrier and --rewarm-seconds of untimed ops), and the order of
     the contenders rotates from round to round, so background noise and cache
     effects hit all of them alike;
   * each op is timed individually (perf_counter_ns) on every rank.
@@ -109,6 +109,25 @@ def per_size_option(parser, args, name, n, default=None):
     return vals
 
 
+REWARM_HELP = ("untimed ops before each timed block, for at least this many seconds (default 0.3): "
+               "after another contender's block (gloo's ops sleep for milliseconds) the kernel's "
+               "scheduler needs a few hundred ms to settle; measured here, BlueFog's 4 KiB ops right "
+               "after gloo ran ~2x slower for ~0.3 s. 0: one untimed op only")
+
+
+def rewarm(comm, op, seconds):
+    """Runs op() untimed: at least once, then in rounds of 8 until rank 0 has spent `seconds`.
+    Every rank runs the same number of ops (collectives must match)."""
+    op()
+    start = time.perf_counter()
+    while seconds > 0:
+        done = comm.bcast(time.perf_counter() - start >= seconds if comm.Get_rank() == 0 else None, root=0)
+        if done:
+            break
+        for _ in range(8):
+            op()
+
+
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", default="4KiB,1MiB,16MiB",
@@ -130,6 +149,7 @@ def parse_args():
     p.add_argument("--skip-negotiate", action="store_true",
                    help="diagnostic: bf.set_skip_negotiate_stage(True) for the whole run (no per-op "
                         "negotiation round; ops run in enqueue order)")
+    p.add_argument("--rewarm-seconds", type=float, default=0.3, help=REWARM_HELP)
     p.add_argument("--contenders", default=",".join(CONTENDERS),
                    help="diagnostic: comma-separated subset of contenders to run (default: all; the "
                         "ratios need bf.allreduce, bf.allreduce_, mpi4py, mpi4py_oop and gloo)")
@@ -280,7 +300,7 @@ def main():
               f"{env['mpi_library']}; MPI thread level {env['mpi_thread_level']}; torch {env['torch']}",
               flush=True)
         print(f"# sizes {[fmt_size(s) for s in ARGS.sizes]}, iters {ARGS.iters}, warmup {ARGS.warmup}, "
-              f"trials {ARGS.trials}; mpi4py buffers: {ARGS.mpi4py_buffer}; "
+              f"trials {ARGS.trials}, re-warm {ARGS.rewarm_seconds} s; mpi4py buffers: {ARGS.mpi4py_buffer}; "
               f"bf skip-negotiate {env['bf_skip_negotiate']}; "
               f"BLUEFOG_* env {env['bluefog_env'] or 'none'}", flush=True)
 
@@ -308,7 +328,7 @@ def main():
             k = trial % len(cs)
             for c in cs[k:] + cs[:k]:        # rotate the order every round
                 COMM.Barrier()
-                c.op()                       # one untimed op: re-warm after the other contenders
+                rewarm(COMM, c.op, ARGS.rewarm_seconds)  # settle after the other contenders
                 COMM.Barrier()
                 samples = lat[c.label]
                 pc = time.perf_counter_ns
@@ -415,7 +435,8 @@ def report(results, env, elapsed):
                "env": env, "options": {"sizes": ARGS.sizes, "iters": ARGS.iters, "warmup": ARGS.warmup,
                                        "trials": ARGS.trials, "torch_threads": ARGS.torch_threads,
                                        "mpi4py_buffer": ARGS.mpi4py_buffer,
-                                       "skip_negotiate": ARGS.skip_negotiate},
+                                       "skip_negotiate": ARGS.skip_negotiate,
+                                       "rewarm_seconds": ARGS.rewarm_seconds},
                "results": results, "targets": targets, "elapsed_s": elapsed}
         with open(ARGS.json_out, "w") as f:
             json.dump(doc, f, indent=2)

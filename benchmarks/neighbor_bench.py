@@ -107,7 +107,7 @@ def verify_all(comm, contender):
     return all_ok, [d for d in (details or []) if d]
 
 
-def measure(comm, contenders, iters, trials):
+def measure(comm, contenders, iters, trials, rewarm_seconds=0.3):
     """Round-robin interleaved timing. Returns this rank's per-op latencies and per-round block
     times (ns), keyed by label."""
     lat = {c.label: [] for c in contenders}
@@ -117,7 +117,7 @@ def measure(comm, contenders, iters, trials):
         k = trial % len(contenders)
         for c in contenders[k:] + contenders[:k]:   # rotate the order every round
             comm.Barrier()
-            c.op()                                  # one untimed op: re-warm after the others
+            ab.rewarm(comm, c.op, rewarm_seconds)   # settle after the other contenders
             comm.Barrier()
             samples = lat[c.label]
             t_block = pc()
@@ -395,6 +395,7 @@ def parse_args():
     p.add_argument("--warmup", default=None, help="untimed warm-up ops per contender per size: one value or one per "
                    "size (default by size: 10, 3, 1)")
     p.add_argument("--trials", type=int, default=10, help="round-robin rounds (default 10)")
+    p.add_argument("--rewarm-seconds", type=float, default=0.3, help=ab.REWARM_HELP)
     p.add_argument("--fusion-count", type=int, default=64, help="tensors per fusion batch (default 64)")
     p.add_argument("--fusion-size", default="16KiB", help="size of each fusion tensor (default 16KiB)")
     p.add_argument("--fusion-iters", type=int, default=5, help="timed batches per contender per round (default 5)")
@@ -419,7 +420,7 @@ def parse_args():
     return a
 
 
-def run_group(comm, contenders, iters, warmup, trials, what):
+def run_group(comm, contenders, iters, warmup, trials, what, rewarm_seconds=0.3):
     verified = {}
     for c in contenders:
         ok, details = verify_all(comm, c)
@@ -429,7 +430,7 @@ def run_group(comm, contenders, iters, warmup, trials, what):
     for c in contenders:
         for _ in range(warmup):
             c.op()
-    lat, block = measure(comm, contenders, iters, trials)
+    lat, block = measure(comm, contenders, iters, trials, rewarm_seconds)
     return summarize(comm, [c.label for c in contenders], lat, block, verified, trials)
 
 
@@ -456,7 +457,7 @@ def main(args):
         print(f"# topology: {type(bf.load_topology()).__name__} in-neighbors {env['bf_in_neighbors']}, "
               f"out-neighbors {env['bf_out_neighbors']}", flush=True)
         print(f"# sizes {[fmt_size(s) for s in args.sizes]}, iters {args.iters}, warmup {args.warmup}, trials "
-              f"{args.trials}; fusion {args.fusion_count} x {fmt_size(args.fusion_size)}, iters {args.fusion_iters}; "
+              f"{args.trials}, re-warm {args.rewarm_seconds} s; fusion {args.fusion_count} x {fmt_size(args.fusion_size)}, iters {args.fusion_iters}; "
               f"mpi4py fresh recv {args.mpi4py_fresh_recv}; bf skip-negotiate {env['bf_skip_negotiate']}; "
               f"BLUEFOG_* env {env['bluefog_env'] or 'none'}; load average {fmt_load(env['loadavg_at_start'])}",
               flush=True)
@@ -466,7 +467,8 @@ def main(args):
     for si, nbytes in enumerate(args.sizes):
         nelem = nbytes // 4
         cs = [SIZE_CLASSES[label](label, ctx, nelem, nbytes) for label in labels]
-        stats = run_group(comm, cs, args.iters[si], args.warmup[si], args.trials, fmt_size(nbytes))
+        stats = run_group(comm, cs, args.iters[si], args.warmup[si], args.trials, fmt_size(nbytes),
+                          args.rewarm_seconds)
         load = list(os.getloadavg())
         if rank == 0:
             row = {"size_bytes": nbytes, "size": fmt_size(nbytes), "iters": args.iters[si],
@@ -486,7 +488,8 @@ def main(args):
     fusion = None
     if not args.skip_fusion:
         bs = [Batch(label, ctx, args.fusion_count, args.fusion_size // 4) for label in FUSION_CONTENDERS]
-        stats = run_group(comm, bs, args.fusion_iters, args.fusion_warmup, args.trials, "fusion")
+        stats = run_group(comm, bs, args.fusion_iters, args.fusion_warmup, args.trials, "fusion",
+                          args.rewarm_seconds)
         load = list(os.getloadavg())
         if rank == 0:
             fusion = {"count": args.fusion_count, "size_bytes": args.fusion_size, "iters": args.fusion_iters,

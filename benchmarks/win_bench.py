@@ -177,6 +177,7 @@ def parse_args():
     p.add_argument("--warmup", default=None, help="untimed warm-up ops per contender per size: one value or one per "
                    "size (default by size: 10, 3, 1)")
     p.add_argument("--trials", type=int, default=8, help="round-robin rounds (default 8)")
+    p.add_argument("--rewarm-seconds", type=float, default=0.3, help=nb.ab.REWARM_HELP)
     p.add_argument("--skip-negotiate", action="store_true",
                    help="diagnostic: bf.set_skip_negotiate_stage(True) for the whole run")
     p.add_argument("--torch-threads", type=int, default=1, help="torch.set_num_threads per rank (default 1)")
@@ -211,7 +212,7 @@ def main(args):
               f"{env['unified_window_model']}; torch {env['torch']}", flush=True)
         print(f"# out-neighbors {env['bf_out_neighbors']}, in-neighbors {env['bf_in_neighbors']}", flush=True)
         print(f"# sizes {[nb.fmt_size(s) for s in args.sizes]}, iters {args.iters}, warmup {args.warmup}, "
-              f"trials {args.trials}; bf skip-negotiate {env['bf_skip_negotiate']}; BLUEFOG_* env "
+              f"trials {args.trials}, re-warm {args.rewarm_seconds} s; bf skip-negotiate {env['bf_skip_negotiate']}; BLUEFOG_* env "
               f"{env['bluefog_env'] or 'none'}; load average {nb.fmt_load(env['loadavg_at_start'])}", flush=True)
 
     t_start = time.perf_counter()
@@ -219,7 +220,8 @@ def main(args):
     for si, nbytes in enumerate(args.sizes):
         w = Windows(comm, nbytes // 4, nbytes)
         cs = [WinContender(label, w) for label in CONTENDERS]
-        stats = nb.run_group(comm, cs, args.iters[si], args.warmup[si], args.trials, nb.fmt_size(nbytes))
+        stats = nb.run_group(comm, cs, args.iters[si], args.warmup[si], args.trials, nb.fmt_size(nbytes),
+                             args.rewarm_seconds)
         comm.Barrier()
         w.free()
         load = list(os.getloadavg())
