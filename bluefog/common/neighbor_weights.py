@@ -27,6 +27,8 @@ class Exchange(NamedTuple):
 
 def check_weight(value, what: str, op: str) -> float:
     """A real number as float, else ValueError."""
+    if type(value) is float or type(value) is int:  # the common case, without ABC checks
+        return float(value)
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ValueError(f"{op}: {what} must be a number, got {value!r}")
     return float(value)
@@ -38,7 +40,7 @@ def check_weight_dict(weights, what: str, op: str) -> Dict[int, float]:
         raise ValueError(f"{op}: {what} must be a dict {{rank: weight}}, got {type(weights).__name__}")
     out = {}
     for k, v in weights.items():
-        if isinstance(k, bool) or not isinstance(k, numbers.Integral):
+        if type(k) is not int and (isinstance(k, bool) or not isinstance(k, numbers.Integral)):
             raise ValueError(f"{op}: {what} keys must be ranks (int), got {k!r}")
         out[int(k)] = check_weight(v, f"{what}[{k}]", op)
     return out
