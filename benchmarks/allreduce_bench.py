@@ -128,6 +128,72 @@ def rewarm(comm, op, seconds):
             op()
 
 
+def measure(comm, contenders, iters, trials, rewarm_seconds=0.3):
+    """Round-robin interleaved timing. Returns this rank's per-op latencies and per-round block
+    times (ns), keyed by label."""
+    lat = {c.label: [] for c in contenders}
+    block = {c.label: [] for c in contenders}
+    pc = time.perf_counter_ns
+    for trial in range(trials):
+        k = trial % len(contenders)
+        for c in contenders[k:] + contenders[:k]:   # rotate the order every round
+            comm.Barrier()
+            rewarm(comm, c.op, rewarm_seconds)      # settle after the other contenders
+            comm.Barrier()
+            samples = lat[c.label]
+            t_block = pc()
+            for _ in range(iters):
+                t0 = pc()
+                c.op()
+                samples.append(pc() - t0)
+            block[c.label].append((pc() - t_block) / iters)
+    return lat, block
+
+
+def summarize(comm, labels, lat, block, verified, trials):
+    """Rank 0 gets {label: stats}; other ranks get None. median = per-rank median, max over ranks."""
+    out = {}
+    for label in labels:
+        medians = comm.gather(statistics.median(lat[label]), root=0)
+        blocks = np.empty(trials, dtype=np.float64) if comm.Get_rank() == 0 else None
+        comm.Reduce(np.asarray(block[label], dtype=np.float64), blocks, op=MPI.MAX, root=0)
+        mins = comm.gather(min(lat[label]), root=0)
+        quart = comm.gather([float(q) for q in np.percentile(lat[label], [10, 25, 75, 90])], root=0)
+        if comm.Get_rank() == 0:
+            out[label] = {
+                "verified": verified[label],
+                "median_us": max(medians) / 1e3,
+                "median_us_per_rank": [m / 1e3 for m in medians],
+                "min_us": min(mins) / 1e3,
+                "p10_p25_p75_p90_us_per_rank": [[q / 1e3 for q in qs] for qs in quart],
+                "block_median_us": float(np.median(blocks)) / 1e3,
+                "block_us_per_round": [float(b) / 1e3 for b in blocks],
+            }
+    return out if comm.Get_rank() == 0 else None
+
+
+def environment(comm):
+    """What the results depend on: versions, MPI, threads, settings, load."""
+    return {
+        "world_size": comm.Get_size(),
+        "cpu_count": os.cpu_count(),
+        "hostname": platform.node(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "mpi4py": mpi4py.__version__,
+        "mpi_library": MPI.Get_library_version().strip().splitlines()[0],
+        "mpi_thread_level": {MPI.THREAD_SINGLE: "SINGLE", MPI.THREAD_FUNNELED: "FUNNELED",
+                             MPI.THREAD_SERIALIZED: "SERIALIZED",
+                             MPI.THREAD_MULTIPLE: "MULTIPLE"}.get(MPI.Query_thread(), "?"),
+        "bf_mpi_threads_supported": bool(bf.mpi_threads_supported()),
+        "torch_threads": torch.get_num_threads(),
+        "bf_skip_negotiate": bool(bf.get_skip_negotiate_stage()),
+        "loadavg_at_start": list(os.getloadavg()),
+        "bluefog_env": {k: v for k, v in os.environ.items() if k.startswith("BLUEFOG_")},
+    }
+
+
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", default="4KiB,1MiB,16MiB",
@@ -276,25 +342,7 @@ def main():
         bf.set_skip_negotiate_stage(True)
     port = init_gloo(COMM)
 
-    env = {
-        "world_size": size,
-        "cpu_count": os.cpu_count(),
-        "hostname": platform.node(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "mpi4py": mpi4py.__version__,
-        "mpi_library": MPI.Get_library_version().strip().splitlines()[0],
-        "mpi_thread_level": {MPI.THREAD_SINGLE: "SINGLE", MPI.THREAD_FUNNELED: "FUNNELED",
-                             MPI.THREAD_SERIALIZED: "SERIALIZED",
-                             MPI.THREAD_MULTIPLE: "MULTIPLE"}.get(MPI.Query_thread(), "?"),
-        "bf_mpi_threads_supported": bool(bf.mpi_threads_supported()),
-        "torch_threads": torch.get_num_threads(),
-        "gloo_port": port,
-        "loadavg_at_start": list(os.getloadavg()),
-        "bf_skip_negotiate": bool(bf.get_skip_negotiate_stage()),
-        "bluefog_env": {k: v for k, v in os.environ.items() if k.startswith("BLUEFOG_")},
-    }
+    env = dict(environment(COMM), gloo_port=port)
     if rank == 0:
         print(f"# allreduce benchmark: {size} ranks, {env['cpu_count']} cores on {env['hostname']}; "
               f"{env['mpi_library']}; MPI thread level {env['mpi_thread_level']}; torch {env['torch']}",
@@ -322,43 +370,10 @@ def main():
             for _ in range(warmup):
                 c.op()
 
-        lat = {c.label: [] for c in cs}      # this rank's per-op latencies (ns)
-        block = {c.label: [] for c in cs}    # this rank's block time / iters per round (ns)
-        for trial in range(ARGS.trials):
-            k = trial % len(cs)
-            for c in cs[k:] + cs[:k]:        # rotate the order every round
-                COMM.Barrier()
-                rewarm(COMM, c.op, ARGS.rewarm_seconds)  # settle after the other contenders
-                COMM.Barrier()
-                samples = lat[c.label]
-                pc = time.perf_counter_ns
-                t_block = pc()
-                for _ in range(iters):
-                    t0 = pc()
-                    c.op()
-                    samples.append(pc() - t0)
-                block[c.label].append((pc() - t_block) / iters)
-
+        lat, block = measure(COMM, cs, iters, ARGS.trials, ARGS.rewarm_seconds)
         row = {"size_bytes": nbytes, "size": fmt_size(nbytes), "iters": iters, "warmup": warmup,
-               "trials": ARGS.trials, "contenders": {}}
-        for c in cs:
-            my_median = statistics.median(lat[c.label])
-            medians = COMM.gather(my_median, root=0)
-            # max over ranks per round, then the median over rounds
-            blocks = np.empty(ARGS.trials, dtype=np.float64) if rank == 0 else None
-            COMM.Reduce(np.asarray(block[c.label], dtype=np.float64), blocks, op=MPI.MAX, root=0)
-            mins = COMM.gather(min(lat[c.label]), root=0)
-            quart = COMM.gather([float(q) for q in np.percentile(lat[c.label], [10, 25, 75, 90])], root=0)
-            if rank == 0:
-                row["contenders"][c.label] = {
-                    "verified": verified[c.label],
-                    "median_us": max(medians) / 1e3,
-                    "median_us_per_rank": [m / 1e3 for m in medians],
-                    "min_us": min(mins) / 1e3,
-                    "p10_p25_p75_p90_us_per_rank": [[q / 1e3 for q in qs] for qs in quart],
-                    "block_median_us": float(np.median(blocks)) / 1e3,
-                    "block_us_per_round": [float(b) / 1e3 for b in blocks],
-                }
+               "trials": ARGS.trials,
+               "contenders": summarize(COMM, [c.label for c in cs], lat, block, verified, ARGS.trials)}
         if rank == 0:
             cc = row["contenders"]
             row["ratio_bf_over_mpi4py"] = ratio(cc, "bf.allreduce", "mpi4py", "median_us")

@@ -46,8 +46,6 @@ limits are also reported for the dynamic pair); bf.fused >= 3x faster than bf.on
 import argparse
 import json
 import os
-import platform
-import statistics
 import sys
 import time
 
@@ -68,6 +66,7 @@ import bluefog.torch as bf  # noqa: E402
 
 parse_size, fmt_size, int_list = ab.parse_size, ab.fmt_size, ab.int_list
 by_size, per_size_option = ab.by_size, ab.per_size_option
+measure, summarize = ab.measure, ab.summarize
 TARGETS = ab.TARGETS          # {4 KiB: 1.3, 16 MiB: 1.1}: bluefog / raw MPI
 FUSION_TARGET = 3.0           # bf.one_by_one / bf.fused
 SIZE_CONTENDERS = ("bf.static", "mpi4py.static", "bf.dyn1", "mpi4py.dyn1", "gloo")
@@ -107,71 +106,9 @@ def verify_all(comm, contender):
     return all_ok, [d for d in (details or []) if d]
 
 
-def measure(comm, contenders, iters, trials, rewarm_seconds=0.3):
-    """Round-robin interleaved timing. Returns this rank's per-op latencies and per-round block
-    times (ns), keyed by label."""
-    lat = {c.label: [] for c in contenders}
-    block = {c.label: [] for c in contenders}
-    pc = time.perf_counter_ns
-    for trial in range(trials):
-        k = trial % len(contenders)
-        for c in contenders[k:] + contenders[:k]:   # rotate the order every round
-            comm.Barrier()
-            ab.rewarm(comm, c.op, rewarm_seconds)   # settle after the other contenders
-            comm.Barrier()
-            samples = lat[c.label]
-            t_block = pc()
-            for _ in range(iters):
-                t0 = pc()
-                c.op()
-                samples.append(pc() - t0)
-            block[c.label].append((pc() - t_block) / iters)
-    return lat, block
-
-
-def summarize(comm, labels, lat, block, verified, trials):
-    """Rank 0 gets {label: stats}; other ranks get None. median = per-rank median, max over ranks."""
-    out = {}
-    for label in labels:
-        medians = comm.gather(statistics.median(lat[label]), root=0)
-        blocks = np.empty(trials, dtype=np.float64) if comm.Get_rank() == 0 else None
-        comm.Reduce(np.asarray(block[label], dtype=np.float64), blocks, op=MPI.MAX, root=0)
-        mins = comm.gather(min(lat[label]), root=0)
-        quart = comm.gather([float(q) for q in np.percentile(lat[label], [10, 25, 75, 90])], root=0)
-        if comm.Get_rank() == 0:
-            out[label] = {
-                "verified": verified[label],
-                "median_us": max(medians) / 1e3,
-                "median_us_per_rank": [m / 1e3 for m in medians],
-                "min_us": min(mins) / 1e3,
-                "p10_p25_p75_p90_us_per_rank": [[q / 1e3 for q in qs] for qs in quart],
-                "block_median_us": float(np.median(blocks)) / 1e3,
-                "block_us_per_round": [float(b) / 1e3 for b in blocks],
-            }
-    return out if comm.Get_rank() == 0 else None
-
-
 def environment(comm):
-    return {
-        "world_size": comm.Get_size(),
-        "cpu_count": os.cpu_count(),
-        "hostname": platform.node(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "mpi4py": mpi4py.__version__,
-        "mpi_library": MPI.Get_library_version().strip().splitlines()[0],
-        "mpi_thread_level": {MPI.THREAD_SINGLE: "SINGLE", MPI.THREAD_FUNNELED: "FUNNELED",
-                             MPI.THREAD_SERIALIZED: "SERIALIZED",
-                             MPI.THREAD_MULTIPLE: "MULTIPLE"}.get(MPI.Query_thread(), "?"),
-        "bf_mpi_threads_supported": bool(bf.mpi_threads_supported()),
-        "torch_threads": torch.get_num_threads(),
-        "bf_skip_negotiate": bool(bf.get_skip_negotiate_stage()),
-        "bf_in_neighbors": comm.allgather(list(bf.in_neighbor_ranks())),
-        "bf_out_neighbors": comm.allgather(list(bf.out_neighbor_ranks())),
-        "loadavg_at_start": list(os.getloadavg()),
-        "bluefog_env": {k: v for k, v in os.environ.items() if k.startswith("BLUEFOG_")},
-    }
+    return dict(ab.environment(comm), bf_in_neighbors=comm.allgather(list(bf.in_neighbor_ranks())),
+                bf_out_neighbors=comm.allgather(list(bf.out_neighbor_ranks())))
 
 
 def fmt_load(la):
