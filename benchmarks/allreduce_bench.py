@@ -172,6 +172,21 @@ def summarize(comm, labels, lat, block, verified, trials):
     return out if comm.Get_rank() == 0 else None
 
 
+def start_bluefog(comm, torch_threads, skip_negotiate, script, min_ranks=1):
+    """The common start of every script: torch threads, bf.init() checked against MPI's
+    rank and size, at least `min_ranks` ranks, skip-negotiate mode if asked."""
+    rank, size = comm.Get_rank(), comm.Get_size()
+    torch.set_num_threads(max(1, torch_threads))
+    bf.init()
+    if bf.size() != size or bf.rank() != rank:
+        raise SystemExit(f"bluefog rank/size {bf.rank()}/{bf.size()} != MPI {rank}/{size}")
+    if size < min_ranks:
+        raise SystemExit(f"{script} needs at least {min_ranks} ranks")
+    if skip_negotiate:
+        bf.set_skip_negotiate_stage(True)
+    return rank, size
+
+
 def environment(comm):
     """What the results depend on: versions, MPI, threads, settings, load."""
     return {
@@ -333,13 +348,7 @@ def cell(c, k, key):
 
 
 def main():
-    rank, size = COMM.Get_rank(), COMM.Get_size()
-    torch.set_num_threads(max(1, ARGS.torch_threads))
-    bf.init()
-    if bf.size() != size or bf.rank() != rank:
-        raise SystemExit(f"bluefog rank/size {bf.rank()}/{bf.size()} != MPI {rank}/{size}")
-    if ARGS.skip_negotiate:
-        bf.set_skip_negotiate_stage(True)
+    rank, size = start_bluefog(COMM, ARGS.torch_threads, ARGS.skip_negotiate, "allreduce_bench")
     port = init_gloo(COMM)
 
     env = dict(environment(COMM), gloo_port=port)

@@ -373,15 +373,7 @@ def run_group(comm, contenders, iters, warmup, trials, what, rewarm_seconds=0.3)
 
 def main(args):
     comm = MPI.COMM_WORLD
-    rank, size = comm.Get_rank(), comm.Get_size()
-    torch.set_num_threads(max(1, args.torch_threads))
-    bf.init()
-    if bf.size() != size or bf.rank() != rank:
-        raise SystemExit(f"bluefog rank/size {bf.rank()}/{bf.size()} != MPI {rank}/{size}")
-    if size < 2:
-        raise SystemExit("neighbor_bench needs at least 2 ranks")
-    if args.skip_negotiate:
-        bf.set_skip_negotiate_stage(True)
+    rank, size = ab.start_bluefog(comm, args.torch_threads, args.skip_negotiate, "neighbor_bench", min_ranks=2)
     labels = [x for x in SIZE_CONTENDERS if not (args.skip_gloo and x == "gloo")]
     env = environment(comm)
     if "gloo" in labels:

@@ -193,15 +193,7 @@ def parse_args():
 
 def main(args):
     comm = MPI.COMM_WORLD
-    rank, size = comm.Get_rank(), comm.Get_size()
-    torch.set_num_threads(max(1, args.torch_threads))
-    bf.init()
-    if bf.size() != size or bf.rank() != rank:
-        raise SystemExit(f"bluefog rank/size {bf.rank()}/{bf.size()} != MPI {rank}/{size}")
-    if size < 2:
-        raise SystemExit("win_bench needs at least 2 ranks")
-    if args.skip_negotiate:
-        bf.set_skip_negotiate_stage(True)
+    rank, size = nb.ab.start_bluefog(comm, args.torch_threads, args.skip_negotiate, "win_bench", min_ranks=2)
     env = nb.environment(comm)
     env["unified_window_model"] = bool(bf.unified_mpi_window_model_supported())
     out_degree = len(bf.out_neighbor_ranks())
