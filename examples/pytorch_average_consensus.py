@@ -20,6 +20,7 @@ import torch
 
 import bluefog.torch as bf
 from bluefog.common import topology_util
+from plotting import semilogy_curve  # examples/plotting.py (the script's folder is on sys.path)
 
 TOPOLOGIES = ["expo2", "ring", "mesh", "star", "InnerOuterExpo2"]
 
@@ -114,25 +115,9 @@ def asynchronous(x, x_bar, args):
 
 
 def plot(errors, args):
-    try:
-        import matplotlib
-        if not args.plot_interactive:
-            matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: no plot (pip install matplotlib)", flush=True)
-        return
-    plt.semilogy(errors)
-    plt.xlabel("iteration")
-    plt.ylabel("relative error on rank 0")
-    plt.title(("push-sum" if args.asynchronous_mode else "neighbor_allreduce")
-              + f", {args.virtual_topology}" + (", dynamic" if args.enable_dynamic_topology else ""))
-    if args.save_plot_file:
-        plt.savefig(args.save_plot_file)
-        print(f"saved the plot to {args.save_plot_file}", flush=True)
-    if args.plot_interactive:
-        plt.show()
-    plt.close()
+    title = (("push-sum" if args.asynchronous_mode else "neighbor_allreduce")
+             + f", {args.virtual_topology}" + (", dynamic" if args.enable_dynamic_topology else ""))
+    semilogy_curve(errors, "relative error on rank 0", title, args.save_plot_file, args.plot_interactive)
 
 
 def main():

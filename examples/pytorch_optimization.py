@@ -31,6 +31,7 @@ import torch
 
 import bluefog.torch as bf
 from bluefog.common import topology_util
+from plotting import semilogy_curve  # examples/plotting.py (the script's folder is on sys.path)
 
 METHODS = ["diffusion", "exact_diffusion", "gradient_tracking", "push_diging"]
 TASKS = ["linear_regression", "logistic_regression"]
@@ -214,24 +215,8 @@ def set_topology(name):
 
 
 def plot(dist, args):
-    try:
-        import matplotlib
-        if not args.plot_interactive:
-            matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: no plot (pip install matplotlib)", flush=True)
-        return
-    plt.semilogy(dist)
-    plt.xlabel("iteration")
-    plt.ylabel("||w - w*|| on rank 0")
-    plt.title(f"{args.method}, {args.task}, {args.topology}")
-    if args.save_plot_file:
-        plt.savefig(args.save_plot_file)
-        print(f"saved the plot to {args.save_plot_file}", flush=True)
-    if args.plot_interactive:
-        plt.show()
-    plt.close()
+    semilogy_curve(dist, "||w - w*|| on rank 0", f"{args.method}, {args.task}, {args.topology}",
+                   args.save_plot_file, args.plot_interactive)
 
 
 def main():
