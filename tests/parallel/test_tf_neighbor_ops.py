@@ -27,6 +27,7 @@ import tensorflow as tf  # noqa: E402
 
 import bluefog.tensorflow as bf  # noqa: E402
 from bluefog.common import topology_util  # noqa: E402
+from tf_checks import finite_difference_check, run  # noqa: E402  (tests/parallel/tf_checks.py)
 
 bf.init()
 SIZE = bf.size()
@@ -39,10 +40,6 @@ SHAPE = (2, 3)
 def _reset_topology():
     bf.set_topology(topology_util.ExponentialGraph(SIZE))
     yield
-
-
-def run(mode, fn, *args):
-    return fn(*args) if mode == "eager" else tf.function(fn)(*args)
 
 
 def rank_input(r, shape=SHAPE):
@@ -83,22 +80,6 @@ def check_linear_op(mode, fn, m, shape=SHAPE):
     np.testing.assert_allclose(grad, expected.numpy(), rtol=1e-12)
     if mode == "eager":
         finite_difference_check(fn, xs[RANK], c, grad)
-
-
-def finite_difference_check(fn, x, c, grad, directions=2, eps=0.5):
-    """Checks `grad` (this rank's block of the gradient of the global loss
-    sum_ranks <c, fn(x)>) numerically: for random perturbations v of every
-    rank's input, the central difference (L(x + eps v) - L(x - eps v)) / 2 eps
-    must equal sum_ranks <grad, v> (exact up to rounding for linear ops)."""
-    rng = np.random.RandomState(1000 + RANK)
-    for _ in range(directions):
-        v = rng.standard_normal(x.shape)
-        values = []
-        for sign in (1.0, -1.0):
-            local = tf.reduce_sum(c * fn(x + sign * eps * tf.constant(v, x.dtype)))
-            values.append(float(bf.allreduce(local, average=False).numpy()))
-        predicted = float(bf.allreduce(tf.constant(np.sum(np.asarray(grad) * v)), average=False).numpy())
-        np.testing.assert_allclose((values[0] - values[1]) / (2 * eps), predicted, rtol=1e-9, atol=1e-9)
 
 
 # ---- neighbor_allreduce -----------------------------------------------------------------

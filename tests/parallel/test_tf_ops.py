@@ -18,6 +18,7 @@ import tensorflow as tf  # noqa: E402
 
 import bluefog.tensorflow as bf  # noqa: E402
 from bluefog.tensorflow.mpi_ops import op_name  # noqa: E402
+from tf_checks import finite_difference_check, run  # noqa: E402  (tests/parallel/tf_checks.py)
 
 bf.init()
 SIZE = bf.size()
@@ -28,11 +29,6 @@ FLOAT_DTYPES = [tf.float16, tf.bfloat16, tf.float32, tf.float64]
 MOVE_DTYPES = [tf.uint8, tf.int8, tf.int16, tf.int32, tf.int64, tf.float16, tf.float32, tf.float64, tf.bool]
 SHAPES = [(), (17,), (3, 4, 5)]
 MODES = ["eager", "function"]
-
-
-def run(mode, fn, *args):
-    """fn(*args) eagerly, or traced in a fresh tf.function."""
-    return fn(*args) if mode == "eager" else tf.function(fn)(*args)
 
 
 def rank_input(r, shape, dtype=tf.float64):
@@ -146,22 +142,6 @@ def tape_gradient(mode, fn, x, c):
             loss = tf.reduce_sum(c * fn(x))
         return tape.gradient(loss, x)
     return run(mode, step, x)
-
-
-def finite_difference_check(fn, x, c, grad, directions=2, eps=0.5):
-    """Checks `grad` (this rank's block of the gradient of the global loss
-    sum_ranks <c, fn(x)>) numerically: for random perturbations v of every
-    rank's input, the central difference (L(x + eps v) - L(x - eps v)) / 2 eps
-    must equal sum_ranks <grad, v> (exact up to rounding for linear ops)."""
-    rng = np.random.RandomState(1000 + RANK)
-    for _ in range(directions):
-        v = rng.standard_normal(x.shape)
-        values = []
-        for sign in (1.0, -1.0):
-            local = tf.reduce_sum(c * fn(x + sign * eps * tf.constant(v, x.dtype)))
-            values.append(float(bf.allreduce(local, average=False).numpy()))
-        predicted = float(bf.allreduce(tf.constant(np.sum(np.asarray(grad) * v)), average=False).numpy())
-        np.testing.assert_allclose((values[0] - values[1]) / (2 * eps), predicted, rtol=1e-9, atol=1e-9)
 
 
 def loss_weights(r, shape):
