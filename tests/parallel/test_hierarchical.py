@@ -41,6 +41,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 import bluefog.torch as bf  # noqa: E402
+from graph_refs import weight_matrix  # noqa: E402  (tests/parallel/graph_refs.py)
 from bluefog.common.basics import get_basics  # noqa: E402
 from bluefog.common import topology_util  # noqa: E402
 
@@ -89,10 +90,6 @@ def machine_means(shape, seed, dtype=torch.float64):
     """(MACHINES, *shape): the mean of each machine's ranks' inputs (float64)."""
     X = np.stack([rank_input(r, shape, seed, dtype).to(torch.float64).numpy() for r in range(SIZE)])
     return X.reshape((MACHINES, LOCAL_SIZE) + tuple(shape)).mean(axis=1)
-
-
-def machine_W(G):
-    return nx.to_numpy_array(G, nodelist=list(range(MACHINES)))
 
 
 def uniform_matrix(W):
@@ -200,7 +197,7 @@ def test_hierarchical_with_machine_topology(graph, weighted):
     G = lopsided_graph(MACHINES) if graph == "lopsided" else MACHINE_GRAPHS[graph](MACHINES)
     assert bf.set_machine_topology(G, is_weighted=weighted)
     assert bf.is_machine_topo_weighted() == weighted
-    W = machine_W(G)
+    W = weight_matrix(G)
     assert sorted(bf.in_neighbor_machine_ranks()) == [i for i in range(MACHINES) if i != MACHINE and W[i, MACHINE]]
     assert sorted(bf.out_neighbor_machine_ranks()) == [j for j in range(MACHINES) if j != MACHINE and W[MACHINE, j]]
     M = W if weighted else uniform_matrix(W)
@@ -221,7 +218,7 @@ def test_hierarchical_exponential_reaches_global_average_on_two_machines_or_fewe
     if MACHINES <= 2:
         check(y, machine_means(shape, seed).mean(axis=0))
     else:
-        check(y, combine(uniform_matrix(machine_W(bf.ExponentialGraph(MACHINES))), machine_means(shape, seed),
+        check(y, combine(uniform_matrix(weight_matrix(bf.ExponentialGraph(MACHINES))), machine_means(shape, seed),
                           MACHINE))
 
 
@@ -232,7 +229,7 @@ def test_hierarchical_dtypes_and_shapes(dtype):
     for shape in [(), (3,), (2, 3, 2)]:
         seed = 5 + len(shape)
         y = bf.hierarchical_neighbor_allreduce(rank_input(RANK, shape, seed, dtype), name=f"hier.dt.{dtype}.{shape}")
-        check(y, combine(machine_W(G), machine_means(shape, seed, dtype), MACHINE), dtype)
+        check(y, combine(weight_matrix(G), machine_means(shape, seed, dtype), MACHINE), dtype)
 
 
 def test_single_machine_degenerate_case():
@@ -309,7 +306,7 @@ def test_hierarchical_explicit_all_to_all_rank_dependent_weights():
 def test_hierarchical_nonblocking_poll_then_synchronize():
     G = bf.ExponentialGraph(MACHINES)
     bf.set_machine_topology(G, is_weighted=True)
-    W = machine_W(G)
+    W = weight_matrix(G)
     shape = (3,)
     handles = [bf.hierarchical_neighbor_allreduce_nonblocking(rank_input(RANK, shape, 10 + k), name=f"hier.nb.{k}")
                for k in range(5)]
@@ -361,7 +358,7 @@ def test_other_argument_errors():
         bf.set_machine_topology(nx.complete_graph(MACHINES))
     # Still usable afterwards.
     bf.set_machine_topology(bf.ExponentialGraph(MACHINES))
-    U = uniform_matrix(machine_W(bf.ExponentialGraph(MACHINES)))
+    U = uniform_matrix(weight_matrix(bf.ExponentialGraph(MACHINES)))
     check(bf.hierarchical_neighbor_allreduce(x, name="hier.after.errors"), combine(U, machine_means((2,), 41), MACHINE))
 
 
@@ -374,7 +371,7 @@ def test_machine_pattern_mismatch_raises_on_every_rank():
                                            name="hier.mismatch")
     # The next op still works.
     bf.set_machine_topology(bf.ExponentialGraph(MACHINES))
-    U = uniform_matrix(machine_W(bf.ExponentialGraph(MACHINES)))
+    U = uniform_matrix(weight_matrix(bf.ExponentialGraph(MACHINES)))
     check(bf.hierarchical_neighbor_allreduce(x, name="hier.after.mismatch"),
           combine(U, machine_means((2,), 42), MACHINE))
 
@@ -400,7 +397,7 @@ def test_rank_dependent_poll_does_not_desynchronize_unnamed_names(hier_name):
     # later unnamed op (which would deadlock: each rank waits for a name no other rank issues).
     G = bf.ExponentialGraph(MACHINES)
     bf.set_machine_topology(G)
-    U = uniform_matrix(machine_W(G))
+    U = uniform_matrix(weight_matrix(G))
     shape = (3,)
     h = bf.hierarchical_neighbor_allreduce_nonblocking(rank_input(RANK, shape, 30), name=hier_name)
     if RANK == 0:

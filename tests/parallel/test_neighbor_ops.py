@@ -20,6 +20,7 @@ import pytest
 import torch
 
 import bluefog.torch as bf
+from graph_refs import weight_matrix  # tests/parallel/graph_refs.py
 from bluefog.common import topology_util
 
 bf.init()
@@ -56,11 +57,6 @@ def _without_self_loops(G):
     G = G.copy()
     G.remove_edges_from([(i, i) for i in G.nodes])
     return G
-
-
-def weight_matrix(G):
-    """W[i][j] = weight of edge i -> j (self loops included)."""
-    return nx.to_numpy_array(G, nodelist=list(range(SIZE)))
 
 
 def adjacency(W):

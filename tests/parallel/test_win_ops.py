@@ -23,6 +23,7 @@ import pytest
 import torch
 
 import bluefog.torch as bf
+from graph_refs import in_nbrs, out_nbrs, weight_matrix  # tests/parallel/graph_refs.py
 from bluefog.common import topology_util
 
 bf.init()
@@ -49,18 +50,6 @@ GRAPHS = {
     "StarGraph": lambda n: bf.StarGraph(n),
     "FullyConnectedGraph": lambda n: bf.FullyConnectedGraph(n),
 }
-
-
-def weight_matrix(G):
-    return nx.to_numpy_array(G, nodelist=list(range(SIZE)))
-
-
-def in_nbrs(W, j):
-    return [i for i in range(SIZE) if i != j and W[i, j] != 0]
-
-
-def out_nbrs(W, i):
-    return [j for j in range(SIZE) if j != i and W[i, j] != 0]
 
 
 def rank_input(r, shape, seed, dtype=torch.float64):

@@ -13,13 +13,13 @@ time.time() are compared across ranks: the ranks of a test job share a host.
 import gc
 import time
 
-import networkx as nx
 import numpy as np
 import psutil
 import pytest
 import torch
 
 import bluefog.torch as bf
+from graph_refs import in_nbrs, out_nbrs, weight_matrix  # tests/parallel/graph_refs.py
 
 bf.init()
 SIZE = bf.size()
@@ -35,18 +35,6 @@ def _fresh(request):
     if request.session.testsfailed == 0:  # a failed rank leaves at once (parallel conftest)
         bf.turn_off_win_ops_with_associated_p()
         bf.win_free()
-
-
-def weight_matrix(G):
-    return nx.to_numpy_array(G, nodelist=list(range(SIZE)))
-
-
-def in_nbrs(W, j):
-    return [i for i in range(SIZE) if i != j and W[i, j] != 0]
-
-
-def out_nbrs(W, i):
-    return [j for j in range(SIZE) if j != i and W[i, j] != 0]
 
 
 def rank_input(r, shape, seed):
