@@ -113,8 +113,9 @@ def all_true(flag: bool) -> bool:
     return worst(0.0 if flag else 1.0) == 0.0
 
 
-def train(opt, model, steps, before_step=None, x=None, y=None, record=False):
-    """The usual loop; returns the flattened parameters after each step if record."""
+def train(opt, model, steps, before_step=None, x=None, y=None, record=False, scheduler=None):
+    """The usual loop (a learning-rate scheduler steps after each optimizer step);
+    returns the flattened parameters after each step if record."""
     x = XR if x is None else x
     y = YR if y is None else y
     history = []
@@ -124,6 +125,8 @@ def train(opt, model, steps, before_step=None, x=None, y=None, record=False):
         opt.zero_grad()
         F.mse_loss(model(x), y).backward()
         opt.step()
+        if scheduler is not None:
+            scheduler.step()
         if record:
             history.append(flat(model).clone())
     return history
@@ -332,18 +335,7 @@ BASES = {
 def reference_history(base_name, steps, x=None, y=None, seed=None, scheduler=None):
     model = make_model(seed)
     opt = BASES[base_name](model.parameters())
-    sched = scheduler(opt) if scheduler else None
-    history = []
-    x = XR if x is None else x
-    y = YR if y is None else y
-    for _ in range(steps):
-        opt.zero_grad()
-        F.mse_loss(model(x), y).backward()
-        opt.step()
-        if sched:
-            sched.step()
-        history.append(flat(model).clone())
-    return history
+    return train(opt, model, steps, x=x, y=y, record=True, scheduler=scheduler(opt) if scheduler else None)
 
 
 @pytest.mark.parametrize("base_name", list(BASES))
@@ -611,13 +603,7 @@ def test_lr_scheduler_changes_the_lr_used(kind):
     model = make_model()
     opt = build(kind, model, base=BASES["SGD"](model.parameters()), comm=EM)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
-    got = []
-    for _ in range(5):
-        opt.zero_grad()
-        F.mse_loss(model(XR), YR).backward()
-        opt.step()
-        sched.step()
-        got.append(flat(model).clone())
+    got = train(opt, model, 5, record=True, scheduler=sched)
     assert opt.param_groups[0]["lr"] == pytest.approx(0.1 * 0.5 ** 5)
     want = reference_history("SGD", 5, scheduler=lambda o: torch.optim.lr_scheduler.StepLR(o, 1, 0.5))
     for g, w in zip(got, want):
@@ -629,13 +615,7 @@ def test_lr_scheduler_with_gradient_allreduce():
     bf.broadcast_parameters(model.state_dict(), root_rank=0)
     opt = build("grad", model, base=BASES["SGD"](model.parameters()))
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.1)
-    got = []
-    for _ in range(5):
-        opt.zero_grad()
-        F.mse_loss(model(XR), YR).backward()
-        opt.step()
-        sched.step()
-        got.append(flat(model).clone())
+    got = train(opt, model, 5, record=True, scheduler=sched)
     want = reference_history("SGD", 5, x=X, y=Y, seed=1000,
                              scheduler=lambda o: torch.optim.lr_scheduler.StepLR(o, 2, 0.1))
     for g, w in zip(got, want):
