@@ -8,6 +8,8 @@ import os
 import re
 import time
 
+import pytest
+
 from launch import ROOT, bfrun, python_script
 
 SCRIPT = os.path.join(ROOT, "tests", "parallel", "jobs", "job_scenarios.py")
@@ -48,23 +50,16 @@ def test_stall_shutdown_fails_the_stalled_op(tmp_path):
     assert "RESULT rank 0 after ok" in out and "RESULT rank 1 after ok" in out, out[-6000:]
 
 
-def test_killed_rank_ends_the_job(tmp_path):
-    rc, out, _ = run("killed_rank", tmp_path, np=4)
+@pytest.mark.parametrize("job, evidence, stamp, what", [
+    ("killed_rank", "RESULT rank 1 killing itself", "killed_at", "died"),      # SIGKILL
+    ("raising_rank", "deliberate failure on rank 1", "raised_at", "raised"),  # uncaught exception
+], ids=["killed_rank_ends_the_job", "uncaught_exception_ends_the_job"])
+def test_a_failing_rank_ends_the_job(tmp_path, job, evidence, stamp, what):
+    rc, out, _ = run(job, tmp_path, np=4)
     ended = time.time()
     assert rc != 0, out[-6000:]
-    assert "RESULT rank 1 killing itself" in out, out[-6000:]
+    assert evidence in out, out[-6000:]
     assert "allreduce returned" not in out, out[-6000:]
-    with open(tmp_path / "killed_at") as f:
+    with open(tmp_path / stamp) as f:
         elapsed = ended - float(f.read())
-    assert elapsed < 30, f"the job took {elapsed:.1f} s to end after rank 1 died:\n{out[-6000:]}"
-
-
-def test_uncaught_exception_ends_the_job(tmp_path):
-    rc, out, _ = run("raising_rank", tmp_path, np=4)
-    ended = time.time()
-    assert rc != 0, out[-6000:]
-    assert "deliberate failure on rank 1" in out, out[-6000:]
-    assert "allreduce returned" not in out, out[-6000:]
-    with open(tmp_path / "raised_at") as f:
-        elapsed = ended - float(f.read())
-    assert elapsed < 30, f"the job took {elapsed:.1f} s to end after rank 1 raised:\n{out[-6000:]}"
+    assert elapsed < 30, f"the job took {elapsed:.1f} s to end after rank 1 {what}:\n{out[-6000:]}"
