@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <sstream>
 
+#include "inline_ops.h"
 #include "wire.h"
 
 namespace bluefog {
@@ -49,17 +50,6 @@ bool Contains(const std::vector<int32_t>& v, int32_t x) {
   for (auto y : v)
     if (y == x) return true;
   return false;
-}
-
-// Every rank's request carried its input, whole: the op completes from the
-// negotiation exchange alone.
-bool CompletesInline(const std::vector<Request>& by_rank) {
-  const Request& r = by_rank[0];
-  if (!(r.op == OpType::ALLREDUCE && !r.hierarchical_local) && r.op != OpType::NEIGHBOR_ALLREDUCE) return false;
-  const size_t bytes = static_cast<size_t>(NumElements(r.shape)) * DataTypeSize(r.dtype);
-  for (const Request& q : by_rank)
-    if (!q.has_payload || q.payload.size() != bytes) return false;
-  return true;
 }
 
 bool IsNeighborOp(OpType op) {

@@ -2,7 +2,8 @@
 
 #include <chrono>
 #include <string>
-#include <thread>
+
+#include "spin_wait.h"
 
 namespace bluefog {
 
@@ -38,16 +39,10 @@ Status HandleManager::Wait(int handle, int64_t spin_us) {
     return Status::InvalidArgument("unknown handle " + std::to_string(handle) +
                                    " (never returned by a nonblocking op, or already synchronized)");
   }
-  if (spin_us > 0 && !it->second.done) {
-    // Most ops finish within a few scheduling slices: poll before sleeping.
-    auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(spin_us);
-    do {
-      lock.unlock();
-      std::this_thread::yield();
-      lock.lock();
-    } while (!slots_.at(handle).done && std::chrono::steady_clock::now() < until);
-  }
-  cv_.wait(lock, [&] { return slots_.at(handle).done; });
+  auto done = [&] { return slots_.at(handle).done; };
+  // Most ops finish within a few scheduling slices: poll before sleeping.
+  if (spin_us > 0) SpinUntil(lock, std::chrono::steady_clock::now() + std::chrono::microseconds(spin_us), done);
+  cv_.wait(lock, done);
   Status s = slots_.at(handle).status;
   slots_.erase(handle);
   return s;

@@ -7,10 +7,23 @@
 
 namespace bluefog {
 
+bool TravelsInline(const Request& r) {
+  const bool op = (r.op == OpType::ALLREDUCE && !r.hierarchical_local) || r.op == OpType::NEIGHBOR_ALLREDUCE;
+  return op && r.device == kCpuDevice && r.dtype != DataType::BOOL;
+}
+
+bool CompletesInline(const std::vector<Request>& by_rank) {
+  const Request& r = by_rank[0];
+  if (!TravelsInline(r)) return false;
+  const size_t bytes = static_cast<size_t>(NumElements(r.shape)) * DataTypeSize(r.dtype);
+  for (const Request& q : by_rank)
+    if (!q.has_payload || q.payload.size() != bytes) return false;
+  return true;
+}
+
 void AttachPayloads(TensorQueue& queue, int64_t budget_bytes, std::vector<Request>* requests) {
   for (Request& r : *requests) {
-    const bool eligible = (r.op == OpType::ALLREDUCE && !r.hierarchical_local) || r.op == OpType::NEIGHBOR_ALLREDUCE;
-    if (!eligible || r.device != kCpuDevice || r.dtype == DataType::BOOL) continue;
+    if (!TravelsInline(r)) continue;
     const int64_t bytes = NumElements(r.shape) * static_cast<int64_t>(DataTypeSize(r.dtype));
     if (bytes <= 0 || bytes > budget_bytes) continue;
     if (queue.CopyInput(r.name, bytes, &r.payload)) {

@@ -18,6 +18,14 @@
 
 namespace bluefog {
 
+// The ops that can travel inline: allreduce (not hierarchical) and
+// neighbor_allreduce, on CPU tensors of a summable dtype.
+bool TravelsInline(const Request& r);
+
+// Every rank's request carried its whole input: the op completes from the
+// negotiation exchange alone (the coordinator's test, the same on every rank).
+bool CompletesInline(const std::vector<Request>& by_rank);
+
 // Copies the inputs of eligible requests (CPU, ready now, non-empty, at most
 // `budget_bytes` in all) into their payloads.
 void AttachPayloads(TensorQueue& queue, int64_t budget_bytes, std::vector<Request>* requests);

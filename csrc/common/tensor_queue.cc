@@ -1,7 +1,8 @@
 #include "tensor_queue.h"
 
 #include <algorithm>
-#include <thread>
+
+#include "spin_wait.h"
 
 namespace bluefog {
 
@@ -99,14 +100,7 @@ void TensorQueue::WaitForWork(std::chrono::microseconds timeout, std::chrono::mi
   auto has_work = [this] { return !pending_.empty() || !direct_.empty() || woken_; };
   auto start = std::chrono::steady_clock::now();
   std::unique_lock<std::mutex> lock(mu_);
-  if (spin.count() > 0) {
-    auto until = start + std::min(spin, timeout);
-    while (!has_work() && std::chrono::steady_clock::now() < until) {
-      lock.unlock();
-      std::this_thread::yield();
-      lock.lock();
-    }
-  }
+  if (spin.count() > 0) SpinUntil(lock, start + std::min(spin, timeout), has_work);
   auto left = timeout - std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - start);
   if (left.count() > 0) cv_.wait_for(lock, left, has_work);
   woken_ = false;
