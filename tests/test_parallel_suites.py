@@ -11,9 +11,13 @@ import pytest
 
 from launch import ROOT, bfrun, pytest_file
 
-# Run once more with small-op data kept out of the negotiation exchange, so
-# that the MPI path of every small op and dtype is covered too.
-NO_INLINE_FILES = ["test_collectives.py", "test_neighbor_ops.py", "test_hierarchical.py"]
+# Files run once more with a setting that switches a fast path off, so that the
+# path it replaces stays covered for every op and dtype: small-op data kept out
+# of the negotiation exchange, and blocking ops left to the background thread.
+VARIANTS = [
+    ("BLUEFOG_INLINE_BYTES", "0", ["test_collectives.py", "test_neighbor_ops.py", "test_hierarchical.py"]),
+    ("BLUEFOG_CALLER_RUNS", "0", ["test_caller_runs.py", "test_collectives.py", "test_win_ops.py"]),
+]
 FILES = sorted(glob.glob(os.path.join(ROOT, "tests", "parallel", "test_*.py")))
 RANKS = (1, 2, 4)
 TIMEOUT = int(os.environ.get("BLUEFOG_TEST_TIMEOUT", "240"))
@@ -32,9 +36,12 @@ def test_parallel_file(path, np):
 
 
 @pytest.mark.parametrize("np", (2, 4))
-@pytest.mark.parametrize("name", NO_INLINE_FILES)
-def test_parallel_file_without_inline_data(name, np):
+@pytest.mark.parametrize("variable, value, name",
+                         [(var, val, name) for var, val, names in VARIANTS for name in names],
+                         ids=[f"{name}-{var}={val}" for var, val, names in VARIANTS for name in names])
+def test_parallel_file_with_fast_path_off(variable, value, name, np):
     path = os.path.join(ROOT, "tests", "parallel", name)
-    rc, out, secs = bfrun(np, pytest_file(path), TIMEOUT, env={"BLUEFOG_INLINE_BYTES": "0"})
-    assert rc is not None, f"{name} on {np} ranks (BLUEFOG_INLINE_BYTES=0) hung (killed after {TIMEOUT} s):\n{out[-6000:]}"
-    assert rc == 0, f"{name} on {np} ranks (BLUEFOG_INLINE_BYTES=0) failed (exit {rc}):\n{out[-8000:]}"
+    rc, out, secs = bfrun(np, pytest_file(path), TIMEOUT, env={variable: value})
+    what = f"{name} on {np} ranks ({variable}={value})"
+    assert rc is not None, f"{what} hung (killed after {TIMEOUT} s):\n{out[-6000:]}"
+    assert rc == 0, f"{what} failed (exit {rc}):\n{out[-8000:]}"

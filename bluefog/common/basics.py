@@ -6,7 +6,7 @@ import contextlib
 import ctypes
 import logging
 import sys
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import networkx as nx
 
@@ -179,6 +179,14 @@ class BlueFogBasics:
     def get_skip_negotiate_stage(self) -> bool:
         """Whether skip-negotiate mode is on."""
         return bool(self._lib.bluefog_get_skip_negotiate_stage())
+
+    def exchange_counts(self) -> Tuple[int, int]:
+        """(negotiation exchanges this process has run, how many of them a caller
+        blocked on its own op ran itself instead of the background thread; see
+        BLUEFOG_CALLER_RUNS). Counts since the process started; for diagnostics."""
+        total, by_callers = ctypes.c_longlong(0), ctypes.c_longlong(0)
+        self._lib.bluefog_exchange_counts(ctypes.byref(total), ctypes.byref(by_callers))
+        return total.value, by_callers.value
 
     def barrier(self):
         """Blocks until every rank reaches it."""

@@ -60,7 +60,9 @@ def _name(name: Optional[str], op: str) -> str:
 
 
 # ---- allreduce --------------------------------------------------------------
-def _allreduce_async(tensor, output, average, is_hierarchical_local, name, op, inplace):
+# `blocking=True` (the blocking forms): the caller synchronizes at once, and its
+# wait runs the op's cycle itself instead of waking the background thread.
+def _allreduce_async(tensor, output, average, is_hierarchical_local, name, op, inplace, blocking=False):
     src = _prepare(tensor, op)
     if inplace:
         out = src
@@ -68,7 +70,8 @@ def _allreduce_async(tensor, output, average, is_hierarchical_local, name, op, i
     else:
         out = _C.empty_output_like(src) if output is None else output
         target = tensor.new_empty(tensor.shape) if src is not tensor and tensor.is_cuda else None
-    handle = _C.allreduce_async(src, out, bool(average), bool(is_hierarchical_local), _name(name, "allreduce"))
+    handle = _C.allreduce_async(src, out, bool(average), bool(is_hierarchical_local), _name(name, "allreduce"),
+                                blocking)
     return _finish(handle, target)
 
 
@@ -84,7 +87,7 @@ def allreduce(tensor: torch.Tensor, average: bool = True, is_hierarchical_local:
               name: Optional[str] = None) -> torch.Tensor:
     """Sum (or average, the default) of `tensor` over all ranks, as a new tensor.
     int32/int64/float16/bfloat16/float32/float64 (average needs a float type)."""
-    return synchronize(allreduce_nonblocking(tensor, average, is_hierarchical_local, name))
+    return synchronize(_allreduce_async(tensor, None, average, is_hierarchical_local, name, "allreduce", False, True))
 
 
 def allreduce_nonblocking_(tensor: torch.Tensor, average: bool = True, is_hierarchical_local: bool = False,
@@ -96,7 +99,7 @@ def allreduce_nonblocking_(tensor: torch.Tensor, average: bool = True, is_hierar
 def allreduce_(tensor: torch.Tensor, average: bool = True, is_hierarchical_local: bool = False,
                name: Optional[str] = None) -> torch.Tensor:
     """In-place allreduce; returns `tensor`."""
-    return synchronize(allreduce_nonblocking_(tensor, average, is_hierarchical_local, name))
+    return synchronize(_allreduce_async(tensor, None, average, is_hierarchical_local, name, "allreduce_", True, True))
 
 
 # ---- broadcast --------------------------------------------------------------
@@ -105,12 +108,12 @@ def _check_root(root_rank, op):
         raise ValueError(f"{op}: root_rank must be an int, got {root_rank!r}")
 
 
-def _broadcast_async(tensor, root_rank, name, op, inplace):
+def _broadcast_async(tensor, root_rank, name, op, inplace, blocking=False):
     _check_root(root_rank, op)
     src = _prepare(tensor, op)
     out = src if inplace else _C.empty_output_like(src)
     target = tensor if inplace and src is not tensor else None
-    return _finish(_C.broadcast_async(src, out, root_rank, _name(name, "broadcast")), target)
+    return _finish(_C.broadcast_async(src, out, root_rank, _name(name, "broadcast"), blocking), target)
 
 
 def broadcast_nonblocking(tensor: torch.Tensor, root_rank: int, name: Optional[str] = None) -> int:
@@ -120,7 +123,7 @@ def broadcast_nonblocking(tensor: torch.Tensor, root_rank: int, name: Optional[s
 
 def broadcast(tensor: torch.Tensor, root_rank: int, name: Optional[str] = None) -> torch.Tensor:
     """A copy of root_rank's `tensor` on every rank; the input is unchanged."""
-    return synchronize(broadcast_nonblocking(tensor, root_rank, name))
+    return synchronize(_broadcast_async(tensor, root_rank, name, "broadcast", False, True))
 
 
 def broadcast_nonblocking_(tensor: torch.Tensor, root_rank: int, name: Optional[str] = None) -> int:
@@ -130,20 +133,24 @@ def broadcast_nonblocking_(tensor: torch.Tensor, root_rank: int, name: Optional[
 
 def broadcast_(tensor: torch.Tensor, root_rank: int, name: Optional[str] = None) -> torch.Tensor:
     """In-place broadcast; returns `tensor` holding root_rank's values."""
-    return synchronize(broadcast_nonblocking_(tensor, root_rank, name))
+    return synchronize(_broadcast_async(tensor, root_rank, name, "broadcast_", True, True))
 
 
 # ---- allgather --------------------------------------------------------------
+def _allgather_async(tensor, name, blocking=False):
+    src = _prepare(tensor, "allgather")
+    return _C.allgather_async(src, _name(name, "allgather"), blocking)
+
+
 def allgather_nonblocking(tensor: torch.Tensor, name: Optional[str] = None) -> int:
     """Starts an allgather; returns a handle."""
-    src = _prepare(tensor, "allgather")
-    return _C.allgather_async(src, _name(name, "allgather"))
+    return _allgather_async(tensor, name)
 
 
 def allgather(tensor: torch.Tensor, name: Optional[str] = None) -> torch.Tensor:
     """Concatenation of every rank's tensor along dim 0, in rank order. The first
     dimension may differ between ranks; the others must match."""
-    result = synchronize(allgather_nonblocking(tensor, name))
+    result = synchronize(_allgather_async(tensor, name, True))
     return result.to(tensor.device) if tensor.is_cuda else result
 
 

@@ -50,11 +50,10 @@ def _combine(x: torch.Tensor, received: torch.Tensor, self_weight: float, src_we
     return result.to(x.dtype)
 
 
-def neighbor_allreduce_nonblocking(tensor: torch.Tensor, *, self_weight: Optional[float] = None,
-                                   src_weights: Optional[Dict[int, float]] = None, dst_weights: Weights = None,
-                                   enable_topo_check: bool = True, name: Optional[str] = None,
-                                   **kwargs) -> int:
-    """Starts a neighbor_allreduce; returns a handle (see neighbor_allreduce)."""
+# `blocking=True` (the blocking forms): the caller synchronizes at once, and its
+# wait runs the op's cycle itself instead of waking the background thread.
+def _neighbor_allreduce_async(tensor, self_weight, src_weights, dst_weights, enable_topo_check, name, kwargs,
+                              blocking=False):
     _reject_old_kwargs("neighbor_allreduce", kwargs, ("neighbor_weights", "send_neighbors"))
     _check_float(tensor, "neighbor_allreduce")
     ex = neighbor_weights.resolve(_basics, "neighbor_allreduce", self_weight, src_weights, dst_weights)
@@ -62,11 +61,19 @@ def neighbor_allreduce_nonblocking(tensor: torch.Tensor, *, self_weight: Optiona
     # The weighted average is formed in C++ when the handle is waited on.
     handle = _C.neighbor_async(x, False, ex.src_ranks, ex.dst_ranks, ex.dst_weights,
                                _name(name, "neighbor_allreduce"), bool(enable_topo_check),
-                               (ex.self_weight, ex.src_weights))
+                               (ex.self_weight, ex.src_weights), blocking)
     if tensor.is_cuda:
         device = tensor.device
         register_postprocess(handle, lambda out: out.to(device))
     return handle
+
+
+def neighbor_allreduce_nonblocking(tensor: torch.Tensor, *, self_weight: Optional[float] = None,
+                                   src_weights: Optional[Dict[int, float]] = None, dst_weights: Weights = None,
+                                   enable_topo_check: bool = True, name: Optional[str] = None,
+                                   **kwargs) -> int:
+    """Starts a neighbor_allreduce; returns a handle (see neighbor_allreduce)."""
+    return _neighbor_allreduce_async(tensor, self_weight, src_weights, dst_weights, enable_topo_check, name, kwargs)
 
 
 def neighbor_allreduce(tensor: torch.Tensor, *, self_weight: Optional[float] = None,
@@ -84,15 +91,11 @@ def neighbor_allreduce(tensor: torch.Tensor, *, self_weight: Optional[float] = N
     skip-negotiate mode when enable_topo_check is True: a mismatch raises
     ValueError on every rank and nothing is exchanged.
     """
-    return synchronize(neighbor_allreduce_nonblocking(tensor, self_weight=self_weight, src_weights=src_weights,
-                                                      dst_weights=dst_weights, enable_topo_check=enable_topo_check,
-                                                      name=name, **kwargs))
+    return synchronize(_neighbor_allreduce_async(tensor, self_weight, src_weights, dst_weights, enable_topo_check,
+                                                 name, kwargs, True))
 
 
-def neighbor_allgather_nonblocking(tensor: torch.Tensor, *, src_ranks: Optional[List[int]] = None,
-                                   dst_ranks: Optional[List[int]] = None, enable_topo_check: bool = True,
-                                   name: Optional[str] = None) -> int:
-    """Starts a neighbor_allgather; returns a handle."""
+def _neighbor_allgather_async(tensor, src_ranks, dst_ranks, enable_topo_check, name, blocking=False):
     if (src_ranks is None) != (dst_ranks is None):
         raise ValueError("neighbor_allgather: give src_ranks and dst_ranks together (or neither, for the topology)")
     if src_ranks is None:
@@ -102,10 +105,17 @@ def neighbor_allgather_nonblocking(tensor: torch.Tensor, *, src_ranks: Optional[
     x = _prepare(tensor, "neighbor_allgather")
     handle = _C.neighbor_async(x, True, src_ranks, dst_ranks, [],
                                _name(name, "neighbor_allgather"),
-                               bool(enable_topo_check))
+                               bool(enable_topo_check), None, blocking)
     if tensor.is_cuda:
         register_postprocess(handle, lambda out: out.to(tensor.device))
     return handle
+
+
+def neighbor_allgather_nonblocking(tensor: torch.Tensor, *, src_ranks: Optional[List[int]] = None,
+                                   dst_ranks: Optional[List[int]] = None, enable_topo_check: bool = True,
+                                   name: Optional[str] = None) -> int:
+    """Starts a neighbor_allgather; returns a handle."""
+    return _neighbor_allgather_async(tensor, src_ranks, dst_ranks, enable_topo_check, name)
 
 
 def neighbor_allgather(tensor: torch.Tensor, *, src_ranks: Optional[List[int]] = None,
@@ -114,13 +124,10 @@ def neighbor_allgather(tensor: torch.Tensor, *, src_ranks: Optional[List[int]] =
     """Concatenation along dim 0 of the in-neighbors' tensors (self excluded), in
     in_neighbor_ranks() order, or in src_ranks order for a dynamic exchange
     (src_ranks and dst_ranks given together). First dimensions may differ."""
-    return synchronize(neighbor_allgather_nonblocking(tensor, src_ranks=src_ranks, dst_ranks=dst_ranks,
-                                                      enable_topo_check=enable_topo_check, name=name))
+    return synchronize(_neighbor_allgather_async(tensor, src_ranks, dst_ranks, enable_topo_check, name, True))
 
 
-def pair_gossip_nonblocking(tensor: torch.Tensor, target_rank: int, self_weight: Optional[float] = None,
-                            pair_weight: Optional[float] = None, name: Optional[str] = None) -> int:
-    """Starts a pair_gossip; returns a handle."""
+def _pair_gossip_async(tensor, target_rank, self_weight, pair_weight, name, blocking=False):
     _check_float(tensor, "pair_gossip")
     if isinstance(target_rank, bool) or not isinstance(target_rank, numbers.Integral):
         raise ValueError(f"pair_gossip: target_rank must be an int, got {target_rank!r}")
@@ -131,11 +138,17 @@ def pair_gossip_nonblocking(tensor: torch.Tensor, target_rank: int, self_weight:
     peers = [] if int(target_rank) == _basics.rank() else [int(target_rank)]
     x = _prepare(tensor, "pair_gossip")
     handle = _C.neighbor_async(x, False, peers, peers, [], _name(name, "pair_gossip"), True,
-                               (sw if peers else 1.0, [pw] * len(peers)))
+                               (sw if peers else 1.0, [pw] * len(peers)), blocking)
     if tensor.is_cuda:
         device = tensor.device
         register_postprocess(handle, lambda out: out.to(device))
     return handle
+
+
+def pair_gossip_nonblocking(tensor: torch.Tensor, target_rank: int, self_weight: Optional[float] = None,
+                            pair_weight: Optional[float] = None, name: Optional[str] = None) -> int:
+    """Starts a pair_gossip; returns a handle."""
+    return _pair_gossip_async(tensor, target_rank, self_weight, pair_weight, name)
 
 
 def pair_gossip(tensor: torch.Tensor, target_rank: int, self_weight: Optional[float] = None,
@@ -143,7 +156,7 @@ def pair_gossip(tensor: torch.Tensor, target_rank: int, self_weight: Optional[fl
     """self_weight * x + pair_weight * x_target (default 0.5 each) with one peer.
     Every rank calls it (with its own target, which must target it back; a rank
     passing its own rank sits the round out and gets its tensor back)."""
-    return synchronize(pair_gossip_nonblocking(tensor, target_rank, self_weight, pair_weight, name))
+    return synchronize(_pair_gossip_async(tensor, target_rank, self_weight, pair_weight, name, True))
 
 
 def hierarchical_neighbor_allreduce_nonblocking(tensor: torch.Tensor, *, self_weight: Optional[float] = None,

@@ -66,6 +66,12 @@ int bluefog_set_skip_negotiate_stage(int value) {
   return Report(RunBlocking([value](StatusCallback cb) { return EnqueueSetSkipNegotiate(value != 0, std::move(cb)); }));
 }
 int bluefog_get_skip_negotiate_stage(void) { return SkipNegotiate() ? 1 : 0; }
+void bluefog_exchange_counts(long long* total, long long* by_callers) {
+  uint64_t t = 0, c = 0;
+  ExchangeCounts(&t, &c);
+  *total = static_cast<long long>(t);
+  *by_callers = static_cast<long long>(c);
+}
 void bluefog_suspend(void) { Suspend(); }
 void bluefog_resume(void) { Resume(); }
 void bluefog_abort(int code) { Abort(code); }

@@ -28,6 +28,8 @@ int bluefog_nccl_built(void);
 int bluefog_barrier(void);
 int bluefog_set_skip_negotiate_stage(int value);
 int bluefog_get_skip_negotiate_stage(void);
+// Negotiation exchanges so far, and how many a caller waiting for its op ran.
+void bluefog_exchange_counts(long long* total, long long* by_callers);
 void bluefog_suspend(void);
 // Ends the whole job at once (MPI_Abort); used when a rank dies of an uncaught error.
 void bluefog_abort(int code);

@@ -84,6 +84,8 @@ bool ParseConfig(const std::map<std::string, std::string>& env, Config* config, 
     } else if (key == "BLUEFOG_OUTPUT_CACHE_BYTES") {
       if (!ParseInt(value, &i) || i < 0) { *error = Bad(key, value, "a non-negative number of bytes (0 disables)"); return false; }
       c.output_cache_bytes = i;
+    } else if (key == "BLUEFOG_CALLER_RUNS") {
+      if (!ParseBool(value, &c.caller_runs)) { *error = Bad(key, value, "a boolean (0/1/true/false)"); return false; }
     } else if (key == "BLUEFOG_STALL_CHECK_DISABLE") {
       bool disable = false;
       if (!ParseBool(value, &disable)) { *error = Bad(key, value, "a boolean"); return false; }
@@ -138,7 +140,8 @@ std::string ConfigToJson(const Config& c) {
      << ", \"stall_check_seconds\": " << c.stall_check_seconds
      << ", \"stall_shutdown_seconds\": " << c.stall_shutdown_seconds
      << ", \"spin_time_us\": " << c.spin_time_us << ", \"inline_bytes\": " << c.inline_bytes
-     << ", \"output_cache_bytes\": " << c.output_cache_bytes << "}";
+     << ", \"output_cache_bytes\": " << c.output_cache_bytes
+     << ", \"caller_runs\": " << (c.caller_runs ? "true" : "false") << "}";
   return os.str();
 }
 

@@ -36,6 +36,11 @@ struct Config {
   // Free memory of dropped op outputs a frontend keeps to reuse for the next
   // outputs of the same size (no page faults on first touch). 0 disables.
   int64_t output_cache_bytes = 256 * 1024 * 1024;
+  // A thread blocked waiting for its op (a blocking call, synchronize) runs
+  // the negotiation cycles itself while nobody else does, instead of handing
+  // the op to the background thread and sleeping until it is woken: two
+  // thread hand-offs fewer per op. Off: only the background thread communicates.
+  bool caller_runs = true;
 };
 
 // Parses BLUEFOG_* entries of `env` into `config`, starting from defaults.

@@ -32,7 +32,7 @@ bool HandleManager::Poll(int handle, bool* known) {
   return *known && it->second.done;
 }
 
-Status HandleManager::Wait(int handle, int64_t spin_us) {
+Status HandleManager::Wait(int handle, int64_t spin_us, const Helper& help) {
   std::unique_lock<std::mutex> lock(mu_);
   auto it = slots_.find(handle);
   if (it == slots_.end()) {
@@ -40,6 +40,15 @@ Status HandleManager::Wait(int handle, int64_t spin_us) {
                                    " (never returned by a nonblocking op, or already synchronized)");
   }
   auto done = [&] { return slots_.at(handle).done; };
+  if (help && !done()) {
+    // The op's callback takes mu_ to mark it done: release it meanwhile.
+    lock.unlock();
+    help([&] {
+      std::lock_guard<std::mutex> look(mu_);
+      return slots_.at(handle).done;
+    });
+    lock.lock();
+  }
   // Most ops finish within a few scheduling slices: poll before sleeping.
   if (spin_us > 0) SpinUntil(lock, std::chrono::steady_clock::now() + std::chrono::microseconds(spin_us), done);
   cv_.wait(lock, done);

@@ -4,6 +4,7 @@
 #define BLUEFOG_COMMON_HANDLE_MANAGER_H
 
 #include <condition_variable>
+#include <functional>
 #include <mutex>
 #include <unordered_map>
 
@@ -19,8 +20,11 @@ class HandleManager {
   bool Poll(int handle, bool* known);
   // Blocks until done (callers must not hold an interpreter lock), forgets the
   // handle, and returns the op's status; INVALID_ARGUMENT for an unknown handle.
-  // Polls (yielding the core) for up to `spin_us` before it sleeps.
-  Status Wait(int handle, int64_t spin_us = 0);
+  // First lets `help` work towards completion (it is given a "done yet?"
+  // test; bluefog::HelpUntil runs the op's cycle on this thread), then polls
+  // (yielding the core) for up to `spin_us` before it sleeps.
+  using Helper = std::function<void(const std::function<bool()>&)>;
+  Status Wait(int handle, int64_t spin_us = 0, const Helper& help = nullptr);
 
  private:
   struct Slot {

@@ -40,8 +40,23 @@ struct GlobalState {
   std::unique_ptr<MpiController> controller;
   std::unique_ptr<WindowManager> windows;
   std::thread thread;
-  std::vector<std::string> my_timed_out;  // background thread only
-  bool last_cycle_moved = false;          // background thread only
+  // Held by whichever thread runs a cycle: the background thread, or a caller
+  // blocked on its own op (HelpUntil). MPI sees one thread at a time.
+  std::mutex cycle_mu;
+  std::atomic<uint64_t> exchanges{0};       // negotiation exchanges so far
+  std::atomic<int> helpers{0};              // callers inside HelpUntil
+  std::atomic<uint64_t> caller_exchanges{0};  // of `exchanges`, those run by callers
+  std::atomic<bool> loop_done{false};       // the background loop has ended
+  std::atomic<bool> last_cycle_moved{false};
+  std::vector<std::string> my_timed_out;  // under cycle_mu
+};
+
+thread_local bool tls_in_cycle = false;      // this thread holds cycle_mu (callbacks run in it)
+thread_local bool tls_caller_waits = false;  // see CallerWaitsScope
+
+struct InCycle {
+  InCycle() { tls_in_cycle = true; }
+  ~InCycle() { tls_in_cycle = false; }
 };
 
 // Never destroyed: the background thread may outlive static destruction order.
@@ -192,20 +207,43 @@ void StartNegotiation(GlobalState& g, const std::vector<Request>& requests) {
   for (const auto& r : requests) g.timeline.Start(r.name, "NEGOTIATE_" + OpTypeUpper(r.op));
 }
 
-// One negotiated cycle. Returns false when the loop must stop.
-bool RunNegotiatedCycle(GlobalState& g) {
+bool HelpingAllowed(const GlobalState& g) {
+  return g.config.caller_runs && g.running && !g.shutdown_requested && !g.loop_failed && !g.loop_done &&
+         !g.suspended && !g.skip_negotiate;
+}
+
+// Whether a thread about to negotiate should first wait for more work.
+// Ops waiting for peers: if the last exchange moved (anyone submitted or
+// something ran), negotiate again at once — the peers are busy submitting,
+// and the next exchange simply waits for them. If it did not move, wait up
+// to the cycle time for new local work (no hot loop of empty exchanges).
+bool ShouldWait(GlobalState& g) {
+  return !g.queue.HasNewRequests() && !g.shutdown_requested && !(g.queue.InFlight() > 0 && g.last_cycle_moved);
+}
+
+// The background thread's version: ops whose callers run the cycle themselves
+// are not its business, and while a caller is running cycles it stays out
+// of the way (the caller wakes it when it stops with work left).
+bool LoopShouldWait(GlobalState& g) {
+  if (g.shutdown_requested) return false;
+  if (g.helpers > 0) return true;
+  return !g.queue.HasNewRequests(/*count_owned=*/false) && !(g.queue.InFlight() > 0 && g.last_cycle_moved);
+}
+
+// The background thread's wait before an exchange (no lock held).
+void AwaitExchange(GlobalState& g) {
+  if (!LoopShouldWait(g)) return;
+  const bool helped = g.helpers > 0;  // then no polling either: the caller has the core's work
+  auto wait = !helped && g.queue.InFlight() > 0
+                  ? std::chrono::microseconds(static_cast<int64_t>(g.config.cycle_time_ms * 1000))
+                  : IdleTick(g.config);
+  g.queue.WaitForWork(wait, std::chrono::microseconds(helped ? 0 : g.config.spin_time_us), /*count_owned=*/false);
+}
+
+// One negotiation exchange and the ops it agrees on (cycle_mu held).
+// Returns false when the loop must stop.
+bool Exchange(GlobalState& g) {
   g.queue.RunDirect();
-  // Ops waiting for peers: if the last cycle moved (anyone submitted or
-  // something ran), negotiate again at once — the peers are busy submitting,
-  // and the next exchange simply waits for them. If it did not move, wait up
-  // to the cycle time for new local work (no hot loop of empty exchanges).
-  const bool waiting = g.queue.InFlight() > 0;
-  if (!g.queue.HasNewRequests() && !g.shutdown_requested && !(waiting && g.last_cycle_moved)) {
-    auto wait = waiting ? std::chrono::microseconds(static_cast<int64_t>(g.config.cycle_time_ms * 1000))
-                        : IdleTick(g.config);
-    g.queue.WaitForWork(wait, std::chrono::microseconds(g.config.spin_time_us));
-    g.queue.RunDirect();
-  }
   CycleMessage mine;
   mine.shutdown = g.shutdown_requested;
   g.queue.PopRequests(&mine.requests);
@@ -217,6 +255,7 @@ bool RunNegotiatedCycle(GlobalState& g) {
   EncodeCycleMessage(mine, &bytes);
   std::vector<std::string> all_bytes;
   Status s = g.controller->AllgatherBytes(bytes, &all_bytes);
+  ++g.exchanges;
   if (!s.ok()) {
     g.loop_error = s.reason();
     g.loop_failed = true;
@@ -233,8 +272,9 @@ bool RunNegotiatedCycle(GlobalState& g) {
   auto now = Clock::now();
   std::vector<Response> responses;
   g.coordinator.Ingest(all, now, &responses);
-  g.last_cycle_moved = !responses.empty();
-  for (const auto& m : all) g.last_cycle_moved = g.last_cycle_moved || !m.requests.empty();
+  bool moved = !responses.empty();
+  for (const auto& m : all) moved = moved || !m.requests.empty();
+  g.last_cycle_moved = moved;
   g.coordinator.Fuse(&responses, g.config.fusion_threshold_bytes);
   for (const auto& resp : responses) {
     if (!resp.error.empty()) {
@@ -264,15 +304,13 @@ bool RunNegotiatedCycle(GlobalState& g) {
   return !g.coordinator.AllShutdown();
 }
 
-// Skip-negotiate mode: run this rank's requests in enqueue order.
+// Skip-negotiate mode: run this rank's requests in enqueue order (cycle_mu
+// held; the wait for them comes before).
 bool RunSkipCycle(GlobalState& g) {
   if (g.shutdown_requested) {
     // Agree on shutdown through negotiation; every rank gets here eventually.
     g.skip_negotiate = false;
     return true;
-  }
-  if (!g.queue.HasNewRequests()) {
-    g.queue.WaitForWork(std::chrono::milliseconds(100), std::chrono::microseconds(g.config.spin_time_us));
   }
   g.queue.RunDirect();
   std::vector<Request> requests;
@@ -299,9 +337,24 @@ void BackgroundLoop() {
       std::this_thread::sleep_for(std::chrono::milliseconds(5));
       continue;
     }
-    bool go_on = g.skip_negotiate ? RunSkipCycle(g) : RunNegotiatedCycle(g);
-    if (!go_on) break;
+    const bool skip = g.skip_negotiate;
+    const uint64_t seen = g.exchanges;
+    if (!skip) {
+      AwaitExchange(g);
+    } else if (!g.shutdown_requested && !g.queue.HasNewRequests()) {
+      g.queue.WaitForWork(std::chrono::milliseconds(100), std::chrono::microseconds(g.config.spin_time_us));
+    }
+    std::lock_guard<std::mutex> lock(g.cycle_mu);
+    if (g.loop_failed) break;  // a caller's cycle failed
+    if (skip != g.skip_negotiate) continue;
+    // A caller is running cycles, or ran them meanwhile and left nothing to do.
+    if (!skip && !g.shutdown_requested && (g.helpers > 0 || (g.exchanges != seen && LoopShouldWait(g)))) continue;
+    InCycle in_cycle;
+    if (!(skip ? RunSkipCycle(g) : Exchange(g))) break;
   }
+  std::lock_guard<std::mutex> lock(g.cycle_mu);
+  InCycle in_cycle;
+  g.loop_done = true;
   if (g.loop_failed) BFLOG(ERROR) << "background loop stopped: " << g.loop_error;
   // Every rank leaves the loop in the same cycle with the same windows.
   if (!g.loop_failed) g.windows->FreeAll();
@@ -317,7 +370,7 @@ Status Enqueue(TensorTableEntry entry, Request request) {
   request.op = entry.op;
   g.timeline.Start(entry.name, "ENQUEUE_" + OpTypeUpper(entry.op));
   std::string name = entry.name;
-  Status s = g.queue.Add(std::move(entry), std::move(request));
+  Status s = g.queue.Add(std::move(entry), std::move(request), tls_caller_waits && HelpingAllowed(g));
   g.timeline.End(name);
   return s;
 }
@@ -387,6 +440,8 @@ Status Initialize(int fortran_comm, const std::string& overrides) {
   g.loop_error.clear();
   g.skip_negotiate = false;
   g.suspended = false;
+  g.loop_done = false;
+  g.last_cycle_moved = false;
   g.running = true;
   g.thread = std::thread(BackgroundLoop);
   return Status::OK();
@@ -527,6 +582,11 @@ Status EnqueueSetSkipNegotiate(bool value, StatusCallback callback) {
 
 bool SkipNegotiate() { return State().skip_negotiate; }
 
+void ExchangeCounts(uint64_t* total, uint64_t* by_callers) {
+  *total = State().exchanges;
+  *by_callers = State().caller_exchanges;
+}
+
 int64_t SpinMicros() { return State().config.spin_time_us; }
 
 int64_t OutputCacheBytes() { return State().config.output_cache_bytes; }
@@ -562,12 +622,40 @@ Status EnqueueWinFree(const std::string& name, StatusCallback callback) {
 Status EnqueueDirect(std::function<Status(WindowManager&)> work, StatusCallback callback) {
   GlobalState& g = State();
   if (!g.running || g.shutdown_requested || g.loop_failed) return NotRunning();
-  g.queue.AddDirect([work = std::move(work), callback = std::move(callback)] {
-    GlobalState& gs = State();
-    Status s = gs.windows ? work(*gs.windows) : Status::Aborted("BlueFog has shut down");
-    callback(s);
-  });
+  g.queue.AddDirect(
+      [work = std::move(work), callback = std::move(callback)] {
+        GlobalState& gs = State();
+        Status s = gs.windows ? work(*gs.windows) : Status::Aborted("BlueFog has shut down");
+        callback(s);
+      },
+      tls_caller_waits && HelpingAllowed(g));
   return Status::OK();
+}
+
+CallerWaitsScope::CallerWaitsScope(bool on) : previous_(tls_caller_waits) { tls_caller_waits = on; }
+CallerWaitsScope::~CallerWaitsScope() { tls_caller_waits = previous_; }
+
+void HelpUntil(const std::function<bool()>& done) {
+  GlobalState& g = State();
+  if (tls_in_cycle) return;  // a callback waiting inside a cycle: that cycle's thread must go on
+  ++g.helpers;
+  while (!done() && HelpingAllowed(g)) {
+    // Nothing to run now (the peers have not caught up): the background
+    // thread paces the next exchanges while this thread sleeps.
+    if (!g.queue.HasDirect() && ShouldWait(g)) break;
+    std::unique_lock<std::mutex> lock(g.cycle_mu, std::try_to_lock);
+    if (!lock.owns_lock()) break;  // another thread is running a cycle
+    if (!HelpingAllowed(g)) break;
+    InCycle in_cycle;
+    g.queue.RunDirect();
+    if (done() || ShouldWait(g)) break;
+    ++g.caller_exchanges;
+    if (!Exchange(g)) break;  // loop_failed: the background thread stops too
+  }
+  // Whatever is left (others' ops, or ours still waiting for peers) is the
+  // background thread's again; it may be asleep, not counting owned work.
+  --g.helpers;
+  if (g.running && (g.queue.InFlight() > 0 || g.queue.HasNewRequests() || g.queue.HasDirect())) g.queue.Wake();
 }
 
 Status RunBlocking(const std::function<Status(StatusCallback)>& enqueue) {
@@ -578,13 +666,21 @@ Status RunBlocking(const std::function<Status(StatusCallback)>& enqueue) {
     Status status;
   };
   auto done = std::make_shared<Done>();
-  Status s = enqueue([done](const Status& st) {
-    std::lock_guard<std::mutex> lock(done->mu);
-    done->status = st;
-    done->done = true;
-    done->cv.notify_all();
-  });
+  Status s;
+  {
+    CallerWaitsScope waits(true);
+    s = enqueue([done](const Status& st) {
+      std::lock_guard<std::mutex> lock(done->mu);
+      done->status = st;
+      done->done = true;
+      done->cv.notify_all();
+    });
+  }
   if (!s.ok()) return s;
+  HelpUntil([&] {
+    std::lock_guard<std::mutex> lock(done->mu);
+    return done->done;
+  });
   std::unique_lock<std::mutex> lock(done->mu);
   done->cv.wait(lock, [&] { return done->done; });
   return done->status;

@@ -3,6 +3,7 @@
 #ifndef BLUEFOG_COMMON_OPERATIONS_H
 #define BLUEFOG_COMMON_OPERATIONS_H
 
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <string>
@@ -28,8 +29,9 @@ void Shutdown();
 bool IsInitialized();
 Status GetBasicInfo(BasicInfo* info);
 
-// Nonblocking enqueue: the callback runs on the background thread with the
-// op's final Status. An immediate error (not initialized, duplicate name,
+// Nonblocking enqueue: the callback runs with the op's final Status on the
+// thread that runs the op's cycle (the background thread, or a caller in
+// HelpUntil; never while the enqueue call is still running). An immediate error (not initialized, duplicate name,
 // bad arguments) is returned and the callback is never called.
 Status EnqueueAllreduce(std::shared_ptr<Tensor> input, std::shared_ptr<Tensor> output,
                         std::shared_ptr<ReadyEvent> ready, const std::string& name, bool average,
@@ -50,6 +52,9 @@ Status EnqueueNeighbor(OpType op, std::shared_ptr<Tensor> input, std::shared_ptr
 Status EnqueueBarrier(const std::string& name, StatusCallback callback);
 Status EnqueueSetSkipNegotiate(bool value, StatusCallback callback);
 bool SkipNegotiate();
+// Negotiation exchanges run since the process started, and how many of them
+// callers ran in HelpUntil (diagnostics and tests).
+void ExchangeCounts(uint64_t* total, uint64_t* by_callers);
 // BLUEFOG_SPIN_TIME_US: how long a frontend polls for an op before it sleeps.
 int64_t SpinMicros();
 // BLUEFOG_OUTPUT_CACHE_BYTES: free output memory a frontend may keep for reuse.
@@ -69,6 +74,29 @@ Status EnqueueDirect(std::function<Status(WindowManager&)> work, StatusCallback 
 
 // Runs an op through `enqueue` and blocks until it completes.
 Status RunBlocking(const std::function<Status(StatusCallback)>& enqueue);
+
+// While alive, ops this thread enqueues are marked as waited for at once by
+// this thread (a blocking call): they do not wake the background thread, and
+// the caller's HelpUntil runs their cycle. Should it not, the background
+// thread still takes them at its next cycle.
+class CallerWaitsScope {
+ public:
+  explicit CallerWaitsScope(bool on);
+  ~CallerWaitsScope();
+  CallerWaitsScope(const CallerWaitsScope&) = delete;
+  CallerWaitsScope& operator=(const CallerWaitsScope&) = delete;
+
+ private:
+  bool previous_;
+};
+
+// Called by a thread about to block until `done()` (no interpreter lock
+// held): while nobody else is running a cycle and there is work ready, runs
+// the cycles itself (negotiation, execution, callbacks) instead of waiting to
+// be woken by the background thread. Returns when `done()` holds or helping
+// stops paying off; the caller then waits as usual. BLUEFOG_CALLER_RUNS=0
+// turns it off.
+void HelpUntil(const std::function<bool()>& done);
 
 // MPI_Abort on the job's communicator (no return).
 void Abort(int code);

@@ -14,7 +14,7 @@ void CompleteEntry(TensorTableEntry& entry, const Status& status) {
   if (callback) callback(status);
 }
 
-Status TensorQueue::Add(TensorTableEntry entry, Request request) {
+Status TensorQueue::Add(TensorTableEntry entry, Request request, bool owned) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (table_.count(entry.name)) {
@@ -25,8 +25,9 @@ Status TensorQueue::Add(TensorTableEntry entry, Request request) {
     std::string name = entry.name;
     table_.emplace(std::move(name), std::move(entry));
     pending_.push_back(std::move(request));
+    if (owned) ++owned_pending_;
   }
-  cv_.notify_one();
+  if (!owned) cv_.notify_one();  // the owner runs it; a sleeping loop stays asleep
   return Status::OK();
 }
 
@@ -36,11 +37,12 @@ void TensorQueue::PopRequests(std::vector<Request>* out) {
     out->push_back(std::move(pending_.front()));
     pending_.pop_front();
   }
+  owned_pending_ = 0;
 }
 
-bool TensorQueue::HasNewRequests() {
+bool TensorQueue::HasNewRequests(bool count_owned) {
   std::lock_guard<std::mutex> lock(mu_);
-  return !pending_.empty();
+  return pending_.size() > (count_owned ? 0 : owned_pending_);
 }
 
 bool TensorQueue::CopyInput(const std::string& name, int64_t max_bytes, std::string* out) {
@@ -69,6 +71,7 @@ void TensorQueue::FailAll(const Status& status) {
     std::lock_guard<std::mutex> lock(mu_);
     failed.swap(table_);
     pending_.clear();
+    owned_pending_ = 0;
   }
   for (auto& kv : failed) CompleteEntry(kv.second, status);
 }
@@ -78,12 +81,18 @@ size_t TensorQueue::InFlight() {
   return table_.size();
 }
 
-void TensorQueue::AddDirect(std::function<void()> op) {
+void TensorQueue::AddDirect(std::function<void()> op, bool owned) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     direct_.push_back(std::move(op));
+    if (owned) ++owned_direct_;
   }
-  cv_.notify_one();
+  if (!owned) cv_.notify_one();
+}
+
+bool TensorQueue::HasDirect() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return !direct_.empty();
 }
 
 size_t TensorQueue::RunDirect() {
@@ -91,13 +100,17 @@ size_t TensorQueue::RunDirect() {
   {
     std::lock_guard<std::mutex> lock(mu_);
     ops.swap(direct_);
+    owned_direct_ = 0;
   }
   for (auto& op : ops) op();
   return ops.size();
 }
 
-void TensorQueue::WaitForWork(std::chrono::microseconds timeout, std::chrono::microseconds spin) {
-  auto has_work = [this] { return !pending_.empty() || !direct_.empty() || woken_; };
+void TensorQueue::WaitForWork(std::chrono::microseconds timeout, std::chrono::microseconds spin, bool count_owned) {
+  auto has_work = [this, count_owned] {
+    size_t skip_pending = count_owned ? 0 : owned_pending_, skip_direct = count_owned ? 0 : owned_direct_;
+    return pending_.size() > skip_pending || direct_.size() > skip_direct || woken_;
+  };
   auto start = std::chrono::steady_clock::now();
   std::unique_lock<std::mutex> lock(mu_);
   if (spin.count() > 0) SpinUntil(lock, start + std::min(spin, timeout), has_work);

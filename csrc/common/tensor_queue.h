@@ -43,10 +43,13 @@ void CompleteEntry(TensorTableEntry& entry, const Status& status);
 class TensorQueue {
  public:
   // Fails with INVALID_ARGUMENT if `name` is still in flight on this rank.
-  Status Add(TensorTableEntry entry, Request request);
+  // `owned`: the enqueuing thread will wait for this op next and run the
+  // cycle itself, so the request does not wake a thread in WaitForWork(...,
+  // /*count_owned=*/false) (any cycle still takes it).
+  Status Add(TensorTableEntry entry, Request request, bool owned = false);
   // Moves the requests added since the last call into `out` (in enqueue order).
   void PopRequests(std::vector<Request>* out);
-  bool HasNewRequests();
+  bool HasNewRequests(bool count_owned = true);
   // Copies the input bytes of entry `name` into *out if it is in CPU memory,
   // at most `max_bytes` long and ready now (never waits). False otherwise.
   bool CopyInput(const std::string& name, int64_t max_bytes, std::string* out);
@@ -58,14 +61,16 @@ class TensorQueue {
 
   // Direct ops (one-sided window ops): run by the background thread as soon
   // as it can, in order, without negotiation.
-  void AddDirect(std::function<void()> op);
+  void AddDirect(std::function<void()> op, bool owned = false);
+  bool HasDirect();
   // Runs the direct ops queued so far; returns how many ran.
   size_t RunDirect();
 
   // Blocks until new requests or direct ops arrive, Wake() is called, or the
   // timeout passes. Polls (yielding the core) for up to `spin` of that time
-  // before it sleeps.
-  void WaitForWork(std::chrono::microseconds timeout, std::chrono::microseconds spin = {});
+  // before it sleeps. Without `count_owned`, owned work does not end the wait.
+  void WaitForWork(std::chrono::microseconds timeout, std::chrono::microseconds spin = {},
+                   bool count_owned = true);
   void Wake();
 
  private:
@@ -75,6 +80,8 @@ class TensorQueue {
   std::unordered_map<std::string, TensorTableEntry> table_;
   std::deque<Request> pending_;
   std::deque<std::function<void()>> direct_;
+  size_t owned_pending_ = 0;  // how many of pending_ / direct_ are owned
+  size_t owned_direct_ = 0;
 };
 
 }  // namespace bluefog

@@ -54,15 +54,21 @@ std::shared_ptr<TorchTensor> Wrap(const at::Tensor& t) {
 }
 
 // Registers the handle's record, enqueues, and undoes both if enqueue fails.
+// `blocking`: the caller waits for the handle at once (and runs its cycle).
 template <typename EnqueueFn>
-int Submit(const char* op, const std::string& given_name, std::shared_ptr<HandleRecord> record, EnqueueFn enqueue) {
+int Submit(const char* op, const std::string& given_name, std::shared_ptr<HandleRecord> record, EnqueueFn enqueue,
+           bool blocking = false) {
   int handle = Handles().Allocate();
   std::string name = given_name.empty() ? std::string(op) + ".noname." + std::to_string(handle) : given_name;
   {
     std::lock_guard<std::mutex> lock(g_records_mu);
     Records()[handle] = record;
   }
-  Status s = enqueue(name, [handle](const Status& st) { Handles().MarkDone(handle, st); });
+  Status s;
+  {
+    CallerWaitsScope waits(blocking);
+    s = enqueue(name, [handle](const Status& st) { Handles().MarkDone(handle, st); });
+  }
   if (!s.ok()) {
     Handles().MarkDone(handle, s);
     Handles().Wait(handle);
@@ -74,7 +80,7 @@ int Submit(const char* op, const std::string& given_name, std::shared_ptr<Handle
 }
 
 int AllreduceAsync(at::Tensor input, at::Tensor output, bool average, bool hierarchical_local,
-                   const std::string& name) {
+                   const std::string& name, bool blocking) {
   CheckContiguous(input, "allreduce");
   CheckContiguous(output, "allreduce");
   auto in = Wrap(input);
@@ -84,10 +90,10 @@ int AllreduceAsync(at::Tensor input, at::Tensor output, bool average, bool hiera
   record->output = output;
   return Submit("allreduce", name, record, [&](const std::string& n, StatusCallback cb) {
     return EnqueueAllreduce(in, out, nullptr, n, average, hierarchical_local, std::move(cb));
-  });
+  }, blocking);
 }
 
-int BroadcastAsync(at::Tensor input, at::Tensor output, int root_rank, const std::string& name) {
+int BroadcastAsync(at::Tensor input, at::Tensor output, int root_rank, const std::string& name, bool blocking) {
   CheckContiguous(input, "broadcast");
   CheckContiguous(output, "broadcast");
   auto in = Wrap(input);
@@ -97,10 +103,10 @@ int BroadcastAsync(at::Tensor input, at::Tensor output, int root_rank, const std
   record->output = output;
   return Submit("broadcast", name, record, [&](const std::string& n, StatusCallback cb) {
     return EnqueueBroadcast(in, out, nullptr, n, root_rank, std::move(cb));
-  });
+  }, blocking);
 }
 
-int AllgatherAsync(at::Tensor input, const std::string& name) {
+int AllgatherAsync(at::Tensor input, const std::string& name, bool blocking) {
   CheckContiguous(input, "allgather");
   auto in = Wrap(input);
   auto record = std::make_shared<HandleRecord>();
@@ -108,7 +114,7 @@ int AllgatherAsync(at::Tensor input, const std::string& name) {
   auto context = std::make_shared<TorchOpContext>(record, input);
   return Submit("allgather", name, record, [&](const std::string& n, StatusCallback cb) {
     return EnqueueAllgather(in, context, nullptr, n, std::move(cb));
-  });
+  }, blocking);
 }
 
 // The neighbor exchange: output = what each of src_ranks sent (allreduce form:
@@ -117,7 +123,7 @@ int AllgatherAsync(at::Tensor input, const std::string& name) {
 // average (neighbor_allreduce) instead of the received stack.
 int NeighborAsync(at::Tensor input, bool gather, std::vector<int32_t> src_ranks, std::vector<int32_t> dst_ranks,
                   std::vector<double> dst_weights, const std::string& name, bool topo_check,
-                  std::optional<std::pair<double, std::vector<double>>> combine) {
+                  std::optional<std::pair<double, std::vector<double>>> combine, bool blocking) {
   const char* op = gather ? "neighbor_allgather" : "neighbor_allreduce";
   CheckContiguous(input, op);
   auto in = Wrap(input);
@@ -136,7 +142,7 @@ int NeighborAsync(at::Tensor input, bool gather, std::vector<int32_t> src_ranks,
   return Submit(op, name, record, [&](const std::string& n, StatusCallback cb) {
     return EnqueueNeighbor(type, in, context, nullptr, n, std::move(src_ranks), std::move(dst_ranks),
                            std::move(dst_weights), std::move(cb), topo_check);
-  });
+  }, blocking);
 }
 
 // ---- windows -------------------------------------------------------------
@@ -159,13 +165,18 @@ int WinFreeAsync(const std::string& name) {
 }
 
 // A direct (non-negotiated) window op: `work` runs on the background thread.
-int SubmitDirect(std::shared_ptr<HandleRecord> record, std::function<Status(WindowManager&)> work) {
+int SubmitDirect(std::shared_ptr<HandleRecord> record, std::function<Status(WindowManager&)> work,
+                 bool blocking = false) {
   int handle = Handles().Allocate();
   {
     std::lock_guard<std::mutex> lock(g_records_mu);
     Records()[handle] = record;
   }
-  Status s = EnqueueDirect(std::move(work), [handle](const Status& st) { Handles().MarkDone(handle, st); });
+  Status s;
+  {
+    CallerWaitsScope waits(blocking);
+    s = EnqueueDirect(std::move(work), [handle](const Status& st) { Handles().MarkDone(handle, st); });
+  }
   if (!s.ok()) {
     Handles().MarkDone(handle, s);
     Handles().Wait(handle);
@@ -177,7 +188,8 @@ int SubmitDirect(std::shared_ptr<HandleRecord> record, std::function<Status(Wind
 }
 
 int WinPutAsync(at::Tensor tensor, const std::string& name, std::vector<int32_t> dst_ranks,
-                std::vector<double> weights, double self_weight, bool require_mutex, bool accumulate) {
+                std::vector<double> weights, double self_weight, bool require_mutex, bool accumulate,
+                bool blocking) {
   CheckContiguous(tensor, accumulate ? "win_accumulate" : "win_put");
   WinOpArgs args;
   args.name = name;
@@ -189,21 +201,21 @@ int WinPutAsync(at::Tensor tensor, const std::string& name, std::vector<int32_t>
   auto record = std::make_shared<HandleRecord>();
   record->input = tensor;
   record->output = tensor;
-  return SubmitDirect(record, [args, accumulate](WindowManager& w) { return w.Put(args, accumulate); });
+  return SubmitDirect(record, [args, accumulate](WindowManager& w) { return w.Put(args, accumulate); }, blocking);
 }
 
 int WinGetAsync(const std::string& name, std::vector<int32_t> src_ranks, std::vector<double> weights,
-                bool require_mutex) {
+                bool require_mutex, bool blocking) {
   WinOpArgs args;
   args.name = name;
   args.ranks = std::move(src_ranks);
   args.weights = std::move(weights);
   args.require_mutex = require_mutex;
-  return SubmitDirect(std::make_shared<HandleRecord>(), [args](WindowManager& w) { return w.Get(args); });
+  return SubmitDirect(std::make_shared<HandleRecord>(), [args](WindowManager& w) { return w.Get(args); }, blocking);
 }
 
 int WinUpdateAsync(const std::string& name, at::Tensor output, double self_weight, std::vector<int32_t> ranks,
-                   std::vector<double> weights, bool reset, bool require_mutex) {
+                   std::vector<double> weights, bool reset, bool require_mutex, bool blocking) {
   CheckContiguous(output, "win_update");
   WinUpdateArgs args;
   args.name = name;
@@ -215,18 +227,21 @@ int WinUpdateAsync(const std::string& name, at::Tensor output, double self_weigh
   args.require_mutex = require_mutex;
   auto record = std::make_shared<HandleRecord>();
   record->output = output;
-  return SubmitDirect(record, [args](WindowManager& w) { return w.Update(args); });
+  return SubmitDirect(record, [args](WindowManager& w) { return w.Update(args); }, blocking);
 }
 
-int WinMutexAsync(const std::string& name, std::vector<int32_t> ranks, bool acquire) {
-  return SubmitDirect(std::make_shared<HandleRecord>(), [name, ranks, acquire](WindowManager& w) {
-    return acquire ? w.MutexAcquire(name, ranks) : w.MutexRelease(name, ranks);
-  });
+int WinMutexAsync(const std::string& name, std::vector<int32_t> ranks, bool acquire, bool blocking) {
+  return SubmitDirect(
+      std::make_shared<HandleRecord>(),
+      [name, ranks, acquire](WindowManager& w) {
+        return acquire ? w.MutexAcquire(name, ranks) : w.MutexRelease(name, ranks);
+      },
+      blocking);
 }
 
-int WinLockAsync(const std::string& name, bool lock) {
-  return SubmitDirect(std::make_shared<HandleRecord>(),
-                      [name, lock](WindowManager& w) { return w.LockSelf(name, lock); });
+int WinLockAsync(const std::string& name, bool lock, bool blocking) {
+  return SubmitDirect(
+      std::make_shared<HandleRecord>(), [name, lock](WindowManager& w) { return w.LockSelf(name, lock); }, blocking);
 }
 
 // Runs `work` on the background thread and waits (GIL released).
@@ -279,7 +294,7 @@ at::Tensor Wait(int handle) {
   Status s;
   {
     py::gil_scoped_release release;
-    s = Handles().Wait(handle, SpinMicros());
+    s = Handles().Wait(handle, SpinMicros(), HelpUntil);
   }
   std::shared_ptr<HandleRecord> record;
   {
@@ -307,21 +322,27 @@ at::Tensor Wait(int handle) {
 PYBIND11_MODULE(_C, m) {
   using namespace bluefog::torch_frontend;
   m.doc() = "BlueFog PyTorch ops (internal; use bluefog.torch)";
+  // `blocking=True`: the caller waits for the returned handle at once; its
+  // wait then runs the op's cycle on the calling thread (CallerWaitsScope).
   m.def("allreduce_async", &AllreduceAsync, py::arg("input"), py::arg("output"), py::arg("average"),
-        py::arg("hierarchical_local"), py::arg("name"));
+        py::arg("hierarchical_local"), py::arg("name"), py::arg("blocking") = false);
   m.def("broadcast_async", &BroadcastAsync, py::arg("input"), py::arg("output"), py::arg("root_rank"),
-        py::arg("name"));
-  m.def("allgather_async", &AllgatherAsync, py::arg("input"), py::arg("name"));
+        py::arg("name"), py::arg("blocking") = false);
+  m.def("allgather_async", &AllgatherAsync, py::arg("input"), py::arg("name"), py::arg("blocking") = false);
   m.def("neighbor_async", &NeighborAsync, py::arg("input"), py::arg("gather"), py::arg("src_ranks"),
         py::arg("dst_ranks"), py::arg("dst_weights"), py::arg("name"), py::arg("topo_check") = true,
-        py::arg("combine") = py::none());
+        py::arg("combine") = py::none(), py::arg("blocking") = false);
   m.def("win_create_async", &WinCreateAsync);
   m.def("win_free_async", &WinFreeAsync);
-  m.def("win_put_async", &WinPutAsync);
-  m.def("win_get_async", &WinGetAsync);
-  m.def("win_update_async", &WinUpdateAsync);
-  m.def("win_mutex_async", &WinMutexAsync);
-  m.def("win_lock_async", &WinLockAsync);
+  m.def("win_put_async", &WinPutAsync, py::arg("tensor"), py::arg("name"), py::arg("dst_ranks"), py::arg("weights"),
+        py::arg("self_weight"), py::arg("require_mutex"), py::arg("accumulate"), py::arg("blocking") = false);
+  m.def("win_get_async", &WinGetAsync, py::arg("name"), py::arg("src_ranks"), py::arg("weights"),
+        py::arg("require_mutex"), py::arg("blocking") = false);
+  m.def("win_update_async", &WinUpdateAsync, py::arg("name"), py::arg("output"), py::arg("self_weight"),
+        py::arg("ranks"), py::arg("weights"), py::arg("reset"), py::arg("require_mutex"), py::arg("blocking") = false);
+  m.def("win_mutex_async", &WinMutexAsync, py::arg("name"), py::arg("ranks"), py::arg("acquire"),
+        py::arg("blocking") = false);
+  m.def("win_lock_async", &WinLockAsync, py::arg("name"), py::arg("lock"), py::arg("blocking") = false);
   m.def("win_versions", &WinVersions);
   m.def("win_associated_p", &WinAssociatedP);
   m.def("set_win_associated_p", &SetWinAssociatedP);

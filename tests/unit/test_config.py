@@ -19,6 +19,7 @@ def test_defaults():
     assert c["spin_time_us"] == 200
     assert c["inline_bytes"] == 64 * 1024
     assert c["output_cache_bytes"] == 256 * 1024 * 1024
+    assert c["caller_runs"] is True
 
 
 def test_every_setting_is_read():
@@ -35,12 +36,13 @@ def test_every_setting_is_read():
         "BLUEFOG_SPIN_TIME_US=0",
         "BLUEFOG_INLINE_BYTES=0",
         "BLUEFOG_OUTPUT_CACHE_BYTES=5",
+        "BLUEFOG_CALLER_RUNS=0",
     ]))
     assert c == {
         "cycle_time_ms": 2.5, "fusion_threshold_bytes": 1024, "log_level": "debug", "log_hide_time": True,
         "timeline_prefix": "/tmp/trace_", "mpi_thread_level": 2, "nodes_per_machine": 2,
         "stall_check_seconds": 5, "stall_shutdown_seconds": 30, "spin_time_us": 0,
-        "inline_bytes": 0, "output_cache_bytes": 5,
+        "inline_bytes": 0, "output_cache_bytes": 5, "caller_runs": False,
     }
 
 
@@ -65,6 +67,7 @@ def test_unrelated_variables_are_ignored():
     ("BLUEFOG_SPIN_TIME_US=-1", "BLUEFOG_SPIN_TIME_US"),
     ("BLUEFOG_INLINE_BYTES=64K", "BLUEFOG_INLINE_BYTES"),
     ("BLUEFOG_OUTPUT_CACHE_BYTES=-2", "BLUEFOG_OUTPUT_CACHE_BYTES"),
+    ("BLUEFOG_CALLER_RUNS=sometimes", "BLUEFOG_CALLER_RUNS"),
 ])
 def test_malformed_values_name_the_variable(line, variable):
     with pytest.raises(ValueError) as info:
