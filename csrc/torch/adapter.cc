@@ -1,6 +1,9 @@
 #include "adapter.h"
 
+#include <ATen/Parallel.h>
 #include <ATen/ScalarOps.h>
+
+#include <algorithm>
 
 #include <stdexcept>
 
@@ -33,8 +36,56 @@ TorchTensor::TorchTensor(at::Tensor tensor)
       size_bytes_(static_cast<int64_t>(tensor_.numel()) * static_cast<int64_t>(tensor_.element_size())),
       device_(tensor_.is_cuda() ? tensor_.get_device() : kCpuDevice) {}
 
+namespace {
+
+// out[i] = self_weight * x[i] + sum_k w_k * received[k][i], accumulated in
+// double, for elements [begin, end): one pass over the inputs, no temporaries.
+template <typename T>
+void CombineRange(const T* x, const T* received, int64_t n, double self_weight, const std::vector<double>& weights,
+                  T* out, int64_t begin, int64_t end) {
+  constexpr int64_t kBlock = 512;
+  double acc[kBlock];
+  for (int64_t start = begin; start < end; start += kBlock) {
+    const int64_t m = std::min(kBlock, end - start);
+    const T* xs = x + start;
+    for (int64_t i = 0; i < m; ++i) acc[i] = self_weight * static_cast<double>(xs[i]);
+    for (size_t k = 0; k < weights.size(); ++k) {
+      if (weights[k] == 0.0) continue;  // as the ATen path: a zero weight ignores that input entirely
+      const T* r = received + static_cast<int64_t>(k) * n + start;
+      const double w = weights[k];
+      for (int64_t i = 0; i < m; ++i) acc[i] += w * static_cast<double>(r[i]);
+    }
+    T* o = out + start;
+    for (int64_t i = 0; i < m; ++i) o[i] = static_cast<T>(acc[i]);
+  }
+}
+
+template <typename T>
+at::Tensor CombineDirect(const at::Tensor& x, const at::Tensor& received, double self_weight,
+                         const std::vector<double>& weights) {
+  at::Tensor result = EmptyOutput(x.sizes(), x.options(), x.data_ptr());
+  const int64_t n = x.numel();
+  const T* xp = x.data_ptr<T>();
+  const T* rp = received.data_ptr<T>();
+  T* op = result.data_ptr<T>();
+  at::parallel_for(0, n, 64 * 1024, [&](int64_t begin, int64_t end) {
+    CombineRange(xp, rp, n, self_weight, weights, op, begin, end);
+  });
+  return result;
+}
+
+}  // namespace
+
 at::Tensor CombineNeighbors(const at::Tensor& x, const at::Tensor& received, double self_weight,
                             const std::vector<double>& src_weights) {
+  // The common case (CPU float32/float64, the core's contiguous output) in one
+  // fused pass: a few microseconds of ATen dispatch less per op, and one read
+  // of each input instead of one pass per neighbor for large tensors.
+  const bool direct = x.device().is_cpu() && x.is_contiguous() && received.is_contiguous() &&
+                      received.scalar_type() == x.scalar_type() &&
+                      received.numel() == x.numel() * static_cast<int64_t>(src_weights.size());
+  if (direct && x.scalar_type() == at::kFloat) return CombineDirect<float>(x, received, self_weight, src_weights);
+  if (direct && x.scalar_type() == at::kDouble) return CombineDirect<double>(x, received, self_weight, src_weights);
   const bool half = x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16;
   const at::ScalarType compute = half ? at::kFloat : x.scalar_type();
   // x * self_weight (the kernel Python's `x * w` runs) into a pooled output.

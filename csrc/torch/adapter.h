@@ -45,8 +45,9 @@ struct HandleRecord {
   std::vector<double> src_weights;
 };
 
-// self_weight * x + sum_k src_weights[k] * received[k], in float32 for 16-bit
-// types: the same ATen kernels, in the same order, as the Python reference.
+// self_weight * x + sum_k src_weights[k] * received[k]. float32/float64 CPU
+// tensors: one fused pass, accumulated in double (rounded once). Otherwise the
+// ATen kernels of the Python reference, in float32 for 16-bit types.
 at::Tensor CombineNeighbors(const at::Tensor& x, const at::Tensor& received, double self_weight,
                             const std::vector<double>& src_weights);
 

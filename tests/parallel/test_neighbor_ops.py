@@ -428,6 +428,19 @@ def test_dynamic_only_some_ranks_exchange():
 
 
 # ---- consensus on a static graph --------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_float_averages_are_accumulated_in_double_and_rounded_once(dtype):
+    # self 1.0 plus (SIZE - 1) neighbors weighted 2^-25: in float32, adding one
+    # term at a time would round each partial sum back to 1.0; the result must
+    # be the double-precision sum rounded once (1 + 2^-23 on 4 ranks).
+    others = [r for r in range(SIZE) if r != RANK]
+    x = torch.ones(1000, dtype=dtype)
+    out = bf.neighbor_allreduce(x, self_weight=1.0, src_weights={r: 2.0 ** -25 for r in others},
+                                dst_weights=others, name=f"nar.rounded_once.{dtype}")
+    expected = torch.full((1000,), 1.0 + (SIZE - 1) * 2.0 ** -25, dtype=torch.float64).to(dtype)
+    assert torch.equal(out, expected), (out[0].item(), expected[0].item())
+
+
 def test_static_exponential_consensus_rate():
     G = bf.ExponentialGraph(SIZE)
     bf.set_topology(G)
