@@ -42,7 +42,8 @@ def check_weight_dict(weights, what: str, op: str) -> Dict[int, float]:
     for k, v in weights.items():
         if type(k) is not int and (isinstance(k, bool) or not isinstance(k, numbers.Integral)):
             raise ValueError(f"{op}: {what} keys must be ranks (int), got {k!r}")
-        out[int(k)] = check_weight(v, f"{what}[{k}]", op)
+        # Plain ints and floats (the common case) without building a message.
+        out[int(k)] = float(v) if type(v) is float or type(v) is int else check_weight(v, f"{what}[{k}]", op)
     return out
 
 
@@ -79,10 +80,11 @@ def resolve(basics, op: str, self_weight=None, src_weights=None, dst_weights=Non
 
 
 def _resolve(basics, op, self_weight, src_weights, dst_weights) -> Exchange:
-    rank = basics.rank()
-    in_nbrs = list(basics.in_neighbor_ranks())
-    out_nbrs = list(basics.out_neighbor_ranks())
     if dst_weights is None:
+        # Static: over the topology's neighbors (a dynamic exchange never needs them).
+        rank = basics.rank()
+        in_nbrs = list(basics.in_neighbor_ranks())
+        out_nbrs = list(basics.out_neighbor_ranks())
         if self_weight is None and src_weights is None:
             if basics.is_topo_weighted():
                 self_weight, src_weights = topology_util.GetRecvWeights(basics.load_topology(), rank)
