@@ -140,29 +140,48 @@ Response Coordinator::Error(const Request& r, std::string message) {
   return resp;
 }
 
+// The fields CheckAgreement compares, compared directly (the usual case: all
+// ranks agree, and no text needs to be built).
+bool SameDescription(const Request& a, const Request& b) {
+  if (a.op != b.op || a.dtype != b.dtype || a.device != b.device || a.root_rank != b.root_rank ||
+      a.average != b.average || a.hierarchical_local != b.hierarchical_local || a.int_arg != b.int_arg) {
+    return false;
+  }
+  if (a.op == OpType::ALLGATHER || a.op == OpType::NEIGHBOR_ALLGATHER) {  // dim 0 may differ
+    return a.shape.size() == b.shape.size() && (a.shape.empty() || std::equal(a.shape.begin() + 1, a.shape.end(),
+                                                                              b.shape.begin() + 1));
+  }
+  return a.shape == b.shape;
+}
+
 std::string Coordinator::CheckAgreement(const Pending& p) const {
   const auto& v = p.by_rank;
-  std::string d = Disagreement(v, "the op", [](const Request& r) { return std::string(OpTypeName(r.op)); });
-  if (d.empty()) d = Disagreement(v, "dtype", [](const Request& r) { return std::string(DataTypeName(r.dtype)); });
-  if (d.empty())
-    d = Disagreement(v, "device", [](const Request& r) {
-      return r.device == kCpuDevice ? std::string("cpu") : "gpu " + std::to_string(r.device);
-    });
+  bool same = true;
+  for (size_t r = 1; r < v.size() && same; ++r) same = SameDescription(v[0], v[r]);
   const OpType op = v[0].op;
-  if (d.empty()) {
-    if (op == OpType::ALLGATHER || op == OpType::NEIGHBOR_ALLGATHER) d = Disagreement(v, "shape", TrailingShape);
-    else d = Disagreement(v, "shape", [](const Request& r) { return ShapeString(r.shape); });
-  }
-  if (d.empty() && op == OpType::BROADCAST)
-    d = Disagreement(v, "root_rank", [](const Request& r) { return std::to_string(r.root_rank); });
-  if (d.empty() && op == OpType::ALLREDUCE) {
-    d = Disagreement(v, "average", [](const Request& r) { return std::string(r.average ? "True" : "False"); });
+  std::string d;
+  if (!same) {  // find the first field that differs, and say who has what
+    d = Disagreement(v, "the op", [](const Request& r) { return std::string(OpTypeName(r.op)); });
+    if (d.empty()) d = Disagreement(v, "dtype", [](const Request& r) { return std::string(DataTypeName(r.dtype)); });
     if (d.empty())
-      d = Disagreement(v, "is_hierarchical_local",
-                       [](const Request& r) { return std::string(r.hierarchical_local ? "True" : "False"); });
+      d = Disagreement(v, "device", [](const Request& r) {
+        return r.device == kCpuDevice ? std::string("cpu") : "gpu " + std::to_string(r.device);
+      });
+    if (d.empty()) {
+      if (op == OpType::ALLGATHER || op == OpType::NEIGHBOR_ALLGATHER) d = Disagreement(v, "shape", TrailingShape);
+      else d = Disagreement(v, "shape", [](const Request& r) { return ShapeString(r.shape); });
+    }
+    if (d.empty() && op == OpType::BROADCAST)
+      d = Disagreement(v, "root_rank", [](const Request& r) { return std::to_string(r.root_rank); });
+    if (d.empty() && op == OpType::ALLREDUCE) {
+      d = Disagreement(v, "average", [](const Request& r) { return std::string(r.average ? "True" : "False"); });
+      if (d.empty())
+        d = Disagreement(v, "is_hierarchical_local",
+                         [](const Request& r) { return std::string(r.hierarchical_local ? "True" : "False"); });
+    }
+    if (d.empty() && op == OpType::SET_SKIP_NEGOTIATE)
+      d = Disagreement(v, "the value", [](const Request& r) { return std::string(r.int_arg ? "True" : "False"); });
   }
-  if (d.empty() && op == OpType::SET_SKIP_NEGOTIATE)
-    d = Disagreement(v, "the value", [](const Request& r) { return std::string(r.int_arg ? "True" : "False"); });
   if (d.empty() && IsNeighborOp(op)) d = CheckPattern(v);
   if (!d.empty()) return d;
 

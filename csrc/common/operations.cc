@@ -204,6 +204,7 @@ Status Perform(GlobalState& g, const Response& resp) {
 }
 
 void StartNegotiation(GlobalState& g, const std::vector<Request>& requests) {
+  if (!g.timeline.enabled()) return;
   for (const auto& r : requests) g.timeline.Start(r.name, "NEGOTIATE_" + OpTypeUpper(r.op));
 }
 
@@ -368,10 +369,11 @@ Status Enqueue(TensorTableEntry entry, Request request) {
   if (!g.running || g.shutdown_requested || g.loop_failed) return NotRunning();
   request.name = entry.name;
   request.op = entry.op;
-  g.timeline.Start(entry.name, "ENQUEUE_" + OpTypeUpper(entry.op));
-  std::string name = entry.name;
+  const bool timed = g.timeline.enabled();
+  if (timed) g.timeline.Start(entry.name, "ENQUEUE_" + OpTypeUpper(entry.op));
+  std::string name = timed ? entry.name : std::string();
   Status s = g.queue.Add(std::move(entry), std::move(request), tls_caller_waits && HelpingAllowed(g));
-  g.timeline.End(name);
+  if (timed) g.timeline.End(name);
   return s;
 }
 
