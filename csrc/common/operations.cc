@@ -53,6 +53,7 @@ struct GlobalState {
 
 thread_local bool tls_in_cycle = false;      // this thread holds cycle_mu (callbacks run in it)
 thread_local bool tls_caller_waits = false;  // see CallerWaitsScope
+thread_local bool tls_enqueued_owned = false;  // the last op this thread enqueued is owned
 
 struct InCycle {
   InCycle() { tls_in_cycle = true; }
@@ -372,7 +373,9 @@ Status Enqueue(TensorTableEntry entry, Request request) {
   const bool timed = g.timeline.enabled();
   if (timed) g.timeline.Start(entry.name, "ENQUEUE_" + OpTypeUpper(entry.op));
   std::string name = timed ? entry.name : std::string();
-  Status s = g.queue.Add(std::move(entry), std::move(request), tls_caller_waits && HelpingAllowed(g));
+  const bool owned = tls_caller_waits && HelpingAllowed(g);
+  tls_enqueued_owned = owned;
+  Status s = g.queue.Add(std::move(entry), std::move(request), owned);
   if (timed) g.timeline.End(name);
   return s;
 }
@@ -624,13 +627,15 @@ Status EnqueueWinFree(const std::string& name, StatusCallback callback) {
 Status EnqueueDirect(std::function<Status(WindowManager&)> work, StatusCallback callback) {
   GlobalState& g = State();
   if (!g.running || g.shutdown_requested || g.loop_failed) return NotRunning();
+  const bool owned = tls_caller_waits && HelpingAllowed(g);
+  tls_enqueued_owned = owned;
   g.queue.AddDirect(
       [work = std::move(work), callback = std::move(callback)] {
         GlobalState& gs = State();
         Status s = gs.windows ? work(*gs.windows) : Status::Aborted("BlueFog has shut down");
         callback(s);
       },
-      tls_caller_waits && HelpingAllowed(g));
+      owned);
   return Status::OK();
 }
 
@@ -640,14 +645,30 @@ CallerWaitsScope::~CallerWaitsScope() { tls_caller_waits = previous_; }
 void HelpUntil(const std::function<bool()>& done) {
   GlobalState& g = State();
   if (tls_in_cycle) return;  // a callback waiting inside a cycle: that cycle's thread must go on
+  // Whether this thread's last op was a blocking call's (enqueued as owned).
+  const bool own_op = tls_enqueued_owned;
+  tls_enqueued_owned = false;
   ++g.helpers;
   while (!done() && HelpingAllowed(g)) {
     // Nothing to run now (the peers have not caught up): the background
     // thread paces the next exchanges while this thread sleeps.
     if (!g.queue.HasDirect() && ShouldWait(g)) break;
+    // Another thread may be running a cycle. A blocking call polls for a
+    // while (that cycle may complete its op, or end soon): handing the op
+    // back at once made the background thread run the next exchange too, so
+    // the caller found it busy again (a rank stuck at two background
+    // exchanges per op). Never block on the lock: the running cycle may be
+    // waiting for peers that wait for this thread's NEXT op (e.g. a mutex
+    // release after the acquire it is running). A wait for nonblocking ops
+    // leaves the cycles to that thread (taking turns slowed batches down).
     std::unique_lock<std::mutex> lock(g.cycle_mu, std::try_to_lock);
-    if (!lock.owns_lock()) break;  // another thread is running a cycle
-    if (!HelpingAllowed(g)) break;
+    if (!lock.owns_lock()) {
+      if (!own_op) break;
+      const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(g.config.spin_time_us);
+      while (!lock.try_lock() && !done() && std::chrono::steady_clock::now() < until) std::this_thread::yield();
+      if (!lock.owns_lock()) break;
+    }
+    if (done() || !HelpingAllowed(g)) break;
     InCycle in_cycle;
     g.queue.RunDirect();
     if (done() || ShouldWait(g)) break;
