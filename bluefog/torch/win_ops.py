@@ -109,8 +109,7 @@ def get_current_created_window_names() -> List[str]:
     return sorted(_win_map)
 
 
-# `blocking=True`: the caller waits at once and runs the op itself (see mpi_ops).
-def _put_nonblocking(tensor, name, self_weight, dst_weights, require_mutex, accumulate, blocking=False):
+def _put_nonblocking(tensor, name, self_weight, dst_weights, require_mutex, accumulate):
     op = "win_accumulate" if accumulate else "win_put"
     _check_name(name, op)
     _check_tensor(tensor, name, op)
@@ -118,7 +117,7 @@ def _put_nonblocking(tensor, name, self_weight, dst_weights, require_mutex, accu
     ranks, weights = _weights(dst_weights, out_nbrs, out_nbrs, "dst_weights", op)
     sw = 1.0 if self_weight is None else float(self_weight)
     src = tensor if tensor.is_contiguous() else tensor.contiguous()
-    handle = _C.win_put_async(src, name, ranks, weights, sw, bool(require_mutex), accumulate, blocking)
+    handle = _C.win_put_async(src, name, ranks, weights, sw, bool(require_mutex), accumulate)
     if sw != 1.0:
         _after_put[handle] = (tensor, sw)
     return handle
@@ -134,7 +133,7 @@ def win_put(tensor: torch.Tensor, name: str, self_weight: Optional[float] = None
             dst_weights: Optional[Dict[int, float]] = None, require_mutex: bool = False) -> bool:
     """Writes tensor * w into this rank's buffer at each destination (default: all
     out-neighbors, w = 1), then scales `tensor` by self_weight (default 1)."""
-    return win_wait(_put_nonblocking(tensor, name, self_weight, dst_weights, require_mutex, False, True))
+    return win_wait(win_put_nonblocking(tensor, name, self_weight, dst_weights, require_mutex))
 
 
 def win_accumulate_nonblocking(tensor: torch.Tensor, name: str, self_weight: Optional[float] = None,
@@ -147,26 +146,22 @@ def win_accumulate(tensor: torch.Tensor, name: str, self_weight: Optional[float]
                    dst_weights: Optional[Dict[int, float]] = None, require_mutex: bool = False) -> bool:
     """Adds tensor * w into this rank's buffer at each destination, then scales
     `tensor` by self_weight."""
-    return win_wait(_put_nonblocking(tensor, name, self_weight, dst_weights, require_mutex, True, True))
-
-
-def _get_nonblocking(name, src_weights, require_mutex, blocking=False):
-    _check_name(name, "win_get")
-    in_nbrs = _basics.in_neighbor_ranks()
-    ranks, weights = _weights(src_weights, in_nbrs, in_nbrs, "src_weights", "win_get")
-    return _C.win_get_async(name, ranks, weights, bool(require_mutex), blocking)
+    return win_wait(win_accumulate_nonblocking(tensor, name, self_weight, dst_weights, require_mutex))
 
 
 def win_get_nonblocking(name: str, src_weights: Optional[Dict[int, float]] = None,
                         require_mutex: bool = False) -> int:
     """Starts a win_get; returns a handle."""
-    return _get_nonblocking(name, src_weights, require_mutex)
+    _check_name(name, "win_get")
+    in_nbrs = _basics.in_neighbor_ranks()
+    ranks, weights = _weights(src_weights, in_nbrs, in_nbrs, "src_weights", "win_get")
+    return _C.win_get_async(name, ranks, weights, bool(require_mutex))
 
 
 def win_get(name: str, src_weights: Optional[Dict[int, float]] = None, require_mutex: bool = False) -> bool:
     """Pulls each source's window tensor (default: all in-neighbors) into this
     rank's buffer for it, scaled by its weight (default 1)."""
-    return win_wait(_get_nonblocking(name, src_weights, require_mutex, True))
+    return win_wait(win_get_nonblocking(name, src_weights, require_mutex))
 
 
 neighbor_win_put = win_put
@@ -220,8 +215,7 @@ def win_update(name: str, self_weight: Optional[float] = None, neighbor_weights:
     ranks, weights = _weights(neighbor_weights, in_nbrs, in_nbrs, "neighbor_weights", "win_update")
     window = _win_map[name]
     output = window.clone() if clone else window
-    _C.wait(_C.win_update_async(name, output, float(self_weight), ranks, weights, bool(reset), bool(require_mutex),
-                                True))
+    _C.wait(_C.win_update_async(name, output, float(self_weight), ranks, weights, bool(reset), bool(require_mutex)))
     return output
 
 
@@ -247,11 +241,11 @@ def win_mutex(name: str, for_self: bool = False, ranks: Optional[List[int]] = No
     taken in rank order, so lockers never deadlock each other."""
     _check_name(name, "win_mutex")
     targets = [_basics.rank()] if for_self else (list(ranks) if ranks is not None else _basics.out_neighbor_ranks())
-    _C.wait(_C.win_mutex_async(name, targets, True, True))
+    _C.wait(_C.win_mutex_async(name, targets, True))
     try:
         yield
     finally:
-        _C.wait(_C.win_mutex_async(name, targets, False, True))
+        _C.wait(_C.win_mutex_async(name, targets, False))
 
 
 @contextlib.contextmanager
@@ -259,11 +253,11 @@ def win_lock(name: str):
     """An exclusive RMA epoch on this rank's window buffers: no neighbor can write
     into them during the block (do not call other window ops on `name` inside)."""
     _check_name(name, "win_lock")
-    _C.wait(_C.win_lock_async(name, True, True))
+    _C.wait(_C.win_lock_async(name, True))
     try:
         yield
     finally:
-        _C.wait(_C.win_lock_async(name, False, True))
+        _C.wait(_C.win_lock_async(name, False))
 
 
 def win_associated_p(name: str) -> float:

@@ -652,15 +652,18 @@ Status EnqueueWinFree(const std::string& name, StatusCallback callback) {
 Status EnqueueDirect(std::function<Status(WindowManager&)> work, StatusCallback callback) {
   GlobalState& g = State();
   if (!g.running || g.shutdown_requested || g.loop_failed) return NotRunning();
-  const bool owned = tls_caller_waits && HelpingAllowed(g);
-  tls_enqueued_owned = owned;
-  g.queue.AddDirect(
-      [work = std::move(work), callback = std::move(callback)] {
-        GlobalState& gs = State();
-        Status s = gs.windows ? work(*gs.windows) : Status::Aborted("BlueFog has shut down");
-        callback(s);
-      },
-      owned);
+  // Not owned by a waiting caller: the background thread runs them (and so
+  // does any cycle's MPI wait, whoever runs that cycle, as it must so that
+  // a mutex release never waits behind an exchange). Run by the caller
+  // itself, window ops measured 6-9x slower in some runs of
+  // benchmarks/win_bench.py (600-900 us against about 100 us for a 4 KiB put
+  // on 4 ranks; not understood, Open MPI's osc/rdma progress is the suspect).
+  tls_enqueued_owned = false;
+  g.queue.AddDirect([work = std::move(work), callback = std::move(callback)] {
+    GlobalState& gs = State();
+    Status s = gs.windows ? work(*gs.windows) : Status::Aborted("BlueFog has shut down");
+    callback(s);
+  });
   return Status::OK();
 }
 
@@ -677,7 +680,7 @@ void HelpUntil(const std::function<bool()>& done) {
   while (!done() && HelpingAllowed(g)) {
     // Nothing to run now (the peers have not caught up): the background
     // thread paces the next exchanges while this thread sleeps.
-    if (!g.queue.HasDirect() && ShouldWait(g)) break;
+    if (ShouldWait(g)) break;
     // Another thread may be running a cycle. A blocking call polls for a
     // while (that cycle may complete its op, or end soon): handing the op
     // back at once made the background thread run the next exchange too, so
@@ -695,8 +698,7 @@ void HelpUntil(const std::function<bool()>& done) {
     }
     if (done() || !HelpingAllowed(g)) break;
     InCycle in_cycle;
-    g.queue.RunDirect();
-    if (done() || ShouldWait(g)) break;
+    if (ShouldWait(g)) break;
     ++g.caller_exchanges;
     if (!Exchange(g)) break;  // loop_failed: the background thread stops too
   }

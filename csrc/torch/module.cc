@@ -165,18 +165,13 @@ int WinFreeAsync(const std::string& name) {
 }
 
 // A direct (non-negotiated) window op: `work` runs on the background thread.
-int SubmitDirect(std::shared_ptr<HandleRecord> record, std::function<Status(WindowManager&)> work,
-                 bool blocking = false) {
+int SubmitDirect(std::shared_ptr<HandleRecord> record, std::function<Status(WindowManager&)> work) {
   int handle = Handles().Allocate();
   {
     std::lock_guard<std::mutex> lock(g_records_mu);
     Records()[handle] = record;
   }
-  Status s;
-  {
-    CallerWaitsScope waits(blocking);
-    s = EnqueueDirect(std::move(work), [handle](const Status& st) { Handles().MarkDone(handle, st); });
-  }
+  Status s = EnqueueDirect(std::move(work), [handle](const Status& st) { Handles().MarkDone(handle, st); });
   if (!s.ok()) {
     Handles().MarkDone(handle, s);
     Handles().Wait(handle);
@@ -188,8 +183,7 @@ int SubmitDirect(std::shared_ptr<HandleRecord> record, std::function<Status(Wind
 }
 
 int WinPutAsync(at::Tensor tensor, const std::string& name, std::vector<int32_t> dst_ranks,
-                std::vector<double> weights, double self_weight, bool require_mutex, bool accumulate,
-                bool blocking) {
+                std::vector<double> weights, double self_weight, bool require_mutex, bool accumulate) {
   CheckContiguous(tensor, accumulate ? "win_accumulate" : "win_put");
   WinOpArgs args;
   args.name = name;
@@ -201,21 +195,21 @@ int WinPutAsync(at::Tensor tensor, const std::string& name, std::vector<int32_t>
   auto record = std::make_shared<HandleRecord>();
   record->input = tensor;
   record->output = tensor;
-  return SubmitDirect(record, [args, accumulate](WindowManager& w) { return w.Put(args, accumulate); }, blocking);
+  return SubmitDirect(record, [args, accumulate](WindowManager& w) { return w.Put(args, accumulate); });
 }
 
 int WinGetAsync(const std::string& name, std::vector<int32_t> src_ranks, std::vector<double> weights,
-                bool require_mutex, bool blocking) {
+                bool require_mutex) {
   WinOpArgs args;
   args.name = name;
   args.ranks = std::move(src_ranks);
   args.weights = std::move(weights);
   args.require_mutex = require_mutex;
-  return SubmitDirect(std::make_shared<HandleRecord>(), [args](WindowManager& w) { return w.Get(args); }, blocking);
+  return SubmitDirect(std::make_shared<HandleRecord>(), [args](WindowManager& w) { return w.Get(args); });
 }
 
 int WinUpdateAsync(const std::string& name, at::Tensor output, double self_weight, std::vector<int32_t> ranks,
-                   std::vector<double> weights, bool reset, bool require_mutex, bool blocking) {
+                   std::vector<double> weights, bool reset, bool require_mutex) {
   CheckContiguous(output, "win_update");
   WinUpdateArgs args;
   args.name = name;
@@ -227,21 +221,18 @@ int WinUpdateAsync(const std::string& name, at::Tensor output, double self_weigh
   args.require_mutex = require_mutex;
   auto record = std::make_shared<HandleRecord>();
   record->output = output;
-  return SubmitDirect(record, [args](WindowManager& w) { return w.Update(args); }, blocking);
+  return SubmitDirect(record, [args](WindowManager& w) { return w.Update(args); });
 }
 
-int WinMutexAsync(const std::string& name, std::vector<int32_t> ranks, bool acquire, bool blocking) {
-  return SubmitDirect(
-      std::make_shared<HandleRecord>(),
-      [name, ranks, acquire](WindowManager& w) {
-        return acquire ? w.MutexAcquire(name, ranks) : w.MutexRelease(name, ranks);
-      },
-      blocking);
+int WinMutexAsync(const std::string& name, std::vector<int32_t> ranks, bool acquire) {
+  return SubmitDirect(std::make_shared<HandleRecord>(), [name, ranks, acquire](WindowManager& w) {
+    return acquire ? w.MutexAcquire(name, ranks) : w.MutexRelease(name, ranks);
+  });
 }
 
-int WinLockAsync(const std::string& name, bool lock, bool blocking) {
-  return SubmitDirect(
-      std::make_shared<HandleRecord>(), [name, lock](WindowManager& w) { return w.LockSelf(name, lock); }, blocking);
+int WinLockAsync(const std::string& name, bool lock) {
+  return SubmitDirect(std::make_shared<HandleRecord>(),
+                      [name, lock](WindowManager& w) { return w.LockSelf(name, lock); });
 }
 
 // Runs `work` on the background thread and waits (GIL released).
@@ -334,15 +325,12 @@ PYBIND11_MODULE(_C, m) {
         py::arg("combine") = py::none(), py::arg("blocking") = false);
   m.def("win_create_async", &WinCreateAsync);
   m.def("win_free_async", &WinFreeAsync);
-  m.def("win_put_async", &WinPutAsync, py::arg("tensor"), py::arg("name"), py::arg("dst_ranks"), py::arg("weights"),
-        py::arg("self_weight"), py::arg("require_mutex"), py::arg("accumulate"), py::arg("blocking") = false);
-  m.def("win_get_async", &WinGetAsync, py::arg("name"), py::arg("src_ranks"), py::arg("weights"),
-        py::arg("require_mutex"), py::arg("blocking") = false);
-  m.def("win_update_async", &WinUpdateAsync, py::arg("name"), py::arg("output"), py::arg("self_weight"),
-        py::arg("ranks"), py::arg("weights"), py::arg("reset"), py::arg("require_mutex"), py::arg("blocking") = false);
-  m.def("win_mutex_async", &WinMutexAsync, py::arg("name"), py::arg("ranks"), py::arg("acquire"),
-        py::arg("blocking") = false);
-  m.def("win_lock_async", &WinLockAsync, py::arg("name"), py::arg("lock"), py::arg("blocking") = false);
+  // Window ops always run on the background thread (see EnqueueDirect).
+  m.def("win_put_async", &WinPutAsync);
+  m.def("win_get_async", &WinGetAsync);
+  m.def("win_update_async", &WinUpdateAsync);
+  m.def("win_mutex_async", &WinMutexAsync);
+  m.def("win_lock_async", &WinLockAsync);
   m.def("win_versions", &WinVersions);
   m.def("win_associated_p", &WinAssociatedP);
   m.def("set_win_associated_p", &SetWinAssociatedP);

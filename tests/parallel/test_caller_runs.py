@@ -6,8 +6,9 @@ Checked here: blocking ops are run by their callers (the core's exchange
 counters say who ran each exchange; none with BLUEFOG_CALLER_RUNS=0, which
 tests/test_parallel_suites.py also runs), results stay exact when caller-run
 and background-run ops mix (nonblocking ops in flight, several Python threads
-blocking at once, a caller that waits late, skip-negotiate mode), and an op
-whose caller never comes is still run by the background thread.
+blocking at once, a caller that waits late, skip-negotiate mode, window ops,
+which stay on the background thread), and an op whose caller never comes is
+still run by the background thread.
 """
 import os
 import threading
@@ -131,7 +132,10 @@ def test_skip_negotiate_mode_runs_blocking_ops_on_the_background_thread():
 
 
 @pytest.mark.parametrize("accumulate", [False, True])
-def test_blocking_window_ops_when_caller_run(accumulate):
+def test_blocking_window_ops_next_to_caller_run_ops(accumulate):
+    # Window ops stay on the background thread; negotiated ops around them are
+    # caller-run (win_create/win_free, barrier).
+    _, callers0 = counts()
     name = f"caller.win.{int(accumulate)}"
     x = torch.full((16,), float(RANK + 1))
     assert bf.win_create(x, name, zero_init=True)
@@ -145,3 +149,6 @@ def test_blocking_window_ops_when_caller_run(accumulate):
         bf.barrier()
     finally:
         bf.win_free(name)
+    _, callers1 = counts()
+    if CALLER_RUNS:
+        assert callers1 > callers0  # win_create / barrier / win_free
