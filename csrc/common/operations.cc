@@ -232,30 +232,6 @@ bool LoopShouldWait(GlobalState& g) {
   return !g.queue.HasNewRequests(/*count_owned=*/false) && !(g.queue.InFlight() > 0 && g.last_cycle_moved);
 }
 
-// New nonblocking ops often come in bursts (a loop over tensors, the hooks of
-// a backward pass): while more keep arriving within kBurstGapUs of each other,
-// wait for them (up to the cycle time), so that one exchange negotiates, and
-// fusion packs, the whole burst instead of the first op alone.
-constexpr int64_t kBurstGapUs = 20;
-
-void GatherBurst(GlobalState& g) {
-  if (g.shutdown_requested || !g.queue.HasNewRequests(/*count_owned=*/false)) return;
-  const auto start = std::chrono::steady_clock::now();
-  const auto limit = start + std::chrono::microseconds(static_cast<int64_t>(g.config.cycle_time_ms * 1000));
-  auto last_change = start;
-  uint64_t seen = g.queue.AddCount();
-  while (true) {
-    std::this_thread::yield();
-    const auto now = std::chrono::steady_clock::now();
-    const uint64_t adds = g.queue.AddCount();
-    if (adds != seen) {
-      seen = adds;
-      last_change = now;
-    }
-    if (now >= limit || now - last_change >= std::chrono::microseconds(kBurstGapUs)) return;
-  }
-}
-
 // The background thread's wait before an exchange (no lock held).
 void AwaitExchange(GlobalState& g) {
   if (!LoopShouldWait(g)) return;
@@ -264,7 +240,6 @@ void AwaitExchange(GlobalState& g) {
                   ? std::chrono::microseconds(static_cast<int64_t>(g.config.cycle_time_ms * 1000))
                   : IdleTick(g.config);
   g.queue.WaitForWork(wait, std::chrono::microseconds(helped ? 0 : g.config.spin_time_us), /*count_owned=*/false);
-  GatherBurst(g);
 }
 
 // One negotiation exchange and the ops it agrees on (cycle_mu held).

@@ -27,7 +27,6 @@ Status TensorQueue::Add(TensorTableEntry entry, Request request, bool owned) {
     pending_.push_back(std::move(request));
     if (owned) ++owned_pending_;
   }
-  adds_.fetch_add(1, std::memory_order_relaxed);
   if (!owned) cv_.notify_one();  // the owner runs it; a sleeping loop stays asleep
   return Status::OK();
 }

@@ -3,9 +3,7 @@
 #ifndef BLUEFOG_COMMON_TENSOR_QUEUE_H
 #define BLUEFOG_COMMON_TENSOR_QUEUE_H
 
-#include <atomic>
 #include <chrono>
-#include <cstdint>
 #include <condition_variable>
 #include <deque>
 #include <functional>
@@ -52,8 +50,6 @@ class TensorQueue {
   // Moves the requests added since the last call into `out` (in enqueue order).
   void PopRequests(std::vector<Request>* out);
   bool HasNewRequests(bool count_owned = true);
-  // How many requests were ever added (a change means new work arrived).
-  uint64_t AddCount() const { return adds_.load(std::memory_order_relaxed); }
   // Copies the input bytes of entry `name` into *out if it is in CPU memory,
   // at most `max_bytes` long and ready now (never waits). False otherwise.
   bool CopyInput(const std::string& name, int64_t max_bytes, std::string* out);
@@ -84,7 +80,6 @@ class TensorQueue {
   std::unordered_map<std::string, TensorTableEntry> table_;
   std::deque<Request> pending_;
   std::deque<std::function<void()>> direct_;
-  std::atomic<uint64_t> adds_{0};
   size_t owned_pending_ = 0;  // how many of pending_ / direct_ are owned
   size_t owned_direct_ = 0;
 };
