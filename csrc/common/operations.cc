@@ -219,17 +219,17 @@ bool HelpingAllowed(const GlobalState& g) {
 // something ran), negotiate again at once — the peers are busy submitting,
 // and the next exchange simply waits for them. If it did not move, wait up
 // to the cycle time for new local work (no hot loop of empty exchanges).
-bool ShouldWait(GlobalState& g) {
-  return !g.queue.HasNewRequests() && !g.shutdown_requested && !(g.queue.InFlight() > 0 && g.last_cycle_moved);
+// Without `count_owned`, new requests whose callers will run them do not count.
+bool ShouldWait(GlobalState& g, bool count_owned = true) {
+  return !g.queue.HasNewRequests(count_owned) && !g.shutdown_requested &&
+         !(g.queue.InFlight() > 0 && g.last_cycle_moved);
 }
 
 // The background thread's version: ops whose callers run the cycle themselves
 // are not its business, and while a caller is running cycles it stays out
 // of the way (the caller wakes it when it stops with work left).
 bool LoopShouldWait(GlobalState& g) {
-  if (g.shutdown_requested) return false;
-  if (g.helpers > 0) return true;
-  return !g.queue.HasNewRequests(/*count_owned=*/false) && !(g.queue.InFlight() > 0 && g.last_cycle_moved);
+  return !g.shutdown_requested && (g.helpers > 0 || ShouldWait(g, /*count_owned=*/false));
 }
 
 // The background thread's wait before an exchange (no lock held).
@@ -680,7 +680,7 @@ void HelpUntil(const std::function<bool()>& done) {
   // Whatever is left (others' ops, or ours still waiting for peers) is the
   // background thread's again; it may be asleep, not counting owned work.
   --g.helpers;
-  if (g.running && (g.queue.InFlight() > 0 || g.queue.HasNewRequests() || g.queue.HasDirect())) g.queue.Wake();
+  if (g.running && (g.queue.InFlight() > 0 || g.queue.HasNewRequests())) g.queue.Wake();
 }
 
 Status RunBlocking(const std::function<Status(StatusCallback)>& enqueue) {

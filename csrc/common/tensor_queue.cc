@@ -81,18 +81,12 @@ size_t TensorQueue::InFlight() {
   return table_.size();
 }
 
-void TensorQueue::AddDirect(std::function<void()> op, bool owned) {
+void TensorQueue::AddDirect(std::function<void()> op) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     direct_.push_back(std::move(op));
-    if (owned) ++owned_direct_;
   }
-  if (!owned) cv_.notify_one();
-}
-
-bool TensorQueue::HasDirect() {
-  std::lock_guard<std::mutex> lock(mu_);
-  return !direct_.empty();
+  cv_.notify_one();
 }
 
 size_t TensorQueue::RunDirect() {
@@ -100,7 +94,6 @@ size_t TensorQueue::RunDirect() {
   {
     std::lock_guard<std::mutex> lock(mu_);
     ops.swap(direct_);
-    owned_direct_ = 0;
   }
   for (auto& op : ops) op();
   return ops.size();
@@ -108,8 +101,7 @@ size_t TensorQueue::RunDirect() {
 
 void TensorQueue::WaitForWork(std::chrono::microseconds timeout, std::chrono::microseconds spin, bool count_owned) {
   auto has_work = [this, count_owned] {
-    size_t skip_pending = count_owned ? 0 : owned_pending_, skip_direct = count_owned ? 0 : owned_direct_;
-    return pending_.size() > skip_pending || direct_.size() > skip_direct || woken_;
+    return pending_.size() > (count_owned ? 0 : owned_pending_) || !direct_.empty() || woken_;
   };
   auto start = std::chrono::steady_clock::now();
   std::unique_lock<std::mutex> lock(mu_);

@@ -61,14 +61,13 @@ class TensorQueue {
 
   // Direct ops (one-sided window ops): run by the background thread as soon
   // as it can, in order, without negotiation.
-  void AddDirect(std::function<void()> op, bool owned = false);
-  bool HasDirect();
+  void AddDirect(std::function<void()> op);
   // Runs the direct ops queued so far; returns how many ran.
   size_t RunDirect();
 
   // Blocks until new requests or direct ops arrive, Wake() is called, or the
   // timeout passes. Polls (yielding the core) for up to `spin` of that time
-  // before it sleeps. Without `count_owned`, owned work does not end the wait.
+  // before it sleeps. Without `count_owned`, owned requests do not end the wait.
   void WaitForWork(std::chrono::microseconds timeout, std::chrono::microseconds spin = {},
                    bool count_owned = true);
   void Wake();
@@ -80,8 +79,7 @@ class TensorQueue {
   std::unordered_map<std::string, TensorTableEntry> table_;
   std::deque<Request> pending_;
   std::deque<std::function<void()>> direct_;
-  size_t owned_pending_ = 0;  // how many of pending_ / direct_ are owned
-  size_t owned_direct_ = 0;
+  size_t owned_pending_ = 0;  // how many of pending_ are owned
 };
 
 }  // namespace bluefog
