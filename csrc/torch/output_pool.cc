@@ -43,7 +43,9 @@ class PooledAllocator final : public c10::Allocator {
   // `offset` (a multiple of 64, below one page) is where the data starts
   // within the block's first page.
   c10::DataPtr Allocate(size_t n, size_t offset) BLUEFOG_ALLOCATE_CONST {
-    size_t capacity = (n + kPage + kGranule - 1) / kGranule * kGranule;
+    // Room for the offset; page-sized classes for small outputs, 64 KiB ones above.
+    size_t capacity = n + kPage < kGranule ? (n + 2 * kPage - 1) / kPage * kPage
+                                           : (n + kPage + kGranule - 1) / kGranule * kGranule;
     if (capacity >= kHugeFrom) capacity = (capacity + kHugePage - 1) / kHugePage * kHugePage;
     Block* block = nullptr;
     {

@@ -2,10 +2,13 @@
 //
 // A fresh multi-megabyte output costs a page fault (and the zeroing of a page)
 // for every 4 KiB the op writes: for a 16 MiB allreduce that is as much time as
-// the reduction itself. Outputs of at least kMinPooledBytes come from here
+// the reduction itself; smaller outputs made and dropped at a high rate (a fused
+// batch of 16 KiB neighbor_allreduce ops) cost malloc/free and, when the heap is
+// trimmed, page faults too. Outputs of at least kMinPooledBytes come from here
 // instead: when the user drops such a tensor its memory returns to a cache, and
-// the next output of the same size class reuses it, already mapped. The cache
-// keeps at most BLUEFOG_OUTPUT_CACHE_BYTES of free memory (0: no cache).
+// the next output of the same size class (whole pages below 64 KiB, multiples
+// of 64 KiB above) reuses it, already mapped. The cache keeps at most
+// BLUEFOG_OUTPUT_CACHE_BYTES of free memory (0: no cache).
 //
 // Blocks of 4 MiB and more are 2 MiB aligned and advised for transparent huge
 // pages. Each output also starts at a different offset within a 4 KiB page than the
@@ -19,7 +22,7 @@
 namespace bluefog {
 namespace torch_frontend {
 
-constexpr size_t kMinPooledBytes = 256 * 1024;
+constexpr size_t kMinPooledBytes = 8 * 1024;
 
 // An uninitialized contiguous tensor of `shape` with `options`; `near` is the
 // data of the tensor it will be computed from (nullptr if none).
