@@ -355,20 +355,20 @@ Status MpiController::NeighborAllreduceFused(std::vector<TensorTableEntry>& entr
   int64_t total = 0;
   for (auto& e : entries) total += e.input->size_bytes();
   if (total > INT_MAX) return Status::InvalidArgument("fused neighbor_allreduce over 2 GiB");
-  for (auto& e : entries) {
-    Shape out_shape{static_cast<int64_t>(src.size())};
-    out_shape.insert(out_shape.end(), e.input->shape().begin(), e.input->shape().end());
-    Status s = e.context->AllocateOutput(out_shape, &e.output);
-    if (!s.ok()) return s;
-  }
   // Regions: packed input | one scaled copy per weighted destination | one
-  // receive region per source. Strides keep regions off each other's page offset.
+  // receive region per source. Strides keep regions off each other's page
+  // offset (and are a multiple of 64 bytes, so of every element size). The
+  // receive regions are a buffer of the frontend's when it has one: each op's
+  // output is then a view into it, and nothing is copied out.
   const size_t stride = (static_cast<size_t>(total) + 4095) / 4096 * 4096 + 320;
+  const int64_t elem = static_cast<int64_t>(DataTypeSize(dtype));
   std::vector<int> scaled_slot(dst.size(), -1);
   int n_scaled = 0;
   for (size_t i = 0; i < dst.size(); ++i)
     if (!weights.empty() && weights[i] != 1.0) scaled_slot[i] = n_scaled++;
-  char* base = fusion_.Reserve(stride * (1 + n_scaled + src.size()));
+  std::shared_ptr<Tensor> shared;
+  if (!src.empty() && elem > 0) shared = entries[0].context->SharedBuffer(static_cast<int64_t>(stride / elem * src.size()));
+  char* base = fusion_.Reserve(stride * (1 + n_scaled + (shared ? 0 : src.size())));
   char* packed = base;
   int64_t offset = 0;
   for (auto& e : entries) {
@@ -384,7 +384,7 @@ Status MpiController::NeighborAllreduceFused(std::vector<TensorTableEntry>& entr
     std::memcpy(copy, packed, total);
     ScaleBuffer(dtype, copy, count, weights[i]);
   }
-  char* recv = base + stride * (1 + n_scaled);
+  char* recv = shared ? static_cast<char*>(shared->data()) : base + stride * (1 + n_scaled);
   std::vector<MPI_Request> reqs;
   for (auto& e : entries) timeline_->Start(e.name, "COMMUNICATE");
   for (size_t i = 0; i < src.size(); ++i) {
@@ -402,9 +402,16 @@ Status MpiController::NeighborAllreduceFused(std::vector<TensorTableEntry>& entr
   offset = 0;
   for (auto& e : entries) {
     const int64_t bytes = e.input->size_bytes();
-    char* out = static_cast<char*>(e.output->data());
-    for (size_t i = 0; i < src.size(); ++i) {
-      if (bytes > 0) std::memcpy(out + bytes * i, recv + stride * i + offset, bytes);
+    Shape out_shape{static_cast<int64_t>(src.size())};
+    out_shape.insert(out_shape.end(), e.input->shape().begin(), e.input->shape().end());
+    if (!shared || !e.context->ViewOutput(shared, offset / elem, static_cast<int64_t>(stride) / elem, out_shape,
+                                          &e.output)) {
+      s = e.context->AllocateOutput(out_shape, &e.output);
+      if (!s.ok()) return s;
+      char* out = static_cast<char*>(e.output->data());
+      for (size_t i = 0; i < src.size(); ++i) {
+        if (bytes > 0) std::memcpy(out + bytes * i, recv + stride * i + offset, bytes);
+      }
     }
     offset += bytes;
   }

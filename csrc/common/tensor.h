@@ -37,6 +37,20 @@ class OpContext {
  public:
   virtual ~OpContext() = default;
   virtual Status AllocateOutput(const Shape& shape, std::shared_ptr<Tensor>* output) = 0;
+
+  // Optional: the outputs of several ops as views into one buffer (a fused
+  // exchange receives into it and copies nothing out). SharedBuffer returns
+  // `elements` elements of this op's dtype, or nullptr when the frontend has no
+  // such buffers. ViewOutput makes this op's output the view of `buffer` with
+  // `shape`, starting `offset` elements in, its first dimension `outer_stride`
+  // elements apart and the rest contiguous; false when it cannot (another
+  // frontend's buffer, another dtype): the core then allocates and copies.
+  // Such an output is not contiguous: the core only hands it back.
+  virtual std::shared_ptr<Tensor> SharedBuffer(int64_t elements) { return nullptr; }
+  virtual bool ViewOutput(const std::shared_ptr<Tensor>& buffer, int64_t offset, int64_t outer_stride,
+                          const Shape& shape, std::shared_ptr<Tensor>* output) {
+    return false;
+  }
 };
 
 }  // namespace bluefog

@@ -40,18 +40,20 @@ namespace {
 
 // out[i] = self_weight * x[i] + sum_k w_k * received[k][i], accumulated in
 // double, for elements [begin, end): one pass over the inputs, no temporaries.
+// received[k] starts `stride` elements after received[k - 1].
 template <typename T>
-void CombineRange(const T* x, const T* received, int64_t n, double self_weight, const std::vector<double>& weights,
-                  T* out, int64_t begin, int64_t end) {
+inline __attribute__((always_inline)) void CombineRange(const T* x, const T* received, int64_t stride,
+                                                        double self_weight, const double* weights, size_t n_weights,
+                                                        T* out, int64_t begin, int64_t end) {
   constexpr int64_t kBlock = 512;
   double acc[kBlock];
   for (int64_t start = begin; start < end; start += kBlock) {
     const int64_t m = std::min(kBlock, end - start);
     const T* xs = x + start;
     for (int64_t i = 0; i < m; ++i) acc[i] = self_weight * static_cast<double>(xs[i]);
-    for (size_t k = 0; k < weights.size(); ++k) {
+    for (size_t k = 0; k < n_weights; ++k) {
       if (weights[k] == 0.0) continue;  // as the ATen path: a zero weight ignores that input entirely
-      const T* r = received + static_cast<int64_t>(k) * n + start;
+      const T* r = received + static_cast<int64_t>(k) * stride + start;
       const double w = weights[k];
       for (int64_t i = 0; i < m; ++i) acc[i] += w * static_cast<double>(r[i]);
     }
@@ -60,16 +62,57 @@ void CombineRange(const T* x, const T* received, int64_t n, double self_weight, 
   }
 }
 
+// On x86-64 with GCC, a second copy of the loops for AVX2/FMA machines, picked
+// at load time (the baseline build only has SSE2: half the doubles per step).
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define BLUEFOG_SIMD_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define BLUEFOG_SIMD_CLONES
+#endif
+
+BLUEFOG_SIMD_CLONES void CombineFloat(const float* x, const float* received, int64_t stride, double self_weight,
+                                      const double* weights, size_t n_weights, float* out, int64_t begin,
+                                      int64_t end) {
+  CombineRange(x, received, stride, self_weight, weights, n_weights, out, begin, end);
+}
+
+BLUEFOG_SIMD_CLONES void CombineDouble(const double* x, const double* received, int64_t stride, double self_weight,
+                                       const double* weights, size_t n_weights, double* out, int64_t begin,
+                                       int64_t end) {
+  CombineRange(x, received, stride, self_weight, weights, n_weights, out, begin, end);
+}
+
+void CombineSpan(const float* x, const float* r, int64_t stride, double sw, const std::vector<double>& w, float* o,
+                 int64_t b, int64_t e) {
+  CombineFloat(x, r, stride, sw, w.data(), w.size(), o, b, e);
+}
+void CombineSpan(const double* x, const double* r, int64_t stride, double sw, const std::vector<double>& w, double* o,
+                 int64_t b, int64_t e) {
+  CombineDouble(x, r, stride, sw, w.data(), w.size(), o, b, e);
+}
+
+// Whether each received[k] is contiguous (received itself may be a view with
+// a gap between the rows: the fused exchange's receive buffer).
+bool RowsContiguous(const at::Tensor& r) {
+  int64_t expected = 1;
+  for (int64_t d = r.dim() - 1; d >= 1; --d) {
+    if (r.size(d) != 1 && r.stride(d) != expected) return false;
+    expected *= r.size(d);
+  }
+  return r.size(0) <= 1 || r.stride(0) >= expected;
+}
+
 template <typename T>
 at::Tensor CombineDirect(const at::Tensor& x, const at::Tensor& received, double self_weight,
                          const std::vector<double>& weights) {
   at::Tensor result = EmptyOutput(x.sizes(), x.options(), x.data_ptr());
   const int64_t n = x.numel();
+  const int64_t stride = weights.empty() ? n : received.stride(0);
   const T* xp = x.data_ptr<T>();
   const T* rp = received.data_ptr<T>();
   T* op = result.data_ptr<T>();
   at::parallel_for(0, n, 64 * 1024, [&](int64_t begin, int64_t end) {
-    CombineRange(xp, rp, n, self_weight, weights, op, begin, end);
+    CombineSpan(xp, rp, stride, self_weight, weights, op, begin, end);
   });
   return result;
 }
@@ -81,9 +124,10 @@ at::Tensor CombineNeighbors(const at::Tensor& x, const at::Tensor& received, dou
   // The common case (CPU float32/float64, the core's contiguous output) in one
   // fused pass: a few microseconds of ATen dispatch less per op, and one read
   // of each input instead of one pass per neighbor for large tensors.
-  const bool direct = x.device().is_cpu() && x.is_contiguous() && received.is_contiguous() &&
-                      received.scalar_type() == x.scalar_type() &&
-                      received.numel() == x.numel() * static_cast<int64_t>(src_weights.size());
+  const bool direct = x.device().is_cpu() && x.is_contiguous() && received.device().is_cpu() &&
+                      received.scalar_type() == x.scalar_type() && received.dim() == x.dim() + 1 &&
+                      received.size(0) == static_cast<int64_t>(src_weights.size()) &&
+                      received.numel() == x.numel() * received.size(0) && RowsContiguous(received);
   if (direct && x.scalar_type() == at::kFloat) return CombineDirect<float>(x, received, self_weight, src_weights);
   if (direct && x.scalar_type() == at::kDouble) return CombineDirect<double>(x, received, self_weight, src_weights);
   const bool half = x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16;
@@ -109,6 +153,44 @@ Status TorchOpContext::AllocateOutput(const Shape& shape, std::shared_ptr<Tensor
     return Status::OK();
   } catch (const std::exception& e) {
     return Status::Aborted(std::string("cannot allocate the output: ") + e.what());
+  }
+}
+
+std::shared_ptr<Tensor> TorchOpContext::SharedBuffer(int64_t elements) {
+  if (options_.device().type() != c10::kCPU) return nullptr;
+  try {
+    return std::make_shared<TorchTensor>(EmptyOutput({elements}, options_, near_));
+  } catch (const std::exception&) {
+    return nullptr;
+  }
+}
+
+bool TorchOpContext::ViewOutput(const std::shared_ptr<Tensor>& buffer, int64_t offset, int64_t outer_stride,
+                                const Shape& shape, std::shared_ptr<Tensor>* output) {
+  const auto* base = dynamic_cast<const TorchTensor*>(buffer.get());
+  if (!base || base->tensor().scalar_type() != options_.dtype().toScalarType() ||
+      base->tensor().device() != options_.device() || shape.empty()) {
+    return false;
+  }
+  std::vector<int64_t> strides(shape.size());
+  int64_t stride = 1;
+  for (size_t i = shape.size(); i-- > 1;) {
+    strides[i] = stride;
+    stride *= shape[i];
+  }
+  strides[0] = outer_stride;
+  const int64_t last = offset + (shape[0] > 0 ? (shape[0] - 1) * outer_stride + stride : 0);
+  if (offset < 0 || stride > outer_stride || last > base->tensor().numel()) return false;
+  try {
+    at::Tensor view = base->tensor().as_strided(at::IntArrayRef(shape), strides, offset);
+    {
+      std::lock_guard<std::mutex> lock(record_->mu);
+      record_->output = view;
+    }
+    *output = std::make_shared<TorchTensor>(view);
+    return true;
+  } catch (const std::exception&) {
+    return false;
   }
 }
 

@@ -23,6 +23,7 @@ class TorchTensor : public Tensor {
   void* data() const override { return tensor_.data_ptr(); }
   int64_t size_bytes() const override { return size_bytes_; }
   int device() const override { return device_; }
+  const at::Tensor& tensor() const { return tensor_; }
 
  private:
   at::Tensor tensor_;
@@ -58,6 +59,9 @@ class TorchOpContext : public OpContext {
   TorchOpContext(std::shared_ptr<HandleRecord> record, const at::Tensor& input)
       : record_(std::move(record)), options_(input.options()), near_(input.data_ptr()) {}
   Status AllocateOutput(const Shape& shape, std::shared_ptr<Tensor>* output) override;
+  std::shared_ptr<Tensor> SharedBuffer(int64_t elements) override;
+  bool ViewOutput(const std::shared_ptr<Tensor>& buffer, int64_t offset, int64_t outer_stride, const Shape& shape,
+                  std::shared_ptr<Tensor>* output) override;
 
  private:
   std::shared_ptr<HandleRecord> record_;

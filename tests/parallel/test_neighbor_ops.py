@@ -327,6 +327,35 @@ def test_many_nonblocking_in_flight_mixed_weights_and_reverse_sync():
         check(bf.synchronize(handles[k]), mix(W if k % 2 else S, all_inputs(shape, 200 + k), RANK))
 
 
+
+def test_fused_batch_of_large_tensors_mixed_shapes_dtypes_and_send_scales():
+    # Tensors too large to travel inside the negotiation (BLUEFOG_INLINE_BYTES),
+    # started back to back so that the core fuses them into one exchange per
+    # dtype: the fused path receives into one buffer that every op's result is
+    # read from (the rows of each op are a stride apart there). Shapes include
+    # a 0-d, an empty and a 3-d tensor; a dynamic exchange scales what it sends.
+    bf.set_topology(bf.ExponentialGraph(SIZE))
+    W = uniform_matrix(weight_matrix(bf.ExponentialGraph(SIZE)))
+    shapes = [(20000,), (), (0,), (40, 30, 17), (1,), (9000, 3), (5, 0), (33333,)]
+    dtypes = [torch.float64, torch.float32]
+    ops = []
+    for k, shape in enumerate(shapes * 2):
+        dtype = dtypes[k % 2]
+        ops.append((shape, dtype, 700 + k, bf.neighbor_allreduce_nonblocking(
+            rank_input(RANK, shape, 700 + k, dtype), name=f"nar.fused.big.{k}")))
+    for shape, dtype, seed, h in reversed(ops):
+        check(bf.synchronize(h), mix(W, all_inputs(shape, seed, dtype), RANK), dtype)
+    if SIZE == 1:
+        return
+    # One peer each way, sent scaled by 0.5 (the scaled copy sits beside the packed input).
+    dst, src = (RANK + 1) % SIZE, (RANK - 1) % SIZE
+    ops = [(shape, 800 + k, bf.neighbor_allreduce_nonblocking(
+        rank_input(RANK, shape, 800 + k), self_weight=0.25, src_weights={src: 1.5}, dst_weights={dst: 0.5},
+        name=f"nar.fused.dyn.{k}")) for k, shape in enumerate(shapes)]
+    for shape, seed, h in ops:
+        X = all_inputs(shape, seed)
+        check(bf.synchronize(h), 0.25 * X[RANK] + 1.5 * 0.5 * X[src])
+
 # ---- neighbor_allreduce: dynamic --------------------------------------------------------------
 def one_peer_schedules(G):
     """Every rank's GetDynamicOnePeerSendRecvRanks generator (rank r at index r)."""
