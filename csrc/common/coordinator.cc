@@ -209,27 +209,28 @@ std::string Coordinator::CheckAgreement(const Pending& p) const {
   return "";
 }
 
-void Coordinator::Ingest(const std::vector<CycleMessage>& messages, Clock::time_point now,
+void Coordinator::Ingest(std::vector<CycleMessage>& messages, Clock::time_point now,
                          std::vector<Response>* out) {
   ready_.clear();
   for (int rank = 0; rank < static_cast<int>(messages.size()); ++rank) {
-    const CycleMessage& msg = messages[rank];
+    CycleMessage& msg = messages[rank];
     if (msg.shutdown) shutdown_[rank] = true;
-    for (const Request& req : msg.requests) {
-      auto it = table_.find(req.name);
+    for (Request& incoming : msg.requests) {
+      auto it = table_.find(incoming.name);
       if (it == table_.end()) {
         Pending p;
         p.by_rank.resize(size_);
         p.submitted.assign(size_, false);
         p.first_seen = now;
         p.last_warned = now;
-        it = table_.emplace(req.name, std::move(p)).first;
+        it = table_.emplace(incoming.name, std::move(p)).first;
       }
       Pending& p = it->second;
       if (!p.submitted[rank]) ++p.count;
       p.submitted[rank] = true;
-      p.by_rank[rank] = req;
+      p.by_rank[rank] = std::move(incoming);
       if (p.count < size_) continue;
+      const Request& req = p.by_rank[rank];
 
       std::string problem = CheckAgreement(p);
       Response resp;

@@ -38,7 +38,8 @@ class Coordinator {
   // Applies one cycle's messages (index = rank); appends decisions in the
   // agreed order. `stall_failures` holds, per rank, the names that rank
   // declared timed out in its message.
-  void Ingest(const std::vector<CycleMessage>& messages, Clock::time_point now, std::vector<Response>* out);
+  // Takes the requests out of `messages` (moved; the vectors keep their sizes).
+  void Ingest(std::vector<CycleMessage>& messages, Clock::time_point now, std::vector<Response>* out);
 
   // Merges adjacent ready allreduce responses with the same dtype, average,
   // hierarchical flag and device (and neighbor_allreduce responses whose

@@ -1,5 +1,7 @@
 #include "message.h"
 
+#include <algorithm>
+
 #include "wire.h"
 
 namespace bluefog {
@@ -47,6 +49,8 @@ bool DecodeCycleMessage(const char* data, size_t size, CycleMessage* msg) {
   msg->shutdown = rd.U8() != 0;
   uint64_t n = rd.Varint();
   msg->requests.clear();
+  // Reserved up front (bounded by the bytes left: every item takes one or more).
+  msg->requests.reserve(std::min<uint64_t>(n, rd.remaining()));
   for (uint64_t i = 0; i < n && rd.ok(); ++i) {
     Request r;
     r.name = rd.Str();
@@ -65,10 +69,13 @@ bool DecodeCycleMessage(const char* data, size_t size, CycleMessage* msg) {
     r.int_arg = rd.SVarint();
     if (CarriesNeighbors(r.op)) {
       uint64_t n_src = rd.Varint();
+      r.src_ranks.reserve(std::min<uint64_t>(n_src, rd.remaining()));
       for (uint64_t k = 0; k < n_src && rd.ok(); ++k) r.src_ranks.push_back(static_cast<int32_t>(rd.Varint()));
       uint64_t n_dst = rd.Varint();
+      r.dst_ranks.reserve(std::min<uint64_t>(n_dst, rd.remaining()));
       for (uint64_t k = 0; k < n_dst && rd.ok(); ++k) r.dst_ranks.push_back(static_cast<int32_t>(rd.Varint()));
       uint64_t n_w = rd.Varint();
+      r.dst_weights.reserve(std::min<uint64_t>(n_w, rd.remaining()));
       for (uint64_t k = 0; k < n_w && rd.ok(); ++k) r.dst_weights.push_back(rd.F64());
     }
     if (r.has_payload) r.payload = rd.Str();

@@ -37,6 +37,8 @@ class ByteReader {
   ByteReader(const char* data, size_t size) : p_(data), end_(data + size) {}
   bool ok() const { return ok_; }
   bool done() const { return p_ >= end_; }
+  // Bytes left: a bound on how many encoded items can follow (for reserve()).
+  size_t remaining() const { return p_ < end_ ? static_cast<size_t>(end_ - p_) : 0; }
   uint8_t U8() {
     if (p_ >= end_) { ok_ = false; return 0; }
     return static_cast<uint8_t>(*p_++);

@@ -62,9 +62,9 @@ inline __attribute__((always_inline)) void CombineRange(const T* x, const T* rec
   }
 }
 
-// On x86-64 with GCC, a second copy of the loops for AVX2/FMA machines, picked
+// On x86-64 with GCC 11+ and glibc (ifunc), a second copy of the loops for AVX2/FMA machines, picked
 // at load time (the baseline build only has SSE2: half the doubles per step).
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11 && defined(__x86_64__) && defined(__GLIBC__)
 #define BLUEFOG_SIMD_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
 #else
 #define BLUEFOG_SIMD_CLONES
