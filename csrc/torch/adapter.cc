@@ -62,10 +62,40 @@ inline __attribute__((always_inline)) void CombineRange(const T* x, const T* rec
   }
 }
 
+// The same sums, in the same order, for exactly K sources with non-zero
+// weights, in one loop without the accumulator array (the common cases).
+template <int K, typename T>
+inline __attribute__((always_inline)) void CombineK(const T* x, const T* received, int64_t stride, double self_weight,
+                                                    const double* weights, T* out, int64_t begin, int64_t end) {
+  const T* r[K];
+  double w[K];
+  for (int k = 0; k < K; ++k) {
+    r[k] = received + k * stride;
+    w[k] = weights[k];
+  }
+  for (int64_t i = begin; i < end; ++i) {
+    double acc = self_weight * static_cast<double>(x[i]);
+    for (int k = 0; k < K; ++k) acc += w[k] * static_cast<double>(r[k][i]);
+    out[i] = static_cast<T>(acc);
+  }
+}
+
+template <typename T>
+inline __attribute__((always_inline)) void Combine(const T* x, const T* received, int64_t stride, double self_weight,
+                                                   const double* weights, size_t n_weights, T* out, int64_t begin,
+                                                   int64_t end) {
+  bool all_nonzero = true;
+  for (size_t k = 0; k < n_weights; ++k) all_nonzero = all_nonzero && weights[k] != 0.0;
+  if (all_nonzero && n_weights == 1) return CombineK<1>(x, received, stride, self_weight, weights, out, begin, end);
+  if (all_nonzero && n_weights == 2) return CombineK<2>(x, received, stride, self_weight, weights, out, begin, end);
+  if (all_nonzero && n_weights == 3) return CombineK<3>(x, received, stride, self_weight, weights, out, begin, end);
+  CombineRange(x, received, stride, self_weight, weights, n_weights, out, begin, end);
+}
+
 // On x86-64 with GCC 11+ and glibc (ifunc), a second copy of the loops for AVX2/FMA machines, picked
 // at load time (the baseline build only has SSE2: half the doubles per step).
 #if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11 && defined(__x86_64__) && defined(__GLIBC__)
-#define BLUEFOG_SIMD_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#define BLUEFOG_SIMD_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define BLUEFOG_SIMD_CLONES
 #endif
@@ -73,13 +103,13 @@ inline __attribute__((always_inline)) void CombineRange(const T* x, const T* rec
 BLUEFOG_SIMD_CLONES void CombineFloat(const float* x, const float* received, int64_t stride, double self_weight,
                                       const double* weights, size_t n_weights, float* out, int64_t begin,
                                       int64_t end) {
-  CombineRange(x, received, stride, self_weight, weights, n_weights, out, begin, end);
+  Combine(x, received, stride, self_weight, weights, n_weights, out, begin, end);
 }
 
 BLUEFOG_SIMD_CLONES void CombineDouble(const double* x, const double* received, int64_t stride, double self_weight,
                                        const double* weights, size_t n_weights, double* out, int64_t begin,
                                        int64_t end) {
-  CombineRange(x, received, stride, self_weight, weights, n_weights, out, begin, end);
+  Combine(x, received, stride, self_weight, weights, n_weights, out, begin, end);
 }
 
 void CombineSpan(const float* x, const float* r, int64_t stride, double sw, const std::vector<double>& w, float* o,

@@ -468,6 +468,26 @@ def test_float_averages_are_accumulated_in_double_and_rounded_once(dtype):
                                 dst_weights=others, name=f"nar.rounded_once.{dtype}")
     expected = torch.full((1000,), 1.0 + (SIZE - 1) * 2.0 ** -25, dtype=torch.float64).to(dtype)
     assert torch.equal(out, expected), (out[0].item(), expected[0].item())
+    # The same with each number of sources from 1 to SIZE - 1 (the combine has
+    # a loop per source count), and with one source weighted 0: that source's
+    # values (NaN here) are ignored entirely, as the unfused ATen path does.
+    for m in range(1, SIZE):
+        src = [(RANK + d) % SIZE for d in range(1, m + 1)]
+        dst = [(RANK - d) % SIZE for d in range(1, m + 1)]
+        out = bf.neighbor_allreduce(x, self_weight=1.0, src_weights={r: 2.0 ** -25 for r in src},
+                                    dst_weights=dst, name=f"nar.rounded_once.{dtype}.{m}")
+        expected = torch.full((1000,), 1.0 + m * 2.0 ** -25, dtype=torch.float64).to(dtype)
+        assert torch.equal(out, expected), (m, out[0].item(), expected[0].item())
+        poisoned = x * float("nan") if RANK == 0 else x
+        weights = {r: (0.0 if r == 0 else 2.0 ** -25) for r in src}
+        out = bf.neighbor_allreduce(poisoned, self_weight=1.0, src_weights=weights,
+                                    dst_weights=dst, name=f"nar.zero_weight.{dtype}.{m}")
+        if RANK == 0:
+            assert torch.isnan(out).all()  # its own NaN, weighted 1
+        else:
+            n = sum(1 for r in src if r != 0)
+            expected = torch.full((1000,), 1.0 + n * 2.0 ** -25, dtype=torch.float64).to(dtype)
+            assert torch.equal(out, expected), (m, out[0].item(), expected[0].item())
 
 
 def test_static_exponential_consensus_rate():
