@@ -92,8 +92,10 @@ inline __attribute__((always_inline)) void Combine(const T* x, const T* received
   CombineRange(x, received, stride, self_weight, weights, n_weights, out, begin, end);
 }
 
-// On x86-64 with GCC 11+ and glibc (ifunc), a second copy of the loops for AVX2/FMA machines, picked
-// at load time (the baseline build only has SSE2: half the doubles per step).
+// On x86-64 with GCC 11+ and glibc (ifunc), copies of the loops for AVX-512 and
+// AVX2/FMA machines, picked at load time (the baseline build only has SSE2:
+// two doubles per step). With FMA a product and its sum may be rounded once
+// instead of twice; the result is still the double sum rounded once to T.
 #if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11 && defined(__x86_64__) && defined(__GLIBC__)
 #define BLUEFOG_SIMD_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
