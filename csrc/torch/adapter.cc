@@ -102,25 +102,17 @@ inline __attribute__((always_inline)) void Combine(const T* x, const T* received
 #define BLUEFOG_SIMD_CLONES
 #endif
 
-BLUEFOG_SIMD_CLONES void CombineFloat(const float* x, const float* received, int64_t stride, double self_weight,
-                                      const double* weights, size_t n_weights, float* out, int64_t begin,
-                                      int64_t end) {
+// One overload per type (the clones are per function), called with the
+// weights as a pointer and a count.
+BLUEFOG_SIMD_CLONES void CombineSpan(const float* x, const float* received, int64_t stride, double self_weight,
+                                     const double* weights, size_t n_weights, float* out, int64_t begin, int64_t end) {
   Combine(x, received, stride, self_weight, weights, n_weights, out, begin, end);
 }
 
-BLUEFOG_SIMD_CLONES void CombineDouble(const double* x, const double* received, int64_t stride, double self_weight,
-                                       const double* weights, size_t n_weights, double* out, int64_t begin,
-                                       int64_t end) {
+BLUEFOG_SIMD_CLONES void CombineSpan(const double* x, const double* received, int64_t stride, double self_weight,
+                                     const double* weights, size_t n_weights, double* out, int64_t begin,
+                                     int64_t end) {
   Combine(x, received, stride, self_weight, weights, n_weights, out, begin, end);
-}
-
-void CombineSpan(const float* x, const float* r, int64_t stride, double sw, const std::vector<double>& w, float* o,
-                 int64_t b, int64_t e) {
-  CombineFloat(x, r, stride, sw, w.data(), w.size(), o, b, e);
-}
-void CombineSpan(const double* x, const double* r, int64_t stride, double sw, const std::vector<double>& w, double* o,
-                 int64_t b, int64_t e) {
-  CombineDouble(x, r, stride, sw, w.data(), w.size(), o, b, e);
 }
 
 // Whether each received[k] is contiguous (received itself may be a view with
@@ -144,7 +136,7 @@ at::Tensor CombineDirect(const at::Tensor& x, const at::Tensor& received, double
   const T* rp = received.data_ptr<T>();
   T* op = result.data_ptr<T>();
   at::parallel_for(0, n, 64 * 1024, [&](int64_t begin, int64_t end) {
-    CombineSpan(xp, rp, stride, self_weight, weights, op, begin, end);
+    CombineSpan(xp, rp, stride, self_weight, weights.data(), weights.size(), op, begin, end);
   });
   return result;
 }
@@ -174,14 +166,17 @@ at::Tensor CombineNeighbors(const at::Tensor& x, const at::Tensor& received, dou
   return result.to(x.scalar_type());
 }
 
+void TorchOpContext::Adopt(const at::Tensor& t, std::shared_ptr<Tensor>* output) {
+  {
+    std::lock_guard<std::mutex> lock(record_->mu);
+    record_->output = t;
+  }
+  *output = std::make_shared<TorchTensor>(t);
+}
+
 Status TorchOpContext::AllocateOutput(const Shape& shape, std::shared_ptr<Tensor>* output) {
   try {
-    at::Tensor t = EmptyOutput(at::IntArrayRef(shape), options_, near_);
-    {
-      std::lock_guard<std::mutex> lock(record_->mu);
-      record_->output = t;
-    }
-    *output = std::make_shared<TorchTensor>(t);
+    Adopt(EmptyOutput(at::IntArrayRef(shape), options_, near_), output);
     return Status::OK();
   } catch (const std::exception& e) {
     return Status::Aborted(std::string("cannot allocate the output: ") + e.what());
@@ -214,12 +209,7 @@ bool TorchOpContext::ViewOutput(const std::shared_ptr<Tensor>& buffer, int64_t o
   const int64_t last = offset + (shape[0] > 0 ? (shape[0] - 1) * outer_stride + stride : 0);
   if (offset < 0 || stride > outer_stride || last > base->tensor().numel()) return false;
   try {
-    at::Tensor view = base->tensor().as_strided(at::IntArrayRef(shape), strides, offset);
-    {
-      std::lock_guard<std::mutex> lock(record_->mu);
-      record_->output = view;
-    }
-    *output = std::make_shared<TorchTensor>(view);
+    Adopt(base->tensor().as_strided(at::IntArrayRef(shape), strides, offset), output);
     return true;
   } catch (const std::exception&) {
     return false;

@@ -64,6 +64,9 @@ class TorchOpContext : public OpContext {
                   std::shared_ptr<Tensor>* output) override;
 
  private:
+  // Makes `t` this op's output (kept by the handle's record) and wraps it.
+  void Adopt(const at::Tensor& t, std::shared_ptr<Tensor>* output);
+
   std::shared_ptr<HandleRecord> record_;
   at::TensorOptions options_;
   const void* near_;
