@@ -12,9 +12,20 @@ namespace {
 
 bool g_we_initialized_mpi = false;
 
-void HalfSum(void* in, void* inout, int* len, MPI_Datatype*) { SumInto(DataType::FLOAT16, inout, in, *len); }
-
-void BFloat16Sum(void* in, void* inout, int* len, MPI_Datatype*) { SumInto(DataType::BFLOAT16, inout, in, *len); }
+// MPI_SUM replacements. float16/bfloat16 have no MPI type. 8- and 16-bit
+// integers must wrap like torch's and TensorFlow's (and like the inline path's
+// SumInto), but Open MPI 5's AVX reduction saturates them (measured: int8
+// 100 + 100 gave 127, not -56, once a tensor took the MPI path; Open MPI issue
+// 8045, closed as won't fix).
+template <DataType D>
+void OwnSum(void* in, void* inout, int* len, MPI_Datatype*) {
+  SumInto(D, inout, in, *len);
+}
+constexpr DataType kOwnSumTypes[] = {DataType::FLOAT16, DataType::BFLOAT16, DataType::UINT8, DataType::INT8,
+                                     DataType::INT16};
+constexpr MPI_User_function* kOwnSumFunctions[] = {&OwnSum<DataType::FLOAT16>, &OwnSum<DataType::BFLOAT16>,
+                                                   &OwnSum<DataType::UINT8>, &OwnSum<DataType::INT8>,
+                                                   &OwnSum<DataType::INT16>};
 
 const char* ThreadLevelName(int level) {
   switch (level) {
@@ -74,8 +85,9 @@ Status MpiContext::Initialize(MPI_Comm base, const Config& config) {
     MPI_Type_commit(&half_type_);
     MPI_Type_contiguous(2, MPI_BYTE, &bfloat16_type_);
     MPI_Type_commit(&bfloat16_type_);
-    MPI_Op_create(&HalfSum, 1, &half_sum_);
-    MPI_Op_create(&BFloat16Sum, 1, &bfloat16_sum_);
+    for (size_t i = 0; i < sizeof(kOwnSumTypes) / sizeof(kOwnSumTypes[0]); ++i) {
+      MPI_Op_create(kOwnSumFunctions[i], 1, &own_sum_[static_cast<int>(kOwnSumTypes[i])]);
+    }
   }
   s = BuildMachineLayout(config);
   if (!s.ok()) return s;
@@ -164,9 +176,8 @@ MPI_Datatype MpiContext::MpiType(DataType dtype) const {
 }
 
 MPI_Op MpiContext::SumOp(DataType dtype) const {
-  if (dtype == DataType::FLOAT16) return half_sum_;
-  if (dtype == DataType::BFLOAT16) return bfloat16_sum_;
-  return MPI_SUM;
+  const MPI_Op own = own_sum_[static_cast<int>(dtype)];
+  return own != MPI_OP_NULL ? own : MPI_SUM;
 }
 
 }  // namespace bluefog

@@ -39,7 +39,7 @@ class MpiContext {
 
   // MPI datatype for a BlueFog dtype (custom for float16/bfloat16).
   MPI_Datatype MpiType(DataType dtype) const;
-  // MPI_SUM, or the custom sum for float16/bfloat16.
+  // MPI_SUM, or our own sum for float16/bfloat16 and the wrapping 8/16-bit integer sums.
   MPI_Op SumOp(DataType dtype) const;
 
  private:
@@ -56,7 +56,8 @@ class MpiContext {
   MPI_Comm local_comm_ = MPI_COMM_NULL, cross_comm_ = MPI_COMM_NULL;
   MPI_Datatype half_type_ = MPI_DATATYPE_NULL;
   MPI_Datatype bfloat16_type_ = MPI_DATATYPE_NULL;
-  MPI_Op half_sum_ = MPI_OP_NULL, bfloat16_sum_ = MPI_OP_NULL;
+  MPI_Op own_sum_[kNumDataTypes] = {MPI_OP_NULL, MPI_OP_NULL, MPI_OP_NULL, MPI_OP_NULL, MPI_OP_NULL,
+                                    MPI_OP_NULL, MPI_OP_NULL, MPI_OP_NULL, MPI_OP_NULL, MPI_OP_NULL};
 };
 
 // Finalizes MPI if MpiContext initialized it (at process exit).

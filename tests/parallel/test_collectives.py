@@ -93,6 +93,50 @@ def test_allreduce_sum(dtype, shape):
     check(x, before)
 
 
+def wrapped(total, dtype):
+    """`total` (int64) reduced modulo the width of `dtype`, as torch's integer add wraps."""
+    info = torch.iinfo(dtype)
+    span = info.max - info.min + 1
+    return ((total - info.min) % span + info.min).to(dtype)
+
+
+# 16 elements travel inside the negotiation; 300 000 take MPI_Allreduce.
+@pytest.mark.parametrize("n", [16, 300_000], ids=["inline", "mpi"])
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int8, torch.int16], ids=str)
+def test_allreduce_small_int_sum_wraps(dtype, n):
+    # Every rank holds values near the top of the range: any sum of 2+ ranks
+    # overflows. Open MPI's vectorized MPI_SUM saturates these types instead.
+    top = torch.iinfo(dtype).max
+    x = (top - (torch.arange(n, dtype=torch.int64) % 7) - RANK).to(dtype)
+    total = sum((top - (torch.arange(n, dtype=torch.int64) % 7) - r) for r in range(SIZE))
+    exp = wrapped(total, dtype)
+    check(bf.allreduce(x, average=False, name=f"ar.wrap.{dtype}.{n}"), exp)
+    y = x.clone()
+    check(bf.allreduce_(y, average=False, name=f"ar_.wrap.{dtype}.{n}"), exp)
+
+
+# Large tensors through MPI (n not divisible by the rank count, and a prime),
+# random data: the exact result is not known in float, so every rank checks it
+# is close to the float64 sum and that all ranks hold the same bits.
+@pytest.mark.parametrize("n", [65_536, 65_537, 262_147], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+def test_allreduce_large_same_bits_on_every_rank(dtype, n):
+    def data(r):
+        return torch.randn(n, generator=torch.Generator().manual_seed(1000 + r), dtype=torch.float64)
+    x = data(RANK).to(dtype)
+    before = x.clone()
+    out = bf.allreduce(x, average=False, name=f"ar.big.{dtype}.{n}")
+    check(x, before)
+    ref = sum(data(r).to(dtype).to(torch.float64) for r in range(SIZE))
+    tol = 0.05 * SIZE if dtype == torch.bfloat16 else 1e-5
+    torch.testing.assert_close(out.to(torch.float64), ref, rtol=tol, atol=tol)
+    everyone = bf.allgather(out.unsqueeze(0), name=f"ar.big.check.{dtype}.{n}")
+    for r in range(SIZE):
+        assert torch.equal(everyone[r], out), f"rank {r}'s result differs from rank {RANK}'s"
+    avg = bf.allreduce(x, average=True, name=f"ar.big.avg.{dtype}.{n}")
+    torch.testing.assert_close(avg.to(torch.float64), ref / SIZE, rtol=tol, atol=tol)
+
+
 @pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
 def test_allreduce_average(dtype, shape):
