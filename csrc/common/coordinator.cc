@@ -105,13 +105,18 @@ namespace {
 
 // Ops with equal keys can share one message: same kind, dtype, flags, device
 // and (for neighbor ops) the same send/receive lists and weights on EVERY rank.
+// (Compared for equality only: a few bytes, which for allreduce fit in the
+// string itself without a heap allocation.)
 std::string FusionKey(const std::vector<Request>& by_rank) {
   const Request& r = by_rank[0];
-  std::string key = std::to_string(static_cast<int>(r.op)) + "|" + std::to_string(static_cast<int>(r.dtype)) + "|" +
-                    (r.average ? "a" : "s") + (r.hierarchical_local ? "h" : "g") + std::to_string(r.device);
+  std::string key;
+  if (r.op == OpType::NEIGHBOR_ALLREDUCE) key.reserve(8 + 32 * by_rank.size());
+  ByteWriter w(&key);
+  w.U8(static_cast<uint8_t>(r.op));
+  w.U8(static_cast<uint8_t>(r.dtype));
+  w.U8((r.average ? 1 : 0) | (r.hierarchical_local ? 2 : 0));
+  w.SVarint(r.device);
   if (r.op != OpType::NEIGHBOR_ALLREDUCE) return key;
-  std::string pattern;
-  ByteWriter w(&pattern);
   for (const Request& q : by_rank) {
     w.Varint(q.src_ranks.size());
     for (auto v : q.src_ranks) w.Varint(static_cast<uint64_t>(v));
@@ -120,7 +125,7 @@ std::string FusionKey(const std::vector<Request>& by_rank) {
     w.Varint(q.dst_weights.size());
     for (auto v : q.dst_weights) w.F64(v);
   }
-  return key + "|" + pattern;
+  return key;
 }
 
 }  // namespace

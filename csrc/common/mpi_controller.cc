@@ -74,7 +74,7 @@ Status MpiController::AllgatherBytes(const std::string& mine, std::vector<std::s
   Status s = Wait(&req, "MPI_Iallgather");
   if (!s.ok()) return s;
 
-  all->assign(size, std::string());
+  all->resize(size);  // assign() below keeps each string's memory from the last round
   std::vector<int> rest(size), displs(size);
   int total_rest = 0;
   size_t longest = 0;

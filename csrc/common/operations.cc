@@ -49,6 +49,11 @@ struct GlobalState {
   std::atomic<bool> loop_done{false};       // the background loop has ended
   std::atomic<bool> last_cycle_moved{false};
   std::vector<std::string> my_timed_out;  // under cycle_mu
+  // An exchange's buffers, kept between exchanges so that their memory is
+  // reused (under cycle_mu).
+  std::string sent;
+  std::vector<std::string> received;
+  std::vector<CycleMessage> decoded;
 };
 
 thread_local bool tls_in_cycle = false;      // this thread holds cycle_mu (callbacks run in it)
@@ -253,19 +258,19 @@ bool Exchange(GlobalState& g) {
   mine.timed_out.swap(g.my_timed_out);
   StartNegotiation(g, mine.requests);
 
-  std::string bytes;
-  EncodeCycleMessage(mine, &bytes);
-  std::vector<std::string> all_bytes;
-  Status s = g.controller->AllgatherBytes(bytes, &all_bytes);
+  g.sent.clear();
+  EncodeCycleMessage(mine, &g.sent);
+  Status s = g.controller->AllgatherBytes(g.sent, &g.received);
   ++g.exchanges;
   if (!s.ok()) {
     g.loop_error = s.reason();
     g.loop_failed = true;
     return false;
   }
-  std::vector<CycleMessage> all(all_bytes.size());
-  for (size_t r = 0; r < all_bytes.size(); ++r) {
-    if (!DecodeCycleMessage(all_bytes[r].data(), all_bytes[r].size(), &all[r])) {
+  std::vector<CycleMessage>& all = g.decoded;
+  all.resize(g.received.size());
+  for (size_t r = 0; r < g.received.size(); ++r) {
+    if (!DecodeCycleMessage(g.received[r].data(), g.received[r].size(), &all[r])) {
       g.loop_error = "corrupt negotiation message from rank " + std::to_string(r);
       g.loop_failed = true;
       return false;
