@@ -302,7 +302,8 @@ void Coordinator::FailMissingShutdown(std::vector<Response>* out) {
 }
 
 void Coordinator::Fuse(std::vector<Response>* responses, int64_t threshold) {
-  std::vector<Response> fused;
+  std::vector<Response>& fused = fused_;
+  fused.clear();
   int64_t open_bytes = 0;
   const ReadyInfo* open = nullptr;
   for (auto& r : *responses) {

@@ -77,6 +77,7 @@ class Coordinator {
     std::string fusion_key;
   };
   std::map<std::string, ReadyInfo> ready_;  // this cycle's ready ops
+  std::vector<Response> fused_;             // Fuse's output buffer, reused
 };
 
 }  // namespace bluefog

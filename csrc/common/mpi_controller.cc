@@ -75,7 +75,10 @@ Status MpiController::AllgatherBytes(const std::string& mine, std::vector<std::s
   if (!s.ok()) return s;
 
   all->resize(size);  // assign() below keeps each string's memory from the last round
-  std::vector<int> rest(size), displs(size);
+  std::vector<int>& rest = rest_;
+  std::vector<int>& displs = displs_;
+  rest.assign(size, 0);
+  displs.assign(size, 0);
   int total_rest = 0;
   size_t longest = 0;
   for (int r = 0; r < size; ++r) {

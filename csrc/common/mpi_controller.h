@@ -62,6 +62,7 @@ class MpiController {
   FusionBuffer fusion_;
   FusionBuffer scratch_;  // per-destination scaled copies
   std::vector<char> slots_;  // negotiation slots
+  std::vector<int> rest_, displs_;  // AllgatherBytes' second round, reused
   size_t slot_bytes_;        // current slot size, the same on every rank
   size_t max_slot_bytes_;
   int small_rounds_ = 0;     // consecutive rounds that would fit a quarter slot

@@ -51,9 +51,11 @@ struct GlobalState {
   std::vector<std::string> my_timed_out;  // under cycle_mu
   // An exchange's buffers, kept between exchanges so that their memory is
   // reused (under cycle_mu).
+  CycleMessage mine;
   std::string sent;
   std::vector<std::string> received;
   std::vector<CycleMessage> decoded;
+  std::vector<Response> responses;
 };
 
 thread_local bool tls_in_cycle = false;      // this thread holds cycle_mu (callbacks run in it)
@@ -251,7 +253,9 @@ void AwaitExchange(GlobalState& g) {
 // Returns false when the loop must stop.
 bool Exchange(GlobalState& g) {
   g.queue.RunDirect();
-  CycleMessage mine;
+  CycleMessage& mine = g.mine;
+  mine.requests.clear();
+  mine.timed_out.clear();
   mine.shutdown = g.shutdown_requested;
   g.queue.PopRequests(&mine.requests);
   if (g.config.inline_bytes > 0) AttachPayloads(g.queue, InlineBudget(g), &mine.requests);
@@ -277,7 +281,8 @@ bool Exchange(GlobalState& g) {
     }
   }
   auto now = Clock::now();
-  std::vector<Response> responses;
+  std::vector<Response>& responses = g.responses;
+  responses.clear();
   g.coordinator.Ingest(all, now, &responses);
   bool moved = !responses.empty();
   for (const auto& m : all) moved = moved || !m.requests.empty();

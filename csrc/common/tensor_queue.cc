@@ -90,11 +90,13 @@ void TensorQueue::AddDirect(std::function<void()> op) {
 }
 
 size_t TensorQueue::RunDirect() {
+  std::unique_lock<std::mutex> lock(mu_);
+  // The usual case, checked before building a deque (which allocates): this
+  // runs on every poll of every MPI wait.
+  if (direct_.empty()) return 0;
   std::deque<std::function<void()>> ops;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    ops.swap(direct_);
-  }
+  ops.swap(direct_);
+  lock.unlock();
   for (auto& op : ops) op();
   return ops.size();
 }
