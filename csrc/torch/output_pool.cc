@@ -51,9 +51,9 @@ class PooledAllocator final : public c10::Allocator {
     {
       std::lock_guard<std::mutex> lock(mu_);
       auto it = free_.find(capacity);
-      if (it != free_.end()) {
-        block = it->second;
-        free_.erase(it);
+      if (it != free_.end() && !it->second.empty()) {
+        block = it->second.back();
+        it->second.pop_back();
         cached_ -= capacity;
       }
     }
@@ -85,7 +85,9 @@ class PooledAllocator final : public c10::Allocator {
   static void Release(void* context);
 
   mutable std::mutex mu_;
-  mutable std::multimap<size_t, Block*> free_;  // capacity -> free block
+  // capacity -> free blocks (a list per size class, so that returning a block
+  // to the cache does not allocate once the class has been used)
+  mutable std::map<size_t, std::vector<Block*>> free_;
   mutable size_t cached_ = 0;
 };
 
@@ -102,7 +104,7 @@ void PooledAllocator::Release(void* context) {
   {
     std::lock_guard<std::mutex> lock(pool.mu_);
     if (static_cast<int64_t>(pool.cached_ + block->capacity) <= limit) {
-      pool.free_.emplace(block->capacity, block);
+      pool.free_[block->capacity].push_back(block);
       pool.cached_ += block->capacity;
       return;
     }
@@ -125,14 +127,10 @@ at::Tensor EmptyOutput(at::IntArrayRef shape, const at::TensorOptions& options, 
   const size_t offset = ((near_offset + kPage / 2) % kPage) / 64 * 64;
   c10::Storage storage(c10::Storage::use_byte_size_t(), nbytes, Pool().Allocate(nbytes, offset), &Pool(),
                        /*resizable=*/true);
-  std::vector<int64_t> strides(shape.size());
-  int64_t stride = 1;
-  for (size_t i = shape.size(); i-- > 0;) {
-    strides[i] = stride;
-    stride *= std::max<int64_t>(shape[i], 1);
-  }
-  at::Tensor t = at::empty({0}, options);
-  t.set_(storage, 0, shape, strides);
+  // What at::empty does, without its dispatch: a plain CPU tensor on this storage.
+  at::Tensor t = at::detail::make_tensor<c10::TensorImpl>(std::move(storage), c10::DispatchKeySet(c10::DispatchKey::CPU),
+                                                          options.dtype());
+  t.unsafeGetTensorImpl()->set_sizes_contiguous(shape);
   return t;
 }
 
