@@ -217,6 +217,8 @@ std::string Coordinator::CheckAgreement(const Pending& p) const {
 void Coordinator::Ingest(std::vector<CycleMessage>& messages, Clock::time_point now,
                          std::vector<Response>* out) {
   ready_.clear();
+  viewed_.clear();
+  completed_.clear();
   for (int rank = 0; rank < static_cast<int>(messages.size()); ++rank) {
     CycleMessage& msg = messages[rank];
     if (msg.shutdown) shutdown_[rank] = true;
@@ -234,7 +236,10 @@ void Coordinator::Ingest(std::vector<CycleMessage>& messages, Clock::time_point 
       if (!p.submitted[rank]) ++p.count;
       p.submitted[rank] = true;
       p.by_rank[rank] = std::move(incoming);
-      if (p.count < size_) continue;
+      if (p.count < size_) {
+        if (p.by_rank[rank].payload_view.data()) viewed_.push_back(it);
+        continue;
+      }
       const Request& req = p.by_rank[rank];
 
       std::string problem = CheckAgreement(p);
@@ -260,9 +265,17 @@ void Coordinator::Ingest(std::vector<CycleMessage>& messages, Clock::time_point 
         }
       }
       out->push_back(std::move(resp));
-      table_.erase(it);
+      completed_.push_back(it);  // erased below (viewed_ may point at it)
     }
   }
+  // Payloads that arrived this round for ops still waiting for other ranks
+  // point into this round's receive buffer: copy them in before it is reused.
+  for (auto it : viewed_) {
+    if (it->second.count < size_) {
+      for (Request& r : it->second.by_rank) r.Own();
+    }
+  }
+  for (auto it : completed_) table_.erase(it);
   for (const CycleMessage& msg : messages) {
     for (const std::string& name : msg.timed_out) {
       auto it = table_.find(name);

@@ -78,6 +78,9 @@ class Coordinator {
   };
   std::map<std::string, ReadyInfo> ready_;  // this cycle's ready ops
   std::vector<Response> fused_;             // Fuse's output buffer, reused
+  // Ingest's bookkeeping: entries given a request whose payload is a view into
+  // the round's receive buffer, and entries completed this round.
+  std::vector<std::map<std::string, Pending>::iterator> viewed_, completed_;
 };
 
 }  // namespace bluefog

@@ -17,7 +17,7 @@ bool CompletesInline(const std::vector<Request>& by_rank) {
   if (!TravelsInline(r)) return false;
   const size_t bytes = static_cast<size_t>(NumElements(r.shape)) * DataTypeSize(r.dtype);
   for (const Request& q : by_rank)
-    if (!q.has_payload || q.payload.size() != bytes) return false;
+    if (!q.has_payload || q.Payload().size() != bytes) return false;
   return true;
 }
 
@@ -26,7 +26,7 @@ void AttachPayloads(TensorQueue& queue, int64_t budget_bytes, std::vector<Reques
     if (!TravelsInline(r)) continue;
     const int64_t bytes = NumElements(r.shape) * static_cast<int64_t>(DataTypeSize(r.dtype));
     if (bytes <= 0 || bytes > budget_bytes) continue;
-    if (queue.CopyInput(r.name, bytes, &r.payload)) {
+    if (queue.ViewInput(r.name, bytes, &r.payload_view)) {
       r.has_payload = true;
       budget_bytes -= bytes;
     }
@@ -53,14 +53,14 @@ Status Internal(const TensorTableEntry& e, const std::string& what) {
 Status ComputeInline(const Response& resp, int my_rank, TensorTableEntry& e) {
   const auto& all = resp.inline_by_rank;
   const DataType dtype = all[0].dtype;
-  const size_t bytes = all[0].payload.size();
+  const size_t bytes = all[0].Payload().size();
   const int64_t count = static_cast<int64_t>(bytes / DataTypeSize(dtype));
   if (static_cast<int64_t>(bytes) != e.input->size_bytes()) return Internal(e, "input size changed");
 
   if (resp.op == OpType::ALLREDUCE) {
     char* out = static_cast<char*>(e.output->data());
-    std::memcpy(out, all[0].payload.data(), bytes);
-    for (size_t r = 1; r < all.size(); ++r) SumInto(dtype, out, all[r].payload.data(), count);
+    std::memcpy(out, all[0].Payload().data(), bytes);
+    for (size_t r = 1; r < all.size(); ++r) SumInto(dtype, out, all[r].Payload().data(), count);
     if (e.average) ScaleBuffer(dtype, out, count, 1.0 / static_cast<double>(all.size()));
     return Status::OK();
   }
@@ -73,7 +73,7 @@ Status ComputeInline(const Response& resp, int my_rank, TensorTableEntry& e) {
   for (size_t i = 0; i < e.src_ranks.size(); ++i) {
     const Request& from = all.at(static_cast<size_t>(e.src_ranks[i]));
     char* slot = out + bytes * i;
-    std::memcpy(slot, from.payload.data(), bytes);
+    std::memcpy(slot, from.Payload().data(), bytes);
     const double w = WeightFor(from, my_rank);
     if (w != 1.0) ScaleBuffer(dtype, slot, count, w);  // as the sender scales its copy
   }

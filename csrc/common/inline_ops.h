@@ -26,8 +26,8 @@ bool TravelsInline(const Request& r);
 // negotiation exchange alone (the coordinator's test, the same on every rank).
 bool CompletesInline(const std::vector<Request>& by_rank);
 
-// Copies the inputs of eligible requests (CPU, ready now, non-empty, at most
-// `budget_bytes` in all) into their payloads.
+// Points the payloads of eligible requests (CPU, ready now, non-empty, at most
+// `budget_bytes` in all) at their input tensors, for the encoder to copy from.
 void AttachPayloads(TensorQueue& queue, int64_t budget_bytes, std::vector<Request>* requests);
 
 // This rank's result of an inline response: the allreduce sum (averaged when

@@ -38,7 +38,7 @@ void EncodeCycleMessage(const CycleMessage& msg, std::string* out) {
       w.Varint(r.dst_weights.size());
       for (auto v : r.dst_weights) w.F64(v);
     }
-    if (r.has_payload) w.Str(r.payload);
+    if (r.has_payload) w.Bytes(r.Payload());
   }
   w.Varint(msg.timed_out.size());
   for (const auto& name : msg.timed_out) w.Str(name);
@@ -78,7 +78,7 @@ bool DecodeCycleMessage(const char* data, size_t size, CycleMessage* msg) {
       r.dst_weights.reserve(std::min<uint64_t>(n_w, rd.remaining()));
       for (uint64_t k = 0; k < n_w && rd.ok(); ++k) r.dst_weights.push_back(rd.F64());
     }
-    if (r.has_payload) r.payload = rd.Str();
+    if (r.has_payload) r.payload_view = rd.View();  // into `data`: see Request::Own
     msg->requests.push_back(std::move(r));
   }
   uint64_t t = rd.Varint();

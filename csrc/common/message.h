@@ -4,6 +4,7 @@
 #define BLUEFOG_COMMON_MESSAGE_H
 
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "common.h"
@@ -31,7 +32,18 @@ struct Request {
   // rank's request carries them, each rank computes the result locally from
   // the same bytes, and the op needs no second collective.
   bool has_payload = false;
+  // The bytes are either owned here, or (payload_view non-empty) they are in a
+  // buffer that outlives this exchange's use of them: the sender's input
+  // tensor while it encodes, the exchange's receive buffer while the round's
+  // ops run. Own() copies a viewed payload in (a request kept across rounds).
   std::string payload;
+  std::string_view payload_view;
+  std::string_view Payload() const { return payload_view.data() ? payload_view : std::string_view(payload); }
+  void Own() {
+    if (!payload_view.data()) return;
+    payload.assign(payload_view.data(), payload_view.size());
+    payload_view = {};
+  }
 };
 
 // One cycle's message of a rank: flags plus its newly enqueued requests.

@@ -45,14 +45,14 @@ bool TensorQueue::HasNewRequests(bool count_owned) {
   return pending_.size() > (count_owned ? 0 : owned_pending_);
 }
 
-bool TensorQueue::CopyInput(const std::string& name, int64_t max_bytes, std::string* out) {
+bool TensorQueue::ViewInput(const std::string& name, int64_t max_bytes, std::string_view* out) {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = table_.find(name);
   if (it == table_.end()) return false;
   const TensorTableEntry& e = it->second;
   if (!e.input || e.input->device() != kCpuDevice || e.input->size_bytes() > max_bytes) return false;
   if (e.ready_event && !e.ready_event->Ready()) return false;
-  out->assign(static_cast<const char*>(e.input->data()), static_cast<size_t>(e.input->size_bytes()));
+  *out = std::string_view(static_cast<const char*>(e.input->data()), static_cast<size_t>(e.input->size_bytes()));
   return true;
 }
 

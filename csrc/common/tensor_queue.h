@@ -50,9 +50,10 @@ class TensorQueue {
   // Moves the requests added since the last call into `out` (in enqueue order).
   void PopRequests(std::vector<Request>* out);
   bool HasNewRequests(bool count_owned = true);
-  // Copies the input bytes of entry `name` into *out if it is in CPU memory,
-  // at most `max_bytes` long and ready now (never waits). False otherwise.
-  bool CopyInput(const std::string& name, int64_t max_bytes, std::string* out);
+  // Points *out at the input bytes of entry `name` if they are in CPU memory,
+  // at most `max_bytes` long and ready now (never waits). False otherwise. The
+  // entry keeps its input alive until it completes, after this cycle's encode.
+  bool ViewInput(const std::string& name, int64_t max_bytes, std::string_view* out);
   // Removes and returns the entry (false if unknown).
   bool Take(const std::string& name, TensorTableEntry* entry);
   // Fails every entry still in the table (used at shutdown).

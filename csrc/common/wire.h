@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <cstring>
 #include <string>
+#include <string_view>
 
 namespace bluefog {
 
@@ -23,9 +24,10 @@ class ByteWriter {
   // Zig-zag so that small negative numbers (root -1) stay short.
   void SVarint(int64_t v) { Varint((static_cast<uint64_t>(v) << 1) ^ static_cast<uint64_t>(v >> 63)); }
   void F64(double v) { out_->append(reinterpret_cast<const char*>(&v), sizeof(v)); }
-  void Str(const std::string& s) {
+  void Str(const std::string& s) { Bytes(s); }
+  void Bytes(std::string_view s) {
     Varint(s.size());
-    out_->append(s);
+    out_->append(s.data(), s.size());
   }
 
  private:
@@ -65,10 +67,12 @@ class ByteReader {
     p_ += sizeof(v);
     return v;
   }
-  std::string Str() {
+  std::string Str() { return std::string(View()); }
+  // The next length-prefixed bytes, in place (valid while the buffer is).
+  std::string_view View() {
     uint64_t n = Varint();
     if (!ok_ || static_cast<uint64_t>(end_ - p_) < n) { ok_ = false; return {}; }
-    std::string s(p_, p_ + n);
+    std::string_view s(p_, static_cast<size_t>(n));
     p_ += n;
     return s;
   }

@@ -96,6 +96,30 @@ def test_many_in_flight_mixed_inline_mpi_and_fused():
         torch.testing.assert_close(bf.synchronize(h), rank_order_sum(n, torch.float64, seed=i))
 
 
+@pytest.mark.skipif(SIZE < 2, reason="needs a rank that submits late")
+def test_inputs_that_wait_for_a_late_rank_survive_later_rounds():
+    # The last rank submits "late" 30 ms after the others, and in between it
+    # and the others run other inline ops, so the rounds that carry their data
+    # reuse the receive buffers in which the waiting op's inputs arrived. Those
+    # inputs must have been kept (the core reads them in place only within the
+    # round they arrive in).
+    n = 48
+    late = rank_data(RANK, n, torch.float64, seed=31)
+    handles = []
+    if RANK != SIZE - 1:
+        handles.append(("late", bf.allreduce_nonblocking(late, average=False, name="inline.late")))
+    for i in range(6):
+        out = bf.allreduce(rank_data(RANK, n, torch.float64, seed=40 + i), average=False, name=f"inline.between.{i}")
+        torch.testing.assert_close(out, rank_order_sum(n, torch.float64, seed=40 + i), rtol=0, atol=0)
+    if RANK == SIZE - 1:
+        time.sleep(0.03)
+        handles.append(("late", bf.allreduce_nonblocking(late, average=False, name="inline.late")))
+    for _, h in handles:
+        out = bf.synchronize(h)
+        torch.testing.assert_close(out, rank_order_sum(n, torch.float64, seed=31), rtol=0, atol=0)
+    same_on_every_rank(out)
+
+
 def test_small_neighbor_allreduce_static_and_dynamic_weights():
     if SIZE == 1:
         x = torch.ones(5)
