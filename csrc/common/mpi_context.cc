@@ -85,6 +85,7 @@ Status MpiContext::Initialize(MPI_Comm base, const Config& config) {
     MPI_Type_commit(&half_type_);
     MPI_Type_contiguous(2, MPI_BYTE, &bfloat16_type_);
     MPI_Type_commit(&bfloat16_type_);
+    own_sum_.fill(MPI_OP_NULL);
     for (size_t i = 0; i < sizeof(kOwnSumTypes) / sizeof(kOwnSumTypes[0]); ++i) {
       MPI_Op_create(kOwnSumFunctions[i], 1, &own_sum_[static_cast<int>(kOwnSumTypes[i])]);
     }

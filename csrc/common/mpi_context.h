@@ -4,6 +4,8 @@
 
 #include <mpi.h>
 
+#include <array>
+
 #include <string>
 #include <vector>
 
@@ -56,8 +58,7 @@ class MpiContext {
   MPI_Comm local_comm_ = MPI_COMM_NULL, cross_comm_ = MPI_COMM_NULL;
   MPI_Datatype half_type_ = MPI_DATATYPE_NULL;
   MPI_Datatype bfloat16_type_ = MPI_DATATYPE_NULL;
-  MPI_Op own_sum_[kNumDataTypes] = {MPI_OP_NULL, MPI_OP_NULL, MPI_OP_NULL, MPI_OP_NULL, MPI_OP_NULL,
-                                    MPI_OP_NULL, MPI_OP_NULL, MPI_OP_NULL, MPI_OP_NULL, MPI_OP_NULL};
+  std::array<MPI_Op, kNumDataTypes> own_sum_{};  // MPI_OP_NULL where MPI_SUM serves (set in Initialize)
 };
 
 // Finalizes MPI if MpiContext initialized it (at process exit).
