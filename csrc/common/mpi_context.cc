@@ -21,11 +21,15 @@ template <DataType D>
 void OwnSum(void* in, void* inout, int* len, MPI_Datatype*) {
   SumInto(D, inout, in, *len);
 }
-constexpr DataType kOwnSumTypes[] = {DataType::FLOAT16, DataType::BFLOAT16, DataType::UINT8, DataType::INT8,
-                                     DataType::INT16};
-constexpr MPI_User_function* kOwnSumFunctions[] = {&OwnSum<DataType::FLOAT16>, &OwnSum<DataType::BFLOAT16>,
-                                                   &OwnSum<DataType::UINT8>, &OwnSum<DataType::INT8>,
-                                                   &OwnSum<DataType::INT16>};
+struct OwnSumEntry {
+  DataType dtype;
+  MPI_User_function* sum;
+};
+constexpr OwnSumEntry kOwnSums[] = {{DataType::FLOAT16, &OwnSum<DataType::FLOAT16>},
+                                    {DataType::BFLOAT16, &OwnSum<DataType::BFLOAT16>},
+                                    {DataType::UINT8, &OwnSum<DataType::UINT8>},
+                                    {DataType::INT8, &OwnSum<DataType::INT8>},
+                                    {DataType::INT16, &OwnSum<DataType::INT16>}};
 
 const char* ThreadLevelName(int level) {
   switch (level) {
@@ -86,9 +90,7 @@ Status MpiContext::Initialize(MPI_Comm base, const Config& config) {
     MPI_Type_contiguous(2, MPI_BYTE, &bfloat16_type_);
     MPI_Type_commit(&bfloat16_type_);
     own_sum_.fill(MPI_OP_NULL);
-    for (size_t i = 0; i < sizeof(kOwnSumTypes) / sizeof(kOwnSumTypes[0]); ++i) {
-      MPI_Op_create(kOwnSumFunctions[i], 1, &own_sum_[static_cast<int>(kOwnSumTypes[i])]);
-    }
+    for (const OwnSumEntry& e : kOwnSums) MPI_Op_create(e.sum, 1, &own_sum_[static_cast<int>(e.dtype)]);
   }
   s = BuildMachineLayout(config);
   if (!s.ok()) return s;

@@ -5,7 +5,6 @@
 #include <mpi.h>
 
 #include <array>
-
 #include <string>
 #include <vector>
 

@@ -2,7 +2,6 @@
 
 #include <torch/version.h>
 
-#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <map>
