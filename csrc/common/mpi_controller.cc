@@ -35,8 +35,16 @@ void MpiController::set_max_slot_bytes(size_t bytes) {
 }
 
 Status MpiController::Wait(MPI_Request* request, const char* what) {
-  // Spin briefly (the common case: peers are already there), then back off so
-  // that an idle wait leaves the cores to the ranks that compute.
+  // Three phases: test back to back (the common case: the peers are there, or
+  // about to be), then test and yield the core, then back off to short sleeps
+  // so that a long wait leaves the cores to the ranks that compute.
+  // The first phase yields nothing itself: Open MPI's progress already yields
+  // inside MPI_Test when it finds nothing to do on an oversubscribed node, and
+  // a second yield after every test doubled the context switches of a 4 KiB
+  // allreduce on 4 ranks sharing 2 cores (8.3 yields and 6.3 switches per op
+  // and rank, against 3.5 and 2.5 for MPI's own blocking allreduce).
+  constexpr auto kTestOnly = std::chrono::microseconds(30);
+  constexpr auto kYielding = std::chrono::milliseconds(2);
   int done = 0;
   auto start = std::chrono::steady_clock::now();
   int64_t sleep_us = 0;
@@ -45,11 +53,9 @@ Status MpiController::Wait(MPI_Request* request, const char* what) {
     if (rc != MPI_SUCCESS) return Status::Aborted(MpiErrorText(what, rc));
     if (done) return Status::OK();
     if (wait_hook_) wait_hook_();
-    // Yield while the wait is young (peers usually arrive within a few
-    // scheduling slices; sleeping costs at least the timer slack), then back
-    // off to short sleeps so a long wait leaves the cores to ranks that compute.
     auto waited = std::chrono::steady_clock::now() - start;
-    if (waited < std::chrono::milliseconds(2)) {
+    if (waited < kTestOnly) continue;
+    if (waited < kYielding) {
       std::this_thread::yield();
       continue;
     }
