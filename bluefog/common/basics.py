@@ -188,6 +188,15 @@ class BlueFogBasics:
         self._lib.bluefog_exchange_counts(ctypes.byref(total), ctypes.byref(by_callers))
         return total.value, by_callers.value
 
+    def fast_round_counts(self) -> Tuple[int, int]:
+        """(exchanges that began with a fast round, how many of those completed
+        an op in it): a small allreduce repeated exchange after exchange is
+        agreed on and summed in one MPI allreduce (see BLUEFOG_FAST_ROUNDS).
+        Counts since the process started; for diagnostics."""
+        rounds, agreed = ctypes.c_longlong(0), ctypes.c_longlong(0)
+        self._lib.bluefog_fast_round_counts(ctypes.byref(rounds), ctypes.byref(agreed))
+        return rounds.value, agreed.value
+
     def barrier(self):
         """Blocks until every rank reaches it."""
         code = self._lib.bluefog_barrier()

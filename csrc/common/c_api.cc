@@ -72,6 +72,12 @@ void bluefog_exchange_counts(long long* total, long long* by_callers) {
   *total = static_cast<long long>(t);
   *by_callers = static_cast<long long>(c);
 }
+void bluefog_fast_round_counts(long long* rounds, long long* agreed) {
+  uint64_t r = 0, a = 0;
+  FastRoundCounts(&r, &a);
+  *rounds = static_cast<long long>(r);
+  *agreed = static_cast<long long>(a);
+}
 void bluefog_suspend(void) { Suspend(); }
 void bluefog_resume(void) { Resume(); }
 void bluefog_abort(int code) { Abort(code); }

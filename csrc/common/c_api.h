@@ -30,6 +30,8 @@ int bluefog_set_skip_negotiate_stage(int value);
 int bluefog_get_skip_negotiate_stage(void);
 // Negotiation exchanges so far, and how many a caller waiting for its op ran.
 void bluefog_exchange_counts(long long* total, long long* by_callers);
+// Fast rounds so far (see fast_round.h), and how many agreed on an op.
+void bluefog_fast_round_counts(long long* rounds, long long* agreed);
 void bluefog_suspend(void);
 // Ends the whole job at once (MPI_Abort); used when a rank dies of an uncaught error.
 void bluefog_abort(int code);

@@ -86,6 +86,8 @@ bool ParseConfig(const std::map<std::string, std::string>& env, Config* config, 
       c.output_cache_bytes = i;
     } else if (key == "BLUEFOG_CALLER_RUNS") {
       if (!ParseBool(value, &c.caller_runs)) { *error = Bad(key, value, "a boolean (0/1/true/false)"); return false; }
+    } else if (key == "BLUEFOG_FAST_ROUNDS") {
+      if (!ParseBool(value, &c.fast_rounds)) { *error = Bad(key, value, "a boolean (0/1/true/false)"); return false; }
     } else if (key == "BLUEFOG_STALL_CHECK_DISABLE") {
       bool disable = false;
       if (!ParseBool(value, &disable)) { *error = Bad(key, value, "a boolean"); return false; }
@@ -141,7 +143,8 @@ std::string ConfigToJson(const Config& c) {
      << ", \"stall_shutdown_seconds\": " << c.stall_shutdown_seconds
      << ", \"spin_time_us\": " << c.spin_time_us << ", \"inline_bytes\": " << c.inline_bytes
      << ", \"output_cache_bytes\": " << c.output_cache_bytes
-     << ", \"caller_runs\": " << (c.caller_runs ? "true" : "false") << "}";
+     << ", \"caller_runs\": " << (c.caller_runs ? "true" : "false")
+     << ", \"fast_rounds\": " << (c.fast_rounds ? "true" : "false") << "}";
   return os.str();
 }
 

@@ -41,6 +41,10 @@ struct Config {
   // the op to the background thread and sleeping until it is woken: two
   // thread hand-offs fewer per op. Off: only the background thread communicates.
   bool caller_runs = true;
+  // A small allreduce repeated exchange after exchange (the same op on every
+  // rank each time) is agreed on and summed in one MPI allreduce instead of
+  // the allgather negotiation (see fast_round.h). Needs inline_bytes > 0.
+  bool fast_rounds = true;
 };
 
 // Parses BLUEFOG_* entries of `env` into `config`, starting from defaults.

@@ -28,6 +28,14 @@ size_t RoundUpToSlot(size_t n) { return (n + kSlotBytes - 1) / kSlotBytes * kSlo
 MpiController::MpiController(MpiContext* mpi, Timeline* timeline)
     : mpi_(mpi), timeline_(timeline), slot_bytes_(kSlotBytes), max_slot_bytes_(kSlotBytes) {}
 
+MpiController::~MpiController() {
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  if (finalized) return;
+  if (message_type_ != MPI_DATATYPE_NULL) MPI_Type_free(&message_type_);
+  if (message_op_ != MPI_OP_NULL) MPI_Op_free(&message_op_);
+}
+
 void MpiController::set_max_slot_bytes(size_t bytes) {
   max_slot_bytes_ = std::max(kSlotBytes, RoundUpToSlot(bytes));
   slot_bytes_ = kSlotBytes;
@@ -122,6 +130,26 @@ Status MpiController::AllgatherBytes(const std::string& mine, std::vector<std::s
   if (!s.ok()) return s;
   for (int r = 0; r < size; ++r) (*all)[r].append(recv.data() + displs[r], rest[r]);
   return Status::OK();
+}
+
+Status MpiController::AllreduceMessage(std::vector<char>* buf, MPI_User_function* reduce) {
+  if (message_op_ == MPI_OP_NULL) {
+    Status s = CheckRc(MPI_Op_create(reduce, /*commute=*/1, &message_op_), "MPI_Op_create");
+    if (!s.ok()) return s;
+  }
+  if (message_type_bytes_ != buf->size()) {
+    if (message_type_ != MPI_DATATYPE_NULL) MPI_Type_free(&message_type_);
+    message_type_bytes_ = 0;
+    Status s = CheckRc(MPI_Type_contiguous(static_cast<int>(buf->size()), MPI_BYTE, &message_type_),
+                       "MPI_Type_contiguous");
+    if (s.ok()) s = CheckRc(MPI_Type_commit(&message_type_), "MPI_Type_commit");
+    if (!s.ok()) return s;
+    message_type_bytes_ = buf->size();
+  }
+  MPI_Request req;
+  int rc = MPI_Iallreduce(MPI_IN_PLACE, buf->data(), 1, message_type_, message_op_, mpi_->control_comm(), &req);
+  if (rc != MPI_SUCCESS) return Status::Aborted(MpiErrorText("MPI_Iallreduce", rc));
+  return Wait(&req, "MPI_Iallreduce");
 }
 
 Status MpiController::AllreduceInPlace(void* data, int64_t count, DataType dtype, MPI_Comm comm) {

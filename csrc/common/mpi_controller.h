@@ -17,6 +17,7 @@ namespace bluefog {
 class MpiController {
  public:
   MpiController(MpiContext* mpi, Timeline* timeline);
+  ~MpiController();
 
   // All entries share dtype, average and hierarchical flag; more than one is fused.
   Status Allreduce(std::vector<TensorTableEntry>& entries);
@@ -43,6 +44,10 @@ class MpiController {
   // see all sizes), up to `max_slot_bytes`.
   Status AllgatherBytes(const std::string& mine, std::vector<std::string>* all);
   void set_max_slot_bytes(size_t bytes);
+  // In place, on the control communicator: `buf` on every rank (the same
+  // length everywhere) combined by `reduce`, which sees the whole message as
+  // one element (so MPI never splits it).
+  Status AllreduceMessage(std::vector<char>* buf, MPI_User_function* reduce);
 
   // Called while the controller waits for peers (e.g. to run direct ops).
   void set_wait_hook(std::function<void()> hook) { wait_hook_ = std::move(hook); }
@@ -66,6 +71,9 @@ class MpiController {
   size_t slot_bytes_;        // current slot size, the same on every rank
   size_t max_slot_bytes_;
   int small_rounds_ = 0;     // consecutive rounds that would fit a quarter slot
+  MPI_Op message_op_ = MPI_OP_NULL;  // AllreduceMessage's reduction (one function per controller)
+  MPI_Datatype message_type_ = MPI_DATATYPE_NULL;  // ... and its element type
+  size_t message_type_bytes_ = 0;
   std::function<void()> wait_hook_;
 };
 

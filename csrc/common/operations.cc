@@ -3,12 +3,15 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
+#include <cstring>
 #include <condition_variable>
 #include <mutex>
 #include <thread>
 
 #include "config.h"
 #include "coordinator.h"
+#include "fast_round.h"
+#include "half.h"
 #include "inline_ops.h"
 #include "logging.h"
 #include "mpi_context.h"
@@ -46,6 +49,8 @@ struct GlobalState {
   std::atomic<uint64_t> exchanges{0};       // negotiation exchanges so far
   std::atomic<int> helpers{0};              // callers inside HelpUntil
   std::atomic<uint64_t> caller_exchanges{0};  // of `exchanges`, those run by callers
+  std::atomic<uint64_t> fast_rounds{0};       // exchanges that began with a fast round
+  std::atomic<uint64_t> fast_agreed{0};       // ... and completed an op in it
   std::atomic<bool> loop_done{false};       // the background loop has ended
   std::atomic<bool> last_cycle_moved{false};
   std::vector<std::string> my_timed_out;  // under cycle_mu
@@ -56,6 +61,8 @@ struct GlobalState {
   std::vector<std::string> received;
   std::vector<CycleMessage> decoded;
   std::vector<Response> responses;
+  FastRound fast;               // under cycle_mu
+  std::vector<char> fast_buf;   // a fast round's message, reused
 };
 
 thread_local bool tls_in_cycle = false;      // this thread holds cycle_mu (callbacks run in it)
@@ -249,23 +256,63 @@ void AwaitExchange(GlobalState& g) {
   g.queue.WaitForWork(wait, std::chrono::microseconds(helped ? 0 : g.config.spin_time_us), /*count_owned=*/false);
 }
 
-// One negotiation exchange and the ops it agrees on (cycle_mu held).
-// Returns false when the loop must stop.
-bool Exchange(GlobalState& g) {
-  g.queue.RunDirect();
+// A fast round (fast_round.h), offering this rank's first new request when it
+// can be. The agreed op, if any, is completed and removed from `g.mine`;
+// `*done_bytes` is its input size (else 0), `*full` whether the allgather
+// exchange must follow. False if MPI failed (the loop must stop).
+bool RunFastRound(GlobalState& g, int64_t* done_bytes, bool* full) {
   CycleMessage& mine = g.mine;
-  mine.requests.clear();
-  mine.timed_out.clear();
-  mine.shutdown = g.shutdown_requested;
-  g.queue.PopRequests(&mine.requests);
-  if (g.config.inline_bytes > 0) AttachPayloads(g.queue, InlineBudget(g), &mine.requests);
-  mine.timed_out.swap(g.my_timed_out);
-  StartNegotiation(g, mine.requests);
+  *done_bytes = 0;
+  const Request* offer = nullptr;
+  std::string_view input;
+  if (!mine.requests.empty() && g.fast.Eligible(mine.requests[0]) &&
+      g.queue.ViewInput(mine.requests[0].name, g.fast.capacity(), &input)) {
+    offer = &mine.requests[0];
+  }
+  const bool more = mine.requests.size() > (offer ? 1u : 0u) || mine.shutdown || !mine.timed_out.empty();
+  g.fast.Build(offer, input, more, &g.fast_buf);
+  Status s = g.controller->AllreduceMessage(&g.fast_buf, FastRound::Reduce);
+  if (!s.ok()) {
+    g.loop_error = s.reason();
+    g.loop_failed = true;
+    return false;
+  }
+  const FastRound::Outcome o = FastRound::Read(g.fast_buf);
+  *full = o.need_full;
+  ++g.fast_rounds;
+  if (!o.agreed) return true;
+  ++g.fast_agreed;
+  // Every rank offered this very op (names compared in full), this one too.
+  TensorTableEntry e;
+  if (!offer || !g.queue.Take(offer->name, &e) || e.input->size_bytes() != static_cast<int64_t>(o.sum.size())) {
+    g.loop_error = "internal error: a fast round agreed on an op this rank did not offer";
+    g.loop_failed = true;
+    return false;
+  }
+  std::string name = e.name;
+  g.timeline.End(name);  // NEGOTIATE (which carried the data)
+  g.timeline.Start(name, "COMMUNICATE_FAST");
+  std::memcpy(e.output->data(), o.sum.data(), o.sum.size());
+  const int64_t count = static_cast<int64_t>(o.sum.size() / DataTypeSize(e.input->dtype()));
+  if (e.average) ScaleBuffer(e.input->dtype(), e.output->data(), count, 1.0 / static_cast<double>(g.mpi.size()));
+  g.timeline.End(name);
+  g.timeline.Start(name, "CALLBACK");
+  CompleteEntry(e, Status::OK());
+  g.timeline.End(name);
+  *done_bytes = static_cast<int64_t>(o.sum.size());
+  mine.requests.erase(mine.requests.begin());
+  return true;
+}
 
+// The allgather exchange: every rank's requests (with small inputs inline),
+// decoded and agreed on by the coordinator, into g.responses (fused).
+// False if MPI failed or a message was corrupt.
+bool FullRound(GlobalState& g, Clock::time_point now) {
+  CycleMessage& mine = g.mine;
+  if (g.config.inline_bytes > 0) AttachPayloads(g.queue, InlineBudget(g), &mine.requests);
   g.sent.clear();
   EncodeCycleMessage(mine, &g.sent);
   Status s = g.controller->AllgatherBytes(g.sent, &g.received);
-  ++g.exchanges;
   if (!s.ok()) {
     g.loop_error = s.reason();
     g.loop_failed = true;
@@ -280,21 +327,57 @@ bool Exchange(GlobalState& g) {
       return false;
     }
   }
-  auto now = Clock::now();
-  std::vector<Response>& responses = g.responses;
-  responses.clear();
-  g.coordinator.Ingest(all, now, &responses);
-  bool moved = !responses.empty();
+  g.coordinator.Ingest(all, now, &g.responses);
+  bool moved = !g.responses.empty();
   for (const auto& m : all) moved = moved || !m.requests.empty();
   g.last_cycle_moved = moved;
-  g.coordinator.Fuse(&responses, g.config.fusion_threshold_bytes);
+  g.coordinator.Fuse(&g.responses, g.config.fusion_threshold_bytes);
+  return true;
+}
+
+// The input size of an exchange's only op when it could have run in a fast
+// round (computed from agreed data alone, so the same on every rank), else 0.
+int64_t FastWorthyBytes(const std::vector<Response>& responses, int64_t fast_bytes) {
+  if (fast_bytes > 0) return responses.empty() ? fast_bytes : 0;
+  if (responses.size() != 1 || !responses[0].error.empty() || responses[0].op != OpType::ALLREDUCE) return 0;
+  const auto& by_rank = responses[0].inline_by_rank;
+  if (by_rank.empty() || !FastRound::Fits(by_rank[0])) return 0;
+  return static_cast<int64_t>(by_rank[0].Payload().size());
+}
+
+// One negotiation exchange and the ops it agrees on (cycle_mu held).
+// Returns false when the loop must stop.
+bool Exchange(GlobalState& g) {
+  g.queue.RunDirect();
+  CycleMessage& mine = g.mine;
+  mine.requests.clear();
+  mine.timed_out.clear();
+  mine.shutdown = g.shutdown_requested;
+  g.queue.PopRequests(&mine.requests);
+  mine.timed_out.swap(g.my_timed_out);
+  StartNegotiation(g, mine.requests);
+
+  std::vector<Response>& responses = g.responses;
+  responses.clear();
+  int64_t fast_bytes = 0;
+  bool full = true;
+  const bool fast = g.config.fast_rounds && g.fast.active();
+  if (fast && !RunFastRound(g, &fast_bytes, &full)) return false;
+  auto now = Clock::now();
+  if (full) {
+    if (!FullRound(g, now)) return false;
+  } else {
+    g.last_cycle_moved = fast_bytes > 0;
+  }
+  ++g.exchanges;
+  g.fast.Update(FastWorthyBytes(responses, fast_bytes));
   for (const auto& resp : responses) {
     if (!resp.error.empty()) {
       BFLOG(DEBUG) << resp.error;
       FailResponse(g, resp);
       continue;
     }
-    s = Perform(g, resp);
+    Status s = Perform(g, resp);
     if (!s.ok()) {
       g.loop_error = s.reason();
       g.loop_failed = true;
@@ -449,6 +532,7 @@ Status Initialize(int fortran_comm, const std::string& overrides) {
   g.controller->set_max_slot_bytes(1024 + static_cast<size_t>(InlineBudget(g)));
   g.windows.reset(new WindowManager(&g.mpi));
   g.coordinator.Reset(g.mpi.size());
+  g.fast.Reset();
   g.my_timed_out.clear();
   g.shutdown_requested = false;
   g.loop_failed = false;
@@ -600,6 +684,11 @@ bool SkipNegotiate() { return State().skip_negotiate; }
 void ExchangeCounts(uint64_t* total, uint64_t* by_callers) {
   *total = State().exchanges;
   *by_callers = State().caller_exchanges;
+}
+
+void FastRoundCounts(uint64_t* rounds, uint64_t* agreed) {
+  *rounds = State().fast_rounds;
+  *agreed = State().fast_agreed;
 }
 
 int64_t SpinMicros() { return State().config.spin_time_us; }

@@ -55,6 +55,7 @@ bool SkipNegotiate();
 // Negotiation exchanges run since the process started, and how many of them
 // callers ran in HelpUntil (diagnostics and tests).
 void ExchangeCounts(uint64_t* total, uint64_t* by_callers);
+void FastRoundCounts(uint64_t* rounds, uint64_t* agreed);
 // BLUEFOG_SPIN_TIME_US: how long a frontend polls for an op before it sleeps.
 int64_t SpinMicros();
 // BLUEFOG_OUTPUT_CACHE_BYTES: free output memory a frontend may keep for reuse.

@@ -20,6 +20,7 @@ def test_defaults():
     assert c["inline_bytes"] == 64 * 1024
     assert c["output_cache_bytes"] == 256 * 1024 * 1024
     assert c["caller_runs"] is True
+    assert c["fast_rounds"] is True
 
 
 def test_every_setting_is_read():
@@ -37,12 +38,13 @@ def test_every_setting_is_read():
         "BLUEFOG_INLINE_BYTES=0",
         "BLUEFOG_OUTPUT_CACHE_BYTES=5",
         "BLUEFOG_CALLER_RUNS=0",
+        "BLUEFOG_FAST_ROUNDS=0",
     ]))
     assert c == {
         "cycle_time_ms": 2.5, "fusion_threshold_bytes": 1024, "log_level": "debug", "log_hide_time": True,
         "timeline_prefix": "/tmp/trace_", "mpi_thread_level": 2, "nodes_per_machine": 2,
         "stall_check_seconds": 5, "stall_shutdown_seconds": 30, "spin_time_us": 0,
-        "inline_bytes": 0, "output_cache_bytes": 5, "caller_runs": False,
+        "inline_bytes": 0, "output_cache_bytes": 5, "caller_runs": False, "fast_rounds": False,
     }
 
 
@@ -68,6 +70,7 @@ def test_unrelated_variables_are_ignored():
     ("BLUEFOG_INLINE_BYTES=64K", "BLUEFOG_INLINE_BYTES"),
     ("BLUEFOG_OUTPUT_CACHE_BYTES=-2", "BLUEFOG_OUTPUT_CACHE_BYTES"),
     ("BLUEFOG_CALLER_RUNS=sometimes", "BLUEFOG_CALLER_RUNS"),
+    ("BLUEFOG_FAST_ROUNDS=often", "BLUEFOG_FAST_ROUNDS"),
 ])
 def test_malformed_values_name_the_variable(line, variable):
     with pytest.raises(ValueError) as info:

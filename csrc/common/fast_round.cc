@@ -1,0 +1,150 @@
+#include "fast_round.h"
+
+#include <cstring>
+
+#include "half.h"
+
+namespace bluefog {
+
+namespace {
+
+// Header layout: [0, 4) flags (OR), [4, 8) conflict (OR), [8, 128) the
+// description, compared byte for byte: [0] 1 if an op is offered, [1] dtype,
+// [2] average, [4, 8) input bytes, then the shape and the name (varints and
+// bytes), zero-padded.
+constexpr size_t kFlagsAt = 0;
+constexpr size_t kConflictAt = 4;
+constexpr size_t kDescAt = 8;
+constexpr size_t kDescBytes = FastRound::kHeaderBytes - kDescAt;
+constexpr uint32_t kMore = 1;
+
+uint32_t LoadU32(const char* p) {
+  uint32_t v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+void StoreU32(char* p, uint32_t v) { std::memcpy(p, &v, sizeof(v)); }
+
+// Writes into a fixed array; remembers whether everything fitted.
+class FixedWriter {
+ public:
+  FixedWriter(char* out, size_t size) : p_(out), end_(out + size) {}
+  bool ok() const { return ok_; }
+  void U8(uint8_t v) {
+    if (p_ >= end_) {
+      ok_ = false;
+      return;
+    }
+    *p_++ = static_cast<char>(v);
+  }
+  void Varint(uint64_t v) {
+    while (v >= 0x80) {
+      U8(static_cast<uint8_t>(v | 0x80));
+      v >>= 7;
+    }
+    U8(static_cast<uint8_t>(v));
+  }
+  void Bytes(const std::string& s) {
+    Varint(s.size());
+    if (static_cast<size_t>(end_ - p_) < s.size()) {
+      ok_ = false;
+      return;
+    }
+    std::memcpy(p_, s.data(), s.size());
+    p_ += s.size();
+  }
+
+ private:
+  char* p_;
+  char* end_;
+  bool ok_ = true;
+};
+
+int64_t InputBytes(const Request& r) { return NumElements(r.shape) * static_cast<int64_t>(DataTypeSize(r.dtype)); }
+
+// `out` holds kDescBytes zeros on entry. False if the description does not fit.
+bool Describe(const Request& r, char* out) {
+  const int64_t bytes = InputBytes(r);
+  if (bytes <= 0 || bytes > INT32_MAX) return false;
+  out[0] = 1;
+  out[1] = static_cast<char>(r.dtype);
+  out[2] = r.average ? 1 : 0;
+  StoreU32(out + 4, static_cast<uint32_t>(bytes));
+  FixedWriter w(out + 8, kDescBytes - 8);
+  w.Varint(r.shape.size());
+  for (int64_t d : r.shape) w.Varint(static_cast<uint64_t>(d));
+  w.Bytes(r.name);
+  return w.ok();
+}
+
+}  // namespace
+
+void FastRound::Reset() {
+  active_ = false;
+  last_worthy_ = 0;
+  capacity_ = 0;
+}
+
+bool FastRound::Fits(const Request& r) {
+  if (r.op != OpType::ALLREDUCE || r.hierarchical_local || r.device != kCpuDevice || r.dtype == DataType::BOOL)
+    return false;
+  if (r.average && !IsFloatingPoint(r.dtype)) return false;  // invalid: the full exchange reports it
+  char desc[kDescBytes] = {};
+  return Describe(r, desc);
+}
+
+bool FastRound::Eligible(const Request& r) const {
+  const int64_t bytes = InputBytes(r);
+  return bytes > 0 && bytes <= capacity_ && Fits(r);
+}
+
+void FastRound::Build(const Request* offer, std::string_view input, bool more, std::vector<char>* buf) const {
+  buf->resize(kHeaderBytes + static_cast<size_t>(capacity_));
+  char* p = buf->data();
+  std::memset(p, 0, kHeaderBytes);
+  StoreU32(p + kFlagsAt, more ? kMore : 0);
+  if (offer && Describe(*offer, p + kDescAt)) std::memcpy(p + kHeaderBytes, input.data(), input.size());
+  else std::memset(p + kDescAt, 0, kDescBytes);
+}
+
+FastRound::Outcome FastRound::Read(const std::vector<char>& buf) {
+  Outcome o;
+  const char* p = buf.data();
+  const bool conflict = LoadU32(p + kConflictAt) != 0;
+  const bool offered = p[kDescAt] == 1;
+  o.agreed = !conflict && offered;
+  o.need_full = (LoadU32(p + kFlagsAt) & kMore) != 0 || conflict;
+  if (o.agreed) o.sum = std::string_view(p + kHeaderBytes, LoadU32(p + kDescAt + 4));
+  return o;
+}
+
+void FastRound::Update(int64_t worthy_bytes) {
+  active_ = worthy_bytes > 0 && last_worthy_ > 0;
+  if (worthy_bytes > 0) capacity_ = worthy_bytes;
+  last_worthy_ = worthy_bytes;
+}
+
+void FastRound::Reduce(void* in, void* inout, int* len, MPI_Datatype* type) {
+  int size = 0;
+  MPI_Type_size(*type, &size);
+  for (int k = 0; k < *len; ++k) {
+    const char* a = static_cast<const char*>(in) + static_cast<size_t>(k) * size;
+    char* b = static_cast<char*>(inout) + static_cast<size_t>(k) * size;
+    StoreU32(b + kFlagsAt, LoadU32(b + kFlagsAt) | LoadU32(a + kFlagsAt));
+    uint32_t conflict = LoadU32(b + kConflictAt) | LoadU32(a + kConflictAt);
+    if (std::memcmp(a + kDescAt, b + kDescAt, kDescBytes) != 0) conflict = 1;
+    const uint32_t bytes = LoadU32(b + kDescAt + 4);
+    if (!conflict && b[kDescAt] == 1) {
+      const auto dtype = static_cast<DataType>(static_cast<uint8_t>(b[kDescAt + 1]));
+      if (kHeaderBytes + bytes > static_cast<size_t>(size)) {
+        conflict = 1;  // cannot happen: every rank sized its message alike
+      } else {
+        SumInto(dtype, b + kHeaderBytes, a + kHeaderBytes, bytes / DataTypeSize(dtype));
+      }
+    }
+    StoreU32(b + kConflictAt, conflict);
+  }
+}
+
+}  // namespace bluefog
