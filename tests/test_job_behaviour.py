@@ -22,9 +22,12 @@ def run(scenario, tmp_path, np=2, env=None):
     return rc, out, secs
 
 
-def test_stall_warning_names_op_and_missing_rank(tmp_path):
-    rc, out, _ = run("stall_warning", tmp_path, env={"BLUEFOG_STALL_CHECK_TIME_SECONDS": "1"})
+@pytest.mark.parametrize("scenario", ["stall_warning", "stall_warning_in_fast_rounds"])
+def test_stall_warning_names_op_and_missing_rank(tmp_path, scenario):
+    rc, out, _ = run(scenario, tmp_path, env={"BLUEFOG_STALL_CHECK_TIME_SECONDS": "1"})
     assert rc == 0, out[-6000:]
+    if scenario.endswith("fast_rounds"):
+        assert "RESULT rank 0 fast rounds on" in out and "RESULT rank 1 fast rounds on" in out, out[-6000:]
     assert "RESULT rank 0 stall.op ok" in out and "RESULT rank 1 stall.op ok" in out, out[-6000:]
     assert "RESULT rank 0 after 2.0" in out and "RESULT rank 1 after 2.0" in out, out[-6000:]
     warnings = [line for line in out.splitlines() if "stall" in line.lower() and "'stall.op'" in line]
@@ -37,10 +40,13 @@ def test_stall_warning_names_op_and_missing_rank(tmp_path):
     assert not any("after.stall" in line for line in out.splitlines() if "stall:" in line), out[-6000:]
 
 
-def test_stall_shutdown_fails_the_stalled_op(tmp_path):
-    rc, out, _ = run("stall_shutdown", tmp_path, env={"BLUEFOG_STALL_CHECK_TIME_SECONDS": "1",
-                                                      "BLUEFOG_STALL_SHUTDOWN_TIME_SECONDS": "2"})
+@pytest.mark.parametrize("scenario", ["stall_shutdown", "stall_shutdown_in_fast_rounds"])
+def test_stall_shutdown_fails_the_stalled_op(tmp_path, scenario):
+    rc, out, _ = run(scenario, tmp_path, env={"BLUEFOG_STALL_CHECK_TIME_SECONDS": "1",
+                                              "BLUEFOG_STALL_SHUTDOWN_TIME_SECONDS": "2"})
     assert rc == 0, out[-6000:]
+    if scenario.endswith("fast_rounds"):
+        assert "RESULT rank 0 fast rounds on" in out and "RESULT rank 1 fast rounds on" in out, out[-6000:]
     lines = [line for line in out.splitlines() if line.startswith("RESULT rank 0 stall.op raised")]
     assert len(lines) == 1, out[-6000:]
     assert "stalled" in lines[0] and "stall.op" in lines[0], lines[0]

@@ -112,7 +112,25 @@ def raising_rank(marker_dir):
     return 0
 
 
-SCENARIOS = {f.__name__: f for f in (stall_warning, stall_shutdown, killed_rank, raising_rank)}
+def in_fast_rounds(scenario):
+    """`scenario` entered with fast rounds on (BLUEFOG_FAST_ROUNDS): a few small
+    allreduces of the stalled op's size first, so that rank 0 offers the stalled
+    op in a fast round, which rank 1 (idle) cannot agree to."""
+    def run(marker_dir):
+        from bluefog.common.basics import get_basics
+        for _ in range(6):
+            bf.allreduce(torch.ones(3), average=False, name="warm.up")
+        before = get_basics().fast_round_counts()[1]
+        bf.allreduce(torch.ones(3), average=False, name="warm.up")
+        fast = get_basics().fast_round_counts()[1] > before
+        print(f"RESULT rank {bf.rank()} fast rounds {'on' if fast else 'off'}", flush=True)
+        return scenario(marker_dir)
+    run.__name__ = scenario.__name__ + "_in_fast_rounds"
+    return run
+
+
+SCENARIOS = {f.__name__: f for f in (stall_warning, stall_shutdown, killed_rank, raising_rank,
+                                     in_fast_rounds(stall_warning), in_fast_rounds(stall_shutdown))}
 
 if __name__ == "__main__":
     bf.init()
