@@ -1,5 +1,6 @@
 #include "fast_round.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "half.h"
@@ -121,7 +122,9 @@ FastRound::Outcome FastRound::Read(const std::vector<char>& buf) {
 
 void FastRound::Update(int64_t worthy_bytes) {
   active_ = worthy_bytes > 0 && last_worthy_ > 0;
-  if (worthy_bytes > 0) capacity_ = worthy_bytes;
+  // Room for either of the last two ops: a loop alternating two sizes offers
+  // each of them.
+  if (active_) capacity_ = std::max(worthy_bytes, last_worthy_);
   last_worthy_ = worthy_bytes;
 }
 

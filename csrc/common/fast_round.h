@@ -39,7 +39,8 @@ class FastRound {
   void Reset();
   // Whether this exchange starts with a fast round (the same on every rank).
   bool active() const { return active_; }
-  // The input bytes a fast round carries (the last fast-worthy op's size).
+  // The input bytes a fast round carries (the larger of the last two
+  // fast-worthy ops' sizes).
   int64_t capacity() const { return capacity_; }
 
   // Whether `r` (this rank's request) can be offered: a CPU allreduce that

@@ -69,6 +69,16 @@ def test_repeated_allreduce_is_exact_and_runs_in_fast_rounds(dtype, inplace):
         assert ran_fast == 0
 
 
+def test_two_sizes_alternating_both_run_in_fast_rounds():
+    before = agreed()
+    for it in range(20):
+        n = 16 if it % 2 else 1000
+        out = bf.allreduce(torch.full((n,), float(RANK)), average=False, name=f"fast.alt.{n}")
+        assert torch.equal(out, torch.full((n,), float(sum(range(SIZE)))))
+    ran_fast = agreed() - before
+    assert (ran_fast >= 16) if FAST else (ran_fast == 0), ran_fast
+
+
 def test_integer_sums_wrap_in_fast_rounds():
     warm_up(nbytes=40)
     before = agreed()
