@@ -174,6 +174,20 @@ def test_timeline_keeps_growing_and_names_are_escaped():
     assert phases_of(events, odd_name)[0] == "ENQUEUE_ALLREDUCE"
 
 
+def test_repeated_small_allreduce_shows_its_fast_rounds():
+    # After two cycles that each ran one small allreduce, the same op is agreed
+    # on and summed in one fast round (BLUEFOG_FAST_ROUNDS, on by default).
+    for it in range(8):
+        out = bf.allreduce(torch.full((4,), float(RANK + it)), average=False, name="tl.fast")
+        assert out.tolist() == [float(sum(range(SIZE)) + SIZE * it)] * 4
+    events = wait_for(lambda ev: "tl.fast" in lanes(ev).values()
+                      and phases_of(ev, "tl.fast").count("CALLBACK") == 8)
+    phases = phases_of(events, "tl.fast")
+    assert phases.count("CALLBACK") == 8, phases
+    assert phases.count("COMMUNICATE_FAST") >= 6, phases
+    assert phases[-4:] == ["ENQUEUE_ALLREDUCE", "NEGOTIATE_ALLREDUCE", "COMMUNICATE_FAST", "CALLBACK"], phases
+
+
 def test_timeline_files_of_all_ranks_exist():
     bf.barrier()  # every rank has initialized and written by now
     for r in range(SIZE):
