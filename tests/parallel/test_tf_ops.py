@@ -75,6 +75,20 @@ def test_allreduce_average(dtype, mode):
 
 
 @pytest.mark.parametrize("mode", MODES)
+def test_repeated_allreduce_runs_in_fast_rounds(mode):
+    # The same small allreduce cycle after cycle: agreed on and summed in one
+    # MPI allreduce per op (BLUEFOG_FAST_ROUNDS, on by default; see
+    # tests/parallel/test_fast_rounds.py for the PyTorch side).
+    from bluefog.common.basics import get_basics
+    before = get_basics().fast_round_counts()[1]
+    for it in range(12):
+        out = run(mode, lambda x: bf.allreduce(x, average=False, name="tf.fast." + mode),
+                  rank_input(RANK, (17,), tf.float32) + it)
+        assert_equal(out, tf.cast(sum(rank_input(r, (17,)) for r in range(SIZE)) + SIZE * it, tf.float32))
+    assert get_basics().fast_round_counts()[1] - before >= 8
+
+
+@pytest.mark.parametrize("mode", MODES)
 def test_grouped_allreduce_mixed_dtypes(mode):
     shapes = [(2,), (3, 2), ()]
     dtypes = [tf.float32, tf.float64, tf.int32]
