@@ -46,7 +46,9 @@ class MpiController {
   void set_max_slot_bytes(size_t bytes);
   // In place, on the control communicator: `buf` on every rank (the same
   // length everywhere) combined by `reduce`, which sees the whole message as
-  // one element (so MPI never splits it).
+  // one element (so MPI never splits it). `reduce` must be the same function
+  // on every call; `buf` is set up as a persistent operation until its size
+  // or address changes.
   Status AllreduceMessage(std::vector<char>* buf, MPI_User_function* reduce);
 
   // Called while the controller waits for peers (e.g. to run direct ops).
@@ -74,6 +76,8 @@ class MpiController {
   MPI_Op message_op_ = MPI_OP_NULL;  // AllreduceMessage's reduction (one function per controller)
   MPI_Datatype message_type_ = MPI_DATATYPE_NULL;  // ... and its element type
   size_t message_type_bytes_ = 0;
+  const void* message_buf_ = nullptr;             // ... the buffer it was set up for
+  MPI_Request message_req_ = MPI_REQUEST_NULL;     // ... and the persistent allreduce (MPI 4)
   std::function<void()> wait_hook_;
 };
 
