@@ -260,7 +260,7 @@ void Coordinator::Ingest(std::vector<CycleMessage>& messages, Clock::time_point 
         if (CompletesInline(p.by_rank)) {
           resp.inline_by_rank = std::move(p.by_rank);  // not fused: its data has already travelled
         } else {
-          ready_[req.name] = ReadyInfo{NumElements(req.shape) * static_cast<int64_t>(DataTypeSize(req.dtype)),
+          ready_[req.name] = ReadyInfo{InputBytes(req),
                                        FusionKey(p.by_rank)};
         }
       }

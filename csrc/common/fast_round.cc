@@ -4,6 +4,8 @@
 #include <cstring>
 
 #include "half.h"
+#include "inline_ops.h"
+#include "wire.h"
 
 namespace bluefog {
 
@@ -27,43 +29,6 @@ uint32_t LoadU32(const char* p) {
 
 void StoreU32(char* p, uint32_t v) { std::memcpy(p, &v, sizeof(v)); }
 
-// Writes into a fixed array; remembers whether everything fitted.
-class FixedWriter {
- public:
-  FixedWriter(char* out, size_t size) : p_(out), end_(out + size) {}
-  bool ok() const { return ok_; }
-  void U8(uint8_t v) {
-    if (p_ >= end_) {
-      ok_ = false;
-      return;
-    }
-    *p_++ = static_cast<char>(v);
-  }
-  void Varint(uint64_t v) {
-    while (v >= 0x80) {
-      U8(static_cast<uint8_t>(v | 0x80));
-      v >>= 7;
-    }
-    U8(static_cast<uint8_t>(v));
-  }
-  void Bytes(const std::string& s) {
-    Varint(s.size());
-    if (static_cast<size_t>(end_ - p_) < s.size()) {
-      ok_ = false;
-      return;
-    }
-    std::memcpy(p_, s.data(), s.size());
-    p_ += s.size();
-  }
-
- private:
-  char* p_;
-  char* end_;
-  bool ok_ = true;
-};
-
-int64_t InputBytes(const Request& r) { return NumElements(r.shape) * static_cast<int64_t>(DataTypeSize(r.dtype)); }
-
 // `out` holds kDescBytes zeros on entry. False if the description does not fit.
 bool Describe(const Request& r, char* out) {
   const int64_t bytes = InputBytes(r);
@@ -72,11 +37,15 @@ bool Describe(const Request& r, char* out) {
   out[1] = static_cast<char>(r.dtype);
   out[2] = r.average ? 1 : 0;
   StoreU32(out + 4, static_cast<uint32_t>(bytes));
-  FixedWriter w(out + 8, kDescBytes - 8);
+  thread_local std::string rest;  // reused: no allocation per op
+  rest.clear();
+  ByteWriter w(&rest);
   w.Varint(r.shape.size());
   for (int64_t d : r.shape) w.Varint(static_cast<uint64_t>(d));
-  w.Bytes(r.name);
-  return w.ok();
+  w.Str(r.name);
+  if (rest.size() > kDescBytes - 8) return false;
+  std::memcpy(out + 8, rest.data(), rest.size());
+  return true;
 }
 
 }  // namespace
@@ -88,8 +57,7 @@ void FastRound::Reset() {
 }
 
 bool FastRound::Fits(const Request& r) {
-  if (r.op != OpType::ALLREDUCE || r.hierarchical_local || r.device != kCpuDevice || r.dtype == DataType::BOOL)
-    return false;
+  if (r.op != OpType::ALLREDUCE || !TravelsInline(r)) return false;
   if (r.average && !IsFloatingPoint(r.dtype)) return false;  // invalid: the full exchange reports it
   char desc[kDescBytes] = {};
   return Describe(r, desc);

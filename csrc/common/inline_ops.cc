@@ -15,7 +15,7 @@ bool TravelsInline(const Request& r) {
 bool CompletesInline(const std::vector<Request>& by_rank) {
   const Request& r = by_rank[0];
   if (!TravelsInline(r)) return false;
-  const size_t bytes = static_cast<size_t>(NumElements(r.shape)) * DataTypeSize(r.dtype);
+  const size_t bytes = static_cast<size_t>(InputBytes(r));
   for (const Request& q : by_rank)
     if (!q.has_payload || q.Payload().size() != bytes) return false;
   return true;
@@ -24,7 +24,7 @@ bool CompletesInline(const std::vector<Request>& by_rank) {
 void AttachPayloads(TensorQueue& queue, int64_t budget_bytes, std::vector<Request>* requests) {
   for (Request& r : *requests) {
     if (!TravelsInline(r)) continue;
-    const int64_t bytes = NumElements(r.shape) * static_cast<int64_t>(DataTypeSize(r.dtype));
+    const int64_t bytes = InputBytes(r);
     if (bytes <= 0 || bytes > budget_bytes) continue;
     if (queue.ViewInput(r.name, bytes, &r.payload_view)) {
       r.has_payload = true;

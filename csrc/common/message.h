@@ -46,6 +46,11 @@ struct Request {
   }
 };
 
+// The size of the request's input tensor in bytes.
+inline int64_t InputBytes(const Request& r) {
+  return NumElements(r.shape) * static_cast<int64_t>(DataTypeSize(r.dtype));
+}
+
 // One cycle's message of a rank: flags plus its newly enqueued requests.
 struct CycleMessage {
   bool shutdown = false;  // this rank has asked to shut down

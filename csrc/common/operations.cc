@@ -129,20 +129,33 @@ Status SkipModePatternCheck(GlobalState& g, const TensorTableEntry& e) {
 
 int64_t InlineBudget(const GlobalState& g) { return g.config.inline_bytes / std::max(1, g.mpi.size()); }
 
+// Completes an op whose data came with the negotiation itself (inline, or in
+// a fast round): `compute()` forms the result here, under timeline `phase`.
+// (No strings are built for a timeline that is off: this runs once per small op.)
+template <typename Compute>
+void CompleteHere(GlobalState& g, TensorTableEntry& e, const char* phase, Compute compute) {
+  const bool timed = g.timeline.enabled();
+  const std::string name = timed ? e.name : std::string();  // `e` is gone after CompleteEntry
+  if (timed) {
+    g.timeline.End(name);  // NEGOTIATE (which carried the data)
+    g.timeline.Start(name, phase);
+  }
+  Status s = compute();
+  if (timed) {
+    g.timeline.End(name);
+    g.timeline.Start(name, "CALLBACK");
+  }
+  CompleteEntry(e, s);
+  if (timed) g.timeline.End(name);
+}
+
 // An op whose inputs all came with the negotiation exchange: no MPI here.
 Status PerformInline(GlobalState& g, const Response& resp) {
   TensorTableEntry e;
   if (!g.queue.Take(resp.names[0], &e)) {
     return Status::UnknownError("internal error: agreed op '" + resp.names[0] + "' is missing on this rank");
   }
-  std::string name = e.name;
-  g.timeline.End(name);  // NEGOTIATE (which carried the data)
-  g.timeline.Start(name, "COMMUNICATE_INLINE");
-  Status s = ComputeInline(resp, g.mpi.rank(), e);
-  g.timeline.End(name);
-  g.timeline.Start(name, "CALLBACK");
-  CompleteEntry(e, s);
-  g.timeline.End(name);
+  CompleteHere(g, e, "COMMUNICATE_INLINE", [&] { return ComputeInline(resp, g.mpi.rank(), e); });
   return Status::OK();
 }
 
@@ -256,6 +269,13 @@ void AwaitExchange(GlobalState& g) {
   g.queue.WaitForWork(wait, std::chrono::microseconds(helped ? 0 : g.config.spin_time_us), /*count_owned=*/false);
 }
 
+// Records why the loop must stop (every thread sees loop_failed); returns false.
+bool StopLoop(GlobalState& g, std::string why) {
+  g.loop_error = std::move(why);  // written before loop_failed is set
+  g.loop_failed = true;
+  return false;
+}
+
 // A fast round (fast_round.h), offering this rank's first new request when it
 // can be. The agreed op, if any, is completed and removed from `g.mine`;
 // `*done_bytes` is its input size (else 0), `*full` whether the allgather
@@ -272,11 +292,7 @@ bool RunFastRound(GlobalState& g, int64_t* done_bytes, bool* full) {
   const bool more = mine.requests.size() > (offer ? 1u : 0u) || mine.shutdown || !mine.timed_out.empty();
   g.fast.Build(offer, input, more, &g.fast_buf);
   Status s = g.controller->AllreduceMessage(&g.fast_buf, FastRound::Reduce);
-  if (!s.ok()) {
-    g.loop_error = s.reason();
-    g.loop_failed = true;
-    return false;
-  }
+  if (!s.ok()) return StopLoop(g, s.reason());
   const FastRound::Outcome o = FastRound::Read(g.fast_buf);
   *full = o.need_full;
   ++g.fast_rounds;
@@ -285,20 +301,14 @@ bool RunFastRound(GlobalState& g, int64_t* done_bytes, bool* full) {
   // Every rank offered this very op (names compared in full), this one too.
   TensorTableEntry e;
   if (!offer || !g.queue.Take(offer->name, &e) || e.input->size_bytes() != static_cast<int64_t>(o.sum.size())) {
-    g.loop_error = "internal error: a fast round agreed on an op this rank did not offer";
-    g.loop_failed = true;
-    return false;
+    return StopLoop(g, "internal error: a fast round agreed on an op this rank did not offer");
   }
-  std::string name = e.name;
-  g.timeline.End(name);  // NEGOTIATE (which carried the data)
-  g.timeline.Start(name, "COMMUNICATE_FAST");
-  std::memcpy(e.output->data(), o.sum.data(), o.sum.size());
-  const int64_t count = static_cast<int64_t>(o.sum.size() / DataTypeSize(e.input->dtype()));
-  if (e.average) ScaleBuffer(e.input->dtype(), e.output->data(), count, 1.0 / static_cast<double>(g.mpi.size()));
-  g.timeline.End(name);
-  g.timeline.Start(name, "CALLBACK");
-  CompleteEntry(e, Status::OK());
-  g.timeline.End(name);
+  CompleteHere(g, e, "COMMUNICATE_FAST", [&] {
+    std::memcpy(e.output->data(), o.sum.data(), o.sum.size());
+    const int64_t count = static_cast<int64_t>(o.sum.size() / DataTypeSize(e.input->dtype()));
+    if (e.average) ScaleBuffer(e.input->dtype(), e.output->data(), count, 1.0 / static_cast<double>(g.mpi.size()));
+    return Status::OK();
+  });
   *done_bytes = static_cast<int64_t>(o.sum.size());
   mine.requests.erase(mine.requests.begin());
   return true;
@@ -313,18 +323,12 @@ bool FullRound(GlobalState& g, Clock::time_point now) {
   g.sent.clear();
   EncodeCycleMessage(mine, &g.sent);
   Status s = g.controller->AllgatherBytes(g.sent, &g.received);
-  if (!s.ok()) {
-    g.loop_error = s.reason();
-    g.loop_failed = true;
-    return false;
-  }
+  if (!s.ok()) return StopLoop(g, s.reason());
   std::vector<CycleMessage>& all = g.decoded;
   all.resize(g.received.size());
   for (size_t r = 0; r < g.received.size(); ++r) {
     if (!DecodeCycleMessage(g.received[r].data(), g.received[r].size(), &all[r])) {
-      g.loop_error = "corrupt negotiation message from rank " + std::to_string(r);
-      g.loop_failed = true;
-      return false;
+      return StopLoop(g, "corrupt negotiation message from rank " + std::to_string(r));
     }
   }
   g.coordinator.Ingest(all, now, &g.responses);
@@ -378,11 +382,7 @@ bool Exchange(GlobalState& g) {
       continue;
     }
     Status s = Perform(g, resp);
-    if (!s.ok()) {
-      g.loop_error = s.reason();
-      g.loop_failed = true;
-      return false;
-    }
+    if (!s.ok()) return StopLoop(g, s.reason());
     // Switched to skip mode: the rest of this cycle's responses still run, in order.
   }
   for (const auto& stall : g.coordinator.Stalls(now, g.config.stall_check_seconds, g.mpi.rank())) {
@@ -416,11 +416,7 @@ bool RunSkipCycle(GlobalState& g) {
     resp.op = r.op;
     resp.names = {r.name};
     Status s = Perform(g, resp);
-    if (!s.ok()) {
-      g.loop_error = s.reason();
-      g.loop_failed = true;
-      return false;
-    }
+    if (!s.ok()) return StopLoop(g, s.reason());
   }
   return true;
 }
