@@ -112,6 +112,15 @@ def test_unnamed_ops_run_in_fast_rounds():
     assert (agreed() - before >= 7) == FAST
 
 
+def test_a_name_too_long_for_the_header_takes_the_allgather_exchange():
+    before = agreed()
+    name = "fast.long." + "x" * 190  # the header holds about 110 bytes of name
+    for it in range(10):
+        out = bf.allreduce(torch.full((8,), float(RANK + it)), average=False, name=name)
+        assert torch.equal(out, torch.full((8,), float(sum(range(SIZE)) + SIZE * it)))
+    assert agreed() == before
+
+
 @multi_rank
 @pytest.mark.parametrize("case", ["shape", "dtype", "average", "size"])
 def test_mismatch_in_fast_mode_raises_on_every_rank(case):
