@@ -8,20 +8,12 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def bfrun(np, args, timeout, env=None):
-    """Runs `bfrun -np np <args>` (args: list, python scripts get sys.executable).
-    Returns (returncode, combined output, seconds). On timeout the whole process
-    group is killed and the return code is None."""
-    cmd = [sys.executable, "-m", "bluefog.run.run", "-np", str(np)] + list(args)
-    full_env = dict(os.environ)
-    full_env.setdefault("BLUEFOG_LOG_HIDE_TIME", "1")
-    # Several ranks share few cores: one compute thread per rank avoids
-    # oversubscribing them many times over (set OMP_NUM_THREADS to override).
-    full_env.setdefault("OMP_NUM_THREADS", "1")
-    full_env["PYTHONPATH"] = ROOT + os.pathsep + full_env.get("PYTHONPATH", "")
-    full_env.update(env or {})
+def run(cmd, timeout, env, cwd=ROOT):
+    """Runs `cmd` in its own session. Returns (returncode, combined output,
+    seconds); on timeout the whole process group is killed and the return code
+    is None."""
     start = time.time()
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True, text=True)
     try:
         out, _ = proc.communicate(timeout=timeout)
@@ -30,6 +22,22 @@ def bfrun(np, args, timeout, env=None):
         os.killpg(proc.pid, signal.SIGKILL)
         out, _ = proc.communicate()
         return None, out, time.time() - start
+
+
+def bfrun(np, args, timeout, env=None, launcher_args=(), pythonpath=ROOT):
+    """Runs `bfrun [launcher_args] -np np <args>` (args: list, python scripts get
+    sys.executable) from `pythonpath`, which is put first on PYTHONPATH (the
+    package tree the launcher and the ranks import bluefog from). Returns what
+    run() does."""
+    cmd = [sys.executable, "-m", "bluefog.run.run"] + list(launcher_args) + ["-np", str(np)] + list(args)
+    full_env = dict(os.environ)
+    full_env.setdefault("BLUEFOG_LOG_HIDE_TIME", "1")
+    # Several ranks share few cores: one compute thread per rank avoids
+    # oversubscribing them many times over (set OMP_NUM_THREADS to override).
+    full_env.setdefault("OMP_NUM_THREADS", "1")
+    full_env["PYTHONPATH"] = pythonpath + os.pathsep + full_env.get("PYTHONPATH", "")
+    full_env.update(env or {})
+    return run(cmd, timeout, full_env, cwd=pythonpath)
 
 
 def python_script(path, *script_args):

@@ -2,6 +2,7 @@
 
 #include <cstdlib>
 #include <mutex>
+#include <string>
 
 #include "half.h"
 #include "logging.h"
@@ -41,6 +42,50 @@ const char* ThreadLevelName(int level) {
   return "unknown";
 }
 
+// MPI_Get_library_version up to its first comma or line end, blanks squeezed
+// ("Open MPI v5.0.11", "MPICH Version: 5.0.2").
+std::string MpiLibraryName() {
+  char text[MPI_MAX_LIBRARY_VERSION_STRING] = {};
+  int len = 0;
+  MPI_Get_library_version(text, &len);
+  std::string s;
+  for (int i = 0; i < len && text[i] != '\0' && text[i] != ',' && text[i] != '\n' && text[i] != '\r'; ++i) {
+    const bool blank = text[i] == ' ' || text[i] == '\t';
+    if (blank && (s.empty() || s.back() == ' ')) continue;
+    s.push_back(blank ? ' ' : text[i]);
+  }
+  while (!s.empty() && s.back() == ' ') s.pop_back();
+  return s;
+}
+
+// A launcher of one MPI starting a program built against another MPI gives
+// each process an MPI_COMM_WORLD of its own (a "singleton"): every rank would
+// train alone and report success. The launchers' own variables tell.
+Status CheckWorldMatchesLauncher() {
+  int world = 0;
+  MPI_Comm_size(MPI_COMM_WORLD, &world);
+  if (world != 1) return Status::OK();
+  static const struct {
+    const char* var;
+    const char* who;
+  } kLaunchers[] = {{"OMPI_COMM_WORLD_SIZE", "Open MPI's mpirun"},
+                    {"PMI_SIZE", "a PMI launcher (MPICH's mpiexec/Hydra, srun)"}};
+  for (const auto& l : kLaunchers) {
+    const char* value = std::getenv(l.var);
+    if (value == nullptr) continue;
+    char* end = nullptr;
+    long launched = std::strtol(value, &end, 10);
+    if (end == value || launched <= 1) continue;
+    return Status::Aborted(
+        "this process was started as one of " + std::to_string(launched) + " ranks (" + l.var + "=" + value +
+        ", set by " + l.who + "), but MPI_COMM_WORLD has 1 rank: BlueFog is built against " + MpiLibraryName() +
+        ", which is not the MPI whose launcher started the job, so every rank would run alone. Launch with that "
+        "MPI's own mpirun/mpiexec (bfrun --prefix <its installation>), or rebuild BlueFog against the launcher's "
+        "MPI (MPICC/MPICXX).");
+  }
+  return Status::OK();
+}
+
 }  // namespace
 
 void FinalizeMpiIfOwned() {
@@ -75,7 +120,14 @@ Status MpiContext::Initialize(MPI_Comm base, const Config& config) {
   Status s = CheckThreadLevel();
   if (!s.ok()) return s;
 
-  if (base == MPI_COMM_NULL) base = MPI_COMM_WORLD;
+  if (base == MPI_COMM_NULL) {
+    s = CheckWorldMatchesLauncher();
+    if (!s.ok()) {
+      FinalizeMpiIfOwned();  // nothing of BlueFog's is left running
+      return s;
+    }
+    base = MPI_COMM_WORLD;
+  }
   MPI_Comm_dup(base, &data_comm_);
   MPI_Comm_dup(base, &control_comm_);
   // Errors come back as codes on our communicators; we turn them into Status.

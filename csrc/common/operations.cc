@@ -486,9 +486,18 @@ Status CheckSameSize(const std::string& op, const std::string& name, const Tenso
 
 }  // namespace
 
+// Set while this thread starts BlueFog (holding lifecycle_mu): an MPI that
+// exit()s from inside MPI_Init or another start-up call must not run the exit
+// hook's Shutdown, which would wait for that lock forever.
+static thread_local bool tls_starting = false;
+
 Status Initialize(int fortran_comm, const std::string& overrides) {
   GlobalState& g = State();
   std::lock_guard<std::mutex> lock(g.lifecycle_mu);
+  tls_starting = true;
+  struct Started {
+    ~Started() { tls_starting = false; }
+  } started;
   if (g.running) return Status::OK();
   if (g.thread.joinable()) g.thread.join();  // a loop that stopped after an error
 
@@ -513,6 +522,7 @@ Status Initialize(int fortran_comm, const std::string& overrides) {
   if (!exit_hook) {
     // Last resort if the frontend did not shut down: stop the loop, then MPI.
     std::atexit([] {
+      if (tls_starting) return;
       Shutdown();
       FinalizeMpiIfOwned();
     });
