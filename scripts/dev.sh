@@ -30,6 +30,22 @@ setup() {
     "$PY" -m pip install -q --no-build-isolation --no-deps -e . >&2
 }
 
+# MPICH, beside the Open MPI of the main environment, for the tests that build
+# and run BlueFog against it (tests/test_mpich_build.py, MPICH launcher tests):
+# the PyPI mpich wheel (pinned in requirements-mpich.txt) under .venv/mpich.
+setup_mpich() {
+  local prefix="$VENV/mpich" stamp="$VENV/mpich/.requirements-mpich.sha"
+  local want
+  want="$(sha256sum requirements-mpich.txt | cut -d' ' -f1)"
+  if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    echo "[dev] installing MPICH under $prefix" >&2
+    rm -rf "$prefix"
+    "$PY" -m pip install -q --no-deps --prefix "$prefix" -r requirements-mpich.txt
+    echo "$want" > "$stamp"
+  fi
+  export BLUEFOG_TEST_MPICH_PREFIX="${BLUEFOG_TEST_MPICH_PREFIX:-$prefix}"
+}
+
 cmd="${1:-test}"
 shift || true
 case "$cmd" in
@@ -42,6 +58,7 @@ case "$cmd" in
     ;;
   test)
     setup
+    setup_mpich
     exec "$PY" -m pytest -q -rs tests "$@"
     ;;
   *)

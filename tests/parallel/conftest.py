@@ -5,8 +5,11 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+# Where `import bluefog` comes from: this checkout, or another build of it (the
+# MPICH build of tests/test_mpich_build.py names its own package tree).
+IMPORT_ROOT = os.environ.get("BLUEFOG_TEST_IMPORT_ROOT") or ROOT
+if IMPORT_ROOT not in sys.path:
+    sys.path.insert(0, IMPORT_ROOT)
 
 _exit_status = {"code": 0}
 

@@ -7,7 +7,9 @@ concurrently with other jobs), so it is built from the launcher's job id:
   - Open MPI 5 / PMIx: PMIX_NAMESPACE (e.g. "prterun-host-1234@1"),
   - Open MPI 4: OMPI_MCA_ess_base_jobid,
   - MPICH Hydra: PMI_KVSNAME (when set),
-  - otherwise the parent's pid (the launcher daemon that started every local rank).
+  - otherwise the pid of the launcher daemon that started every local rank: the
+    parent, or under bfrun with Hydra (which sets no job id in the environment)
+    the parent of the rank guard that bfrun puts before each rank.
 The prefix is /tmp/bluefog_timeline_test_<uid>/<job id>/timeline_, so rank r writes
 /tmp/bluefog_timeline_test_<uid>/<job id>/timeline_<r>.json, which the rank
 deletes when the module finishes. A BLUEFOG_TIMELINE already in the environment
@@ -19,11 +21,23 @@ import re
 import time
 
 
+def _launcher_pid():
+    ppid = os.getppid()
+    try:
+        with open(f"/proc/{ppid}/cmdline", "rb") as f:
+            if b"--bf-rank-guard" not in f.read().split(b"\0"):
+                return ppid
+        with open(f"/proc/{ppid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])  # the guard's parent
+    except OSError:
+        return ppid
+
+
 def _job_id():
     for var in ("PMIX_NAMESPACE", "OMPI_MCA_ess_base_jobid", "PMI_KVSNAME"):
         if os.environ.get(var):
             return re.sub(r"[^A-Za-z0-9_.-]", "_", os.environ[var])
-    return f"ppid{os.getppid()}"
+    return f"ppid{_launcher_pid()}"
 
 
 TIMELINE_DIR = os.path.join("/tmp", f"bluefog_timeline_test_{os.getuid()}", _job_id())

@@ -1,0 +1,121 @@
+"""BlueFog built against MPICH and run under MPICH's launcher (Hydra).
+
+The project's own environment uses Open MPI; this builds a second copy of the
+package against the MPICH installation named by BLUEFOG_TEST_MPICH_PREFIX
+(`scripts/dev.sh test` installs the PyPI `mpich` wheel under .venv/mpich and
+sets it), then runs a set of the parallel test files on it with
+`bfrun --prefix <MPICH>`. It also checks that a build launched by the other
+MPI's launcher fails clearly and promptly instead of running every rank alone.
+
+The MPICH build lives in build/mpich/ (package tree pkg/, CMake tree cmake/),
+reused between runs; only the torch frontend is built.
+"""
+import glob
+import os
+import shutil
+import sys
+import time
+
+import pytest
+
+from launch import ROOT, bfrun, pytest_file, run
+
+PREFIX = os.environ.get("BLUEFOG_TEST_MPICH_PREFIX")
+BUILD = os.path.join(ROOT, "build", "mpich")
+PKG = os.path.join(BUILD, "pkg")
+TIMEOUT = int(os.environ.get("BLUEFOG_TEST_TIMEOUT", "240"))
+# Files that exercise what differs between MPI libraries: collectives and
+# their fast paths, neighbor exchanges, one-sided windows, error agreement,
+# communicator splits, the caller-run cycle and the timeline.
+FILES = ["test_collectives.py", "test_neighbor_ops.py", "test_fast_rounds.py", "test_inline_ops.py",
+         "test_errors.py", "test_win_ops.py", "test_win_pushsum.py", "test_hierarchical.py",
+         "test_caller_runs.py", "test_timeline.py"]
+
+pytestmark = pytest.mark.skipif(not PREFIX, reason="BLUEFOG_TEST_MPICH_PREFIX not set (scripts/dev.sh test sets it)")
+
+
+@pytest.fixture(scope="module")
+def mpich_pkg():
+    """Builds the package against MPICH; returns the directory that holds `bluefog/`."""
+    prefix = os.path.abspath(PREFIX)
+    for tool in ("mpicc", "mpicxx", "mpiexec"):
+        assert os.access(os.path.join(prefix, "bin", tool), os.X_OK), f"no {tool} in {prefix}/bin"
+    # CMake keeps the MPI it found in its cache: another MPICH means a fresh build tree.
+    stamp = os.path.join(BUILD, "mpich-prefix.txt")
+    if not os.path.exists(stamp) or open(stamp).read() != prefix:
+        shutil.rmtree(BUILD, ignore_errors=True)
+        os.makedirs(BUILD)
+        with open(stamp, "w") as f:
+            f.write(prefix)
+    # The Python sources are copied fresh; the native libraries are built next to them.
+    shutil.rmtree(os.path.join(PKG, "bluefog"), ignore_errors=True)
+    shutil.copytree(os.path.join(ROOT, "bluefog"), os.path.join(PKG, "bluefog"),
+                    ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+    env = dict(os.environ)
+    env.update({"MPICC": os.path.join(prefix, "bin", "mpicc"), "MPICXX": os.path.join(prefix, "bin", "mpicxx"),
+                "BLUEFOG_BUILD_DIR": os.path.join(BUILD, "cmake"), "BLUEFOG_WITH_PYTORCH": "1",
+                "BLUEFOG_WITH_TENSORFLOW": "0"})
+    rc, out, secs = run([sys.executable, "setup.py", "-q", "build_ext", "--build-lib", PKG,
+                         "--build-temp", os.path.join(BUILD, "tmp")], 1200, env)
+    assert rc == 0, f"the MPICH build failed (exit {rc}, {secs:.0f} s):\n{out[-8000:]}"
+    core = glob.glob(os.path.join(PKG, "bluefog", "common", "_bluefog_core*.so"))
+    assert core and glob.glob(os.path.join(PKG, "bluefog", "torch", "_C*.so")), out[-4000:]
+    # The core must load MPICH's library (from the prefix), not Open MPI's.
+    rc, ldd, _ = run(["ldd", core[0]], 60, env)
+    libmpi = [ln for ln in ldd.splitlines() if "libmpi" in ln]
+    assert libmpi and all(prefix in ln for ln in libmpi), ldd
+    return PKG
+
+
+def bfrun_in(pythonpath, np, args, timeout=TIMEOUT, mpich=True):
+    """bfrun with MPICH's launcher (or the default one), importing bluefog from `pythonpath`."""
+    rc, out, _ = bfrun(np, args, timeout, env={"BLUEFOG_TEST_IMPORT_ROOT": pythonpath},
+                       launcher_args=["--prefix", os.path.abspath(PREFIX)] if mpich else [], pythonpath=pythonpath)
+    return rc, out
+
+
+# Every file on 4 ranks; a few on 2 as well (a pair is its own case for neighbor lists and windows).
+RUNS = [(name, 4) for name in FILES] + [(name, 2) for name in ("test_collectives.py", "test_neighbor_ops.py",
+                                                              "test_win_ops.py")]
+
+
+@pytest.mark.parametrize("name, np", RUNS, ids=[f"{name}-{np}" for name, np in RUNS])
+def test_parallel_file_on_mpich(mpich_pkg, name, np):
+    path = os.path.join(ROOT, "tests", "parallel", name)
+    rc, out = bfrun_in(mpich_pkg, np, pytest_file(path))
+    what = f"{name} on {np} ranks with MPICH"
+    assert rc is not None, f"{what} hung (killed after {TIMEOUT} s):\n{out[-6000:]}"
+    assert rc == 0, f"{what} failed (exit {rc}):\n{out[-8000:]}"
+
+
+# One write per line: the ranks share the launcher's output.
+SHOW_SIZE = [sys.executable, "-c", "import os, bluefog.torch as bf; bf.init(); "
+             "os.write(1, f'WORLD {bf.rank()} {bf.size()}\\n'.encode())"]
+
+
+def test_mpich_build_reports_world(mpich_pkg):
+    rc, out = bfrun_in(mpich_pkg, 3, SHOW_SIZE, timeout=120)
+    assert rc == 0, out[-6000:]
+    assert sorted(ln for ln in out.splitlines() if ln.startswith("WORLD")) == [f"WORLD {r} 3" for r in range(3)], out
+
+
+def test_open_mpi_build_under_mpich_launcher_fails_clearly():
+    # This checkout's build (Open MPI) started by MPICH's Hydra: each process
+    # would be a world of its own; init must say so on every rank.
+    start = time.time()
+    rc, out = bfrun_in(ROOT, 2, SHOW_SIZE, timeout=120)
+    assert rc is not None, f"hung:\n{out[-6000:]}"
+    assert rc != 0, out[-6000:]
+    assert not [ln for ln in out.splitlines() if ln.startswith("WORLD")], out[-6000:]
+    errors = [ln for ln in out.splitlines() if "MPI_COMM_WORLD has 1 rank" in ln]
+    assert len(errors) == 2 and all("PMI_SIZE=2" in ln for ln in errors), out[-6000:]
+    assert time.time() - start < 100
+
+
+def test_mpich_build_under_open_mpi_launcher_fails_promptly(mpich_pkg):
+    # The other way round: MPICH's MPI_Init refuses Open MPI's PMIx runtime
+    # ("unsupported PMI version PMIx") and exits; the job must end, not hang.
+    rc, out = bfrun_in(mpich_pkg, 2, SHOW_SIZE, timeout=120, mpich=False)
+    assert rc is not None, f"hung:\n{out[-6000:]}"
+    assert rc != 0, out[-6000:]
+    assert not [ln for ln in out.splitlines() if ln.startswith("WORLD")], out[-6000:]
