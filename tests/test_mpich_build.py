@@ -26,10 +26,9 @@ PKG = os.path.join(BUILD, "pkg")
 TIMEOUT = int(os.environ.get("BLUEFOG_TEST_TIMEOUT", "240"))
 # Files that exercise what differs between MPI libraries: collectives and
 # their fast paths, neighbor exchanges, one-sided windows, error agreement,
-# communicator splits, the caller-run cycle and the timeline.
-FILES = ["test_collectives.py", "test_neighbor_ops.py", "test_fast_rounds.py", "test_inline_ops.py",
-         "test_errors.py", "test_win_ops.py", "test_win_pushsum.py", "test_hierarchical.py",
-         "test_caller_runs.py", "test_timeline.py"]
+# communicator splits and the timeline.
+FILES = ["test_collectives.py", "test_neighbor_ops.py", "test_fast_rounds.py", "test_errors.py",
+         "test_win_ops.py", "test_win_pushsum.py", "test_hierarchical.py", "test_timeline.py"]
 
 pytestmark = pytest.mark.skipif(not PREFIX, reason="BLUEFOG_TEST_MPICH_PREFIX not set (scripts/dev.sh test sets it)")
 
@@ -74,9 +73,8 @@ def bfrun_in(pythonpath, np, args, timeout=TIMEOUT, mpich=True):
     return rc, out
 
 
-# Every file on 4 ranks; a few on 2 as well (a pair is its own case for neighbor lists and windows).
-RUNS = [(name, 4) for name in FILES] + [(name, 2) for name in ("test_collectives.py", "test_neighbor_ops.py",
-                                                              "test_win_ops.py")]
+# Every file on 4 ranks; neighbor ops on 2 as well (a pair is its own case for neighbor lists).
+RUNS = [(name, 4) for name in FILES] + [("test_neighbor_ops.py", 2)]
 
 
 @pytest.mark.parametrize("name, np", RUNS, ids=[f"{name}-{np}" for name, np in RUNS])
