@@ -22,9 +22,15 @@ FRAMEWORKS = {
 }
 
 
-def run_init(framework, extra_env, timeout=120):
+def plain_env():
+    """This environment without any launcher's variables (the process is not launched by one)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OMPI_", "PMIX_", "PMI_", "PRTE_"))}
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def run_init(framework, extra_env, timeout=120):
+    env = plain_env()
     env.update(extra_env)
     code = (FRAMEWORKS[framework] + "\n"
             "try:\n"
@@ -64,3 +70,22 @@ def test_launcher_size_of_one_or_unreadable_is_fine(value):
     rc, out = run_init("torch", {"PMI_SIZE": value})
     assert rc == 0, out[-4000:]
     assert "INIT-OK size 1" in out, out[-4000:]
+
+
+def test_communicator_while_mpi_is_not_initialized_is_an_error():
+    # What an mpi4py built against another MPI looks like to BlueFog: a
+    # communicator handle while BlueFog's own MPI was never started.
+    code = ("import bluefog.torch as bf\n"
+            "class Comm:\n"
+            "    def py2f(self):\n"
+            "        return 1\n"
+            "try:\n"
+            "    bf.init(comm=Comm())\n"
+            "except ValueError as e:\n"
+            "    print('INIT-ERROR', e, flush=True)\n"
+            "    raise SystemExit(3)\n")
+    rc, out, _ = run([sys.executable, "-c", code], 120, plain_env())
+    assert rc == 3, out[-4000:]
+    line = next(ln for ln in out.splitlines() if ln.startswith("INIT-ERROR"))
+    assert "a communicator was given" in line and "is not initialized" in line, line
+    assert re.search(r"but (Open MPI v|MPICH Version: )\d", line) and "mpi4py built against that same MPI" in line, line

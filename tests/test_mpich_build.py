@@ -121,3 +121,22 @@ def test_mpich_build_under_open_mpi_launcher_fails_promptly(mpich_pkg):
     assert rc is not None, f"hung:\n{out[-6000:]}"
     assert rc != 0, out[-6000:]
     assert not [ln for ln in out.splitlines() if ln.startswith("WORLD")], out[-6000:]
+
+
+def test_mpi4py_of_another_mpi_is_an_error(mpich_pkg):
+    # This environment's mpi4py is built against Open MPI: its communicator
+    # means nothing to the MPICH build, whose own MPI is not even started.
+    # (Not COMM_WORLD: Open MPI's Fortran handle for it is 0, which init()
+    # takes as "no communicator", i.e. BlueFog's own world.)
+    code = ("import os\n"
+            "from mpi4py import MPI\n"
+            "import bluefog.torch as bf\n"
+            "try:\n"
+            "    bf.init(comm=MPI.COMM_WORLD.Dup())\n"
+            "except ValueError as e:\n"
+            "    os.write(1, f'INIT-ERROR {e}\\n'.encode())\n")
+    rc, out = bfrun_in(mpich_pkg, 2, [sys.executable, "-c", code], timeout=120)
+    assert rc == 0, out[-6000:]
+    errors = [ln for ln in out.splitlines() if ln.startswith("INIT-ERROR")]
+    assert len(errors) == 2, out[-6000:]
+    assert all("MPICH Version: " in ln and "is not initialized" in ln for ln in errors), errors

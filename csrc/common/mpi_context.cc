@@ -42,22 +42,6 @@ const char* ThreadLevelName(int level) {
   return "unknown";
 }
 
-// MPI_Get_library_version up to its first comma or line end, blanks squeezed
-// ("Open MPI v5.0.11", "MPICH Version: 5.0.2").
-std::string MpiLibraryName() {
-  char text[MPI_MAX_LIBRARY_VERSION_STRING] = {};
-  int len = 0;
-  MPI_Get_library_version(text, &len);
-  std::string s;
-  for (int i = 0; i < len && text[i] != '\0' && text[i] != ',' && text[i] != '\n' && text[i] != '\r'; ++i) {
-    const bool blank = text[i] == ' ' || text[i] == '\t';
-    if (blank && (s.empty() || s.back() == ' ')) continue;
-    s.push_back(blank ? ' ' : text[i]);
-  }
-  while (!s.empty() && s.back() == ' ') s.pop_back();
-  return s;
-}
-
 // A launcher of one MPI starting a program built against another MPI gives
 // each process an MPI_COMM_WORLD of its own (a "singleton"): every rank would
 // train alone and report success. The launchers' own variables tell.
@@ -93,6 +77,20 @@ void FinalizeMpiIfOwned() {
   int finalized = 0;
   MPI_Finalized(&finalized);
   if (!finalized) MPI_Finalize();
+}
+
+std::string MpiLibraryName() {
+  char text[MPI_MAX_LIBRARY_VERSION_STRING] = {};
+  int len = 0;
+  MPI_Get_library_version(text, &len);
+  std::string s;
+  for (int i = 0; i < len && text[i] != '\0' && text[i] != ',' && text[i] != '\n' && text[i] != '\r'; ++i) {
+    const bool blank = text[i] == ' ' || text[i] == '\t';
+    if (blank && (s.empty() || s.back() == ' ')) continue;
+    s.push_back(blank ? ' ' : text[i]);
+  }
+  while (!s.empty() && s.back() == ' ') s.pop_back();
+  return s;
 }
 
 std::string MpiErrorText(const char* call, int code) {

@@ -66,6 +66,10 @@ void FinalizeMpiIfOwned();
 // "MPI_Xxx failed: <MPI error string>".
 std::string MpiErrorText(const char* call, int code);
 
+// The MPI library in use, from MPI_Get_library_version up to its first comma
+// or line end ("Open MPI v5.0.11", "MPICH Version: 5.0.2"); callable before MPI_Init.
+std::string MpiLibraryName();
+
 }  // namespace bluefog
 
 #endif  // BLUEFOG_COMMON_MPI_CONTEXT_H

@@ -513,7 +513,12 @@ Status Initialize(int fortran_comm, const std::string& overrides) {
   if (fortran_comm > 0) {
     int initialized = 0;
     MPI_Initialized(&initialized);
-    if (!initialized) return Status::PreconditionError("a communicator was given but MPI is not initialized");
+    if (!initialized) {
+      return Status::PreconditionError(
+          "a communicator was given, but " + MpiLibraryName() +
+          " (the MPI BlueFog is built against) is not initialized: initialize it first (importing mpi4py.MPI "
+          "does), with an mpi4py built against that same MPI");
+    }
     base = MPI_Comm_f2c(fortran_comm);
   }
   Status s = g.mpi.Initialize(base, config);
