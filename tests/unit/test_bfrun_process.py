@@ -102,8 +102,11 @@ def test_version_flag():
 
 def test_success_and_environment(prefix):
     marker = "bf-" + uuid.uuid4().hex
-    body = ("print('rank', rank, os.environ.get('BLUEFOG_TIMELINE'), "
-            "os.environ.get('BLUEFOG_LOG_LEVEL'), flush=True)")
+    # One write() per line: Hydra forwards the ranks' output in whatever pieces
+    # they write it, and print() of several values under PYTHONUNBUFFERED is
+    # several writes (seen: "rankrank 1 /tmp/tl debug\n 0 /tmp/tl debug").
+    body = ("os.write(1, 'rank {} {} {}\\n'.format(rank, os.environ.get('BLUEFOG_TIMELINE'), "
+            "os.environ.get('BLUEFOG_LOG_LEVEL')).encode())")
     rc, out, _ = finish(bfrun(prefix + ["-np", "2", "--verbose", "--timeline-filename", "/tmp/tl",
                                         *rank_script(marker, body)]))
     assert rc == 0, out
