@@ -14,6 +14,7 @@ import sys
 
 import pytest
 
+from bluefog.common.native import find_library
 from launch import ROOT, run
 
 FRAMEWORKS = {
@@ -45,10 +46,7 @@ def run_init(framework, extra_env, timeout=120):
 
 
 def framework_built(framework):
-    if framework == "torch":
-        return os.path.exists(os.path.join(ROOT, "bluefog", "torch")) and any(
-            f.startswith("_C") for f in os.listdir(os.path.join(ROOT, "bluefog", "torch")))
-    return any(f.startswith("_ops") for f in os.listdir(os.path.join(ROOT, "bluefog", "tensorflow")))
+    return find_library(os.path.join(ROOT, "bluefog", framework), "_C" if framework == "torch" else "_ops") is not None
 
 
 @pytest.mark.parametrize("framework", sorted(FRAMEWORKS))

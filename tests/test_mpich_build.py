@@ -11,7 +11,6 @@ The MPICH build lives in build/mpich/ (package tree pkg/, CMake tree cmake/),
 reused between runs; it has the torch frontend, and the TensorFlow one when
 tensorflow imports.
 """
-import glob
 import os
 import re
 import shutil
@@ -20,12 +19,12 @@ import time
 
 import pytest
 
-from launch import ROOT, bfrun, pytest_file, run
+from bluefog.common.native import find_library
+from launch import ROOT, bfrun, run, run_parallel_file
 
 PREFIX = os.environ.get("BLUEFOG_TEST_MPICH_PREFIX")
 BUILD = os.path.join(ROOT, "build", "mpich")
 PKG = os.path.join(BUILD, "pkg")
-TIMEOUT = int(os.environ.get("BLUEFOG_TEST_TIMEOUT", "240"))
 # Files that exercise what differs between MPI libraries: collectives and
 # their fast paths, neighbor exchanges, one-sided windows, error agreement,
 # communicator splits, the timeline, and PyTorch and TensorFlow sharing the core.
@@ -60,19 +59,22 @@ def mpich_pkg():
     rc, out, secs = run([sys.executable, "setup.py", "-q", "build_ext", "--build-lib", PKG,
                          "--build-temp", os.path.join(BUILD, "tmp")], 1200, env)
     assert rc == 0, f"the MPICH build failed (exit {rc}, {secs:.0f} s):\n{out[-8000:]}"
-    core = glob.glob(os.path.join(PKG, "bluefog", "common", "_bluefog_core*.so"))
-    assert core and glob.glob(os.path.join(PKG, "bluefog", "torch", "_C*.so")), out[-4000:]
+    core = find_library(os.path.join(PKG, "bluefog", "common"), "_bluefog_core")
+    assert core and find_library(os.path.join(PKG, "bluefog", "torch"), "_C"), out[-4000:]
     # The core must load MPICH's library (from the prefix), not Open MPI's.
-    rc, ldd, _ = run(["ldd", core[0]], 60, env)
+    rc, ldd, _ = run(["ldd", core], 60, env)
     libmpi = [ln for ln in ldd.splitlines() if "libmpi" in ln]
     assert libmpi and all(prefix in ln for ln in libmpi), ldd
     return PKG
 
 
-def bfrun_in(pythonpath, np, args, timeout=TIMEOUT, mpich=True):
+def mpich_launcher():
+    return ["--prefix", os.path.abspath(PREFIX)]
+
+
+def bfrun_in(pythonpath, np, args, timeout, mpich=True):
     """bfrun with MPICH's launcher (or the default one), importing bluefog from `pythonpath`."""
-    rc, out, _ = bfrun(np, args, timeout, env={"BLUEFOG_TEST_IMPORT_ROOT": pythonpath},
-                       launcher_args=["--prefix", os.path.abspath(PREFIX)] if mpich else [], pythonpath=pythonpath)
+    rc, out, _ = bfrun(np, args, timeout, launcher_args=mpich_launcher() if mpich else [], pythonpath=pythonpath)
     return rc, out
 
 
@@ -82,13 +84,8 @@ RUNS = [(name, 4) for name in FILES] + [("test_neighbor_ops.py", 2)]
 
 @pytest.mark.parametrize("name, np", RUNS, ids=[f"{name}-{np}" for name, np in RUNS])
 def test_parallel_file_on_mpich(mpich_pkg, name, np):
-    path = os.path.join(ROOT, "tests", "parallel", name)
-    rc, out = bfrun_in(mpich_pkg, np, pytest_file(path))
-    what = f"{name} on {np} ranks with MPICH"
-    if rc == 5:  # every test skipped itself at import: a framework is not built
-        pytest.skip(f"{what}: no test ran (bluefog.tensorflow is not built without tensorflow)")
-    assert rc is not None, f"{what} hung (killed after {TIMEOUT} s):\n{out[-6000:]}"
-    assert rc == 0, f"{what} failed (exit {rc}):\n{out[-8000:]}"
+    run_parallel_file(os.path.join(ROOT, "tests", "parallel", name), np, f"{name} on {np} ranks with MPICH",
+                      skip_if_none_ran=True, launcher_args=mpich_launcher(), pythonpath=mpich_pkg)
 
 
 # One write per line: the ranks share the launcher's output, which Hydra

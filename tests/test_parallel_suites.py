@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from launch import ROOT, bfrun, pytest_file
+from launch import ROOT, run_parallel_file
 
 # Files run once more with a setting that switches a fast path off, so that the
 # path it replaces stays covered for every op and dtype: small-op data kept out
@@ -22,19 +22,14 @@ VARIANTS = [
 ]
 FILES = sorted(glob.glob(os.path.join(ROOT, "tests", "parallel", "test_*.py")))
 RANKS = (1, 2, 4)
-TIMEOUT = int(os.environ.get("BLUEFOG_TEST_TIMEOUT", "240"))
 
 
 @pytest.mark.parametrize("np", RANKS)
 @pytest.mark.parametrize("path", FILES, ids=[os.path.basename(f) for f in FILES])
 def test_parallel_file(path, np):
-    rc, out, secs = bfrun(np, pytest_file(path), TIMEOUT)
-    if rc == 5:
-        # Every test of the file skipped itself at import (e.g. bluefog.tensorflow
-        # not built): report it as a skip with the file's name, not a pass.
-        pytest.skip(f"{os.path.basename(path)}: no test ran on {np} ranks (a framework is not built)")
-    assert rc is not None, f"{os.path.basename(path)} on {np} ranks hung (killed after {TIMEOUT} s):\n{out[-6000:]}"
-    assert rc == 0, f"{os.path.basename(path)} on {np} ranks failed (exit {rc}):\n{out[-8000:]}"
+    # A file whose every test skipped itself at import (e.g. bluefog.tensorflow
+    # not built) is reported as a skip with the file's name, not a pass.
+    run_parallel_file(path, np, f"{os.path.basename(path)} on {np} ranks", skip_if_none_ran=True)
 
 
 @pytest.mark.parametrize("np", (2, 4))
@@ -43,7 +38,4 @@ def test_parallel_file(path, np):
                          ids=[f"{name}-{var}={val}" for var, val, names in VARIANTS for name in names])
 def test_parallel_file_with_fast_path_off(variable, value, name, np):
     path = os.path.join(ROOT, "tests", "parallel", name)
-    rc, out, secs = bfrun(np, pytest_file(path), TIMEOUT, env={variable: value})
-    what = f"{name} on {np} ranks ({variable}={value})"
-    assert rc is not None, f"{what} hung (killed after {TIMEOUT} s):\n{out[-6000:]}"
-    assert rc == 0, f"{what} failed (exit {rc}):\n{out[-8000:]}"
+    run_parallel_file(path, np, f"{name} on {np} ranks ({variable}={value})", env={variable: value})
