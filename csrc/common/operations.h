@@ -69,7 +69,9 @@ Status EnqueueWinCreate(std::shared_ptr<Tensor> tensor, const std::string& name,
 Status EnqueueWinFree(const std::string& name, StatusCallback callback);
 
 // One-sided window work, run on the background thread without negotiation
-// (see window_manager.h for the operations).
+// (see window_manager.h for the operations). Work that returns IN_PROGRESS
+// (a window mutex held elsewhere) is run again later, before any direct work
+// queued after it; the callback gets the final status.
 class WindowManager;
 Status EnqueueDirect(std::function<Status(WindowManager&)> work, StatusCallback callback);
 

@@ -81,32 +81,71 @@ size_t TensorQueue::InFlight() {
   return table_.size();
 }
 
-void TensorQueue::AddDirect(std::function<void()> op) {
+void TensorQueue::AddDirect(std::function<Status()> work, StatusCallback callback) {
   {
     std::lock_guard<std::mutex> lock(mu_);
-    direct_.push_back(std::move(op));
+    direct_.push_back({std::move(work), std::move(callback)});
   }
   cv_.notify_one();
 }
 
-size_t TensorQueue::RunDirect() {
+bool TensorQueue::DirectDue() const {
+  return !direct_.empty() && (direct_pause_.count() == 0 || std::chrono::steady_clock::now() >= direct_retry_at_);
+}
+
+size_t TensorQueue::RunDirect(bool force) {
+  constexpr std::chrono::microseconds kFirstPause{20}, kLongestPause{500};
   std::unique_lock<std::mutex> lock(mu_);
   // The usual case, checked before building a deque (which allocates): this
   // runs on every poll of every MPI wait.
-  if (direct_.empty()) return 0;
-  std::deque<std::function<void()>> ops;
+  if (direct_.empty() || (!force && !DirectDue())) return 0;
+  std::deque<DirectOp> ops;
   ops.swap(direct_);
   lock.unlock();
-  for (auto& op : ops) op();
-  return ops.size();
+  size_t done = 0;
+  for (; !ops.empty(); ops.pop_front(), ++done) {
+    Status s = ops.front().work();
+    if (s.in_progress()) break;
+    if (ops.front().callback) ops.front().callback(s);
+  }
+  lock.lock();
+  if (ops.empty()) {
+    direct_pause_ = std::chrono::microseconds(0);
+    return done;
+  }
+  // The first one must wait: it and those behind it go back in front of any
+  // added meanwhile, in order.
+  while (!ops.empty()) {
+    direct_.push_front(std::move(ops.back()));
+    ops.pop_back();
+  }
+  direct_pause_ = direct_pause_.count() == 0 ? kFirstPause : std::min(direct_pause_ * 2, kLongestPause);
+  direct_retry_at_ = std::chrono::steady_clock::now() + direct_pause_;
+  return done;
+}
+
+void TensorQueue::FailDirect(const Status& status) {
+  std::deque<DirectOp> ops;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    ops.swap(direct_);
+    direct_pause_ = std::chrono::microseconds(0);
+  }
+  for (auto& op : ops)
+    if (op.callback) op.callback(status);
 }
 
 void TensorQueue::WaitForWork(std::chrono::microseconds timeout, std::chrono::microseconds spin, bool count_owned) {
   auto has_work = [this, count_owned] {
-    return pending_.size() > (count_owned ? 0 : owned_pending_) || !direct_.empty() || woken_;
+    return pending_.size() > (count_owned ? 0 : owned_pending_) || DirectDue() || woken_;
   };
   auto start = std::chrono::steady_clock::now();
   std::unique_lock<std::mutex> lock(mu_);
+  // A direct op waiting out its pause: no longer than that (nothing signals its end).
+  if (!direct_.empty() && direct_pause_.count() > 0) {
+    auto until = std::chrono::duration_cast<std::chrono::microseconds>(direct_retry_at_ - start);
+    timeout = std::max(std::chrono::microseconds(0), std::min(timeout, until));
+  }
   if (spin.count() > 0) SpinUntil(lock, start + std::min(spin, timeout), has_work);
   auto left = timeout - std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - start);
   if (left.count() > 0) cv_.wait_for(lock, left, has_work);

@@ -61,10 +61,17 @@ class TensorQueue {
   size_t InFlight();
 
   // Direct ops (one-sided window ops): run by the background thread as soon
-  // as it can, in order, without negotiation.
-  void AddDirect(std::function<void()> op);
-  // Runs the direct ops queued so far; returns how many ran.
-  size_t RunDirect();
+  // as it can, in order, without negotiation. `work` may return IN_PROGRESS
+  // (a window mutex held elsewhere): it then stays first in line and is tried
+  // again later, with a growing pause, while the thread goes on with other
+  // work; otherwise `callback` gets its status.
+  void AddDirect(std::function<Status()> work, StatusCallback callback);
+  // Runs the direct ops queued so far, in order, up to one that must wait
+  // (nothing while the pause after such a one lasts, unless `force`);
+  // returns how many completed.
+  size_t RunDirect(bool force = false);
+  // Completes every queued direct op with `status` (at shutdown).
+  void FailDirect(const Status& status);
 
   // Blocks until new requests or direct ops arrive, Wake() is called, or the
   // timeout passes. Polls (yielding the core) for up to `spin` of that time
@@ -79,7 +86,14 @@ class TensorQueue {
   bool woken_ = false;
   std::unordered_map<std::string, TensorTableEntry> table_;
   std::deque<Request> pending_;
-  std::deque<std::function<void()>> direct_;
+  struct DirectOp {
+    std::function<Status()> work;
+    StatusCallback callback;
+  };
+  bool DirectDue() const;  // mu_ held
+  std::deque<DirectOp> direct_;
+  std::chrono::steady_clock::time_point direct_retry_at_{};  // while the first one waits
+  std::chrono::microseconds direct_pause_{0};
   size_t owned_pending_ = 0;  // how many of pending_ are owned
 };
 

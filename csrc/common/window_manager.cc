@@ -1,10 +1,8 @@
 #include "window_manager.h"
 
 #include <algorithm>
-#include <chrono>
 #include <climits>
 #include <cstring>
-#include <thread>
 
 #include "half.h"
 
@@ -184,7 +182,7 @@ Status WindowManager::Put(const WinOpArgs& a, bool accumulate) {
     }
   }
   if (a.require_mutex) {
-    s = MutexAcquire(a.name, a.ranks);
+    s = MutexAcquire(a.name, a.ranks, op);
     if (!s.ok()) return s;
   }
   const int64_t elem = static_cast<int64_t>(DataTypeSize(w->dtype));
@@ -246,7 +244,7 @@ Status WindowManager::Get(const WinOpArgs& a) {
     }
   }
   if (a.require_mutex) {
-    s = MutexAcquire(a.name, a.ranks);
+    s = MutexAcquire(a.name, a.ranks, "win_get");
     if (!s.ok()) return s;
   }
   const int64_t elem = static_cast<int64_t>(DataTypeSize(w->dtype));
@@ -306,7 +304,7 @@ Status WindowManager::Update(const WinUpdateArgs& a) {
     return Status::InvalidArgument("win_update '" + a.name + "': output does not match the window");
   }
   if (a.require_mutex) {
-    s = MutexAcquire(a.name, {me});
+    s = MutexAcquire(a.name, {me}, "win_update");
     if (!s.ok()) return s;
   }
   MPI_Win_lock(MPI_LOCK_EXCLUSIVE, me, 0, w->buf_win);
@@ -339,26 +337,41 @@ Status WindowManager::Update(const WinUpdateArgs& a) {
   return s;
 }
 
-Status WindowManager::MutexAcquire(const std::string& name, std::vector<int32_t> ranks) {
+Status WindowManager::MutexAcquire(const std::string& name, std::vector<int32_t> ranks, const char* op) {
   Window* w = nullptr;
-  Status s = Find(name, "win_mutex", &w);
+  Status s = Find(name, op, &w);
   if (!s.ok()) return s;
-  std::sort(ranks.begin(), ranks.end());  // one global order: no deadlock between lockers
+  std::sort(ranks.begin(), ranks.end());
   ranks.erase(std::unique(ranks.begin(), ranks.end()), ranks.end());
-  const int32_t one = 1, zero = 0;
+  const int size = mpi_->size();
+  if (w->held.size() != static_cast<size_t>(size)) w->held.assign(size, false);
   for (int32_t r : ranks) {
-    if (r < 0 || r >= mpi_->size()) return Status::InvalidArgument("win_mutex: rank " + std::to_string(r) + " out of range");
-    int64_t sleep_us = 1;
-    while (true) {
-      int32_t previous = -1;
-      MPI_Win_lock(MPI_LOCK_EXCLUSIVE, r, 0, w->mutex_win);
-      s = Rc(MPI_Compare_and_swap(&one, &zero, &previous, MPI_INT32_T, r, 0, w->mutex_win), "MPI_Compare_and_swap");
-      MPI_Win_unlock(r, w->mutex_win);
-      if (!s.ok()) return s;
-      if (previous == 0) break;
-      std::this_thread::sleep_for(std::chrono::microseconds(sleep_us));
-      sleep_us = std::min<int64_t>(sleep_us * 2, 200);
+    if (r < 0 || r >= size) {
+      return Status::InvalidArgument(std::string(op) + " '" + name + "': mutex rank " + std::to_string(r) +
+                                     " out of range [0, " + std::to_string(size) + ")");
     }
+    if (w->held[r]) {
+      return Status::InvalidArgument(
+          std::string(op) + " '" + name + "': this process already holds the window mutex of rank " +
+          std::to_string(r) + " (win_mutex is not re-entrant: a window op with require_mutex=True inside `with "
+          "win_mutex(...)` on the same ranks would wait for itself)");
+    }
+  }
+  const int32_t one = 1, zero = 0;
+  std::vector<int32_t> taken;
+  for (int32_t r : ranks) {
+    int32_t previous = -1;
+    MPI_Win_lock(MPI_LOCK_EXCLUSIVE, r, 0, w->mutex_win);
+    s = Rc(MPI_Compare_and_swap(&one, &zero, &previous, MPI_INT32_T, r, 0, w->mutex_win), "MPI_Compare_and_swap");
+    MPI_Win_unlock(r, w->mutex_win);
+    if (s.ok() && previous == 0) {
+      taken.push_back(r);
+      w->held[r] = true;
+      continue;
+    }
+    Status released = MutexRelease(name, taken);
+    if (!s.ok()) return s;
+    return released.ok() ? Status::InProgress() : released;
   }
   return Status::OK();
 }
@@ -371,10 +384,15 @@ Status WindowManager::MutexRelease(const std::string& name, std::vector<int32_t>
   ranks.erase(std::unique(ranks.begin(), ranks.end()), ranks.end());
   const int32_t zero = 0;
   for (int32_t r : ranks) {
+    if (r < 0 || r >= mpi_->size()) {
+      if (s.ok()) s = Status::InvalidArgument("win_mutex '" + name + "': rank " + std::to_string(r) + " out of range");
+      continue;
+    }
     MPI_Win_lock(MPI_LOCK_EXCLUSIVE, r, 0, w->mutex_win);
     Status one = Rc(MPI_Accumulate(&zero, 1, MPI_INT32_T, r, 0, 1, MPI_INT32_T, MPI_REPLACE, w->mutex_win),
                     "MPI_Accumulate");
     MPI_Win_unlock(r, w->mutex_win);
+    if (static_cast<size_t>(r) < w->held.size()) w->held[r] = false;
     if (s.ok()) s = one;
   }
   return s;

@@ -51,7 +51,13 @@ class WindowManager {
   Status Put(const WinOpArgs& args, bool accumulate);
   Status Get(const WinOpArgs& args);
   Status Update(const WinUpdateArgs& args);
-  Status MutexAcquire(const std::string& name, std::vector<int32_t> ranks);
+  // Takes the mutex of every rank in `ranks`, or none: when one is held by
+  // someone else, releases what it took and returns IN_PROGRESS (the caller
+  // tries again later; the background thread never spins on a peer, which may
+  // itself be waiting for this rank in a collective). A mutex this process
+  // already holds is an error (win_mutex is not re-entrant), not a deadlock.
+  // `op` names the caller in errors.
+  Status MutexAcquire(const std::string& name, std::vector<int32_t> ranks, const char* op = "win_mutex");
   Status MutexRelease(const std::string& name, std::vector<int32_t> ranks);
   Status Versions(const std::string& name, std::vector<int32_t>* ranks, std::vector<int32_t>* versions);
   Status AssociatedP(const std::string& name, double* p);
@@ -73,6 +79,7 @@ class WindowManager {
     double* p = nullptr;       // [self p, one per in-neighbor slot]
     int32_t* versions = nullptr;
     int32_t* mutex = nullptr;  // this rank's lock word
+    std::vector<bool> held;    // per rank: this process holds that rank's mutex
     MPI_Win buf_win = MPI_WIN_NULL, self_win = MPI_WIN_NULL, p_win = MPI_WIN_NULL;
     MPI_Win version_win = MPI_WIN_NULL, mutex_win = MPI_WIN_NULL;
   };

@@ -208,6 +208,71 @@ def test_require_mutex_waits_for_holder():
         assert torch.equal(out, torch.full((3,), float(sum(range(1, SIZE))), dtype=torch.float64))
 
 
+def test_failed_mutex_acquire_leaves_nothing_locked():
+    """A rank out of range fails the acquire before any mutex is taken (it used
+    to leave the lower ranks' mutexes taken for good: the next locker hung)."""
+    bf.win_create(torch.zeros(2, dtype=torch.float64), "leak")
+    bf.barrier()
+    with pytest.raises(ValueError, match=rf"win_mutex 'leak': mutex rank {SIZE + 3} out of range \[0, {SIZE}\)"):
+        with bf.win_mutex("leak", ranks=[(RANK + 1) % SIZE, SIZE + 3]):
+            pass
+    bf.barrier()
+    with bf.win_mutex("leak", ranks=list(range(SIZE))):  # every mutex is free
+        pass
+    bf.win_update("leak", require_mutex=True)
+    bf.barrier()
+
+
+def test_mutex_is_not_reentrant_error_not_hang():
+    """A window op with require_mutex=True inside `with win_mutex` on the same
+    ranks would wait for this process itself: an error naming the op."""
+    bf.win_create(torch.ones(2, dtype=torch.float64), "reent")
+    bf.barrier()
+    with bf.win_mutex("reent", for_self=True):
+        with pytest.raises(ValueError, match=f"win_update 'reent': this process already holds the window mutex "
+                                             f"of rank {RANK}"):
+            bf.win_update("reent", require_mutex=True)
+    outs = bf.out_neighbor_ranks()
+    if outs:
+        with bf.win_mutex("reent", ranks=outs):
+            with pytest.raises(ValueError, match="win_put 'reent': this process already holds"):
+                bf.win_put(torch.ones(2, dtype=torch.float64), "reent", require_mutex=True)
+    bf.barrier()
+    bf.win_update("reent", require_mutex=True)  # the failed attempts released nothing they did not take
+    bf.barrier()
+
+
+def test_mutex_wait_does_not_block_collectives():
+    """Rank 0 holds its own mutex while it takes part in an allreduce; the
+    others' puts into rank 0 with require_mutex=True wait for it meanwhile.
+    The waiting puts must not hold up the others' allreduce (rank 0 lets go
+    only after it), which used to deadlock."""
+    if SIZE == 1:
+        pytest.skip("needs a peer holding the mutex")
+    G = bf.FullyConnectedGraph(SIZE)
+    assert bf.set_topology(G)
+    x = torch.full((3,), float(RANK), dtype=torch.float64)
+    bf.win_create(x, "coll", zero_init=True)
+    if RANK == 0:
+        with bf.win_mutex("coll", for_self=True):
+            bf.barrier()
+            time.sleep(HOLD)
+            total = bf.allreduce(torch.tensor([1.0]), average=False, name="coll.ar")
+    else:
+        bf.barrier()
+        h = bf.win_put_nonblocking(x, "coll", dst_weights={0: 1.0}, require_mutex=True)
+        time.sleep(HOLD / 3)
+        assert not bf.win_poll(h), "the put finished while rank 0 held its mutex"
+        total = bf.allreduce(torch.tensor([1.0]), average=False, name="coll.ar")
+        assert bf.win_wait(h)
+    assert total.item() == SIZE
+    bf.barrier()
+    if RANK == 0:
+        assert bf.get_win_version("coll") == {i: 1 for i in range(1, SIZE)}
+        out = bf.win_update("coll", 0.0, {i: 1.0 for i in range(1, SIZE)}, require_mutex=True)
+        assert torch.equal(out, torch.full((3,), float(sum(range(1, SIZE))), dtype=torch.float64))
+
+
 def _f(i, j):
     return 0.5 + 0.25 * i + 0.125 * j
 
