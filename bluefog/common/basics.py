@@ -51,6 +51,9 @@ class BlueFogBasics:
         self._timeline_warned = False
         # Set by the window module: returns True while windows exist.
         self.windows_exist: Callable[[], bool] = lambda: False
+        # Called when the core's state is gone (shutdown, or an init that
+        # starts the core afresh): frontends drop what they kept of it.
+        self.reset_hooks: List[Callable[[], None]] = []
 
     # ---- lifecycle ------------------------------------------------------
     def init(self, topology_fn: Optional[Callable[[int], nx.DiGraph]] = None, is_weighted: bool = False,
@@ -72,9 +75,12 @@ class BlueFogBasics:
                 raise TypeError("init(comm=...) expects an mpi4py communicator, got %r" % type(comm).__name__)
             fcomm = comm.py2f()
         overrides = "\n".join(f"{k}={v}" for k, v in (config or {}).items())
+        fresh = not self.is_initialized()
         code = self._lib.bluefog_init(fcomm, overrides.encode())
         if code != 0:
             _raise_status(self._lib, code, "bluefog init failed")
+        if fresh:
+            self._run_reset_hooks()  # e.g. windows of a core that stopped after an error
         if not self._atexit_registered:
             atexit.register(self.shutdown)
             self._install_excepthook()
@@ -109,6 +115,11 @@ class BlueFogBasics:
         self._topology = None
         self._topo_cache = {}
         self._machine_topology = None
+        self._run_reset_hooks()
+
+    def _run_reset_hooks(self):
+        for hook in self.reset_hooks:
+            hook()
 
     def is_initialized(self) -> bool:
         """True between init() and shutdown()."""

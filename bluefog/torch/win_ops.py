@@ -11,6 +11,7 @@ part. win_create and win_free are collective.
 Windows hold int32, int64, float32 or float64 CPU tensors.
 """
 import contextlib
+import logging
 import numbers
 from typing import Dict, List, Optional
 
@@ -20,6 +21,7 @@ from bluefog.common.basics import get_basics
 from bluefog.torch import _C
 
 _basics = get_basics()
+logger = logging.getLogger("bluefog")
 _win_map: Dict[str, torch.Tensor] = {}
 _WIN_TYPES = (torch.int32, torch.int64, torch.float32, torch.float64)
 # win handle -> (tensor to scale by self_weight when done, factor)
@@ -31,6 +33,15 @@ def _windows_exist() -> bool:
 
 
 _basics.windows_exist = _windows_exist
+
+
+def _forget_windows():
+    # The core frees every window when it shuts down (and has none when it starts).
+    _win_map.clear()
+    _after_put.clear()
+
+
+_basics.reset_hooks.append(_forget_windows)
 
 
 def _check_name(name, op: str) -> str:
@@ -189,7 +200,13 @@ def win_poll(handle: int) -> bool:
 
 
 def win_wait(handle: int) -> bool:
-    """Waits for a window op; raises if it failed. Returns True."""
+    """Waits for a window op; raises if it failed. Returns True, or False (with a
+    warning) for a handle that is unknown or was already waited for."""
+    try:
+        _C.poll(handle)
+    except ValueError as e:
+        logger.warning("win_wait: %s", e)
+        return False
     _C.wait(handle)
     _apply_self_weight(handle)
     return True

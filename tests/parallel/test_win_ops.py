@@ -15,6 +15,7 @@ every "everyone writes" phase is closed by bf.barrier() before anyone reads.
 All ranks issue the same collective calls (win_create, win_free, barrier) in
 the same order.
 """
+import logging
 import time
 
 import networkx as nx
@@ -403,6 +404,37 @@ def test_nonblocking_forms():
     zs = [sum((3.0 * As[i] for i in in_nbrs(W, r)), np.zeros(8)) for r in range(SIZE)]
     bf.win_update("nb.acc", 0.0, {i: 1.0 for i in ins})
     close(z, sum((zs[i] for i in ins), np.zeros(8)))
+
+
+def test_win_wait_on_unknown_or_finished_handle_warns_and_returns_false(caplog):
+    """The contract: win_wait on an unknown handle logs a warning and returns False."""
+    x = torch.ones(2, dtype=torch.float64)
+    bf.win_create(x, "ww")
+    with caplog.at_level(logging.WARNING, logger="bluefog"):
+        assert bf.win_wait(987654321) is False
+        h = bf.win_put_nonblocking(x, "ww")
+        assert bf.win_wait(h) is True
+        assert bf.win_wait(h) is False  # already waited for
+    assert "unknown handle 987654321" in caplog.text
+    assert f"unknown handle {h}" in caplog.text
+    bf.barrier()
+
+
+def test_shutdown_forgets_windows_and_next_init_sets_its_topology():
+    """shutdown() frees every window in the core; their names must go too, so
+    that the next init() sets its topology again (windows would have frozen
+    it) and the names can be used again."""
+    x = torch.ones(3, dtype=torch.float64)
+    bf.win_create(x, "gone")
+    bf.shutdown()
+    assert bf.get_current_created_window_names() == []
+    bf.init(topology_fn=lambda n: bf.RingGraph(n, connect_style=1))
+    assert bf.get_current_created_window_names() == []
+    assert topology_util.IsTopologyEquivalent(bf.load_topology(), bf.RingGraph(SIZE, connect_style=1))
+    with pytest.raises(ValueError, match="unknown window 'gone'"):
+        bf.win_put(x, "gone")
+    assert bf.win_create(x, "gone")
+    assert bf.get_current_created_window_names() == ["gone"]
 
 
 # ---- known bug: keep last (a failure ends the file under -x) ----------------------------
