@@ -280,7 +280,16 @@ class _GradientAllreduce(_Distributed):
     def step(self, closure=None):
         if self._bf_should_sync:
             self.synchronize()
-        return super().step(closure)
+        if closure is None or not self._bf_active:
+            return super().step(closure)
+
+        # An optimizer that re-evaluates the loss (LBFGS) gets averaged gradients
+        # after each evaluation, as it gets them after the first.
+        def averaged_closure():
+            loss = closure()
+            self.synchronize()
+            return loss
+        return super().step(averaged_closure)
 
 
 class _WindowOptimizer(_Distributed):
@@ -313,13 +322,17 @@ class _WindowOptimizer(_Distributed):
                 self._bf_handles[p] = self._bf_start(p)
 
     def synchronize(self):
-        for handle in self._bf_handles.values():
+        """Waits for this step's window ops, then mixes what arrived into the
+        parameters that communicated (only those: on a step without
+        communication a parameter keeps its local value)."""
+        done = list(self._bf_handles.items())
+        for _, handle in done:
             win_ops.win_wait(handle)
         self._bf_handles.clear()
         if self.force_barrier:
             mpi_ops.barrier()
-        for p, name in self._bf_windows.items():
-            self._bf_combine(p, name)
+        for p, _ in done:
+            self._bf_combine(p, self._bf_windows[p])
 
     def step(self, closure=None):
         if self._bf_active and self._bf_should_sync:
@@ -391,6 +404,20 @@ class _PushSum(_WindowOptimizer):
         p.data.copy_((buf[:-1] / buf[-1]).view_as(p))
 
 
+class _Probe(torch.optim.Optimizer):
+    pass
+
+
+_BOOKKEEPING = []
+
+
+def _optimizer_bookkeeping():
+    """The instance attributes torch.optim.Optimizer.__init__ itself sets."""
+    if not _BOOKKEEPING:
+        _BOOKKEEPING.append(frozenset(vars(_Probe([torch.zeros(1, requires_grad=True)], {}))))
+    return _BOOKKEEPING[0]
+
+
 def _wrap(impl, optimizer, *args):
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise ValueError(f"expected a torch.optim.Optimizer, got {type(optimizer).__name__}")
@@ -399,7 +426,17 @@ def _wrap(impl, optimizer, *args):
     wrapped = cls.__new__(cls)
     # Adopt the user's options exactly (defaults included), then the param groups.
     wrapped.defaults = optimizer.defaults
+    # What the user's class keeps in attributes of its own (a custom optimizer's
+    # options, LBFGS's parameter list, ...), as its __init__ left them: the
+    # wrapper never runs that __init__. torch.optim.Optimizer's own
+    # bookkeeping is set up afresh by the wrapper's __init__ below.
+    own = _optimizer_bookkeeping()
+    for key, value in vars(optimizer).items():
+        if key not in own:
+            setattr(wrapped, key, value)
     impl.__init__(wrapped, optimizer.param_groups, *args)
+    # State the optimizer already has (e.g. loaded from a checkpoint) carries over.
+    wrapped.state.update(optimizer.state)
     return wrapped
 
 

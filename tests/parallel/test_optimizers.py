@@ -492,6 +492,95 @@ def test_window_optimizers_two_steps_per_communication(kind):
         release(opt)
 
 
+@pytest.mark.parametrize("n", [2, 3])
+@pytest.mark.parametrize("kind", ["awc", "atc", "grad", "win_put", "pull_get", "push_sum"])
+def test_steps_between_communications_are_plain_local_steps(kind, n):
+    """Every rank starts from the same parameters and takes the same gradient,
+    so any neighbor average of them is the identity (each wrapper's weights sum
+    to 1): whatever the wrapper and
+    whichever steps communicate, the trajectory must be plain SGD's. (The window
+    optimizers used to mix stale window contents into the parameters on the
+    steps without communication: push-sum undid those local steps.)"""
+    x, y = X[:8], Y[:8]
+    model, ref = make_model(seed=7), make_model(seed=7)
+    opt = build(kind, model, base=torch.optim.SGD(model.parameters(), lr=0.05),
+                comm=NA if kind in ("awc", "atc") else None, n=n)
+    plain = torch.optim.SGD(ref.parameters(), lr=0.05)
+    # Window ops are one-sided: a barrier before each forward pass makes every
+    # put / get see the neighbors' parameters of the same step.
+    aligned = (lambda o, t: bf.barrier()) if kind in ("win_put", "pull_get", "push_sum") else None
+    try:
+        got = train(opt, model, 3 * n + 1, before_step=aligned, x=x, y=y, record=True)
+        want = train(plain, ref, 3 * n + 1, x=x, y=y, record=True)
+    finally:
+        release(opt)
+    for t, (g, w) in enumerate(zip(got, want)):
+        assert torch.allclose(g, w, rtol=1e-5, atol=1e-6), f"{kind}, n={n}: step {t + 1} differs by " \
+                                                             f"{(g - w).abs().max().item():.3e}"
+
+
+class ClippedSGD(torch.optim.Optimizer):
+    """A user optimizer that keeps an option in an attribute of its own."""
+
+    def __init__(self, params, lr=0.1, clip=0.05):
+        super().__init__(params, dict(lr=lr))
+        self.clip = clip
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for g in self.param_groups:
+            for p in g["params"]:
+                if p.grad is not None:
+                    p.add_(p.grad.clamp(-self.clip, self.clip), alpha=-g["lr"])
+
+
+@pytest.mark.parametrize("kind", ["awc", "atc", "grad", "win_put"])
+def test_user_optimizer_attributes_are_kept(kind):
+    """The wrapper never runs the user class's __init__; what that __init__
+    stored must still be there (it used to raise AttributeError in step())."""
+    model, ref = make_model(seed=7), make_model(seed=7)
+    opt = build(kind, model, base=ClippedSGD(model.parameters(), lr=0.1, clip=0.05),
+                comm=NA if kind in ("awc", "atc") else None)
+    try:
+        assert opt.clip == 0.05
+        got = train(opt, model, 3, x=X[:8], y=Y[:8], record=True)
+    finally:
+        release(opt)
+    want = train(ClippedSGD(ref.parameters(), lr=0.1, clip=0.05), ref, 3, x=X[:8], y=Y[:8], record=True)
+    assert torch.allclose(got[-1], want[-1], rtol=1e-5, atol=1e-6)
+
+
+def test_gradient_allreduce_with_lbfgs():
+    """LBFGS re-evaluates the loss inside step(closure): each evaluation's
+    gradients are averaged over the ranks. With each rank on its own shard,
+    the result is LBFGS on the mean of the shard losses (computed here on one
+    process for comparison)."""
+    model, ref = make_model(seed=7), make_model(seed=7)
+    opt = bf.DistributedGradientAllreduceOptimizer(torch.optim.LBFGS(model.parameters(), lr=0.5, max_iter=5),
+                                                   model)
+    plain = torch.optim.LBFGS(ref.parameters(), lr=0.5, max_iter=5)
+    shards = [(X[r::SIZE], Y[r::SIZE]) for r in range(SIZE)]
+
+    def closure():
+        opt.zero_grad()
+        loss = F.mse_loss(model(XR), YR)
+        loss.backward()
+        return loss
+
+    def mean_closure():
+        plain.zero_grad()
+        loss = sum(F.mse_loss(ref(xs), ys) for xs, ys in shards) / SIZE
+        loss.backward()
+        return loss
+
+    for _ in range(2):
+        opt.step(closure)
+        plain.step(mean_closure)
+    assert torch.allclose(flat(model), flat(ref), rtol=1e-4, atol=1e-5), \
+        (flat(model) - flat(ref)).abs().max().item()
+    assert spread(model) == 0.0
+
+
 def test_extra_forward_warns_once():
     """A second forward before step() would start a second communication of the
     same parameters: it is skipped with one warning."""
