@@ -8,8 +8,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 # Where `import bluefog` comes from: this checkout, or another build of it (the
 # MPICH build of tests/test_mpich_build.py names its own package tree).
 IMPORT_ROOT = os.environ.get("BLUEFOG_TEST_IMPORT_ROOT") or ROOT
-if IMPORT_ROOT not in sys.path:
-    sys.path.insert(0, IMPORT_ROOT)
+# First, even when PYTHONPATH has it too: `python -m pytest` puts the working
+# directory (a checkout with its own build) before PYTHONPATH.
+if IMPORT_ROOT in sys.path:
+    sys.path.remove(IMPORT_ROOT)
+sys.path.insert(0, IMPORT_ROOT)
 
 _exit_status = {"code": 0}
 
