@@ -57,6 +57,11 @@ def grad_name(op) -> str:
     return value + ".grad" if value else ""
 
 
+def _check_device(device, op: str):
+    if not isinstance(device, str):
+        raise TypeError(f"{op}: device must be a str (it is accepted and ignored), got {device!r}")
+
+
 def _check_root(root_rank, op: str) -> int:
     if isinstance(root_rank, bool) or not isinstance(root_rank, int):
         raise ValueError(f"{op}: root_rank must be an int, got {root_rank!r}")
@@ -64,9 +69,11 @@ def _check_root(root_rank, op: str) -> int:
 
 
 # ---- allreduce ----------------------------------------------------------------
-def allreduce(tensor, average: bool = True, name: Optional[str] = None, is_hierarchical_local: bool = False):
+def allreduce(tensor, average: bool = True, name: Optional[str] = None, device: str = "", *,
+              is_hierarchical_local: bool = False):
     """Sum (or mean, the default) of `tensor` over all ranks (with
-    is_hierarchical_local: over this machine's ranks).
+    is_hierarchical_local: over this machine's ranks). `device` is accepted
+    for BlueFog 0.3 scripts and ignored (the op runs where TensorFlow puts it).
 
     int32/int64/float16/bfloat16/float32/float64 (average needs a float type).
     A tf.IndexedSlices (a sparse gradient) is allgathered instead: the result is
@@ -74,6 +81,7 @@ def allreduce(tensor, average: bool = True, name: Optional[str] = None, is_hiera
     averaging) and indices, which sums to the allreduced dense tensor.
     Gradient: the allreduce of the gradient with the same `average`.
     """
+    _check_device(device, "allreduce")
     if isinstance(tensor, tf.IndexedSlices):
         if is_hierarchical_local:
             raise ValueError("allreduce: is_hierarchical_local is not supported for tf.IndexedSlices")

@@ -15,6 +15,7 @@ from typing import Optional
 
 import tensorflow as tf
 
+from bluefog.tensorflow.mpi_ops import _check_device
 from bluefog.tensorflow.training import allreduce_gradients
 
 
@@ -26,7 +27,7 @@ def _keras_optimizer_class():
     return keras.optimizers.Optimizer
 
 
-def DistributedOptimizer(optimizer, name: Optional[str] = None, use_locking: bool = False,
+def DistributedOptimizer(optimizer, name: Optional[str] = None, use_locking: bool = False, device: str = "", *,
                          average: bool = True, sparse_as_dense: bool = False):
     """Wraps `optimizer` so that gradients are averaged (average=False: summed)
     over all ranks before being applied.
@@ -37,12 +38,14 @@ def DistributedOptimizer(optimizer, name: Optional[str] = None, use_locking: boo
         name: the legacy wrapper's name (default "Distributed<Class>"); for a
             Keras optimizer, the new optimizer's name (default: unchanged).
         use_locking: passed to the legacy Optimizer base class.
+        device: accepted for BlueFog 0.3 scripts and ignored.
         average: average (True) or sum the gradients.
         sparse_as_dense: densify tf.IndexedSlices gradients before reducing
             (default: allgather their values and indices).
     Returns:
         An optimizer of the same kind.
     """
+    _check_device(device, "DistributedOptimizer")
     keras_base = _keras_optimizer_class()
     if keras_base is not None and isinstance(optimizer, keras_base):
         return _wrap_keras(optimizer, name, average, sparse_as_dense)
@@ -56,7 +59,14 @@ def _wrap_keras(optimizer, name, average, sparse_as_dense):
     base = type(optimizer)
 
     def apply(self, grads, trainable_variables=None):
-        grads = allreduce_gradients(list(grads), average=average, sparse_as_dense=sparse_as_dense)
+        grads = list(grads)
+        if trainable_variables is not None:
+            trainable_variables = list(trainable_variables)
+        variables = trainable_variables if trainable_variables is not None else \
+            getattr(self, "_trainable_variables", None)
+        if variables is not None and len(list(variables)) != len(grads):
+            variables = None
+        grads = allreduce_gradients(grads, average=average, sparse_as_dense=sparse_as_dense, sources=variables)
         return base.apply(self, grads, trainable_variables)
 
     apply.__doc__ = f"Allreduces the gradients across ranks, then {base.__name__}.apply."
@@ -87,7 +97,8 @@ class _LegacyDistributedOptimizer(tf.compat.v1.train.Optimizer):
         if not pairs:
             return pairs
         grads, variables = zip(*pairs)
-        grads = allreduce_gradients(list(grads), average=self._average, sparse_as_dense=self._sparse_as_dense)
+        grads = allreduce_gradients(list(grads), average=self._average, sparse_as_dense=self._sparse_as_dense,
+                                    sources=list(variables))
         return list(zip(grads, variables))
 
     def apply_gradients(self, *args, **kwargs):

@@ -1,10 +1,12 @@
 """Data-parallel training helpers for TensorFlow: broadcast_variables,
 allreduce_gradients and DistributedGradientTape."""
+import contextlib
+import zlib
 from typing import Optional
 
 import tensorflow as tf
 
-from bluefog.tensorflow.mpi_ops import allreduce, broadcast, grouped_allreduce, op_name, sub_name
+from bluefog.tensorflow.mpi_ops import _check_device, allreduce, broadcast, grouped_allreduce, op_name, sub_name
 
 
 def broadcast_variables(variables, root_rank: int, name: Optional[str] = None):
@@ -24,28 +26,50 @@ def broadcast_variables(variables, root_rank: int, name: Optional[str] = None):
 
 
 def allreduce_gradients(gradients, average: bool = True, sparse_as_dense: bool = False,
-                        name: Optional[str] = None):
+                        name: Optional[str] = None, sources=None):
     """Allreduces a (possibly nested) structure of gradients in one grouped op.
 
-    None stays None. tf.IndexedSlices are allgathered (see allreduce), or
-    converted to dense tensors first with sparse_as_dense=True."""
+    tf.IndexedSlices are allgathered (see allreduce), or converted to dense
+    tensors first with sparse_as_dense=True.
+
+    A None gradient (a source that took no part in this rank's loss) is
+    reduced as zeros when `sources` (the structure of variables the gradients
+    are for) is given, so ranks whose computations differ still average each
+    variable with each other; the result is then a tensor on every rank (the
+    average counting that rank's contribution as 0). Without `sources`, None
+    stays None, and every rank must have None in the same places: ranks whose
+    None places differ submit differently named ops (never one variable's
+    gradient averaged with another's), and the stall warning names them."""
     flat = tf.nest.flatten(gradients, expand_composites=False)
+    missing = [i for i, g in enumerate(flat) if g is None]
+    if missing and sources is not None:
+        variables = tf.nest.flatten(sources, expand_composites=False)
+        if len(variables) != len(flat):
+            raise ValueError(f"allreduce_gradients: {len(flat)} gradients but {len(variables)} sources")
+        for i in missing:
+            flat[i] = tf.zeros(tuple(variables[i].shape), dtype=tf.as_dtype(variables[i].dtype))
+        missing = []
     base = op_name(name, "allreduce_gradients")
+    # Where this rank's gradients are None is part of the ops' names.
+    tag = ("none%08x" % zlib.crc32(",".join(map(str, missing)).encode())) if missing else ""
+    if tag and base:
+        base = f"{base}.{tag}"
     dense_idx, dense = [], []
     out = list(flat)
-    for i, g in enumerate(flat):
-        if g is None:
-            continue
-        if isinstance(g, tf.IndexedSlices):
-            if not sparse_as_dense:
-                out[i] = allreduce(g, average=average, name=sub_name(base, f".sparse.{i}") or None)
+    with (tf.name_scope(tag) if tag and not base else contextlib.nullcontext()):
+        for i, g in enumerate(flat):
+            if g is None:
                 continue
-            g = tf.convert_to_tensor(g)
-        dense_idx.append(i)
-        dense.append(g)
-    if dense:
-        for i, r in zip(dense_idx, grouped_allreduce(dense, average=average, name=base or None)):
-            out[i] = r
+            if isinstance(g, tf.IndexedSlices):
+                if not sparse_as_dense:
+                    out[i] = allreduce(g, average=average, name=sub_name(base, f".sparse.{i}") or None)
+                    continue
+                g = tf.convert_to_tensor(g)
+            dense_idx.append(i)
+            dense.append(g)
+        if dense:
+            for i, r in zip(dense_idx, grouped_allreduce(dense, average=average, name=base or None)):
+                out[i] = r
     return tf.nest.pack_sequence_as(gradients, out, expand_composites=False)
 
 
@@ -62,7 +86,9 @@ class DistributedGradientTape:
     Every other attribute (watch, stop_recording, jacobian, ...) is the tape's.
     """
 
-    def __init__(self, gradtape: tf.GradientTape, average: bool = True, sparse_as_dense: bool = False):
+    def __init__(self, gradtape: tf.GradientTape, device: str = "", *, average: bool = True,
+                 sparse_as_dense: bool = False):
+        _check_device(device, "DistributedGradientTape")  # accepted for BlueFog 0.3 scripts, ignored
         if not isinstance(gradtape, tf.GradientTape):
             raise TypeError(f"DistributedGradientTape expects a tf.GradientTape, got {type(gradtape).__name__}")
         self._tape = gradtape
@@ -81,7 +107,10 @@ class DistributedGradientTape:
 
     def gradient(self, target, sources, output_gradients=None,
                  unconnected_gradients=tf.UnconnectedGradients.NONE):
-        """The tape's gradients, allreduced across ranks (see allreduce_gradients)."""
+        """The tape's gradients, allreduced across ranks (see allreduce_gradients:
+        a source without a gradient on this rank takes part as zeros, so it
+        comes back as a tensor)."""
         grads = self._tape.gradient(target, sources, output_gradients=output_gradients,
                                     unconnected_gradients=unconnected_gradients)
-        return allreduce_gradients(grads, average=self._average, sparse_as_dense=self._sparse_as_dense)
+        return allreduce_gradients(grads, average=self._average, sparse_as_dense=self._sparse_as_dense,
+                                   sources=sources)

@@ -99,6 +99,75 @@ def test_distributed_gradient_tape_averages(mode):
     np.testing.assert_allclose(tape.gradient(loss, w).numpy(), np.full((3, 1), float(SIZE)))
 
 
+@pytest.mark.parametrize("mode", ["eager", "function"])
+def test_gradient_none_on_some_ranks_counts_as_zero(mode):
+    """A variable that takes no part in one rank's loss (a branch that rank did
+    not take) has a None gradient there. Each variable must still be averaged
+    with itself: c's gradient is 10 everywhere, and b's is the mean of 100 on
+    the ranks that used it and 0 on the others. (The gradients used to be
+    paired by their place among the non-None ones: c's averaged with b's.)"""
+    a, b, c = tf.Variable([1.0, 1.0]), tf.Variable([1.0, 1.0]), tf.Variable([1.0, 1.0])
+    uses_b = RANK % 2 == 1
+
+    def grads():
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(a) + tf.reduce_sum(c * 10.0)
+            if uses_b:  # decided per rank, at trace time too
+                loss += tf.reduce_sum(b * 100.0)
+        return bf.DistributedGradientTape(tape).gradient(loss, [a, b, c])
+
+    ga, gb, gc = grads() if mode == "eager" else tf.function(grads)()
+    users = sum(1 for r in range(SIZE) if r % 2 == 1)
+    np.testing.assert_allclose(ga.numpy(), [1.0, 1.0])
+    np.testing.assert_allclose(gb.numpy(), [100.0 * users / SIZE] * 2)
+    np.testing.assert_allclose(gc.numpy(), [10.0, 10.0])
+
+
+def test_allreduce_gradients_none_places_differ_never_mixes_variables():
+    """Without the sources, None stays None; ranks whose None places differ
+    submit differently named ops rather than averaging one variable's
+    gradient with another's (checked on the names: matching ops would hang)."""
+    grads = [tf.ones([2]), None, tf.ones([2]) * 10.0]
+    out = bf.allreduce_gradients(grads, name="tf.nones.same")
+    assert out[1] is None
+    np.testing.assert_allclose(out[2].numpy(), [10.0, 10.0])
+    seen = []
+    real = bf.mpi_ops.grouped_allreduce
+
+    def spy(tensors, average=True, name=None):
+        seen.append(name)
+        return list(tensors)
+
+    bf.training.grouped_allreduce = spy
+    try:
+        bf.allreduce_gradients([tf.ones([2]), None, tf.ones([2])], name="tf.nones")
+        bf.allreduce_gradients([tf.ones([2]), tf.ones([2]), None], name="tf.nones")
+        bf.allreduce_gradients([tf.ones([2])] * 3, name="tf.nones")
+    finally:
+        bf.training.grouped_allreduce = real
+    assert len(set(seen)) == 3 and seen[2] == "tf.nones", seen
+
+
+def test_device_argument_of_bluefog_0_3_is_accepted():
+    """BlueFog 0.3 signatures: allreduce(tensor, average, name, device),
+    DistributedOptimizer(optimizer, name, use_locking, device),
+    DistributedGradientTape(gradtape, device). A positional device must not
+    be taken for another option (it used to turn averaging off)."""
+    out = bf.allreduce(tf.constant([1.0]), True, "tf.dev.ar", "")
+    np.testing.assert_allclose(out.numpy(), [1.0])
+    w = tf.Variable([1.0])
+    opt = bf.DistributedOptimizer(tf.compat.v1.train.GradientDescentOptimizer(1.0), "dev", False, "")
+    opt.minimize(lambda: tf.reduce_sum(w * float(RANK + 1)), var_list=[w])
+    np.testing.assert_allclose(w.numpy(), [1.0 - (SIZE + 1) / 2.0], rtol=1e-6)  # averaged, not summed
+    with bf.DistributedGradientTape(tf.GradientTape(), "") as tape:
+        loss = tf.reduce_sum(w * float(RANK + 1))
+    np.testing.assert_allclose(tape.gradient(loss, w).numpy(), [(SIZE + 1) / 2.0], rtol=1e-6)
+    kopt = bf.DistributedOptimizer(keras.optimizers.SGD(0.1), device="/cpu:0")
+    assert isinstance(kopt, keras.optimizers.SGD)
+    with pytest.raises(TypeError):
+        bf.DistributedGradientTape(tf.GradientTape(), False)  # average is keyword-only now
+
+
 def test_distributed_gradient_tape_type_check():
     with pytest.raises(TypeError):
         bf.DistributedGradientTape(object())
