@@ -40,6 +40,7 @@ class BlueFogBasics:
         self._lib.bluefog_init.argtypes = [ctypes.c_int, ctypes.c_char_p]
         self._lib.bluefog_timeline_start_activity.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
         self._lib.bluefog_timeline_end_activity.argtypes = [ctypes.c_char_p]
+        self._lib.bluefog_reject.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p]
         self._topology: Optional[nx.DiGraph] = None
         self._is_topo_weighted = False
         # What neighbor ops derive from the topology, computed once per
@@ -213,6 +214,25 @@ class BlueFogBasics:
         code = self._lib.bluefog_barrier()
         if code != 0:
             _raise_status(self._lib, code, "barrier")
+
+    def reject(self, op: str, name: str, reason: str) -> None:
+        """Tells the other ranks that this rank refused op `name` (core kind
+        `op`, e.g. "allreduce"; bad input here) before submitting it: their op
+        of that name fails with `reason` instead of waiting for this rank.
+        Best effort (nothing happens before init, or if the name is in flight)."""
+        self._lib.bluefog_reject(op.encode(), name.encode("utf-8", "surrogateescape"),
+                                 reason.encode("utf-8", "replace"))
+
+    @contextlib.contextmanager
+    def refusal_reported(self, op: str, name: str):
+        """Runs the block that checks an op's input and submits it (under
+        `name`, already fixed); a ValueError or TypeError from it is reported
+        to the other ranks with reject() before it propagates."""
+        try:
+            yield
+        except (ValueError, TypeError) as e:
+            self.reject(op, name, f"{type(e).__name__}: {e}")
+            raise
 
     @staticmethod
     def _in_ipython() -> bool:

@@ -14,6 +14,7 @@ Failures surface as tf.errors exceptions carrying the core's message:
 InvalidArgumentError (bad input, ranks disagree), FailedPreconditionError (not
 initialized), AbortedError (communication failed / shut down).
 """
+import contextlib
 import itertools
 import os
 from typing import Optional
@@ -57,6 +58,28 @@ def grad_name(op) -> str:
     return value + ".grad" if value else ""
 
 
+_TYPES = (tf.uint8, tf.int8, tf.int16, tf.int32, tf.int64, tf.float16, tf.float32, tf.float64, tf.bfloat16, tf.bool)
+
+
+def refusal(op: str, name: str):
+    """Context for an op's local checks: a ValueError or TypeError raised in it
+    (bad input on this rank) is first reported to the other ranks under the
+    op's name, so that their op fails with it instead of waiting for this rank
+    (`op` is the core's kind, e.g. "allreduce"). Only for explicit or eager
+    names: a graph node's name ('') is not known to the other ranks."""
+    return _basics.refusal_reported(op, name) if name else contextlib.nullcontext()
+
+
+def as_tensor(tensor, op: str):
+    """tf.convert_to_tensor, with a ValueError naming the op for a dtype the
+    core does not take (instead of TensorFlow's error at op construction)."""
+    t = tf.convert_to_tensor(tensor)
+    if t.dtype not in _TYPES:
+        raise ValueError(f"{op}: unsupported dtype {t.dtype.name}; expected one of "
+                         f"{', '.join(d.name for d in _TYPES)}")
+    return t
+
+
 def _check_device(device, op: str):
     if not isinstance(device, str):
         raise TypeError(f"{op}: device must be a str (it is accepted and ignored), got {device!r}")
@@ -86,7 +109,10 @@ def allreduce(tensor, average: bool = True, name: Optional[str] = None, device: 
         if is_hierarchical_local:
             raise ValueError("allreduce: is_hierarchical_local is not supported for tf.IndexedSlices")
         return _allreduce_sparse(tensor, average, name)
-    return _ops.bluefog_allreduce(tf.convert_to_tensor(tensor), op_name(name, "allreduce"), average=bool(average),
+    full_name = op_name(name, "allreduce")
+    with refusal("allreduce", full_name):
+        tensor = as_tensor(tensor, "allreduce")
+    return _ops.bluefog_allreduce(tensor, full_name, average=bool(average),
                                   hierarchical_local=bool(is_hierarchical_local))
 
 
@@ -137,9 +163,11 @@ def _grouped_allreduce_grad(op, *grads):
 def broadcast(tensor, root_rank: int, name: Optional[str] = None):
     """root_rank's `tensor` on every rank (any supported dtype, bool included).
     Gradient: the sum of the gradients over ranks on the root, zero elsewhere."""
-    _check_root(root_rank, "broadcast")
-    tensor = tf.convert_to_tensor(tensor)
-    return _ops.bluefog_broadcast(tensor, op_name(name, "broadcast"), root_rank=root_rank)
+    full_name = op_name(name, "broadcast")
+    with refusal("broadcast", full_name):
+        _check_root(root_rank, "broadcast")
+        tensor = as_tensor(tensor, "broadcast")
+    return _ops.bluefog_broadcast(tensor, full_name, root_rank=root_rank)
 
 
 @tf.RegisterGradient("BluefogBroadcast")
@@ -155,8 +183,12 @@ def allgather(tensor, name: Optional[str] = None):
     """Every rank's `tensor` concatenated along dim 0 in rank order. The first
     dimension may differ between ranks; the others must match. Gradient: the
     sum of the gradients over ranks, of which each rank takes its own slice."""
-    tensor = tf.convert_to_tensor(tensor)
-    return _ops.bluefog_allgather(tensor, op_name(name, "allgather"))
+    full_name = op_name(name, "allgather")
+    with refusal("allgather", full_name):
+        tensor = as_tensor(tensor, "allgather")
+        if tensor.shape.rank == 0:
+            raise ValueError("allgather: needs a tensor with at least one dimension (got a scalar)")
+    return _ops.bluefog_allgather(tensor, full_name)
 
 
 @tf.RegisterGradient("BluefogAllgather")

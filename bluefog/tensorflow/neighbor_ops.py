@@ -22,7 +22,7 @@ import tensorflow as tf
 
 from bluefog.common.basics import get_basics
 from bluefog.common import neighbor_weights
-from bluefog.tensorflow.mpi_ops import _ops, allreduce, op_name, sub_name
+from bluefog.tensorflow.mpi_ops import _ops, allreduce, as_tensor, op_name, refusal, sub_name
 
 _basics = get_basics()
 _FLOAT_TYPES = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
@@ -84,10 +84,12 @@ def neighbor_allreduce(tensor, *, self_weight: Optional[float] = None,
     always checked (enable_topo_check is accepted for compatibility).
     Weights are resolved when the op is built (traced, in a tf.function).
     """
-    tensor = tf.convert_to_tensor(tensor)
-    _check_float(tensor, "neighbor_allreduce")
-    ex = neighbor_weights.resolve(_basics, "neighbor_allreduce", self_weight, src_weights, dst_weights)
-    return weighted_exchange(tensor, ex, op_name(name, "neighbor_allreduce"))
+    full_name = op_name(name, "neighbor_allreduce")
+    with refusal("neighbor_allreduce", full_name):
+        tensor = as_tensor(tensor, "neighbor_allreduce")
+        _check_float(tensor, "neighbor_allreduce")
+        ex = neighbor_weights.resolve(_basics, "neighbor_allreduce", self_weight, src_weights, dst_weights)
+    return weighted_exchange(tensor, ex, full_name)
 
 
 def neighbor_allgather(tensor, *, src_ranks: Optional[List[int]] = None, dst_ranks: Optional[List[int]] = None,
@@ -100,16 +102,17 @@ def neighbor_allgather(tensor, *, src_ranks: Optional[List[int]] = None, dst_ran
     their upstream gradient that holds its tensor (three transposed exchanges:
     sizes, offsets, gradients)."""
     op = "neighbor_allgather"
-    if (src_ranks is None) != (dst_ranks is None):
-        raise ValueError(f"{op}: give src_ranks and dst_ranks together (or neither, for the topology)")
-    if src_ranks is None:
-        src_ranks, dst_ranks = _basics.in_neighbor_ranks(), _basics.out_neighbor_ranks()
-    src = neighbor_weights.check_ranks(src_ranks, "src_ranks", op)
-    dst = neighbor_weights.check_ranks(dst_ranks, "dst_ranks", op)
-    tensor = tf.convert_to_tensor(tensor)
-    if tensor.shape.rank == 0:
-        raise ValueError(f"{op}: needs a tensor with at least one dimension")
     name = op_name(name, op)
+    with refusal(op, name):
+        if (src_ranks is None) != (dst_ranks is None):
+            raise ValueError(f"{op}: give src_ranks and dst_ranks together (or neither, for the topology)")
+        if src_ranks is None:
+            src_ranks, dst_ranks = _basics.in_neighbor_ranks(), _basics.out_neighbor_ranks()
+        src = neighbor_weights.check_ranks(src_ranks, "src_ranks", op)
+        dst = neighbor_weights.check_ranks(dst_ranks, "dst_ranks", op)
+        tensor = as_tensor(tensor, op)
+        if tensor.shape.rank == 0:
+            raise ValueError(f"{op}: needs a tensor with at least one dimension")
     size, rank = _basics.size(), _basics.rank()
 
     @tf.custom_gradient
@@ -149,10 +152,12 @@ def hierarchical_neighbor_allreduce(tensor, *, self_weight: Optional[float] = No
     and the result is shared inside the machine. Differentiable (built from
     differentiable steps)."""
     op = "hierarchical_neighbor_allreduce"
-    tensor = tf.convert_to_tensor(tensor)
-    _check_float(tensor, op)
-    ex = neighbor_weights.resolve_machines(_basics, op, self_weight, src_machine_weights, dst_machine_weights)
     base = op_name(name, op)
+    with refusal("allreduce", sub_name(base, ".local")):  # the first step: a machine-local allreduce
+        tensor = as_tensor(tensor, op)
+        _check_float(tensor, op)
+        ex = neighbor_weights.resolve_machines(_basics, op, self_weight, src_machine_weights,
+                                               dst_machine_weights)
     local_mean = allreduce(tensor, average=True, is_hierarchical_local=True,
                            name=sub_name(base, ".local") or None)
     combined = weighted_exchange(local_mean, ex, sub_name(base, ".exchange"))

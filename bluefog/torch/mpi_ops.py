@@ -63,15 +63,16 @@ def _name(name: Optional[str], op: str) -> str:
 # `blocking=True` (the blocking forms): the caller synchronizes at once, and its
 # wait runs the op's cycle itself instead of waking the background thread.
 def _allreduce_async(tensor, output, average, is_hierarchical_local, name, op, inplace, blocking=False):
-    src = _prepare(tensor, op)
-    if inplace:
-        out = src
-        target = tensor if out is not tensor else None
-    else:
-        out = _C.empty_output_like(src) if output is None else output
-        target = tensor.new_empty(tensor.shape) if src is not tensor and tensor.is_cuda else None
-    handle = _C.allreduce_async(src, out, bool(average), bool(is_hierarchical_local), _name(name, "allreduce"),
-                                blocking)
+    full_name = _name(name, "allreduce")
+    with _basics.refusal_reported("allreduce", full_name):
+        src = _prepare(tensor, op)
+        if inplace:
+            out = src
+            target = tensor if out is not tensor else None
+        else:
+            out = _C.empty_output_like(src) if output is None else output
+            target = tensor.new_empty(tensor.shape) if src is not tensor and tensor.is_cuda else None
+        handle = _C.allreduce_async(src, out, bool(average), bool(is_hierarchical_local), full_name, blocking)
     return _finish(handle, target)
 
 
@@ -109,11 +110,14 @@ def _check_root(root_rank, op):
 
 
 def _broadcast_async(tensor, root_rank, name, op, inplace, blocking=False):
-    _check_root(root_rank, op)
-    src = _prepare(tensor, op)
-    out = src if inplace else _C.empty_output_like(src)
-    target = tensor if inplace and src is not tensor else None
-    return _finish(_C.broadcast_async(src, out, root_rank, _name(name, "broadcast"), blocking), target)
+    full_name = _name(name, "broadcast")
+    with _basics.refusal_reported("broadcast", full_name):
+        _check_root(root_rank, op)
+        src = _prepare(tensor, op)
+        out = src if inplace else _C.empty_output_like(src)
+        target = tensor if inplace and src is not tensor else None
+        handle = _C.broadcast_async(src, out, root_rank, full_name, blocking)
+    return _finish(handle, target)
 
 
 def broadcast_nonblocking(tensor: torch.Tensor, root_rank: int, name: Optional[str] = None) -> int:
@@ -138,8 +142,10 @@ def broadcast_(tensor: torch.Tensor, root_rank: int, name: Optional[str] = None)
 
 # ---- allgather --------------------------------------------------------------
 def _allgather_async(tensor, name, blocking=False):
-    src = _prepare(tensor, "allgather")
-    return _C.allgather_async(src, _name(name, "allgather"), blocking)
+    full_name = _name(name, "allgather")
+    with _basics.refusal_reported("allgather", full_name):
+        src = _prepare(tensor, "allgather")
+        return _C.allgather_async(src, full_name, blocking)
 
 
 def allgather_nonblocking(tensor: torch.Tensor, name: Optional[str] = None) -> int:

@@ -54,14 +54,15 @@ def _combine(x: torch.Tensor, received: torch.Tensor, self_weight: float, src_we
 # wait runs the op's cycle itself instead of waking the background thread.
 def _neighbor_allreduce_async(tensor, self_weight, src_weights, dst_weights, enable_topo_check, name, kwargs,
                               blocking=False):
-    _reject_old_kwargs("neighbor_allreduce", kwargs, ("neighbor_weights", "send_neighbors"))
-    _check_float(tensor, "neighbor_allreduce")
-    ex = neighbor_weights.resolve(_basics, "neighbor_allreduce", self_weight, src_weights, dst_weights)
-    x = _prepare(tensor, "neighbor_allreduce")
-    # The weighted average is formed in C++ when the handle is waited on.
-    handle = _C.neighbor_async(x, False, ex.src_ranks, ex.dst_ranks, ex.dst_weights,
-                               _name(name, "neighbor_allreduce"), bool(enable_topo_check),
-                               (ex.self_weight, ex.src_weights), blocking)
+    full_name = _name(name, "neighbor_allreduce")
+    with _basics.refusal_reported("neighbor_allreduce", full_name):
+        _reject_old_kwargs("neighbor_allreduce", kwargs, ("neighbor_weights", "send_neighbors"))
+        _check_float(tensor, "neighbor_allreduce")
+        ex = neighbor_weights.resolve(_basics, "neighbor_allreduce", self_weight, src_weights, dst_weights)
+        x = _prepare(tensor, "neighbor_allreduce")
+        # The weighted average is formed in C++ when the handle is waited on.
+        handle = _C.neighbor_async(x, False, ex.src_ranks, ex.dst_ranks, ex.dst_weights, full_name,
+                                   bool(enable_topo_check), (ex.self_weight, ex.src_weights), blocking)
     if tensor.is_cuda:
         device = tensor.device
         register_postprocess(handle, lambda out: out.to(device))
@@ -96,16 +97,18 @@ def neighbor_allreduce(tensor: torch.Tensor, *, self_weight: Optional[float] = N
 
 
 def _neighbor_allgather_async(tensor, src_ranks, dst_ranks, enable_topo_check, name, blocking=False):
-    if (src_ranks is None) != (dst_ranks is None):
-        raise ValueError("neighbor_allgather: give src_ranks and dst_ranks together (or neither, for the topology)")
-    if src_ranks is None:
-        src_ranks, dst_ranks = _basics.in_neighbor_ranks(), _basics.out_neighbor_ranks()
-    src_ranks = neighbor_weights.check_ranks(src_ranks, "src_ranks", "neighbor_allgather")
-    dst_ranks = neighbor_weights.check_ranks(dst_ranks, "dst_ranks", "neighbor_allgather")
-    x = _prepare(tensor, "neighbor_allgather")
-    handle = _C.neighbor_async(x, True, src_ranks, dst_ranks, [],
-                               _name(name, "neighbor_allgather"),
-                               bool(enable_topo_check), None, blocking)
+    full_name = _name(name, "neighbor_allgather")
+    with _basics.refusal_reported("neighbor_allgather", full_name):
+        if (src_ranks is None) != (dst_ranks is None):
+            raise ValueError("neighbor_allgather: give src_ranks and dst_ranks together (or neither, for the "
+                             "topology)")
+        if src_ranks is None:
+            src_ranks, dst_ranks = _basics.in_neighbor_ranks(), _basics.out_neighbor_ranks()
+        src_ranks = neighbor_weights.check_ranks(src_ranks, "src_ranks", "neighbor_allgather")
+        dst_ranks = neighbor_weights.check_ranks(dst_ranks, "dst_ranks", "neighbor_allgather")
+        x = _prepare(tensor, "neighbor_allgather")
+        handle = _C.neighbor_async(x, True, src_ranks, dst_ranks, [], full_name, bool(enable_topo_check), None,
+                                   blocking)
     if tensor.is_cuda:
         register_postprocess(handle, lambda out: out.to(tensor.device))
     return handle
@@ -128,17 +131,21 @@ def neighbor_allgather(tensor: torch.Tensor, *, src_ranks: Optional[List[int]] =
 
 
 def _pair_gossip_async(tensor, target_rank, self_weight, pair_weight, name, blocking=False):
-    _check_float(tensor, "pair_gossip")
-    if isinstance(target_rank, bool) or not isinstance(target_rank, numbers.Integral):
-        raise ValueError(f"pair_gossip: target_rank must be an int, got {target_rank!r}")
-    if (self_weight is None) != (pair_weight is None):
-        raise ValueError("pair_gossip: give self_weight and pair_weight together (or neither, for 0.5 / 0.5)")
-    sw = 0.5 if self_weight is None else neighbor_weights.check_weight(self_weight, "self_weight", "pair_gossip")
-    pw = 0.5 if pair_weight is None else neighbor_weights.check_weight(pair_weight, "pair_weight", "pair_gossip")
-    peers = [] if int(target_rank) == _basics.rank() else [int(target_rank)]
-    x = _prepare(tensor, "pair_gossip")
-    handle = _C.neighbor_async(x, False, peers, peers, [], _name(name, "pair_gossip"), True,
-                               (sw if peers else 1.0, [pw] * len(peers)), blocking)
+    full_name = _name(name, "pair_gossip")
+    with _basics.refusal_reported("neighbor_allreduce", full_name):  # the core's kind of exchange
+        _check_float(tensor, "pair_gossip")
+        if isinstance(target_rank, bool) or not isinstance(target_rank, numbers.Integral):
+            raise ValueError(f"pair_gossip: target_rank must be an int, got {target_rank!r}")
+        if (self_weight is None) != (pair_weight is None):
+            raise ValueError("pair_gossip: give self_weight and pair_weight together (or neither, for 0.5 / 0.5)")
+        sw = 0.5 if self_weight is None else neighbor_weights.check_weight(self_weight, "self_weight",
+                                                                           "pair_gossip")
+        pw = 0.5 if pair_weight is None else neighbor_weights.check_weight(pair_weight, "pair_weight",
+                                                                           "pair_gossip")
+        peers = [] if int(target_rank) == _basics.rank() else [int(target_rank)]
+        x = _prepare(tensor, "pair_gossip")
+        handle = _C.neighbor_async(x, False, peers, peers, [], full_name, True,
+                                   (sw if peers else 1.0, [pw] * len(peers)), blocking)
     if tensor.is_cuda:
         device = tensor.device
         register_postprocess(handle, lambda out: out.to(device))
@@ -167,14 +174,17 @@ def hierarchical_neighbor_allreduce_nonblocking(tensor: torch.Tensor, *, self_we
     """Starts a hierarchical_neighbor_allreduce; returns a handle whose steps
     advance when polled or synchronized."""
     op = "hierarchical_neighbor_allreduce"
-    _reject_old_kwargs(op, kwargs, ("neighbor_machine_weights", "send_neighbor_machines"))
-    _check_float(tensor, op)
-    ex = neighbor_weights.resolve_machines(_basics, op, self_weight, src_machine_weights, dst_machine_weights)
     # The steps' names derive from one base fixed now, so ranks agree on them
     # whenever (and on whichever rank) the steps start.
     base = _name(name, op)
     label = lambda step: f"{base}.{step}"  # noqa: E731
-    x = _prepare(tensor, op)
+    # The first step is the machine-local allreduce: a refusal here fails it everywhere.
+    with _basics.refusal_reported("allreduce", label("local")):
+        _reject_old_kwargs(op, kwargs, ("neighbor_machine_weights", "send_neighbor_machines"))
+        _check_float(tensor, op)
+        ex = neighbor_weights.resolve_machines(_basics, op, self_weight, src_machine_weights,
+                                               dst_machine_weights)
+        x = _prepare(tensor, op)
     device = tensor.device
 
     def exchange(local_mean):

@@ -91,13 +91,14 @@ def win_create(tensor: torch.Tensor, name: str, zero_init: bool = False) -> bool
     exist."""
     if not isinstance(name, str) or not name:
         raise ValueError(f"win_create: the window name must be a non-empty str, got {name!r}")
-    if not isinstance(tensor, torch.Tensor) or tensor.dtype not in _WIN_TYPES:
-        raise ValueError("win_create: windows hold int32, int64, float32 or float64 tensors, got "
-                         f"{getattr(tensor, 'dtype', type(tensor).__name__)}")
-    if tensor.is_cuda or not tensor.is_contiguous():
-        raise ValueError("win_create: the window tensor must be a contiguous CPU tensor")
-    handle = _C.win_create_async(tensor, name, bool(zero_init), _basics.in_neighbor_ranks(),
-                                 _basics.out_neighbor_ranks())
+    with _basics.refusal_reported("win_create", name):
+        if not isinstance(tensor, torch.Tensor) or tensor.dtype not in _WIN_TYPES:
+            raise ValueError("win_create: windows hold int32, int64, float32 or float64 tensors, got "
+                             f"{getattr(tensor, 'dtype', type(tensor).__name__)}")
+        if tensor.is_cuda or not tensor.is_contiguous():
+            raise ValueError("win_create: the window tensor must be a contiguous CPU tensor")
+        handle = _C.win_create_async(tensor, name, bool(zero_init), _basics.in_neighbor_ranks(),
+                                     _basics.out_neighbor_ranks())
     _C.wait(handle)
     _win_map[name] = tensor
     return True

@@ -62,6 +62,10 @@ int bluefog_barrier(void) {
   return Report(RunBlocking([](StatusCallback cb) { return EnqueueBarrier("bluefog.barrier", std::move(cb)); }));
 }
 
+int bluefog_reject(const char* op, const char* name, const char* reason) {
+  return Report(EnqueueReject(op ? op : "", name ? name : "", reason ? reason : ""));
+}
+
 int bluefog_set_skip_negotiate_stage(int value) {
   return Report(RunBlocking([value](StatusCallback cb) { return EnqueueSetSkipNegotiate(value != 0, std::move(cb)); }));
 }

@@ -26,6 +26,8 @@ int bluefog_unified_mpi_window_model_supported(void);
 int bluefog_nccl_built(void);
 
 int bluefog_barrier(void);
+// See EnqueueReject (operations.h): this rank refused op `name` of kind `op`.
+int bluefog_reject(const char* op, const char* name, const char* reason);
 int bluefog_set_skip_negotiate_stage(int value);
 int bluefog_get_skip_negotiate_stage(void);
 // Negotiation exchanges so far, and how many a caller waiting for its op ran.

@@ -161,6 +161,12 @@ bool SameDescription(const Request& a, const Request& b) {
 
 std::string Coordinator::CheckAgreement(const Pending& p) const {
   const auto& v = p.by_rank;
+  std::string refused;  // the ranks whose frontend refused the op, and why
+  for (int r = 0; r < static_cast<int>(v.size()); ++r) {
+    if (v[r].rejected.empty()) continue;
+    refused += (refused.empty() ? "refused on rank " : "; on rank ") + std::to_string(r) + ": " + v[r].rejected;
+  }
+  if (!refused.empty()) return refused + " (it ran on no rank)";
   bool same = true;
   for (size_t r = 1; r < v.size() && same; ++r) same = SameDescription(v[0], v[r]);
   const OpType op = v[0].op;

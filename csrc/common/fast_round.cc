@@ -65,7 +65,7 @@ bool FastRound::Fits(const Request& r) {
 
 bool FastRound::Eligible(const Request& r) const {
   const int64_t bytes = InputBytes(r);
-  return bytes > 0 && bytes <= capacity_ && Fits(r);
+  return r.rejected.empty() && bytes > 0 && bytes <= capacity_ && Fits(r);
 }
 
 void FastRound::Build(const Request* offer, std::string_view input, bool more, std::vector<char>* buf) const {

@@ -13,6 +13,7 @@ bool CarriesNeighbors(OpType op) {
 constexpr uint8_t kFlagAverage = 1;
 constexpr uint8_t kFlagHierarchical = 2;
 constexpr uint8_t kFlagPayload = 4;
+constexpr uint8_t kFlagRejected = 8;
 }  // namespace
 
 void EncodeCycleMessage(const CycleMessage& msg, std::string* out) {
@@ -27,7 +28,8 @@ void EncodeCycleMessage(const CycleMessage& msg, std::string* out) {
     for (auto d : r.shape) w.SVarint(d);
     w.SVarint(r.root_rank);
     w.U8((r.average ? kFlagAverage : 0) | (r.hierarchical_local ? kFlagHierarchical : 0) |
-         (r.has_payload ? kFlagPayload : 0));
+         (r.has_payload ? kFlagPayload : 0) | (r.rejected.empty() ? 0 : kFlagRejected));
+    if (!r.rejected.empty()) w.Str(r.rejected);
     w.SVarint(r.device);
     w.SVarint(r.int_arg);
     if (CarriesNeighbors(r.op)) {
@@ -65,6 +67,10 @@ bool DecodeCycleMessage(const char* data, size_t size, CycleMessage* msg) {
     r.average = flags & kFlagAverage;
     r.hierarchical_local = flags & kFlagHierarchical;
     r.has_payload = flags & kFlagPayload;
+    if (flags & kFlagRejected) {
+      r.rejected = rd.Str();
+      if (r.rejected.empty()) return false;
+    }
     r.device = static_cast<int32_t>(rd.SVarint());
     r.int_arg = rd.SVarint();
     if (CarriesNeighbors(r.op)) {

@@ -27,6 +27,10 @@ struct Request {
   std::vector<int32_t> src_ranks;
   std::vector<int32_t> dst_ranks;
   std::vector<double> dst_weights;
+  // Non-empty: this rank's frontend refused the op (bad input here) and says
+  // why; every rank's op of this name then fails with it (nobody waits for a
+  // rank that will never run it). Nothing else in the request is meaningful.
+  std::string rejected;
   // Small allreduce / neighbor_allreduce ops: the input's bytes travel inside
   // the negotiation exchange itself (see BLUEFOG_INLINE_BYTES). When every
   // rank's request carries them, each rank computes the result locally from

@@ -681,6 +681,30 @@ Status EnqueueBarrier(const std::string& name, StatusCallback callback) {
   return Enqueue(std::move(e), std::move(r));
 }
 
+Status EnqueueReject(const std::string& op, const std::string& name, const std::string& reason) {
+  GlobalState& g = State();
+  // Without negotiation there is nobody to tell: each rank runs its own ops.
+  if (g.skip_negotiate) return Status::OK();
+  OpType type = OpType::ALLREDUCE;
+  bool known = false;
+  for (OpType t : {OpType::ALLREDUCE, OpType::BROADCAST, OpType::ALLGATHER, OpType::NEIGHBOR_ALLREDUCE,
+                   OpType::NEIGHBOR_ALLGATHER, OpType::WIN_CREATE}) {
+    if (op == OpTypeName(t)) {
+      type = t;
+      known = true;
+    }
+  }
+  if (!known) return Status::InvalidArgument("reject: unknown op kind '" + op + "'");
+  if (name.empty()) return Status::InvalidArgument("reject: the op's name is empty");
+  TensorTableEntry e;
+  e.name = type == OpType::WIN_CREATE ? kWinCreatePrefix + name : name;  // as EnqueueWinCreate names it
+  e.op = type;
+  e.callback = [](const Status&) {};  // the frontend has raised already
+  Request r;
+  r.rejected = reason.empty() ? std::string("invalid input") : reason;
+  return Enqueue(std::move(e), std::move(r));
+}
+
 Status EnqueueSetSkipNegotiate(bool value, StatusCallback callback) {
   TensorTableEntry e;
   e.name = "bluefog.set_skip_negotiate_stage";

@@ -193,6 +193,61 @@ def test_duplicate_name_in_flight():
     next_op_works("dup")
 
 
+# Each case: (what rank 0's local error says, function(bad: bool, name) -> result).
+# Rank 0 passes input its frontend refuses before anything is submitted; the
+# other ranks pass good input and would wait for rank 0 forever.
+REFUSED = {
+    "allreduce.dtype": ("not supported", lambda bad, name: bf.allreduce(
+        torch.ones(3, dtype=torch.complex64 if bad else torch.float32), name=name)),
+    "broadcast.root": ("root_rank must be an int", lambda bad, name: bf.broadcast(
+        torch.ones(3), "0" if bad else 0, name=name)),
+    "allgather.type": ("expected a torch.Tensor", lambda bad, name: bf.allgather(
+        [1.0, 2.0] if bad else torch.ones(2), name=name)),
+    "neighbor_allreduce.dtype": ("needs a floating-point tensor", lambda bad, name: bf.neighbor_allreduce(
+        torch.ones(3, dtype=torch.int32 if bad else torch.float32), name=name)),
+    "neighbor_allreduce.weights": ("not in-neighbors", lambda bad, name: bf.neighbor_allreduce(
+        torch.ones(3), self_weight=0.5,
+        src_weights={SIZE + 5 if bad else r: 0.5 / len(bf.in_neighbor_ranks()) for r in bf.in_neighbor_ranks()},
+        name=name)),
+    "neighbor_allgather.ranks": ("together", lambda bad, name: bf.neighbor_allgather(
+        torch.ones(2), src_ranks=[] if bad else None, name=name)),
+    "pair_gossip.target": ("target_rank must be an int", lambda bad, name: bf.pair_gossip(
+        torch.ones(2), 0.5 if bad else (RANK + 1) % SIZE if SIZE % 2 == 0 else RANK, name=name)),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSED))
+def test_input_refused_on_one_rank_fails_the_op_everywhere(case):
+    """Input that one rank's frontend refuses (dtype, type, weights for a
+    non-neighbor, ...) never reaches the core there; that rank still tells the
+    others, so the op fails on every rank, naming the op, the rank and why,
+    instead of leaving the others waiting forever. The next op works."""
+    if SIZE == 1:
+        pytest.skip("needs a rank whose input is good")
+    says, run = REFUSED[case]
+    name = f"refused.{case}"
+    with pytest.raises(ValueError) as info:
+        run(RANK == 0, name)
+    text = str(info.value)
+    assert says in text, text
+    if RANK != 0:
+        assert f"'{name}'" in text and "refused on rank 0" in text and "it ran on no rank" in text, text
+    next_op_works(f"refused.{case}")
+
+
+def test_refused_unnamed_op_keeps_automatic_names_aligned():
+    """An unnamed op takes its automatic name before its input is checked, so
+    a refusal on one rank leaves every rank's counter at the same place."""
+    if SIZE == 1:
+        pytest.skip("needs a rank whose input is good")
+    with pytest.raises(ValueError):
+        bf.neighbor_allreduce(torch.ones(2, dtype=torch.int64 if RANK == 0 else torch.float32))
+    out = bf.neighbor_allreduce(torch.full((2,), float(RANK)))  # the next automatic name on every rank
+    ins = bf.in_neighbor_ranks()
+    expected = (RANK + sum(ins)) / (len(ins) + 1)
+    torch.testing.assert_close(out, torch.full((2,), expected))
+
+
 @pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128], ids=str)
 def test_unsupported_dtype(dtype):
     x = torch.ones(3, dtype=dtype)

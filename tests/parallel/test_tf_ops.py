@@ -254,8 +254,39 @@ def test_integer_average_is_invalid():
 
 
 def test_unsupported_dtype_is_rejected():
-    with pytest.raises((TypeError, tf.errors.InvalidArgumentError)):
+    with pytest.raises(ValueError, match="allreduce: unsupported dtype complex128"):
         bf.allreduce(tf.constant([1 + 2j]), average=False)
+
+
+REFUSED = {
+    "neighbor_allreduce": ("needs a floating-point tensor", lambda bad, name: bf.neighbor_allreduce(
+        tf.constant([1, 2]) if bad else tf.constant([1.0, 2.0]), name=name)),
+    "allgather": ("at least one dimension", lambda bad, name: bf.allgather(
+        tf.constant(1.0) if bad else tf.constant([1.0]), name=name)),
+    "broadcast": ("unsupported dtype complex128", lambda bad, name: bf.broadcast(
+        tf.constant([1 + 1j]) if bad else tf.constant([1.0]), 0, name=name)),
+    "allreduce.unnamed": ("unsupported dtype complex128", lambda bad, name: bf.allreduce(
+        tf.constant([1 + 1j]) if bad else tf.constant([1.0]))),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSED))
+def test_input_refused_on_one_rank_fails_the_op_everywhere(case):
+    """Rank 0's input is refused by its own checks before anything reaches the
+    core; the other ranks' op must fail too (naming rank 0 and why) instead of
+    waiting for rank 0, and the next op works. An unnamed op keeps the
+    automatic names aligned (the name is taken before the checks)."""
+    if SIZE == 1:
+        pytest.skip("needs a rank whose input is good")
+    says, op = REFUSED[case]
+    name = None if case.endswith("unnamed") else f"tf.refused.{case}"
+    if RANK == 0:
+        with pytest.raises(ValueError, match=says):
+            op(True, name)
+    else:
+        with pytest.raises(tf.errors.InvalidArgumentError, match=f"refused on rank 0: ValueError: .*{says}"):
+            op(False, name)
+    assert int(bf.allreduce(tf.constant(1), average=False).numpy()) == SIZE  # unnamed: counters agree
 
 
 def test_bad_root_rank():
