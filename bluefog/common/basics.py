@@ -5,6 +5,7 @@ import atexit
 import contextlib
 import ctypes
 import logging
+import numbers
 import sys
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -27,6 +28,15 @@ def _raise_status(lib, code: int, what: str):
     if code in (_INVALID_ARGUMENT, _PRECONDITION_ERROR):
         raise ValueError(f"{what}: {message}")
     raise RuntimeError(f"{what}: {message}")
+
+
+def _check_node_labels(topology: nx.DiGraph, n: int, op: str, what: str):
+    """The nodes must be the ints 0 .. n-1 (node r is rank r)."""
+    bad = [v for v in topology.nodes
+           if isinstance(v, bool) or not isinstance(v, numbers.Integral) or not 0 <= v < n]
+    if bad:
+        raise TypeError("%s: the topology's nodes must be the %s 0..%d, got %s"
+                        % (op, what, n - 1, sorted(map(repr, bad))[:5]))
 
 
 class BlueFogBasics:
@@ -281,6 +291,7 @@ class BlueFogBasics:
         if topology.number_of_nodes() != size:
             raise TypeError("set_topology: the topology has %d nodes but there are %d ranks"
                             % (topology.number_of_nodes(), size))
+        _check_node_labels(topology, size, "set_topology", "ranks")
         if (topology_util.IsTopologyEquivalent(topology, self._topology)
                 and bool(is_weighted) == self._is_topo_weighted):
             return True
@@ -333,6 +344,7 @@ class BlueFogBasics:
         if topology.number_of_nodes() != machines:
             raise TypeError("set_machine_topology: the topology has %d nodes but there are %d machines"
                             % (topology.number_of_nodes(), machines))
+        _check_node_labels(topology, machines, "set_machine_topology", "machine ranks")
         if (topology_util.IsTopologyEquivalent(topology, self._machine_topology)
                 and bool(is_weighted) == self._is_machine_topo_weighted):
             return True

@@ -50,7 +50,7 @@ def check_weight_dict(weights, what: str, op: str) -> Dict[int, float]:
 def dst_dict(dst_weights, op: str) -> Dict[int, float]:
     """dst_weights as {rank: weight}; a list of ranks means weight 1 each."""
     if isinstance(dst_weights, (list, tuple)):
-        return {int(r): 1.0 for r in dst_weights}
+        return {r: 1.0 for r in check_ranks(dst_weights, "dst_weights", op)}
     return check_weight_dict(dst_weights, "dst_weights", op)
 
 

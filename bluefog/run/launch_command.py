@@ -83,10 +83,16 @@ def parse_hosts(spec: str) -> HostList:
         if not item:
             continue
         host, sep, count = item.rpartition(":")
+        if sep and not count.isdigit() and ":" not in host and not host.startswith("["):
+            # "host:x" (an IPv6 address has more colons and stays whole)
+            raise ValueError("bad host entry {!r} in {!r}: expected host or host:slots, slots a positive "
+                             "integer".format(item, spec))
         if not sep or not count.isdigit():
             host, count = item, "1"
         if not host:
             raise ValueError("bad host entry {!r} in {!r}".format(item, spec))
+        if int(count) < 1:
+            raise ValueError("bad host entry {!r} in {!r}: slots must be at least 1".format(item, spec))
         out.append((host, int(count)))
     if not out:
         raise ValueError("empty host list {!r}".format(spec))

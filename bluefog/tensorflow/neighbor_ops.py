@@ -161,4 +161,9 @@ def hierarchical_neighbor_allreduce(tensor, *, self_weight: Optional[float] = No
     local_mean = allreduce(tensor, average=True, is_hierarchical_local=True,
                            name=sub_name(base, ".local") or None)
     combined = weighted_exchange(local_mean, ex, sub_name(base, ".exchange"))
+    # Only the leaders' results count; the others add zeros (selected, not
+    # multiplied by 0: 0 * inf would be nan), and their gradient still flows
+    # (as zeros) through the exchange, which every rank's backward must run.
+    leader = tf.constant(_basics.local_rank() == 0)
+    combined = tf.where(leader, combined, tf.zeros_like(combined))
     return allreduce(combined, average=False, is_hierarchical_local=True, name=sub_name(base, ".spread") or None)

@@ -25,10 +25,20 @@ def register_postprocess(handle: int, fn):
     return handle
 
 
-def _prepare(tensor: torch.Tensor, op: str) -> torch.Tensor:
-    """The tensor the core can work on: contiguous, on the CPU."""
+def check_tensor(tensor, op: str):
+    """ValueError unless `tensor` is a dense torch.Tensor with memory of its own
+    (on the CPU, or a GPU: staged through the CPU)."""
     if not isinstance(tensor, torch.Tensor):
         raise ValueError(f"{op}: expected a torch.Tensor, got {type(tensor).__name__}")
+    if tensor.layout != torch.strided:
+        raise ValueError(f"{op}: expected a dense tensor, got layout {tensor.layout} (use .to_dense())")
+    if tensor.device.type not in ("cpu", "cuda"):
+        raise ValueError(f"{op}: tensors on device '{tensor.device.type}' are not supported (CPU or CUDA)")
+
+
+def _prepare(tensor: torch.Tensor, op: str) -> torch.Tensor:
+    """The tensor the core can work on: contiguous, on the CPU."""
+    check_tensor(tensor, op)
     if tensor.is_cuda:
         # Until the NCCL controller lands, GPU tensors are staged through the CPU.
         return tensor.detach().to("cpu")

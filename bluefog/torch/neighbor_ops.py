@@ -17,7 +17,8 @@ from bluefog.common import neighbor_weights
 from bluefog.common.basics import get_basics
 from bluefog.torch import _C
 from bluefog.torch.composite import start_composite
-from bluefog.torch.mpi_ops import _name, _prepare, allreduce_nonblocking, register_postprocess, synchronize
+from bluefog.torch.mpi_ops import (_name, _prepare, allreduce_nonblocking, check_tensor, register_postprocess,
+                                   synchronize)
 
 _basics = get_basics()
 _FLOAT_TYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -34,6 +35,7 @@ def _reject_old_kwargs(op: str, kwargs, old_names):
 
 
 def _check_float(tensor: torch.Tensor, op: str):
+    check_tensor(tensor, op)
     if tensor.dtype not in _FLOAT_TYPES:
         raise ValueError(f"{op}: needs a floating-point tensor (float16, bfloat16, float32, float64), "
                          f"got {tensor.dtype}")
@@ -192,9 +194,13 @@ def hierarchical_neighbor_allreduce_nonblocking(tensor: torch.Tensor, *, self_we
 
     state = {}
 
+    leader = _basics.local_rank() == 0
+
     def spread(received):
-        # Leaders combine with their neighbor machines; the others add zeros.
-        combined = _combine(state["mean"], received, ex.self_weight, ex.src_weights)
+        # Leaders combine with their neighbor machines; the others add zeros
+        # (zeros, not 0 * mean: 0 * inf would be nan).
+        mean = state["mean"]
+        combined = _combine(mean, received, ex.self_weight, ex.src_weights) if leader else torch.zeros_like(mean)
         return allreduce_nonblocking(combined, average=False, is_hierarchical_local=True, name=label("spread"))
 
     def keep_mean(mean):

@@ -32,28 +32,41 @@ bool HandleManager::Poll(int handle, bool* known) {
   return *known && it->second.done;
 }
 
-Status HandleManager::Wait(int handle, int64_t spin_us, const Helper& help) {
+Status HandleManager::Wait(int handle, int64_t spin_us, const Helper& help, bool* claimed) {
+  if (claimed) *claimed = false;
   std::unique_lock<std::mutex> lock(mu_);
-  auto it = slots_.find(handle);
-  if (it == slots_.end()) {
+  auto unknown = [handle] {
     return Status::InvalidArgument("unknown handle " + std::to_string(handle) +
                                    " (never returned by a nonblocking op, or already synchronized)");
-  }
-  auto done = [&] { return slots_.at(handle).done; };
+  };
+  if (slots_.find(handle) == slots_.end()) return unknown();
+  // Done, or gone: another thread waiting for the same handle claimed it.
+  auto done = [&] {
+    auto it = slots_.find(handle);
+    return it == slots_.end() || it->second.done;
+  };
   if (help && !done()) {
     // The op's callback takes mu_ to mark it done: release it meanwhile.
     lock.unlock();
     help([&] {
       std::lock_guard<std::mutex> look(mu_);
-      return slots_.at(handle).done;
+      return done();
     });
     lock.lock();
   }
   // Most ops finish within a few scheduling slices: poll before sleeping.
   if (spin_us > 0) SpinUntil(lock, std::chrono::steady_clock::now() + std::chrono::microseconds(spin_us), done);
   cv_.wait(lock, done);
-  Status s = slots_.at(handle).status;
-  slots_.erase(handle);
+  auto it = slots_.find(handle);
+  if (it == slots_.end()) {
+    return Status::InvalidArgument("handle " + std::to_string(handle) +
+                                   " was synchronized by another thread while this one waited for it");
+  }
+  Status s = it->second.status;
+  slots_.erase(it);
+  if (claimed) *claimed = true;
+  lock.unlock();
+  cv_.notify_all();  // other waiters for this handle: it is gone
   return s;
 }
 

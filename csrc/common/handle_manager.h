@@ -19,12 +19,14 @@ class HandleManager {
   // True once done. Sets *known to false for an unknown handle.
   bool Poll(int handle, bool* known);
   // Blocks until done (callers must not hold an interpreter lock), forgets the
-  // handle, and returns the op's status; INVALID_ARGUMENT for an unknown handle.
+  // handle, and returns the op's status; INVALID_ARGUMENT for an unknown handle,
+  // or for one that another thread's Wait claimed meanwhile. `*claimed` (if
+  // given) tells whether this call got the op's own status.
   // First lets `help` work towards completion (it is given a "done yet?"
   // test; bluefog::HelpUntil runs the op's cycle on this thread), then polls
   // (yielding the core) for up to `spin_us` before it sleeps.
   using Helper = std::function<void(const std::function<bool()>&)>;
-  Status Wait(int handle, int64_t spin_us = 0, const Helper& help = nullptr);
+  Status Wait(int handle, int64_t spin_us = 0, const Helper& help = nullptr, bool* claimed = nullptr);
 
  private:
   struct Slot {

@@ -46,6 +46,10 @@ void CheckContiguous(const at::Tensor& t, const char* op) {
 }
 
 std::shared_ptr<TorchTensor> Wrap(const at::Tensor& t) {
+  // No memory to hand to MPI (a null data pointer would crash it).
+  if (t.is_meta() || t.layout() != c10::kStrided) {
+    throw py::value_error("expected a dense tensor with memory of its own, got a meta or sparse tensor");
+  }
   try {
     return std::make_shared<TorchTensor>(t);
   } catch (const std::invalid_argument& e) {
@@ -283,10 +287,12 @@ bool Poll(int handle) {
 // Waits with the GIL released, then returns the op's output tensor.
 at::Tensor Wait(int handle) {
   Status s;
+  bool claimed = false;
   {
     py::gil_scoped_release release;
-    s = Handles().Wait(handle, SpinMicros(), HelpUntil);
+    s = Handles().Wait(handle, SpinMicros(), HelpUntil, &claimed);
   }
+  if (!claimed) Throw(s);  // unknown, or another thread's wait has it (and its record)
   std::shared_ptr<HandleRecord> record;
   {
     std::lock_guard<std::mutex> lock(g_records_mu);

@@ -415,6 +415,46 @@ def test_synchronize_twice_raises():
         bf.wait(h)
 
 
+def test_two_threads_synchronizing_one_handle():
+    """Two threads wait for the same handle: one gets the result, the other a
+    ValueError (never an IndexError, and neither hangs)."""
+    import threading
+    for i in range(30):
+        x = rank_input(RANK, (4,), torch.float32)
+        h = bf.allreduce_nonblocking(x, average=False, name=f"two.waiters.{i}")
+        got = []
+
+        def wait():
+            try:
+                got.append(("ok", bf.synchronize(h)))
+            except Exception as e:  # noqa: BLE001  (recorded and checked below)
+                got.append((type(e).__name__, str(e)))
+        threads = [threading.Thread(target=wait) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert not any(t.is_alive() for t in threads), f"a waiter hung (round {i})"
+        kinds = sorted(k for k, _ in got)
+        assert kinds == ["ValueError", "ok"], got
+        check(next(v for k, v in got if k == "ok"), expected_sum((4,), torch.float32))
+        assert "handle" in next(v for k, v in got if k == "ValueError")
+
+
+@pytest.mark.parametrize("make", [lambda: torch.ones(4, device="meta"), lambda: torch.ones(4).to_sparse()],
+                         ids=["meta", "sparse"])
+def test_tensor_without_dense_memory_is_refused(make):
+    """A meta tensor has no memory (MPI got a null pointer: a segfault); a
+    sparse one has no dense buffer. Both raise ValueError on every rank."""
+    for op in (lambda t: bf.allreduce(t, name="nomem.ar"), lambda t: bf.allreduce_(t, name="nomem.ar_"),
+               lambda t: bf.allgather(t, name="nomem.ag"), lambda t: bf.broadcast(t, 0, name="nomem.bc"),
+               lambda t: bf.neighbor_allreduce(t, name="nomem.nar")):
+        with pytest.raises(ValueError, match="dense|device 'meta'"):
+            op(make())
+    check(bf.allreduce(rank_input(RANK, (2,), torch.float32), average=False, name="nomem.after"),
+          expected_sum((2,), torch.float32))
+
+
 # ---- barrier ---------------------------------------------------------------------
 def _barrier_is_a_barrier(tag):
     """Nobody leaves the barrier before the last rank arrives (rank 0 arrives

@@ -232,6 +232,16 @@ def test_hierarchical_dtypes_and_shapes(dtype):
         check(y, combine(weight_matrix(G), machine_means(shape, seed, dtype), MACHINE), dtype)
 
 
+def test_hierarchical_keeps_inf():
+    """inf in the input stays inf (as in allreduce): the ranks that are not
+    their machine's leader must add zeros, not 0 * inf = nan."""
+    bf.set_machine_topology(bf.RingGraph(MACHINES))
+    x = torch.tensor([float("inf"), 1.0])
+    y = bf.hierarchical_neighbor_allreduce(x, name="hier.inf")
+    assert torch.isinf(y[0]) and y[0] > 0, y
+    assert torch.isfinite(y[1]), y
+
+
 def test_single_machine_degenerate_case():
     # On one machine there is no neighbour machine: the result is self_weight * local mean
     # (uniform: weight 1, so the local mean; on one rank, x itself).

@@ -776,9 +776,23 @@ def test_set_topology_validation():
         bf.set_topology(nx.complete_graph(SIZE))  # an undirected nx.Graph
     with pytest.raises(TypeError):
         bf.set_topology(np.eye(SIZE))
+    with pytest.raises(TypeError, match="nodes must be the ranks"):  # nodes 1..size, not 0..size-1
+        bf.set_topology(nx.relabel_nodes(bf.RingGraph(SIZE), {i: i + 1 for i in range(SIZE)}))
+    with pytest.raises(TypeError, match="nodes must be the ranks"):
+        bf.set_topology(nx.relabel_nodes(bf.RingGraph(SIZE), {i: str(i) for i in range(SIZE)}))
     # The topology is unchanged by the failed calls.
     assert topology_util.IsTopologyEquivalent(bf.load_topology(), bf.ExponentialGraph(SIZE))
     expect_default_still_works("settopo")
+
+
+@pytest.mark.parametrize("op", [lambda x: bf.neighbor_allreduce(x, name="nt.nar"),
+                                lambda x: bf.pair_gossip(x, RANK, name="nt.pg"),
+                                lambda x: bf.neighbor_allgather(x, name="nt.nag")], ids=["nar", "pg", "nag"])
+@pytest.mark.parametrize("value", [[1.0, 2.0], np.ones(2)], ids=["list", "numpy"])
+def test_non_tensor_input_is_a_clear_error(op, value):
+    with pytest.raises(ValueError, match="expected a torch.Tensor"):
+        op(value)
+    expect_default_still_works("nontensor")
 
 
 def test_set_topology_same_graph_returns_true():

@@ -211,6 +211,18 @@ def test_neighbor_allgather_errors():
 
 # ---- hierarchical_neighbor_allreduce ------------------------------------------------------
 @pytest.mark.parametrize("mode", MODES)
+def test_hierarchical_keeps_inf(mode):
+    """inf stays inf: ranks that are not their machine's leader add zeros,
+    not 0 * inf = nan (and the gradient still flows through every rank)."""
+    assert bf.set_machine_topology(topology_util.RingGraph(bf.machine_size()))
+    x = tf.constant([float("inf"), 1.0])
+    f = (lambda t: bf.hierarchical_neighbor_allreduce(t, name=f"tf.hier.inf.{mode}"))
+    y = (f(x) if mode == "eager" else tf.function(f)(x)).numpy()
+    assert np.isposinf(y[0]) and np.isfinite(y[1]), y
+
+
+
+@pytest.mark.parametrize("mode", MODES)
 def test_hierarchical_neighbor_allreduce(mode):
     machines, local = bf.machine_size(), bf.local_size()
     assert machines * local == SIZE

@@ -106,6 +106,9 @@ def test_parse_hosts_and_hostfile():
     assert lc.parse_hosts("a:2,b:3,c") == [("a", 2), ("b", 3), ("c", 1)]
     with pytest.raises(ValueError):
         lc.parse_hosts(" , ")
+    for bad in ("localhost:x", "a:2,b:two", "localhost:0"):  # used to pass as a host named "localhost:x"
+        with pytest.raises(ValueError, match="bad host entry"):
+            lc.parse_hosts(bad)
     text = "# cluster\nnode1 slots=4\nnode2:2\n\nnode3  # default slots\n"
     assert lc.parse_hostfile_text(text) == [("node1", 4), ("node2", 2), ("node3", None)]
 

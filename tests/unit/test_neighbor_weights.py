@@ -68,6 +68,9 @@ def test_dynamic_exchange_sorted_and_list_dst():
     assert ex.dst_ranks == [2, 3] and ex.dst_weights == [1.0, 1.0]
     with pytest.raises(ValueError, match="required"):
         nw.resolve(basics, "op", dst_weights=[2])
+    for bad in (["a"], [1.7], [True]):  # 1.7 used to become rank 1 silently
+        with pytest.raises(ValueError, match="dst_weights must be a list of ranks"):
+            nw.resolve(basics, "op", self_weight=1.0, src_weights={}, dst_weights=bad)
 
 
 @pytest.mark.parametrize("bad", [{"a": 1.0}, {1: "x"}, {True: 1.0}, [0.5]])
