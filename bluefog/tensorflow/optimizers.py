@@ -3,11 +3,12 @@
 Works with Keras 3 optimizers (model.fit and custom loops) and with legacy
 tf.compat.v1.train.Optimizer, through public extension points only:
 
-* Keras 3: a subclass of the optimizer's own class, made on the fly, whose
-  `apply` (which `apply_gradients` and model.fit's train step call) allreduces
-  the gradients and then calls the class's `apply`. The wrapper is rebuilt from
-  `optimizer.get_config()`, so wrap an optimizer before training with it (any
-  state it already holds is not carried over).
+* Keras 3: a subclass of the optimizer's own class ("Distributed<Name>", one
+  per class, registered with Keras's serialization so that a saved model
+  loads again), whose `apply` (which `apply_gradients` and model.fit's train
+  step call) allreduces the gradients and then calls the class's `apply`. The
+  wrapper is rebuilt from `optimizer.get_config()`, so wrap an optimizer
+  before training with it (any state it already holds is not carried over).
 * tf.compat.v1: a tf.compat.v1.train.Optimizer whose compute_gradients is the
   wrapped optimizer's followed by the allreduce; minimize() uses it.
 """
@@ -34,7 +35,9 @@ def DistributedOptimizer(optimizer, name: Optional[str] = None, use_locking: boo
 
     Args:
         optimizer: a Keras 3 optimizer (keras.optimizers.*) or a
-            tf.compat.v1.train.Optimizer.
+            tf.compat.v1.train.Optimizer. Under Keras's mixed_float16 global
+            policy a Keras optimizer is first put in a LossScaleOptimizer (as
+            model.compile would do), whose checks then see averaged gradients.
         name: the legacy wrapper's name (default "Distributed<Class>"); for a
             Keras optimizer, the new optimizer's name (default: unchanged).
         use_locking: passed to the legacy Optimizer base class.
@@ -48,6 +51,14 @@ def DistributedOptimizer(optimizer, name: Optional[str] = None, use_locking: boo
     _check_device(device, "DistributedOptimizer")
     keras_base = _keras_optimizer_class()
     if keras_base is not None and isinstance(optimizer, keras_base):
+        import keras
+        if (keras.mixed_precision.global_policy().name == "mixed_float16"
+                and not isinstance(optimizer, keras.optimizers.LossScaleOptimizer)):
+            # What model.compile would do, but inside: the loss scale then checks
+            # averaged gradients, so every rank skips (or takes) the same steps.
+            # (Outside, a rank whose own gradients overflowed skipped the
+            # allreduce its peers were waiting in.)
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         return _wrap_keras(optimizer, name, average, sparse_as_dense)
     if isinstance(optimizer, tf.compat.v1.train.Optimizer):
         return _LegacyDistributedOptimizer(optimizer, name, use_locking, average, sparse_as_dense)
@@ -56,7 +67,36 @@ def DistributedOptimizer(optimizer, name: Optional[str] = None, use_locking: boo
 
 
 def _wrap_keras(optimizer, name, average, sparse_as_dense):
-    base = type(optimizer)
+    cls = keras_wrapper_class(type(optimizer))
+    config = optimizer.get_config()
+    if name is not None:
+        config["name"] = name
+    config.update(bluefog_average=bool(average), bluefog_sparse_as_dense=bool(sparse_as_dense))
+    return cls.from_config(config)
+
+
+_WRAPPERS = {}  # the user's optimizer class -> its distributed subclass
+
+
+def keras_wrapper_class(base):
+    """The distributed subclass of Keras optimizer class `base`, named
+    "Distributed<Name>" (one per class). Its config adds bluefog_average and
+    bluefog_sparse_as_dense, so a model saved with it loads again (with
+    keras.models.load_model, in a process that imported bluefog.tensorflow;
+    for a user-defined optimizer class, after wrapping one of its kind)."""
+    cls = _WRAPPERS.get(base)
+    if cls is not None:
+        return cls
+
+    def __init__(self, *args, bluefog_average=True, bluefog_sparse_as_dense=False, **kwargs):
+        base.__init__(self, *args, **kwargs)
+        self._bluefog_average = bool(bluefog_average)
+        self._bluefog_sparse_as_dense = bool(bluefog_sparse_as_dense)
+
+    def get_config(self):
+        config = base.get_config(self)
+        config.update(bluefog_average=self._bluefog_average, bluefog_sparse_as_dense=self._bluefog_sparse_as_dense)
+        return config
 
     def apply(self, grads, trainable_variables=None):
         grads = list(grads)
@@ -66,20 +106,44 @@ def _wrap_keras(optimizer, name, average, sparse_as_dense):
             getattr(self, "_trainable_variables", None)
         if variables is not None and len(list(variables)) != len(grads):
             variables = None
-        grads = allreduce_gradients(grads, average=average, sparse_as_dense=sparse_as_dense, sources=variables)
+        grads = allreduce_gradients(grads, average=self._bluefog_average,
+                                    sparse_as_dense=self._bluefog_sparse_as_dense, sources=variables)
         return base.apply(self, grads, trainable_variables)
 
     apply.__doc__ = f"Allreduces the gradients across ranks, then {base.__name__}.apply."
-    cls = type(base.__name__, (base,), {
+    name = "Distributed" + base.__name__
+    cls = type(name, (base,), {
+        "__init__": __init__,
+        "get_config": get_config,
         "apply": apply,
         "__module__": __name__,
+        "__qualname__": name,
         "__doc__": f"{base.__name__} whose gradients are averaged across BlueFog ranks.",
         "_bluefog_wrapped": True,
     })
-    config = optimizer.get_config()
-    if name is not None:
-        config["name"] = name
-    return cls.from_config(config)
+    import keras
+    keras.saving.register_keras_serializable(package="bluefog", name=name)(cls)
+    if base.__module__.startswith("keras.") and name not in globals():
+        globals()[name] = cls  # where Keras also looks for a saved object's class
+    _WRAPPERS[base] = cls
+    return cls
+
+
+def _register_builtin_wrappers():
+    """Makes the wrappers of Keras's own optimizers now, so that a saved model
+    loads in a process that only imported bluefog.tensorflow."""
+    base = _keras_optimizer_class()
+    if base is None:  # pragma: no cover
+        return
+    import keras
+    for attr in dir(keras.optimizers):
+        value = getattr(keras.optimizers, attr)
+        if (isinstance(value, type) and issubclass(value, base) and value is not base
+                and value is not getattr(keras.optimizers, "LossScaleOptimizer", None)):
+            keras_wrapper_class(value)
+
+
+_register_builtin_wrappers()
 
 
 class _LegacyDistributedOptimizer(tf.compat.v1.train.Optimizer):

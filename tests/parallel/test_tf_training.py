@@ -217,6 +217,52 @@ def test_keras_model_fit_matches_full_batch(make_opt):
     assert_same_on_all_ranks(model.get_weights())
 
 
+def test_keras_model_with_distributed_optimizer_saves_and_loads(tmp_path_factory):
+    """A model compiled with a DistributedOptimizer saves and loads again with
+    keras.models.load_model (it used to fail: the optimizer class was not
+    found), keeping its distribution settings, and trains on as before."""
+    path = str(tmp_path_factory.mktemp(f"rank{RANK}") / "model.keras")
+    model = make_model()
+    model.compile(optimizer=bf.DistributedOptimizer(keras.optimizers.Adam(0.05), average=False), loss="mse")
+    model.fit(X, Y, batch_size=ROWS, epochs=1, shuffle=False, verbose=0)
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    opt = loaded.optimizer
+    assert type(opt).__name__ == "DistributedAdam" and isinstance(opt, keras.optimizers.Adam)
+    assert opt.get_config()["bluefog_average"] is False
+    assert_weights_close(loaded, model, rtol=0, atol=0)
+    again = keras.optimizers.deserialize(keras.optimizers.serialize(opt))
+    assert type(again) is type(opt) and again.get_config()["bluefog_average"] is False
+    # Both go on training in step: the loaded optimizer still sums the gradients over the ranks.
+    model.fit(X, Y, batch_size=ROWS, epochs=1, shuffle=False, verbose=0)
+    loaded.fit(X, Y, batch_size=ROWS, epochs=1, shuffle=False, verbose=0)
+    assert_weights_close(loaded, model)
+    assert_same_on_all_ranks(loaded.get_weights())
+
+
+def test_mixed_precision_overflow_on_one_rank_does_not_hang():
+    """Under mixed_float16, compile puts the optimizer in a LossScaleOptimizer
+    that skips a step whose gradients are not finite. When only rank 0's batch
+    overflows, every rank must skip that step together (rank 0 used to skip the
+    allreduce the others were waiting in: a hang)."""
+    policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4), keras.layers.Dense(1, dtype="float32")])
+        x, y = shard(RANK)
+        x = x.copy()
+        if RANK == 0:
+            x[0] = 1e4  # overflows float16 in the first batch on rank 0 only
+        model.compile(optimizer=bf.DistributedOptimizer(keras.optimizers.SGD(0.001)), loss="mse")
+        assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+        model.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0)
+        scale = float(model.optimizer.dynamic_scale.numpy())
+        assert_same_on_all_ranks([np.array([scale], np.float32)] + model.get_weights())
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+
+
 # ---- tf.compat.v1 optimizers -------------------------------------------------------------
 def linear_loss(w, b, x, y):
     return tf.reduce_mean(tf.square(tf.matmul(x, w) + b - y))
