@@ -24,6 +24,8 @@ struct WinOpArgs {
   std::vector<double> weights;     // one per rank
   double self_weight = 1.0;        // push-sum weight bookkeeping
   bool require_mutex = false;
+  // The mutexes taken so far by an op that waits for the rest (see MutexAcquire).
+  std::shared_ptr<std::vector<int32_t>> mutex_taken = std::make_shared<std::vector<int32_t>>();
 };
 
 struct WinUpdateArgs {
@@ -34,6 +36,7 @@ struct WinUpdateArgs {
   bool reset = false;
   bool require_mutex = false;
   std::shared_ptr<Tensor> output;  // receives the result (the window tensor itself, or a clone)
+  std::shared_ptr<std::vector<int32_t>> mutex_taken = std::make_shared<std::vector<int32_t>>();
 };
 
 class WindowManager {
@@ -51,13 +54,17 @@ class WindowManager {
   Status Put(const WinOpArgs& args, bool accumulate);
   Status Get(const WinOpArgs& args);
   Status Update(const WinUpdateArgs& args);
-  // Takes the mutex of every rank in `ranks`, or none: when one is held by
-  // someone else, releases what it took and returns IN_PROGRESS (the caller
-  // tries again later; the background thread never spins on a peer, which may
-  // itself be waiting for this rank in a collective). A mutex this process
-  // already holds is an error (win_mutex is not re-entrant), not a deadlock.
+  // Takes the mutex of every rank in `ranks`, in rank order (so lockers never
+  // wait for each other in a cycle). When one is held by someone else it
+  // returns IN_PROGRESS, keeping those taken so far in `*taken`: the caller
+  // calls again later with the same `taken` and it goes on from there. (The
+  // background thread never spins on a peer, which may itself be waiting for
+  // this rank in a collective.) A mutex this process already holds otherwise
+  // is an error (win_mutex is not re-entrant), not a deadlock. On OK every
+  // rank's mutex is held (release them with MutexRelease); on an error none.
   // `op` names the caller in errors.
-  Status MutexAcquire(const std::string& name, std::vector<int32_t> ranks, const char* op = "win_mutex");
+  Status MutexAcquire(const std::string& name, std::vector<int32_t> ranks, const char* op,
+                      std::vector<int32_t>* taken);
   Status MutexRelease(const std::string& name, std::vector<int32_t> ranks);
   Status Versions(const std::string& name, std::vector<int32_t>* ranks, std::vector<int32_t>* versions);
   Status AssociatedP(const std::string& name, double* p);

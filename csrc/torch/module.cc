@@ -229,8 +229,9 @@ int WinUpdateAsync(const std::string& name, at::Tensor output, double self_weigh
 }
 
 int WinMutexAsync(const std::string& name, std::vector<int32_t> ranks, bool acquire) {
-  return SubmitDirect(std::make_shared<HandleRecord>(), [name, ranks, acquire](WindowManager& w) {
-    return acquire ? w.MutexAcquire(name, ranks) : w.MutexRelease(name, ranks);
+  auto taken = std::make_shared<std::vector<int32_t>>();
+  return SubmitDirect(std::make_shared<HandleRecord>(), [name, ranks, acquire, taken](WindowManager& w) {
+    return acquire ? w.MutexAcquire(name, ranks, "win_mutex", taken.get()) : w.MutexRelease(name, ranks);
   });
 }
 
