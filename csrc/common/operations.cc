@@ -438,6 +438,7 @@ void BackgroundLoop() {
     std::lock_guard<std::mutex> lock(g.cycle_mu);
     if (g.loop_failed) break;  // a caller's cycle failed
     if (skip != g.skip_negotiate) continue;
+    if (g.suspended && !g.shutdown_requested) continue;  // suspended during the wait: no cycle now
     // A caller is running cycles, or ran them meanwhile and left nothing to do.
     if (!skip && !g.shutdown_requested && (g.helpers > 0 || (g.exchanges != seen && LoopShouldWait(g)))) continue;
     InCycle in_cycle;

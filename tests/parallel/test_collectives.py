@@ -455,6 +455,25 @@ def test_tensor_without_dense_memory_is_refused(make):
           expected_sum((2,), torch.float32))
 
 
+@pytest.mark.parametrize("n", [1, 1_000_000], ids=["small", "large"])
+def test_suspend_pauses_ops_until_resume(monkeypatch, n):
+    """suspend() (interactive sessions: faked here) pauses the background loop:
+    an op started meanwhile does not complete until resume(). (A small op used
+    to go through: the loop was already waiting for work when suspended.)"""
+    from bluefog.common.basics import get_basics
+    monkeypatch.setattr(type(get_basics()), "_in_ipython", staticmethod(lambda: True))
+    bf.barrier()
+    bf.suspend()
+    try:
+        h = bf.allreduce_nonblocking(torch.ones(n), average=False, name=f"suspended.{n}")
+        time.sleep(0.5)
+        done = bf.poll(h)
+    finally:
+        bf.resume()
+    assert not done, "an op completed while BlueFog was suspended"
+    assert torch.equal(bf.synchronize(h), torch.full((n,), float(SIZE)))
+
+
 # ---- barrier ---------------------------------------------------------------------
 def _barrier_is_a_barrier(tag):
     """Nobody leaves the barrier before the last rank arrives (rank 0 arrives
