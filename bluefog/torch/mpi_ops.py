@@ -6,6 +6,7 @@ With name=None a name "<op>.noname.<n>" is generated from a per-op counter of
 unnamed calls, which matches across ranks when every rank issues the same
 sequence of unnamed ops of that kind.
 """
+import numbers
 from typing import Optional
 
 import torch
@@ -171,8 +172,14 @@ def allgather(tensor: torch.Tensor, name: Optional[str] = None) -> torch.Tensor:
 
 
 # ---- handles ------------------------------------------------------------------
+def _check_handle(handle, op: str):
+    if isinstance(handle, bool) or not isinstance(handle, numbers.Integral):
+        raise ValueError(f"{op}: expected a handle (an int returned by a nonblocking op), got {handle!r}")
+
+
 def poll(handle: int) -> bool:
     """True once the op behind `handle` has finished (successfully or not)."""
+    _check_handle(handle, "poll")
     if handle < 0:
         from bluefog.torch.composite import poll_composite
         return poll_composite(handle)
@@ -183,6 +190,7 @@ def synchronize(handle: int) -> torch.Tensor:
     """Waits for the op behind `handle` (without holding the GIL), raises if it
     failed (ValueError: invalid input or ranks disagree; RuntimeError:
     communication failure), and returns its output."""
+    _check_handle(handle, "synchronize")
     if handle < 0:
         from bluefog.torch.composite import synchronize_composite
         return synchronize_composite(handle)

@@ -399,6 +399,11 @@ def test_unknown_handle_raises():
         bf.poll(987654321)
     with pytest.raises(ValueError):
         bf.synchronize(-5)
+    for bad in (None, "3", 1.0):  # used to be TypeError: '<' not supported ...
+        with pytest.raises(ValueError, match="expected a handle"):
+            bf.synchronize(bad)
+        with pytest.raises(ValueError, match="expected a handle"):
+            bf.poll(bad)
 
 
 def test_synchronize_twice_raises():
