@@ -39,6 +39,21 @@ def _check_node_labels(topology: nx.DiGraph, n: int, op: str, what: str):
                         % (op, what, n - 1, sorted(map(repr, bad))[:5]))
 
 
+class _RefusalReported:
+    __slots__ = ("basics", "op", "name")
+
+    def __init__(self, basics, op, name):
+        self.basics, self.op, self.name = basics, op, name
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, value, tb):
+        if kind is not None and issubclass(kind, (ValueError, TypeError)):
+            self.basics.reject(self.op, self.name, f"{kind.__name__}: {value}")
+        return False
+
+
 class BlueFogBasics:
     """Wraps the C ABI of the core (ctypes releases the GIL around each call)."""
 
@@ -233,16 +248,12 @@ class BlueFogBasics:
         self._lib.bluefog_reject(op.encode(), name.encode("utf-8", "surrogateescape"),
                                  reason.encode("utf-8", "replace"))
 
-    @contextlib.contextmanager
-    def refusal_reported(self, op: str, name: str):
-        """Runs the block that checks an op's input and submits it (under
-        `name`, already fixed); a ValueError or TypeError from it is reported
-        to the other ranks with reject() before it propagates."""
-        try:
-            yield
-        except (ValueError, TypeError) as e:
-            self.reject(op, name, f"{type(e).__name__}: {e}")
-            raise
+    def refusal_reported(self, op: str, name: str) -> "_RefusalReported":
+        """A context for the block that checks an op's input and submits it
+        (under `name`, already fixed): a ValueError or TypeError from it is
+        reported to the other ranks with reject() before it propagates.
+        (A plain class, not a generator: it runs on every op.)"""
+        return _RefusalReported(self, op, name)
 
     @staticmethod
     def _in_ipython() -> bool:
