@@ -94,7 +94,7 @@ bool TensorQueue::DirectDue() const {
 }
 
 size_t TensorQueue::RunDirect(bool force) {
-  constexpr std::chrono::microseconds kFirstPause{20}, kLongestPause{500};
+  constexpr std::chrono::microseconds kFirstPause{5}, kLongestPause{100};
   std::unique_lock<std::mutex> lock(mu_);
   // The usual case, checked before building a deque (which allocates): this
   // runs on every poll of every MPI wait.
