@@ -256,7 +256,12 @@ def get_win_version(name: str) -> Dict[int, int]:
 def win_mutex(name: str, for_self: bool = False, ranks: Optional[List[int]] = None):
     """Holds the window mutex of `ranks` (default: the out-neighbors), or of this
     rank itself with for_self=True, for the duration of the block. Mutexes are
-    taken in rank order, so lockers never deadlock each other."""
+    taken in rank order, so lockers never deadlock each other.
+
+    Each rank's window has one mutex (BlueFog 0.3 kept one slot per peer), which
+    every mutex-protected write into that window takes. So for_self=True holds
+    off every such writer at once, whatever `ranks` says (`ranks` is accepted
+    for compatibility; the lock is never narrower than asked)."""
     _check_name(name, "win_mutex")
     targets = [_basics.rank()] if for_self else (list(ranks) if ranks is not None else _basics.out_neighbor_ranks())
     _C.wait(_C.win_mutex_async(name, targets, True))
