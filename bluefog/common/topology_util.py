@@ -163,9 +163,9 @@ def MeshGrid2DGraph(size: int, shape: Optional[Tuple[int, int]] = None) -> nx.Di
     left/right/up/down neighbours.  Without ``shape``, ``nrow`` is the largest divisor of ``size``
     not above ``sqrt(size)`` (so ``nrow <= ncol``; a prime size gives a 1 x size line).
     Off-diagonal weights are ``1 / max(deg_i, deg_j)`` with degrees counting the node itself, and
-    ``W[i][i] = 1 - sum_{j != i} W[i][j]``.  (The original wrote ``W[i][i] = 2 - row sum`` while
-    the provisional self weight 1 was still in the row, which is the same value.)  The result is
-    symmetric and doubly stochastic.
+    ``W[i][i] = 2 - row sum`` computed while the row still holds the provisional self weight 1, as
+    the original does (mathematically ``1 - sum_{j != i} W[i][j]``, but rounded like the original,
+    so that graphs built by either compare equal).  The result is symmetric and doubly stochastic.
 
     Args:
         size: number of ranks (int >= 1).
@@ -198,12 +198,12 @@ def MeshGrid2DGraph(size: int, shape: Optional[Tuple[int, int]] = None) -> nx.Di
         if i + ncol < size:  # neighbour below
             adjacency[i, i + ncol] = adjacency[i + ncol, i] = 1.0
     degree = adjacency.sum(axis=1)  # counts the node itself
-    W = np.zeros((size, size))
+    W = np.eye(size)
     for i in range(size):
         for j in np.nonzero(adjacency[i])[0]:
             if j != i:
                 W[i, j] = 1.0 / max(degree[i], degree[j])
-        W[i, i] = 1.0 - W[i].sum()
+        W[i, i] = 2.0 - W[i].sum()  # the row still holds the provisional 1: bit for bit the original's
     return _to_graph(W)
 
 

@@ -568,3 +568,16 @@ def test_public_names():
                  "GetInnerOuterExpo2DynamicSendRecvRanks"]:
         assert callable(getattr(tu, name)) and name in tu.__all__
         assert getattr(tu, name).__doc__
+
+
+@pytest.mark.parametrize("size", list(range(1, 40)))
+def test_mesh_grid_bit_identical_to_the_contract_formula(size):
+    """W[i][i] = 2 - row sum, taken while the row still holds the provisional
+    self weight 1 (BlueFog 0.3's rounding): graphs built by 0.3 code compare
+    equal to ours (1 - sum of the others differs in the last bit for some sizes)."""
+    W = W_of(tu.MeshGrid2DGraph(size))
+    ref = W.copy()
+    for i in range(size):
+        ref[i, i] = 1.0
+        ref[i, i] = 2.0 - ref[i].sum()
+    assert np.array_equal(W, ref)
