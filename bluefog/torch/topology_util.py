@@ -27,7 +27,19 @@ def _check_ranks(ranks, what: str, func: str) -> List[int]:
     return out
 
 
-def _gather_lists(ranks: List[int], name: str) -> List[List[int]]:
+# Calls per function: each call's ops get their own names (the same on every
+# rank, since every rank makes the same calls), so a call right after one that
+# a rank refused never meets that refusal's name still in flight.
+_calls = {}
+
+
+def _gather_lists(ranks, what: str, func: str, name: str) -> List[List[int]]:
+    """Every rank's checked list of ranks. A list this rank refuses fails the
+    collective on every rank (the others would wait in it forever)."""
+    n = _calls[name] = _calls.get(name, -1) + 1
+    name = f"{name}.{n}"
+    with _basics.refusal_reported("allgather", name + ".degree"):
+        ranks = _check_ranks(ranks, what, func)
     size = _basics.size()
     degrees = allgather(torch.tensor([len(ranks)], dtype=torch.int64), name=name + ".degree").tolist()
     flat = allgather(torch.tensor(ranks, dtype=torch.int64), name=name + ".ranks").tolist()
@@ -52,8 +64,7 @@ def InferSourceFromDestinationRanks(dst_ranks: List[int], construct_adjacency_ma
     this rank (sorted). With construct_adjacency_matrix=True also returns W, the
     adjacency matrix with self-loops (W[i][j] != 0 iff i sends to j or i == j),
     normalized so that every column sums to 1."""
-    dst = _check_ranks(dst_ranks, "dst_ranks", "InferSourceFromDestinationRanks")
-    lists = _gather_lists(dst, "bluefog.infer_src")
+    lists = _gather_lists(dst_ranks, "dst_ranks", "InferSourceFromDestinationRanks", "bluefog.infer_src")
     me = _basics.rank()
     sources = sorted(r for r, lst in enumerate(lists) if me in lst)
     if not construct_adjacency_matrix:
@@ -66,8 +77,7 @@ def InferDestinationFromSourceRanks(src_ranks: List[int], construct_adjacency_ma
     """Collective. Given each rank's sources, returns the ranks this rank sends to
     (sorted); with construct_adjacency_matrix=True also W as in
     InferSourceFromDestinationRanks."""
-    src = _check_ranks(src_ranks, "src_ranks", "InferDestinationFromSourceRanks")
-    lists = _gather_lists(src, "bluefog.infer_dst")
+    lists = _gather_lists(src_ranks, "src_ranks", "InferDestinationFromSourceRanks", "bluefog.infer_dst")
     me = _basics.rank()
     destinations = sorted(r for r, lst in enumerate(lists) if me in lst)
     if not construct_adjacency_matrix:

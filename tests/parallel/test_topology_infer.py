@@ -49,3 +49,19 @@ def test_bad_ranks_raise_before_any_communication():
         other = (rank + 1) % size
         with pytest.raises(ValueError, match="duplicates"):
             bf.InferSourceFromDestinationRanks([other, other])
+
+
+@pytest.mark.parametrize("infer", [bf.InferSourceFromDestinationRanks, bf.InferDestinationFromSourceRanks],
+                         ids=["src", "dst"])
+def test_bad_ranks_on_one_rank_fail_every_rank(infer):
+    """Rank 0 refuses its own list; the others, whose lists are good, get the
+    error too instead of waiting in the collective forever. The next call works."""
+    size, rank = bf.size(), bf.rank()
+    if size == 1:
+        pytest.skip("needs a rank whose input is good")
+    with pytest.raises(ValueError) as info:
+        infer([rank] if rank == 0 else _ring_dst(rank, size))
+    assert "itself" in str(info.value)
+    if rank != 0:
+        assert "refused on rank 0" in str(info.value)
+    assert len(infer(_ring_dst(rank, size))) == 1
