@@ -11,7 +11,7 @@ from typing import Optional
 
 import torch
 
-from bluefog.common.basics import get_basics
+from bluefog.common.basics import export_basics, get_basics
 from bluefog.torch import _C
 
 _basics = get_basics()
@@ -214,3 +214,22 @@ wait = synchronize
 def barrier():
     """Blocks until every rank has reached the barrier."""
     _basics.barrier()
+
+
+# BlueFog 0.3 defined the basics (size, rank, the topology functions, ...) and
+# the neighbor ops in this module too, and some only here (is_topo_weighted,
+# pair_gossip): `bf.mpi_ops.<name>` and `from bluefog.torch.mpi_ops import
+# <name>` keep working. The neighbor ops live in neighbor_ops, which imports
+# this module, so they are looked up on first use.
+export_basics(globals())
+_NEIGHBOR_OPS = (
+    "neighbor_allreduce", "neighbor_allreduce_nonblocking", "neighbor_allgather", "neighbor_allgather_nonblocking",
+    "hierarchical_neighbor_allreduce", "hierarchical_neighbor_allreduce_nonblocking", "pair_gossip",
+    "pair_gossip_nonblocking")
+
+
+def __getattr__(name):
+    if name in _NEIGHBOR_OPS:
+        from bluefog.torch import neighbor_ops
+        return getattr(neighbor_ops, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
