@@ -3,6 +3,7 @@ timeline. Both `bluefog.torch` and `bluefog.tensorflow` re-export one shared
 instance, so a process that imports both has one init and one topology."""
 import atexit
 import contextlib
+import copy
 import ctypes
 import logging
 import numbers
@@ -67,6 +68,11 @@ class BlueFogBasics:
         self._lib.bluefog_timeline_end_activity.argtypes = [ctypes.c_char_p]
         self._lib.bluefog_reject.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p]
         self._topology: Optional[nx.DiGraph] = None
+        # A copy of the graph as set_topology saw it: what neighbor ops derive
+        # their neighbors and weights from, and what the next set_topology is
+        # compared with (the user may edit the graph load_topology returns in
+        # place: such edits take effect when it is set again).
+        self._topology_used: Optional[nx.DiGraph] = None
         self._is_topo_weighted = False
         # What neighbor ops derive from the topology, computed once per
         # set_topology (like the original, which fixed it in the core then).
@@ -115,8 +121,8 @@ class BlueFogBasics:
             logger.warning("init: windows exist, so the topology is kept; free them (win_free) to change it")
             return
         topology = topology_fn(self.size()) if topology_fn else None
-        self._topology = None  # force a reset even if the graph is equivalent
-        self.set_topology(topology, is_weighted)
+        # Reset even if the graph is equivalent; a bad one raises and keeps the old one.
+        self._set_topology(topology, is_weighted, force=True)
 
     def _install_excepthook(self):
         # A rank that dies of an uncaught exception ends the whole job at once,
@@ -138,7 +144,7 @@ class BlueFogBasics:
         """Stops BlueFog on this rank once every rank has asked to; ops still in
         flight fail. BlueFog may be initialized again afterwards."""
         self._lib.bluefog_shutdown()
-        self._topology = None
+        self._topology = self._topology_used = None
         self._topo_cache = {}
         self._machine_topology = None
         self._run_reset_hooks()
@@ -287,6 +293,11 @@ class BlueFogBasics:
         """The current virtual topology."""
         return self._topology
 
+    def topology_in_use(self) -> Optional[nx.DiGraph]:
+        """The topology as the last set_topology saw it (neighbor ops use this
+        one; load_topology() returns the graph object that was passed)."""
+        return self._topology_used
+
     def is_topo_weighted(self) -> bool:
         """Whether neighbor ops use the topology's weights."""
         return self._is_topo_weighted
@@ -296,8 +307,12 @@ class BlueFogBasics:
 
         Returns False (and keeps the old topology) if BlueFog is not initialized
         or windows exist. Raises TypeError for a graph that is not a DiGraph
-        with size() nodes.
+        with size() nodes. Neighbor ops use the graph as it is now: edits made
+        to it later (in place) take effect when it is set again.
         """
+        return self._set_topology(topology, is_weighted, force=False)
+
+    def _set_topology(self, topology: Optional[nx.DiGraph], is_weighted: bool, force: bool) -> bool:
         if not self.is_initialized():
             logger.error("set_topology: %s", NOT_INITIALIZED)
             return False
@@ -310,13 +325,16 @@ class BlueFogBasics:
             raise TypeError("set_topology: the topology has %d nodes but there are %d ranks"
                             % (topology.number_of_nodes(), size))
         _check_node_labels(topology, size, "set_topology", "ranks")
-        if (topology_util.IsTopologyEquivalent(topology, self._topology)
+        if (not force and topology_util.IsTopologyEquivalent(topology, self._topology_used)
                 and bool(is_weighted) == self._is_topo_weighted):
             return True
         if self.windows_exist():
             logger.error("set_topology: windows exist; free them (win_free) before changing the topology")
             return False
         self._topology = topology
+        # (deepcopy, not copy(): it keeps the predecessor order, which sets the
+        # order of in_neighbor_ranks() and of neighbor_allgather's output)
+        self._topology_used = copy.deepcopy(topology)
         self._is_topo_weighted = bool(is_weighted)
         self._topo_cache = {}
         return True
@@ -331,17 +349,17 @@ class BlueFogBasics:
 
     def in_neighbor_ranks(self) -> List[int]:
         """Ranks that send to this rank in the topology (self excluded)."""
-        if self._topology is None:
+        if self._topology_used is None:
             return []
         me = self.rank()
-        return list(self.topology_cached("in", lambda: [r for r in self._topology.predecessors(me) if r != me]))
+        return list(self.topology_cached("in", lambda: [r for r in self._topology_used.predecessors(me) if r != me]))
 
     def out_neighbor_ranks(self) -> List[int]:
         """Ranks this rank sends to in the topology (self excluded)."""
-        if self._topology is None:
+        if self._topology_used is None:
             return []
         me = self.rank()
-        return list(self.topology_cached("out", lambda: [r for r in self._topology.successors(me) if r != me]))
+        return list(self.topology_cached("out", lambda: [r for r in self._topology_used.successors(me) if r != me]))
 
     def load_machine_topology(self) -> Optional[nx.DiGraph]:
         """The machine-level topology used by hierarchical ops."""

@@ -87,7 +87,7 @@ def _resolve(basics, op, self_weight, src_weights, dst_weights) -> Exchange:
         out_nbrs = list(basics.out_neighbor_ranks())
         if self_weight is None and src_weights is None:
             if basics.is_topo_weighted():
-                self_weight, src_weights = topology_util.GetRecvWeights(basics.load_topology(), rank)
+                self_weight, src_weights = topology_util.GetRecvWeights(basics.topology_in_use(), rank)
             else:
                 uniform = 1.0 / (len(in_nbrs) + 1)
                 self_weight, src_weights = uniform, {r: uniform for r in in_nbrs}

@@ -224,7 +224,7 @@ def win_update(name: str, self_weight: Optional[float] = None, neighbor_weights:
     if self_weight is None and neighbor_weights is None:
         if _basics.is_topo_weighted():
             from bluefog.common.topology_util import GetRecvWeights
-            self_weight, neighbor_weights = GetRecvWeights(_basics.load_topology(), _basics.rank())
+            self_weight, neighbor_weights = GetRecvWeights(_basics.topology_in_use(), _basics.rank())
         else:
             uniform = 1.0 / (len(in_nbrs) + 1)
             self_weight, neighbor_weights = uniform, {r: uniform for r in in_nbrs}

@@ -823,6 +823,45 @@ def test_set_topology_same_graph_returns_true():
     expect_default_still_works("same")
 
 
+def test_set_topology_again_after_editing_the_graph_in_place():
+    """load_topology() returns the graph that was set; edits to it in place take
+    effect when it is set again (they used to be ignored: the edited graph
+    compared equal to itself, so nothing was derived again)."""
+    if SIZE < 3:
+        pytest.skip("needs a ring with two distinct neighbors")
+    G = bf.RingGraph(SIZE)
+    assert bf.set_topology(G, is_weighted=True) is True
+    x = rank_input(RANK, (3,), 35)
+    check(bf.neighbor_allreduce(x, name="edit.before"), mix(weight_matrix(G), all_inputs((3,), 35), RANK))
+    # Weights: every rank keeps only itself (neighbors' weights 0).
+    edited = bf.load_topology()
+    assert edited is G
+    for u, v in edited.edges:
+        edited[u][v]["weight"] = 1.0 if u == v else 0.0
+    assert bf.set_topology(edited, is_weighted=True) is True
+    check(bf.neighbor_allreduce(x, name="edit.weights"), x.numpy())
+    # Edges: drop every edge into this rank from its right neighbor, on every rank.
+    for r in range(SIZE):
+        edited.remove_edge((r + 1) % SIZE, r)
+    assert bf.set_topology(edited) is True
+    assert bf.in_neighbor_ranks() == [(RANK - 1) % SIZE]
+    gathered = bf.neighbor_allgather(torch.tensor([float(RANK)]), name="edit.edges")
+    assert gathered.tolist() == [float((RANK - 1) % SIZE)]
+    bf.set_topology(None)
+    expect_default_still_works("edit")
+
+
+def test_init_with_a_bad_topology_keeps_the_old_one():
+    bf.set_topology(bf.RingGraph(SIZE))
+    before = bf.in_neighbor_ranks()
+    with pytest.raises(TypeError, match="nodes"):
+        bf.init(topology_fn=lambda n: bf.RingGraph(n + 1))
+    assert topology_util.IsTopologyEquivalent(bf.load_topology(), bf.RingGraph(SIZE))
+    assert bf.in_neighbor_ranks() == before
+    bf.init()
+    expect_default_still_works("badinit")
+
+
 def test_init_resets_topology():
     bf.set_topology(bf.StarGraph(SIZE), is_weighted=True)
     assert bf.is_topo_weighted()
@@ -839,3 +878,20 @@ def test_init_resets_topology():
     W = weight_matrix(bf.RingGraph(SIZE, connect_style=1))
     shape, seed = (3,), 33
     check(bf.neighbor_allreduce(rank_input(RANK, shape, seed), name="init.fn"), mix(W, all_inputs(shape, seed), RANK))
+
+
+def test_mpi_ops_module_has_the_names_of_0_3():
+    """BlueFog 0.3 scripts reach some names only through bluefog.torch.mpi_ops
+    (is_topo_weighted, pair_gossip are not re-exported there)."""
+    from bluefog.torch.mpi_ops import (is_topo_weighted, is_machine_topo_weighted, pair_gossip,  # noqa: F401
+                                       neighbor_allreduce, in_neighbor_ranks, set_topology, load_topology)
+    bf.set_topology(bf.RingGraph(SIZE), is_weighted=True)
+    assert bf.mpi_ops.is_topo_weighted() is True and is_topo_weighted() is True
+    assert in_neighbor_ranks() == bf.in_neighbor_ranks()
+    x = rank_input(RANK, (3,), 36)
+    check(neighbor_allreduce(x, name="mpiops.nar"), bf.neighbor_allreduce(x, name="mpiops.nar2").numpy())
+    assert bf.mpi_ops.pair_gossip is bf.pair_gossip
+    with pytest.raises(AttributeError):
+        bf.mpi_ops.no_such_name
+    bf.set_topology(None)
+    expect_default_still_works("mpiops")
