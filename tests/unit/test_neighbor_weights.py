@@ -17,6 +17,7 @@ class FakeBasics:
 
     def rank(self): return self._rank
     def load_topology(self): return self._topo
+    def topology_in_use(self): return self._topo
     def is_topo_weighted(self): return self._weighted
     def in_neighbor_ranks(self): return [r for r in self._topo.predecessors(self._rank) if r != self._rank]
     def out_neighbor_ranks(self): return [r for r in self._topo.successors(self._rank) if r != self._rank]
