@@ -32,7 +32,7 @@ import sys
 import time
 
 from bluefog.run import launch_command as lc
-from bluefog.run.run import bluefog_version, host_facts
+from bluefog.run.run import bluefog_version, glue_extra_mpi_flags, host_facts
 
 PID_FILE = "engine_pids.json"
 INSTALL_HINT = ("ibfrun needs ipyparallel, which is not installed; install it with "
@@ -127,14 +127,29 @@ def bfrun_args(args, engine_cmd) -> list:
     out = [sys.executable, "-m", "bluefog.run.run", "-np", str(args.num_proc)]
     for flag, value in (("-H", args.hosts), ("--hostfile", args.hostfile),
                         ("-p", args.ssh_port), ("--network-interface", args.nic),
-                        ("--prefix", args.prefix), ("--extra-mpi-flags", args.extra_mpi_flags)):
+                        ("--prefix", args.prefix)):
         if value:
             out += [flag, str(value)]
+    if args.extra_mpi_flags:
+        out.append("--extra-mpi-flags=" + args.extra_mpi_flags)  # its value may start with '-'
     if args.use_infiniband:
         out.append("--use-infiniband")
     if args.verbose:
         out.append("--verbose")
     return out + list(engine_cmd)
+
+
+def hosts_of(args):
+    """The parsed ``-H`` / ``--hostfile`` hosts (None if neither); ValueError/OSError if bad."""
+    if args.hosts:
+        return lc.parse_hosts(args.hosts)
+    if args.hostfile:
+        with open(args.hostfile) as f:
+            hosts = lc.parse_hostfile_text(f.read())
+        if not hosts:
+            raise ValueError("hostfile {} names no host".format(args.hostfile))
+        return hosts
+    return None
 
 
 def start(args) -> int:
@@ -146,12 +161,7 @@ def start(args) -> int:
         print("ibfrun: a cluster for profile {!r} is already running; run `ibfrun stop "
               "--ipython-profile {}` first".format(args.profile, args.profile), file=sys.stderr)
         return 1
-    hosts = None
-    if args.hosts:
-        hosts = lc.parse_hosts(args.hosts)
-    elif args.hostfile:
-        with open(args.hostfile) as f:
-            hosts = lc.parse_hostfile_text(f.read())
+    hosts = hosts_of(args)  # main() has checked them
     facts = host_facts(hosts is not None)
     remote = sorted({h for h, _ in hosts or [] if not lc.is_local_host(h, facts)})
     engine_json = os.path.join(pdir, "security", "ipcontroller-engine.json")
@@ -252,12 +262,18 @@ def interrupt_hanged_processes(profile: str = "bluefog") -> int:
 def main(argv=None) -> int:
     """Entry point of ``ibfrun``; returns the exit code."""
     parser = make_parser()
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(glue_extra_mpi_flags(sys.argv[1:] if argv is None else argv))
     if args.version:
         print(bluefog_version())
         return 0
     if args.action is None:
         parser.error("choose an action: start or stop")
+    if args.action == "start":
+        try:
+            hosts_of(args)
+        except (OSError, ValueError) as exc:
+            print("ibfrun: " + str(exc), file=sys.stderr)
+            return 2
     try:
         import ipyparallel  # noqa: F401  pylint: disable=unused-import,import-outside-toplevel
     except ImportError:

@@ -102,24 +102,44 @@ def parse_hosts(spec: str) -> HostList:
 def parse_hostfile_text(text: str) -> HostList:
     """Parse a hostfile: ``host slots=N`` (Open MPI) or ``host:N`` (Hydra) lines, ``#`` comments.
 
-    A host without a count gets ``None`` slots (see :func:`resolve_slots`).
+    A host without a count gets ``None`` slots (see :func:`resolve_slots`).  Other ``key=value``
+    fields (Open MPI's ``max_slots=``) are left to the launcher.  A count that is not a positive
+    integer raises ``ValueError`` naming the line.
     """
     out: HostList = []
-    for raw in text.splitlines():
+    for number, raw in enumerate(text.splitlines(), 1):
         line = raw.split("#", 1)[0].strip()
         if not line:
             continue
         tokens = line.split()
-        host, slots = tokens[0], None
-        if ":" in host and host.rpartition(":")[2].isdigit():
-            host, _, count = host.rpartition(":")
+        host, counts = tokens[0], []
+        if _has_count(host):
+            host, _, count = host.partition(":")
+            counts.append(count)
+        counts += [tok.partition("=")[2] for tok in tokens[1:] if tok.partition("=")[0] == "slots"]
+        slots = None
+        for count in counts:
+            if not host or not count.isdigit() or int(count) < 1:
+                raise ValueError("bad hostfile line {}: {!r} (expected 'host slots=N' or 'host:N' "
+                                 "with N >= 1)".format(number, raw.strip()))
             slots = int(count)
-        for tok in tokens[1:]:
-            key, _, val = tok.partition("=")
-            if key == "slots" and val.isdigit():
-                slots = int(val)
         out.append((host, slots))
     return out
+
+
+def hostfile_is_hydra_style(text: str) -> bool:
+    """True if some line of the hostfile is written ``host:N``, which Open MPI does not read
+    (it takes ``node1:4`` for a host name); bfrun then passes the hosts with ``-H``."""
+    for raw in text.splitlines():
+        tokens = raw.split("#", 1)[0].split()
+        if tokens and _has_count(tokens[0]):
+            return True
+    return False
+
+
+def _has_count(entry: str) -> bool:
+    """``host:N`` (one colon; more than one is an IPv6 address)."""
+    return entry.count(":") == 1
 
 
 def is_local_host(host: str, facts: HostFacts) -> bool:

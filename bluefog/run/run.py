@@ -83,6 +83,33 @@ def make_parser() -> argparse.ArgumentParser:
     return p
 
 
+_VALUE_FLAGS = frozenset({"-np", "--num-proc", "-p", "--ssh-port", "--network-interface", "-H",
+                          "--hosts", "-hostfile", "--hostfile", "--extra-mpi-flags", "--prefix",
+                          "--timeline-filename", "--ipython-profile", "--timeout"})
+
+
+def glue_extra_mpi_flags(argv):
+    """``--extra-mpi-flags --oversubscribe`` as ``--extra-mpi-flags=--oversubscribe``.
+
+    argparse takes a value that starts with ``-`` for an option and fails; the flags to pass
+    are exactly such values.  Only the launcher's own options are looked at: the walk stops at
+    ``--`` or at the first word of the command, whose arguments are left alone.
+    """
+    out, i = list(argv), 0
+    while i < len(out):
+        arg = out[i]
+        if arg == "--extra-mpi-flags" and i + 1 < len(out):
+            out[i:i + 2] = ["--extra-mpi-flags=" + out[i + 1]]
+            i += 1
+        elif arg in _VALUE_FLAGS:
+            i += 2
+        elif arg.startswith("-") and arg != "--" or arg in ("start", "stop"):
+            i += 1
+        else:
+            break
+    return out
+
+
 def _usable_cpus() -> list:
     try:
         return sorted(os.sched_getaffinity(0))
@@ -126,14 +153,18 @@ def settings_from_args(args) -> lc.LaunchSettings:
     hosts = None
     if args.hosts:
         hosts = lc.parse_hosts(args.hosts)
-    elif args.hostfile:
-        with open(args.hostfile) as f:
-            hosts = lc.parse_hostfile_text(f.read())
+    hostfile = args.hostfile
+    if hostfile:
+        with open(hostfile) as f:
+            text = f.read()
+        hosts = lc.parse_hostfile_text(text)
         if not hosts:
-            raise ValueError("hostfile {} names no host".format(args.hostfile))
+            raise ValueError("hostfile {} names no host".format(hostfile))
+        if lc.hostfile_is_hydra_style(text):
+            hostfile = None  # Open MPI gets the parsed hosts as -H instead
     return lc.LaunchSettings(
         num_proc=args.num_proc, command=command, hosts=hosts, hosts_arg=args.hosts,
-        hostfile=args.hostfile, ssh_port=args.ssh_port, network_interface=args.nic,
+        hostfile=hostfile, ssh_port=args.ssh_port, network_interface=args.nic,
         use_infiniband=args.use_infiniband, extra_mpi_flags=args.extra_mpi_flags,
         timeline_filename=args.timeline, verbose=args.verbose)
 
@@ -318,7 +349,7 @@ def main(argv=None) -> int:
     if argv and argv[0] == RANK_GUARD_FLAG:
         return run_rank_guard(argv[1:])
     parser = make_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(glue_extra_mpi_flags(argv))
     if args.version:
         print(bluefog_version())
         return 0

@@ -239,3 +239,64 @@ def test_main_requires_np(capsys):
     assert "-np" in capsys.readouterr().err
     assert bfrun.main(["-v"]) == 0
     assert capsys.readouterr().out.strip() == bfrun.bluefog_version()
+
+
+# ---------------------------------------------------------------- hostfiles, argv
+def test_hostfile_counts_are_checked_and_hydra_style_is_detected():
+    assert lc.parse_hostfile_text("n1 slots=2 max_slots=4\nn2\n") == [("n1", 2), ("n2", None)]
+    assert lc.parse_hostfile_text("fe80::1\n") == [("fe80::1", None)]   # IPv6, no count
+    for bad in ("n1 slots=x\n", "n1 slots=0\n", "n1:0\n", "n1:two\n", ":3\n"):
+        with pytest.raises(ValueError, match="bad hostfile line 1"):
+            lc.parse_hostfile_text(bad)
+    assert lc.hostfile_is_hydra_style("# c\nn1 slots=2\nn2:2\n")
+    assert not lc.hostfile_is_hydra_style("# a:b\nn1 slots=2\nfe80::1\n")
+
+
+def test_hydra_style_hostfile_reaches_open_mpi_as_host_list(tmp_path):
+    hf = tmp_path / "hosts"
+    hf.write_text("n1:2\nn2:3\n")
+    p = bfrun.make_parser()
+    s = bfrun.settings_from_args(p.parse_args(["-np", "5", "--hostfile", str(hf), "x"]))
+    assert s.hosts == [("n1", 2), ("n2", 3)] and s.hostfile is None
+    args = ompi(s, facts=USER).args
+    assert args[args.index("-H") + 1] == "n1:2,n2:3" and "--hostfile" not in args
+    hf.write_text("n1 slots=2\n")                   # Open MPI's own form is still passed as is
+    s = bfrun.settings_from_args(p.parse_args(["-np", "2", "--hostfile", str(hf), "x"]))
+    assert s.hostfile == str(hf)
+
+
+def test_extra_mpi_flags_may_start_with_a_dash():
+    glue = bfrun.glue_extra_mpi_flags
+    assert glue(["-np", "2", "--extra-mpi-flags", "--oversubscribe", "python", "x.py"]) == \
+        ["-np", "2", "--extra-mpi-flags=--oversubscribe", "python", "x.py"]
+    # the command's own arguments are never touched
+    cmd = ["-np", "2", "python", "x.py", "--extra-mpi-flags", "-v"]
+    assert glue(cmd) == cmd
+    assert glue(["-np", "2", "--", "--extra-mpi-flags", "-v"]) == ["-np", "2", "--", "--extra-mpi-flags", "-v"]
+    a = bfrun.make_parser().parse_args(glue(["-np", "2", "--extra-mpi-flags", "-x FOO --tag-output",
+                                             "--verbose", "python"]))
+    assert a.extra_mpi_flags == "-x FOO --tag-output" and a.verbose and a.command == ["python"]
+
+
+def test_bfrun_rejects_a_bad_hostfile_with_a_usage_error(tmp_path, capsys):
+    hf = tmp_path / "hosts"
+    hf.write_text("n1 slots=zero\n")
+    with pytest.raises(SystemExit) as info:
+        bfrun.main(["-np", "2", "--hostfile", str(hf), "python", "x.py"])
+    assert info.value.code == 2 and "bad hostfile line 1" in capsys.readouterr().err
+
+
+def test_ibfrun_forwards_flags_and_rejects_bad_hosts(tmp_path, capsys):
+    from bluefog.run import interactive_run as ib
+    p = ib.make_parser()
+    a = p.parse_args(glue_ib(["start", "-np", "2", "--extra-mpi-flags", "--oversubscribe", "-H", "a:1,b:1"]))
+    out = ib.bfrun_args(a, ["eng"])
+    assert "--extra-mpi-flags=--oversubscribe" in out and out[-1] == "eng"
+    assert bfrun.make_parser().parse_args(out[3:]).extra_mpi_flags == "--oversubscribe"
+    for bad in (["-H", "a:x"], ["--hostfile", str(tmp_path / "missing")]):
+        assert ib.main(["start", "-np", "2"] + bad) == 2
+        assert capsys.readouterr().err.startswith("ibfrun: ")
+
+
+def glue_ib(argv):  # ibfrun parses its argv the same way
+    return bfrun.glue_extra_mpi_flags(argv)
