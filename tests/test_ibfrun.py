@@ -1,0 +1,89 @@
+"""ibfrun end to end: start an ipyparallel cluster whose engines are the ranks of one BlueFog
+job, run BlueFog ops on it from a client, interrupt a hung cell, and stop it.
+
+The IPython directory is a temporary one, so the user's profiles are never touched; every
+step runs under a hard timeout and the cluster is stopped whatever happens.
+"""
+import json
+import os
+import sys
+import time
+
+import ipyparallel as ipp
+import pytest
+
+from launch import ROOT, run
+
+PROFILE = "bftest"
+TIMEOUT = 150
+
+
+@ipp.interactive  # shipped by value (the engines cannot import this file)
+def bluefog_work():
+    """Runs on each engine (a rank)."""
+    import torch  # pylint: disable=import-outside-toplevel
+    import bluefog.torch as bf  # pylint: disable=import-outside-toplevel
+    bf.init()
+    x = torch.tensor([float(bf.rank())])
+    return bf.rank(), bf.size(), bf.allreduce(x).item(), bf.neighbor_allreduce(x).item()
+
+
+@ipp.interactive
+def sleep_long():
+    import time as t  # pylint: disable=import-outside-toplevel,reimported
+    t.sleep(120)
+    return "not interrupted"
+
+
+@pytest.fixture
+def ibfrun_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               OMP_NUM_THREADS="1", IPYTHONDIR=str(tmp_path / "ipython"))
+    yield env
+    run([sys.executable, "-m", "bluefog.run.interactive_run", "stop", "--ipython-profile", PROFILE],
+        60, env)
+
+
+def test_ibfrun_start_work_interrupt_stop(ibfrun_env, tmp_path):
+    from bluefog.run import interactive_run as ib  # pylint: disable=import-outside-toplevel
+    alive = ib._alive  # pylint: disable=protected-access  (a zombie is not alive)
+    ibfrun = [sys.executable, "-m", "bluefog.run.interactive_run"]
+    rc, out, _ = run(ibfrun + ["start", "-np", "2", "--ipython-profile", PROFILE,
+                               "--extra-mpi-flags", "--tag-output", "--timeout", "120"], TIMEOUT, ibfrun_env)
+    assert rc == 0, out[-4000:]
+    assert "2 engines are up" in out, out[-4000:]
+    pdir = ib.profile_dir(PROFILE, create=False)
+    assert pdir.startswith(str(tmp_path))
+    with open(os.path.join(pdir, ib.PID_FILE)) as f:
+        pids = json.load(f)
+    engines = [pid for _, pid in pids["engines"]]
+    assert len(engines) == 2 and all(alive(p) for p in engines + [pids["bfrun"], pids["controller"]])
+
+    # a second start for the same profile is refused while the cluster runs
+    rc, out, _ = run(ibfrun + ["start", "-np", "2", "--ipython-profile", PROFILE], 60, ibfrun_env)
+    assert rc == 1 and "already running" in out, out[-4000:]
+
+    client = ipp.Client(profile=PROFILE)
+    try:
+        view = client[:]
+        results = sorted(view.apply_sync(bluefog_work))
+        assert results == [(0, 2, 0.5, 0.5), (1, 2, 0.5, 0.5)]
+        # a hung cell: interrupt_hanged_processes SIGINTs this machine's engines
+        pending = view.apply_async(sleep_long)
+        time.sleep(2)
+        assert ib.interrupt_hanged_processes(PROFILE) == 2
+        with pytest.raises(Exception, match="KeyboardInterrupt"):
+            pending.get(timeout=60)
+        # the engines (and BlueFog on them) still work after the interrupt
+        assert sorted(view.apply_sync(bluefog_work)) == results
+    finally:
+        client.close()
+
+    rc, out, _ = run(ibfrun + ["stop", "--ipython-profile", PROFILE], 60, ibfrun_env)
+    assert rc == 0 and "stopped the cluster" in out, out[-4000:]
+    deadline = time.time() + 30
+    while any(alive(p) for p in engines) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not any(alive(p) for p in engines + [pids["bfrun"], pids["controller"]])
+    assert not os.path.exists(os.path.join(pdir, ib.PID_FILE))
