@@ -1,6 +1,7 @@
 #include "config.h"
 
 #include <cerrno>
+#include <cmath>
 #include <cstdlib>
 #include <sstream>
 
@@ -15,7 +16,7 @@ bool ParseDouble(const std::string& text, double* out) {
   char* end = nullptr;
   errno = 0;
   double v = std::strtod(text.c_str(), &end);
-  if (errno != 0 || end == text.c_str() || *end != '\0') return false;
+  if (errno != 0 || end == text.c_str() || *end != '\0' || !std::isfinite(v)) return false;
   *out = v;
   return true;
 }
