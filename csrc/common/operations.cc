@@ -544,7 +544,7 @@ Status Initialize(int fortran_comm, const std::string& overrides) {
   g.controller->set_wait_hook([] { State().queue.RunDirect(); });
   // Room for a cycle's requests plus the inline inputs they may carry.
   g.controller->set_max_slot_bytes(1024 + static_cast<size_t>(InlineBudget(g)));
-  g.windows.reset(new WindowManager(&g.mpi));
+  g.windows.reset(new WindowManager(&g.mpi, &g.timeline));
   g.coordinator.Reset(g.mpi.size());
   g.fast.Reset();
   g.my_timed_out.clear();

@@ -17,6 +17,24 @@ Status Rc(int rc, const std::string& what) {
   return Status::Aborted(MpiErrorText(what.c_str(), rc));
 }
 
+// One timeline phase around a scope (nothing when the timeline is off).
+class Phase {
+ public:
+  Phase(Timeline* t, const std::string& name, const char* activity)
+      : t_(t && t->enabled() ? t : nullptr), name_(name) {
+    if (t_) t_->Start(name_, activity);
+  }
+  ~Phase() {
+    if (t_) t_->End(name_);
+  }
+  Phase(const Phase&) = delete;
+  Phase& operator=(const Phase&) = delete;
+
+ private:
+  Timeline* t_;
+  const std::string& name_;
+};
+
 std::string List(const std::vector<int32_t>& v) {
   std::string s = "[";
   for (size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + std::to_string(v[i]);
@@ -165,6 +183,7 @@ void WindowManager::FreeAll() {
 
 Status WindowManager::Put(const WinOpArgs& a, bool accumulate) {
   const char* op = accumulate ? "win_accumulate" : "win_put";
+  Phase phase(timeline_, a.name, accumulate ? "WIN_ACCUMULATE" : "WIN_PUT");
   Window* w = nullptr;
   Status s = Find(a.name, op, &w);
   if (!s.ok()) return s;
@@ -232,6 +251,7 @@ Status WindowManager::Put(const WinOpArgs& a, bool accumulate) {
 }
 
 Status WindowManager::Get(const WinOpArgs& a) {
+  Phase phase(timeline_, a.name, "WIN_GET");
   Window* w = nullptr;
   Status s = Find(a.name, "win_get", &w);
   if (!s.ok()) return s;
@@ -286,6 +306,7 @@ Status WindowManager::Get(const WinOpArgs& a) {
 }
 
 Status WindowManager::Update(const WinUpdateArgs& a) {
+  Phase phase(timeline_, a.name, "WIN_UPDATE");
   Window* w = nullptr;
   Status s = Find(a.name, "win_update", &w);
   if (!s.ok()) return s;
@@ -339,6 +360,7 @@ Status WindowManager::Update(const WinUpdateArgs& a) {
 
 Status WindowManager::MutexAcquire(const std::string& name, std::vector<int32_t> ranks, const char* op,
                                    std::vector<int32_t>* taken) {
+  Phase phase(timeline_, name, "Aquire_Mutex");  // one per attempt (a deferred one is retried later)
   Window* w = nullptr;
   Status s = Find(name, op, &w);
   if (!s.ok()) return s;

@@ -14,6 +14,7 @@
 #include "mpi_context.h"
 #include "status.h"
 #include "tensor.h"
+#include "timeline.h"
 
 namespace bluefog {
 
@@ -41,7 +42,10 @@ struct WinUpdateArgs {
 
 class WindowManager {
  public:
-  explicit WindowManager(MpiContext* mpi) : mpi_(mpi) {}
+  // `timeline` (may be null or off) gets a WIN_PUT / WIN_ACCUMULATE / WIN_GET /
+  // WIN_UPDATE phase per op and an Aquire_Mutex phase per mutex attempt, in the
+  // window name's lane (the phase names of BlueFog 0.3's timeline).
+  explicit WindowManager(MpiContext* mpi, Timeline* timeline = nullptr) : mpi_(mpi), timeline_(timeline) {}
 
   // Collective: all ranks create `name` in the same agreed order.
   // `all_src_ranks[r]` is rank r's in-neighbor list.
@@ -95,6 +99,7 @@ class WindowManager {
   void Destroy(Window& w);
 
   MpiContext* mpi_;
+  Timeline* timeline_;
   std::map<std::string, Window> windows_;
   FusionBuffer scratch_;
   bool associated_p_ = false;

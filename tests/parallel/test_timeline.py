@@ -202,6 +202,39 @@ def test_repeated_small_allreduce_shows_its_fast_rounds():
     assert phases[-4:] == ["ENQUEUE_ALLREDUCE", "NEGOTIATE_ALLREDUCE", "COMMUNICATE_FAST", "CALLBACK"], phases
 
 
+def test_window_ops_have_their_phases():
+    x = torch.full((4,), float(RANK))
+    assert bf.win_create(x, name="tl.win")
+    try:
+        bf.win_put(x, name="tl.win", require_mutex=True)
+        bf.win_accumulate(x, name="tl.win")
+        bf.win_get(name="tl.win")
+        with bf.win_mutex("tl.win", for_self=True):
+            pass
+        bf.win_update(name="tl.win", require_mutex=True)
+        bf.barrier()
+    finally:
+        bf.win_free("tl.win")
+    want = ["WIN_PUT", "WIN_ACCUMULATE", "WIN_GET", "WIN_UPDATE"]
+    events = wait_for(lambda ev: "tl.win" in lanes(ev).values()
+                      and set(want) <= set(phases_of(ev, "tl.win")))
+    phases = phases_of(events, "tl.win")
+    if SIZE == 1:  # no neighbors: put/accumulate/get reach nobody, but still run
+        assert "WIN_UPDATE" in phases, phases
+    assert set(want) <= set(phases), phases
+    # the mutex phases: one inside win_put (require_mutex), the win_mutex block's,
+    # and one inside win_update (at least these, more if an attempt was deferred)
+    assert phases.count("Aquire_Mutex") >= 3, phases
+    put, acc = phases.index("WIN_PUT"), phases.index("WIN_ACCUMULATE")
+    assert phases[put + 1] == "Aquire_Mutex" and put < acc < phases.index("WIN_GET") \
+        < phases.index("WIN_UPDATE"), phases
+    # balanced: every phase ended
+    pid = [p for p, n in lanes(events).items() if n == "tl.win"][0]
+    b = sum(1 for e in events if e.get("pid") == pid and e.get("ph") == "B")
+    e_ = sum(1 for e in events if e.get("pid") == pid and e.get("ph") == "E")
+    assert b == e_, (b, e_)
+
+
 def test_timeline_files_of_all_ranks_exist():
     bf.barrier()  # every rank has initialized and written by now
     for r in range(SIZE):
