@@ -26,16 +26,24 @@ std::string JsonEscape(const std::string& s) {
 
 bool Timeline::Initialize(const std::string& path) {
   Shutdown();
-  file_ = std::fopen(path.c_str(), "w");
+  // A re-init (shutdown, then init) in this process appends to the trace it
+  // was writing: its lanes keep their pids and the clock goes on. Another
+  // path, or the first init, starts a new trace.
+  const bool resume = path == path_;
+  file_ = std::fopen(path.c_str(), resume ? "a" : "w");
   if (!file_) {
     BFLOG(ERROR) << "cannot open timeline file '" << path << "'; timeline disabled";
+    path_.clear();
     return false;
   }
-  std::fputs("[\n", file_);
-  std::fflush(file_);
-  start_ = std::chrono::steady_clock::now();
+  if (!resume) {
+    std::fputs("[\n", file_);
+    std::fflush(file_);
+    start_ = std::chrono::steady_clock::now();
+    pids_.clear();
+    path_ = path;
+  }
   stop_ = false;
-  pids_.clear();
   writer_ = std::thread(&Timeline::WriterLoop, this);
   enabled_ = true;
   return true;

@@ -24,6 +24,7 @@ class Timeline {
  public:
   ~Timeline() { Shutdown(); }
   // Opens the file and starts the writer. Returns false (and logs) on failure.
+  // The same path as the last call's (a re-init) appends to that trace.
   bool Initialize(const std::string& path);
   void Shutdown();
   bool enabled() const { return enabled_.load(std::memory_order_relaxed); }
@@ -47,6 +48,7 @@ class Timeline {
 
   std::atomic<bool> enabled_{false};
   std::FILE* file_ = nullptr;
+  std::string path_;  // the trace this process last wrote (a re-init appends to it)
   std::chrono::steady_clock::time_point start_;
   std::mutex mu_;
   std::condition_variable cv_;

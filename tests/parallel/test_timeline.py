@@ -235,6 +235,26 @@ def test_window_ops_have_their_phases():
     assert b == e_, (b, e_)
 
 
+def test_reinit_appends_to_the_same_trace():
+    bf.allreduce(torch.ones(2), name="tl.before_reinit")
+    wait_for(lambda ev: "tl.before_reinit" in lanes(ev).values())
+    bf.shutdown()
+    bf.init()
+    bf.allreduce(torch.ones(2), name="tl.after_reinit")
+    bf.allreduce(torch.ones(2), name="tl.before_reinit")
+    events = wait_for(lambda ev: "tl.after_reinit" in lanes(ev).values()
+                      and phases_of(ev, "tl.before_reinit").count("CALLBACK") == 2)
+    text, _ = read_timeline()
+    assert text.count("[\n") == 1  # one array: appended, not restarted or truncated
+    names = lanes(events)
+    assert {"tl.allreduce", "tl.before_reinit", "tl.after_reinit"} <= set(names.values()), names
+    assert len(set(names.values())) == len(names), names  # a lane keeps its pid across the re-init
+    assert phases_of(events, "tl.before_reinit").count("CALLBACK") == 2
+    pid = [p for p, n in names.items() if n == "tl.before_reinit"][0]
+    ts = [e["ts"] for e in events if e.get("pid") == pid and e.get("ph") == "B"]
+    assert ts == sorted(ts), ts  # the clock goes on
+
+
 def test_timeline_files_of_all_ranks_exist():
     bf.barrier()  # every rank has initialized and written by now
     for r in range(SIZE):
