@@ -54,6 +54,23 @@ def _named_parameters(model, optimizer) -> Dict[torch.nn.Parameter, str]:
     return by_param
 
 
+# How many wrappers this process has built per op-name prefix. Each wrapper names
+# its ops "<prefix>.<parameter name>"; two wrappers of models with the same
+# parameter names (a GAN's two nets, say) must not share names while both have
+# ops in flight, so the n-th wrapper with a prefix uses "<prefix>#n". A count of
+# constructions, not of live wrappers: when a wrapper is garbage collected can
+# differ between ranks (its hooks make a reference cycle), the order in which
+# wrappers are built cannot (their ops need that already).
+_PREFIX_COUNTS: Dict[str, int] = {}
+
+
+def _next_prefix(prefix: str) -> str:
+    """``prefix`` for its first wrapper (BlueFog 0.3's op names), ``prefix#n`` for the n-th."""
+    n = _PREFIX_COUNTS.get(prefix, 0)
+    _PREFIX_COUNTS[prefix] = n + 1
+    return prefix if n == 0 else f"{prefix}#{n}"
+
+
 class _Distributed:
     """Bookkeeping shared by the wrappers (mixed in before the user's class)."""
 
@@ -62,7 +79,7 @@ class _Distributed:
             raise ValueError(f"num_steps_per_communication must be a positive int, got {num_steps_per_communication!r}")
         self._bf_names = _named_parameters(model, self)
         self._bf_models = list(model) if isinstance(model, (list, tuple)) else [model]
-        self._bf_prefix = prefix
+        self._bf_prefix = _next_prefix(prefix)
         self._bf_steps = num_steps_per_communication
         self._bf_counts: Dict[torch.nn.Parameter, int] = {}
         self._bf_handles: Dict[torch.nn.Parameter, int] = {}

@@ -403,6 +403,36 @@ def test_gradient_allreduce_two_backward_passes_per_step():
     assert spread(model) == 0.0
 
 
+def test_two_wrappers_over_models_with_the_same_parameter_names():
+    """A GAN-like pair: two models with the same parameter names, each with its own
+    gradient-allreduce wrapper, one backward over both losses (both wrappers' ops in
+    flight at once). Each must average its own gradients: full-data SGD on both."""
+    ma, mb = make_model(), make_model(seed=77)
+    bf.broadcast_parameters(ma.state_dict(), root_rank=0)
+    bf.broadcast_parameters(mb.state_dict(), root_rank=0)
+    oa = build("grad", ma, base=torch.optim.SGD(ma.parameters(), lr=0.1))
+    ob = build("grad", mb, base=torch.optim.SGD(mb.parameters(), lr=0.05))
+    ra, rb = make_model(seed=1000), make_model(seed=77)
+    ra_opt, rb_opt = torch.optim.SGD(ra.parameters(), lr=0.1), torch.optim.SGD(rb.parameters(), lr=0.05)
+    for _ in range(4):
+        oa.zero_grad()
+        ob.zero_grad()
+        (F.mse_loss(ma(XR), YR) + 3 * F.mse_loss(mb(XR), YR)).backward()
+        oa.step()
+        ob.step()
+        for ref, ref_opt, k in ((ra, ra_opt, 1), (rb, rb_opt, 3)):
+            ref_opt.zero_grad()
+            (k * F.mse_loss(ref(X), Y)).backward()
+            ref_opt.step()
+        torch.testing.assert_close(flat(ma), flat(ra), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(flat(mb), flat(rb), rtol=1e-5, atol=1e-6)
+    # the ops are told apart by name, the same on every rank
+    assert oa._bf_prefix != ob._bf_prefix
+    code = torch.tensor([list((oa._bf_prefix + "|" + ob._bf_prefix).encode().ljust(32))])
+    every = bf.allgather(code)
+    assert (every == code).all(), every
+
+
 # ---- ATC with other optimizers -------------------------------------------------------------------
 ATC_BASES = {
     "Adam": (lambda ps: torch.optim.Adam(ps, lr=0.1), 250),
