@@ -7,8 +7,11 @@ named, and a name must mean the same op on every rank:
 * an explicit `name` is used as given;
 * eagerly, `name=None` gives "tf.<op>.<n>" from one per-process counter, which
   agrees across ranks when every rank issues the same sequence of unnamed ops;
-* in a graph, `name=None` lets the kernel use its node name, which is
-  deterministic when every rank builds the same graph.
+* in a graph (tracing a tf.function), `name=None` takes a name unique in that
+  graph, "[<name scope>/]bluefog.<op>[_<n>]", which is deterministic when every
+  rank builds the same graph. It is fixed when the op is built, so an input
+  refused on one rank while tracing is reported under it to the other ranks
+  (whose op then fails instead of waiting).
 
 Failures surface as tf.errors exceptions carrying the core's message:
 InvalidArgumentError (bad input, ranks disagree), FailedPreconditionError (not
@@ -32,15 +35,14 @@ _counter = itertools.count()
 
 
 def op_name(name: Optional[str], op: str) -> str:
-    """The name an op is submitted under (see the module docstring); '' means
-    'the graph node's name'."""
+    """The name an op is submitted under (see the module docstring)."""
     if name is not None:
         if not isinstance(name, str) or not name:
             raise ValueError(f"{op}: name must be a non-empty str or None, got {name!r}")
         return name
     if tf.executing_eagerly():
         return f"tf.{op}.{next(_counter)}"
-    return ""
+    return tf.compat.v1.get_default_graph().unique_name(f"bluefog.{op}")
 
 
 def sub_name(name: str, suffix: str) -> str:
@@ -65,8 +67,8 @@ def refusal(op: str, name: str):
     """Context for an op's local checks: a ValueError or TypeError raised in it
     (bad input on this rank) is first reported to the other ranks under the
     op's name, so that their op fails with it instead of waiting for this rank
-    (`op` is the core's kind, e.g. "allreduce"). Only for explicit or eager
-    names: a graph node's name ('') is not known to the other ranks."""
+    (`op` is the core's kind, e.g. "allreduce"). Not for '' (a graph node's
+    own name, which the other ranks' ops use but this rank cannot know here)."""
     return _basics.refusal_reported(op, name) if name else contextlib.nullcontext()
 
 

@@ -270,8 +270,9 @@ REFUSED = {
 }
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("case", list(REFUSED))
-def test_input_refused_on_one_rank_fails_the_op_everywhere(case):
+def test_input_refused_on_one_rank_fails_the_op_everywhere(case, mode):
     """Rank 0's input is refused by its own checks before anything reaches the
     core; the other ranks' op must fail too (naming rank 0 and why) instead of
     waiting for rank 0, and the next op works. An unnamed op keeps the
@@ -279,13 +280,15 @@ def test_input_refused_on_one_rank_fails_the_op_everywhere(case):
     if SIZE == 1:
         pytest.skip("needs a rank whose input is good")
     says, op = REFUSED[case]
-    name = None if case.endswith("unnamed") else f"tf.refused.{case}"
+    name = None if case.endswith("unnamed") else f"tf.refused.{case}.{mode}"
+    # in a tf.function rank 0 refuses while tracing; the others' traced op runs
+    call = (lambda bad: op(bad, name)) if mode == "eager" else tf.function(lambda bad: op(bad, name))
     if RANK == 0:
         with pytest.raises(ValueError, match=says):
-            op(True, name)
+            call(True)
     else:
         with pytest.raises(tf.errors.InvalidArgumentError, match=f"refused on rank 0: ValueError: .*{says}"):
-            op(False, name)
+            call(False)
     assert int(bf.allreduce(tf.constant(1), average=False).numpy()) == SIZE  # unnamed: counters agree
 
 
