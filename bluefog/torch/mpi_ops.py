@@ -216,11 +216,11 @@ def barrier():
     _basics.barrier()
 
 
-# BlueFog 0.3 defined the basics (size, rank, the topology functions, ...) and
-# the neighbor ops in this module too, and some only here (is_topo_weighted,
-# pair_gossip): `bf.mpi_ops.<name>` and `from bluefog.torch.mpi_ops import
-# <name>` keep working. The neighbor ops live in neighbor_ops, which imports
-# this module, so they are looked up on first use.
+# BlueFog 0.3 defined the basics (size, rank, the topology functions, ...), the
+# neighbor ops and the window ops in this module too, and some only here
+# (is_topo_weighted, pair_gossip, win_lock): `bf.mpi_ops.<name>` and `from
+# bluefog.torch.mpi_ops import <name>` keep working. The neighbor and window
+# ops live in modules that import this one, so they are looked up on first use.
 export_basics(globals())
 _NEIGHBOR_OPS = (
     "neighbor_allreduce", "neighbor_allreduce_nonblocking", "neighbor_allgather", "neighbor_allgather_nonblocking",
@@ -228,8 +228,20 @@ _NEIGHBOR_OPS = (
     "pair_gossip_nonblocking")
 
 
+_WINDOW_OPS = (
+    "win_create", "win_free", "win_put", "win_put_nonblocking", "win_get", "win_get_nonblocking", "win_accumulate",
+    "win_accumulate_nonblocking", "neighbor_win_put", "neighbor_win_put_nonblocking", "neighbor_win_get",
+    "neighbor_win_get_nonblocking", "neighbor_win_accumulate", "neighbor_win_accumulate_nonblocking", "win_poll",
+    "win_wait", "win_update", "win_update_then_collect", "get_win_version", "get_current_created_window_names",
+    "win_mutex", "win_lock", "win_associated_p", "turn_on_win_ops_with_associated_p",
+    "turn_off_win_ops_with_associated_p")
+
+
 def __getattr__(name):
     if name in _NEIGHBOR_OPS:
         from bluefog.torch import neighbor_ops
         return getattr(neighbor_ops, name)
+    if name in _WINDOW_OPS:
+        from bluefog.torch import win_ops
+        return getattr(win_ops, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -208,6 +208,40 @@ def test_require_mutex_waits_for_holder():
         assert torch.equal(out, torch.full((3,), float(sum(range(1, SIZE))), dtype=torch.float64))
 
 
+def test_win_lock_holds_off_puts_into_this_rank():
+    """win_lock (reached as in BlueFog 0.3, through bluefog.torch.mpi_ops, with
+    the other window ops): while rank 0 holds it, no put (even without
+    require_mutex) lands in rank 0's buffers; it finishes after the lock goes."""
+    from bluefog.torch import mpi_ops
+    from bluefog.torch.mpi_ops import win_create, win_lock, win_put, get_win_version  # noqa: F401
+    for name in mpi_ops._WINDOW_OPS:
+        assert getattr(mpi_ops, name) is getattr(bf._win_ops, name), name
+    with pytest.raises(ValueError, match="win_lock"):
+        with win_lock("no.such.window"):
+            pass
+    assert bf.set_topology(bf.FullyConnectedGraph(SIZE))
+    x = torch.full((3,), float(RANK), dtype=torch.float64)
+    assert win_create(x, "lock", zero_init=True)
+    t_out = t_done = 0.0
+    if RANK == 0:
+        with win_lock("lock"):
+            bf.barrier()
+            time.sleep(HOLD)
+            versions = get_win_version("lock")
+            t_out = time.time()
+        assert versions == {i: 0 for i in range(1, SIZE)}, versions  # nothing landed meanwhile
+    else:
+        bf.barrier()
+        win_put(x, "lock", dst_weights={0: 1.0})
+        t_done = time.time()
+    iv = gather_row([t_out, t_done], "lock.times")
+    for r in range(1, SIZE):
+        assert iv[r, 1] >= iv[0, 0], f"rank {r}'s put finished inside rank 0's win_lock: {iv.tolist()}"
+    bf.barrier()
+    if RANK == 0:
+        assert get_win_version("lock") == {i: 1 for i in range(1, SIZE)}
+
+
 def test_failed_mutex_acquire_leaves_nothing_locked():
     """A rank out of range fails the acquire before any mutex is taken (it used
     to leave the lower ranks' mutexes taken for good: the next locker hung)."""
