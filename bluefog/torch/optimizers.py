@@ -86,8 +86,12 @@ class _Distributed:
         self._bf_hooks = []
         self._bf_should_sync = True
         self._bf_warned = False
-        self._bf_timeline = bool(os.environ.get("BLUEFOG_TIMELINE"))
+        self._bf_timeline = False
+        self._bf_timeline_hooks = []
+        self._bf_open: Dict[torch.nn.Parameter, str] = {}  # parameter -> activity open in its lane
         self._bf_active = _basics.size() > 1
+        if os.environ.get("BLUEFOG_TIMELINE"):
+            self.turn_on_timeline()
 
     def _bf_name(self, p) -> str:
         return f"{self._bf_prefix}.{self._bf_names[p]}"
@@ -131,11 +135,55 @@ class _Distributed:
         return [p for p in module.parameters(recurse=False) if p in self._bf_names and p.requires_grad]
 
     def turn_on_timeline(self):
-        """Record FORWARD / COMMUNICATE activities of the parameters in the timeline."""
+        """Record each parameter's FORWARD (its module's forward pass) and
+        GRADIENT COMPT. (from the end of that forward pass until its gradient
+        is ready) activities in the timeline, in the lane of the parameter's
+        communication ops (on when BLUEFOG_TIMELINE is set as the wrapper is
+        built; the timeline itself must be on, see bluefog.timeline_start_activity)."""
+        if self._bf_timeline:
+            return
         self._bf_timeline = True
+        pre, post, grad = (self._bf_weak(m) for m in ("_bf_tl_forward_begin", "_bf_tl_forward_end", "_bf_tl_grad"))
+        for m in self._bf_models:
+            for module in m.modules():
+                if any(p in self._bf_names for p in module.parameters(recurse=False)):
+                    self._bf_timeline_hooks.append(module.register_forward_pre_hook(lambda mod, inp: pre(mod)))
+                    self._bf_timeline_hooks.append(module.register_forward_hook(lambda mod, inp, out: post(mod)))
+        for p in self._bf_names:
+            if p.requires_grad:
+                self._bf_timeline_hooks.append(p.register_post_accumulate_grad_hook(grad))
 
     def turn_off_timeline(self):
+        """Stop recording the activities of turn_on_timeline (open ones are ended)."""
+        for h in self._bf_timeline_hooks:
+            h.remove()
+        self._bf_timeline_hooks = []
         self._bf_timeline = False
+        for p in list(self._bf_open):
+            self._bf_tl_end(p)
+
+    def _bf_tl_begin(self, p, activity):
+        if p not in self._bf_open and _basics.timeline_start_activity(self._bf_name(p), activity):
+            self._bf_open[p] = activity
+
+    def _bf_tl_end(self, p, activity=None):
+        if p in self._bf_open and (activity is None or self._bf_open[p] == activity):
+            del self._bf_open[p]
+            _basics.timeline_end_activity(self._bf_name(p))
+
+    def _bf_tl_forward_begin(self, module):
+        for p in self._bf_module_params(module):
+            self._bf_tl_begin(p, "FORWARD")
+
+    def _bf_tl_forward_end(self, module):
+        backward = module.training and torch.is_grad_enabled()
+        for p in self._bf_module_params(module):
+            self._bf_tl_end(p, "FORWARD")
+            if backward:
+                self._bf_tl_begin(p, "GRADIENT COMPT.")
+
+    def _bf_tl_grad(self, p):
+        self._bf_tl_end(p, "GRADIENT COMPT.")
 
     @contextlib.contextmanager
     def skip_synchronize(self):
@@ -156,6 +204,7 @@ class _Distributed:
         for h in self._bf_hooks:
             h.remove()
         self._bf_hooks = []
+        self.turn_off_timeline()
 
 
 class _AdaptWithCombine(_Distributed):

@@ -235,6 +235,46 @@ def test_window_ops_have_their_phases():
     assert b == e_, (b, e_)
 
 
+@pytest.mark.parametrize("kind", ["awc", "grad"])
+def test_optimizer_records_forward_and_gradient_activities(kind):
+    torch.manual_seed(RANK)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 1))
+    base = torch.optim.SGD(model.parameters(), lr=0.1)
+    opt = (bf.DistributedAdaptWithCombineOptimizer(base, model) if kind == "awc"
+           else bf.DistributedGradientAllreduceOptimizer(base, model))
+    lane = opt._bf_name(model[0].weight)  # the lane of the parameter's communication
+    x, y = torch.randn(8, 4), torch.randn(8, 1)
+
+    def steps(n):
+        for _ in range(n):
+            opt.zero_grad()
+            torch.nn.functional.mse_loss(model(x), y).backward()
+            opt.step()
+        model.eval()
+        with torch.no_grad():  # no backward follows: no GRADIENT COMPT. left open
+            model(x)
+        model.train()
+
+    steps(2)
+    events = wait_for(lambda ev: lane in lanes(ev).values() and phases_of(ev, lane).count("GRADIENT COMPT.") >= 2)
+    phases = phases_of(events, lane)
+    assert phases.count("FORWARD") == 3 and phases.count("GRADIENT COMPT.") == 2, phases
+    assert phases.index("FORWARD") < phases.index("GRADIENT COMPT."), phases
+    if SIZE > 1:
+        comm = "ENQUEUE_NEIGHBOR_ALLREDUCE" if kind == "awc" else "ENQUEUE_ALLREDUCE"
+        assert phases.count(comm) == 2, phases
+    opt.turn_off_timeline()
+    steps(1)
+    bf.barrier()
+    time.sleep(0.5)
+    _, events = read_timeline()
+    after = phases_of(events, lane)
+    assert after.count("FORWARD") == 3 and after.count("GRADIENT COMPT.") == 2, after
+    pid = [p for p, n in lanes(events).items() if n == lane][0]
+    b = sum(1 for e in events if e.get("pid") == pid and e.get("ph") == "B")
+    assert b == sum(1 for e in events if e.get("pid") == pid and e.get("ph") == "E")  # all ended
+
+
 def test_reinit_appends_to_the_same_trace():
     bf.allreduce(torch.ones(2), name="tl.before_reinit")
     wait_for(lambda ev: "tl.before_reinit" in lanes(ev).values())
