@@ -135,21 +135,28 @@ def _allreduce_grad(op, grad):
 
 def grouped_allreduce(tensors, average: bool = True, name: Optional[str] = None):
     """Allreduces a list of tensors submitted together, so the core can fuse
-    them into few messages (what the optimizer wrappers use). Tensors are
-    grouped by dtype; each group is one op whose i-th tensor is named
-    '<name>.<i>'. Returns a list in the input order. Gradient: the grouped
-    allreduce of the gradients."""
-    tensors = [tf.convert_to_tensor(t) for t in tensors]
+    them into few messages (what the optimizer wrappers use). The i-th tensor
+    is named '<name>.<i>'; tensors of different dtypes go in one op per dtype.
+    Returns a list in the input order. Gradient: the grouped allreduce of the
+    gradients."""
+    tensors = list(tensors)
     if not tensors:
         return []
     base = op_name(name, "grouped_allreduce")
+    try:
+        tensors = [as_tensor(t, "grouped_allreduce") for t in tensors]
+    except (ValueError, TypeError) as err:
+        if base:  # the other ranks' ops fail with it instead of waiting for this rank
+            for i in range(len(tensors)):
+                _basics.report_refusal("allreduce", f"{base}.{i}", err)
+        raise
     by_dtype = {}
     for i, t in enumerate(tensors):
         by_dtype.setdefault(t.dtype, []).append(i)
     out = [None] * len(tensors)
-    for dtype, idx in sorted(by_dtype.items(), key=lambda kv: kv[0].name):
-        group_name = sub_name(base, f".{dtype.name}") if len(by_dtype) > 1 else base
-        results = _ops.bluefog_grouped_allreduce([tensors[i] for i in idx], group_name, average=bool(average))
+    for _, idx in sorted(by_dtype.items(), key=lambda kv: kv[0].name):
+        results = _ops.bluefog_grouped_allreduce([tensors[i] for i in idx], base, average=bool(average),
+                                                 indices=idx if len(by_dtype) > 1 else [])
         for i, r in zip(idx, results):
             out[i] = r
     return out
@@ -158,7 +165,8 @@ def grouped_allreduce(tensors, average: bool = True, name: Optional[str] = None)
 @tf.RegisterGradient("BluefogGroupedAllreduce")
 def _grouped_allreduce_grad(op, *grads):
     grads = [tf.zeros_like(x) if g is None else g for g, x in zip(grads, op.inputs[:-1])]
-    return list(_ops.bluefog_grouped_allreduce(grads, grad_name(op), average=op.get_attr("average"))) + [None]
+    return list(_ops.bluefog_grouped_allreduce(grads, grad_name(op), average=op.get_attr("average"),
+                                               indices=op.get_attr("indices"))) + [None]
 
 
 # ---- broadcast ----------------------------------------------------------------

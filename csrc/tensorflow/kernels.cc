@@ -107,6 +107,9 @@ class GroupedAllreduceOp : public BluefogKernel {
  public:
   explicit GroupedAllreduceOp(OpKernelConstruction* c) : BluefogKernel(c) {
     OP_REQUIRES_OK(c, c->GetAttr("average", &average_));
+    OP_REQUIRES_OK(c, c->GetAttr("indices", &indices_));
+    OP_REQUIRES(c, indices_.empty() || static_cast<int>(indices_.size()) == c->num_inputs() - 1,
+                absl::InvalidArgumentError("grouped_allreduce: indices must give one index per tensor"));
   }
 
   void ComputeAsync(OpKernelContext* ctx, DoneCallback done) override {
@@ -138,7 +141,8 @@ class GroupedAllreduceOp : public BluefogKernel {
       }
     };
     for (int i = 0; i < n; ++i) {
-      Status s = EnqueueAllreduce(ins[i], outs[i], nullptr, name + "." + std::to_string(i), average_, false,
+      const int64_t index = indices_.empty() ? i : indices_[i];
+      Status s = EnqueueAllreduce(ins[i], outs[i], nullptr, name + "." + std::to_string(index), average_, false,
                                   finish_one);
       if (!s.ok()) {
         // The rest are never submitted; the ones in flight still complete.
@@ -150,6 +154,7 @@ class GroupedAllreduceOp : public BluefogKernel {
 
  private:
   bool average_ = true;
+  std::vector<int64_t> indices_;
 };
 
 class BroadcastOp : public BluefogKernel {

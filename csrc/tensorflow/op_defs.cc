@@ -54,6 +54,7 @@ REGISTER_OP("BluefogGroupedAllreduce")
     .Attr("T: " BLUEFOG_TYPES)
     .Attr("N: int >= 1")
     .Attr("average: bool")
+    .Attr("indices: list(int) = []")
     .Input("tensors: N * T")
     .Input("tensor_name: string")
     .Output("outputs: N * T")
@@ -64,7 +65,8 @@ REGISTER_OP("BluefogGroupedAllreduce")
       for (int i = 0; i < n; ++i) c->set_output(i, c->input(i));
       return absl::OkStatus();
     })
-    .Doc("Allreduce of N tensors submitted together (named <name>.<i>), so the core can fuse them.");
+    .Doc("Allreduce of N tensors submitted together (named <name>.<i>, or <name>.<indices[i]> when indices are "
+         "given), so the core can fuse them.");
 
 REGISTER_OP("BluefogBroadcast")
     .Attr("T: " BLUEFOG_TYPES)

@@ -267,6 +267,11 @@ REFUSED = {
         tf.constant([1 + 1j]) if bad else tf.constant([1.0]), 0, name=name)),
     "allreduce.unnamed": ("unsupported dtype complex128", lambda bad, name: bf.allreduce(
         tf.constant([1 + 1j]) if bad else tf.constant([1.0]))),
+    "grouped_allreduce": ("grouped_allreduce: unsupported dtype complex128", lambda bad, name: bf.grouped_allreduce(
+        [tf.constant([1.0]), tf.constant([1 + 1j]) if bad else tf.constant([2.0]), tf.constant([3], tf.int32)],
+        name=name)),
+    "grouped_allreduce.unnamed": ("unsupported dtype string", lambda bad, name: bf.grouped_allreduce(
+        [tf.constant(["x"]) if bad else tf.constant([1.0]), tf.constant([2.0])])),
 }
 
 
