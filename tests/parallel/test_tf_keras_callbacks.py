@@ -29,9 +29,10 @@ def shard(r):
     return x, (x.sum(axis=1, keepdims=True) + r).astype(np.float32)
 
 
-def make_model(seed, with_input=True):
+def make_model(seed, with_input=True, dropout=False):
     keras.utils.set_random_seed(seed)
-    layers = [keras.layers.Dense(3, activation="tanh"), keras.layers.Dense(1)]
+    layers = [keras.layers.Dense(3, activation="tanh")] + ([keras.layers.Dropout(0.3)] if dropout else []) + \
+        [keras.layers.Dense(1)]
     return keras.Sequential(([keras.Input((3,))] if with_input else []) + layers)
 
 
@@ -59,10 +60,14 @@ def gathered(a):
     return bf.allgather(tf.constant(a)[None]).numpy()
 
 
-@pytest.mark.parametrize("with_input", [True, False], ids=["built", "lazy"])
-def test_broadcast_global_variables(with_input):
+@pytest.mark.parametrize("with_input, dropout", [(True, False), (False, False), (False, True)],
+                         ids=["built", "lazy", "lazy-dropout"])
+def test_broadcast_global_variables(with_input, dropout):
+    """A lazily built model with a Dropout layer has a variable (its seed state)
+    before its first step: the weights must still be broadcast (after the first
+    batch), not just that variable."""
     root = SIZE - 1
-    model = make_model(seed=RANK, with_input=with_input)
+    model = make_model(seed=RANK, with_input=with_input, dropout=dropout)
     fit(model, [bfc.BroadcastGlobalVariablesCallback(root)], lr=0.0 if with_input else 0.01)
     for w in model.get_weights():
         g = gathered(w)
@@ -71,6 +76,53 @@ def test_broadcast_global_variables(with_input):
     if with_input:  # lr 0: everyone holds root's initial weights
         for w, ref in zip(model.get_weights(), make_model(seed=root).get_weights()):
             np.testing.assert_array_equal(w, ref)
+
+
+def test_resume_with_optimizer_state_restored_on_root_only(tmp_path):
+    """Horovod's resume recipe: the root loads a checkpoint (its optimizer is
+    built, with state), the others start fresh. Every rank must end with the
+    root's model and optimizer state (this used to hang: the ranks broadcast
+    different variable lists)."""
+    root = 0
+    path = os.path.join(str(tmp_path), "ckpt.keras")
+    shared = bf.broadcast(tf.constant(np.frombuffer(path.encode().ljust(512), np.uint8)), root).numpy()
+    path = bytes(shared).decode().strip()
+    if RANK == root:  # a checkpoint with optimizer state (as if trained for STEPS steps)
+        saved = make_model(seed=99)
+        saved.compile(optimizer=bf.DistributedOptimizer(keras.optimizers.Adam(0.05)), loss="mse")
+        saved.optimizer.build(saved.trainable_variables)
+        saved.optimizer.iterations.assign(STEPS)
+        for i, v in enumerate(saved.optimizer.variables[1:]):
+            v.assign(tf.fill(v.shape, tf.cast(0.01 * (i + 1), v.dtype)))
+        saved.save(path)
+    bf.barrier()
+    if RANK == root:
+        model = keras.models.load_model(path)
+        assert model.optimizer.built and int(model.optimizer.iterations.numpy()) == STEPS
+        assert model.optimizer.variables[0] is model.optimizer.iterations
+    else:
+        model = make_model(seed=RANK)
+        model.compile(optimizer=bf.DistributedOptimizer(keras.optimizers.Adam(0.05)), loss="mse")
+    captured = {}
+
+    class Capture(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            if batch == 0:  # right after the broadcast, before any step
+                captured["w"] = [w.copy() for w in self.model.get_weights()]
+                captured["opt"] = [np.asarray(v.numpy()) for v in self.model.optimizer.variables]
+
+    x, y = shard(RANK)
+    model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0,
+              callbacks=[bfc.BroadcastGlobalVariablesCallback(root), Capture()])
+    for a in captured["w"] + captured["opt"]:
+        g = gathered(np.asarray(a))
+        for r in range(SIZE):
+            np.testing.assert_array_equal(g[r], g[root])
+    assert int(np.asarray(captured["opt"][0])) == STEPS  # the root's state reached everyone
+    for w in model.get_weights():
+        g = gathered(w)
+        for r in range(SIZE):
+            np.testing.assert_array_equal(g[r], w)
 
 
 def test_without_broadcast_ranks_differ():

@@ -19,12 +19,15 @@ _basics = get_basics()
 
 
 class BroadcastGlobalVariablesCallback(keras.callbacks.Callback):
-    """Makes every rank start from root_rank's model (and optimizer) state.
+    """Makes every rank start from root_rank's model and optimizer state.
 
-    At the start of training it broadcasts the model's variables (and the
-    optimizer's, if already built); if the model has no variables yet (built
-    lazily by the first step), it broadcasts model and optimizer variables
-    after the first batch instead. Runs once per callback object.
+    At the start of training, if every layer of the model is built, it builds
+    the optimizer where it is not built yet (so that a rank that restored a
+    checkpoint, whose optimizer is built, and a fresh rank broadcast the same
+    variables) and broadcasts the model's and the optimizer's variables. A
+    model built lazily by its first step (no Input) is broadcast after the
+    first batch instead, when every rank has built it. Runs once per callback
+    object.
     """
 
     def __init__(self, root_rank: int = 0):
@@ -35,13 +38,23 @@ class BroadcastGlobalVariablesCallback(keras.callbacks.Callback):
     def _broadcast(self):
         variables = list(self.model.variables)
         optimizer = getattr(self.model, "optimizer", None)
-        if optimizer is not None and getattr(optimizer, "built", False):
+        if optimizer is not None:
+            if not getattr(optimizer, "built", True) and hasattr(optimizer, "build"):
+                optimizer.build(self.model.trainable_variables)
             variables += list(optimizer.variables)
         broadcast_variables(variables, self.root_rank, name="bluefog.keras.broadcast_global_variables")
         self.broadcast_done = True
 
+    def _model_built(self) -> bool:
+        # Every layer, not just "has variables": a Dropout layer's seed state
+        # exists before the Dense layers around it are built.
+        layers = getattr(self.model, "_flatten_layers", None)
+        if layers is None:
+            return bool(getattr(self.model, "built", False))
+        return all(getattr(layer, "built", True) for layer in layers())
+
     def on_train_begin(self, logs=None):
-        if not self.broadcast_done and self.model.variables:
+        if not self.broadcast_done and self._model_built():
             self._broadcast()
 
     def on_train_batch_end(self, batch, logs=None):
