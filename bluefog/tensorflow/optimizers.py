@@ -38,6 +38,10 @@ def DistributedOptimizer(optimizer, name: Optional[str] = None, use_locking: boo
             tf.compat.v1.train.Optimizer. Under Keras's mixed_float16 global
             policy a Keras optimizer is first put in a LossScaleOptimizer (as
             model.compile would do), whose checks then see averaged gradients.
+            A LossScaleOptimizer put around the wrapper (by hand, or by
+            compile under a policy set after wrapping) is refused with a
+            ValueError at the first step: its check would see each rank's own
+            gradients, and ranks would skip different steps.
         name: the legacy wrapper's name (default "Distributed<Class>"); for a
             Keras optimizer, the new optimizer's name (default: unchanged).
         use_locking: passed to the legacy Optimizer base class.
@@ -99,6 +103,9 @@ def keras_wrapper_class(base):
         return config
 
     def apply(self, grads, trainable_variables=None):
+        if not getattr(self, "_bluefog_outer_checked", False):
+            _refuse_outer_loss_scale(self)
+            self._bluefog_outer_checked = True
         grads = list(grads)
         if trainable_variables is not None:
             trainable_variables = list(trainable_variables)
@@ -127,6 +134,31 @@ def keras_wrapper_class(base):
         globals()[name] = cls  # where Keras also looks for a saved object's class
     _WRAPPERS[base] = cls
     return cls
+
+
+def _refuse_outer_loss_scale(optimizer):
+    """ValueError if a LossScaleOptimizer calls `optimizer` (the distributed
+    wrapper) as its inner optimizer: its overflow check would see this rank's
+    own gradients, so a rank whose gradients overflowed would skip the step
+    (and the allreduce) that the others take, and the job would hang. Looked
+    up on the calling frames, once (model.compile puts one outside under a
+    mixed_float16 policy set after the wrapper was made, or a model dtype)."""
+    import sys
+    import keras
+    outer_class = keras.optimizers.LossScaleOptimizer
+    frame, depth = sys._getframe(2), 0
+    while frame is not None and depth < 40:
+        outer = frame.f_locals.get("self")
+        if isinstance(outer, outer_class) and outer is not optimizer and \
+                getattr(outer, "inner_optimizer", None) is optimizer:
+            raise ValueError(
+                f"DistributedOptimizer: {type(optimizer).__name__} is the inner optimizer of a LossScaleOptimizer, "
+                "whose overflow check would see each rank's own gradients: a rank that overflowed would skip the "
+                "gradient allreduce the others wait in. Set the mixed precision policy before wrapping "
+                "(keras.mixed_precision.set_global_policy('mixed_float16'), then bf.DistributedOptimizer(opt): "
+                "the loss scaling then goes inside and checks averaged gradients), or wrap the other way round: "
+                "bf.DistributedOptimizer(keras.optimizers.LossScaleOptimizer(opt)).")
+        frame, depth = frame.f_back, depth + 1
 
 
 def _register_builtin_wrappers():

@@ -263,6 +263,35 @@ def test_mixed_precision_overflow_on_one_rank_does_not_hang():
         keras.mixed_precision.set_global_policy(policy)
 
 
+@pytest.mark.parametrize("how", ["policy_after_wrapping", "loss_scale_outside"])
+def test_loss_scale_optimizer_outside_the_wrapper_is_refused(how):
+    """A LossScaleOptimizer around the distributed wrapper checks each rank's own
+    gradients: a rank whose batch overflowed would skip the allreduce the others
+    wait in (a hang). It is refused on every rank with a ValueError that says
+    how to set it up instead."""
+    policy = keras.mixed_precision.global_policy()
+    try:
+        if how == "policy_after_wrapping":
+            opt = bf.DistributedOptimizer(keras.optimizers.SGD(0.001))
+            keras.mixed_precision.set_global_policy("mixed_float16")  # compile then wraps opt
+        else:
+            keras.mixed_precision.set_global_policy("mixed_float16")
+            opt = keras.optimizers.LossScaleOptimizer(bf.DistributedOptimizer(keras.optimizers.SGD(0.001)))
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4), keras.layers.Dense(1, dtype="float32")])
+        x, y = shard(RANK)
+        x = x.copy()
+        if RANK == 0:
+            x[0] = 1e4
+        model.compile(optimizer=opt, loss="mse")
+        with pytest.raises(ValueError, match="inner optimizer of a LossScaleOptimizer.*set_global_policy"):
+            model.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0)
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+    # the job goes on
+    assert int(bf.allreduce(tf.constant(1), average=False).numpy()) == SIZE
+
+
 # ---- tf.compat.v1 optimizers -------------------------------------------------------------
 def linear_loss(w, b, x, y):
     return tf.reduce_mean(tf.square(tf.matmul(x, w) + b - y))
