@@ -47,7 +47,10 @@ def train(epochs=10, batch_size=16, lr=0.0005, warmup_epochs=2, seed=42, verbose
     # Different seeds on purpose: BroadcastGlobalVariablesCallback makes the start identical.
     keras.utils.set_random_seed(seed + bf.rank())
     x_train, x_test, y_train, y_test = load_digits_split(seed)
-    x_train, y_train = x_train[bf.rank()::bf.size()], y_train[bf.rank()::bf.size()]
+    # Equal shards: every rank takes the same number of steps per epoch (each step
+    # allreduces the gradients; a rank with one more batch would wait for the others).
+    per_rank = len(x_train) // bf.size()
+    x_train, y_train = x_train[bf.rank()::bf.size()][:per_rank], y_train[bf.rank()::bf.size()][:per_rank]
 
     model = build_model()
     scaled_lr = lr * bf.size()

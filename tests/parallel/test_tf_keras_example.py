@@ -29,3 +29,16 @@ def test_keras_digits_reaches_accuracy():
     # Warmup: from lr/size to lr over 2 epochs, then constant.
     lrs = history.history["lr"]
     np.testing.assert_allclose(lrs[1:], [0.0005 * size] * (len(lrs) - 1), rtol=1e-6)
+
+
+def test_shards_of_unequal_length_do_not_hang():
+    """The training set does not split evenly over the ranks; with a batch size at
+    which the longer shards would need one more step, every rank must still take
+    the same number of steps (a rank with an extra step waited in its gradient
+    allreduce forever)."""
+    size = bf.size()
+    n = len(keras_digits.load_digits_split(42)[0])
+    lens = [len(range(r, n, size)) for r in range(size)]
+    batch = next((b for b in range(2, max(lens) + 1) if -(-max(lens) // b) != -(-min(lens) // b)), 64)
+    accuracy, history = keras_digits.train(epochs=1, batch_size=batch, seed=42)
+    assert 0.0 <= accuracy <= 1.0 and len(history.history["loss"]) == 1
