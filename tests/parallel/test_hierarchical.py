@@ -334,6 +334,35 @@ def test_hierarchical_nonblocking_poll_then_synchronize():
         check(bf.synchronize(handles[k]), machine_means(shape, 20 + k).sum(axis=0))
 
 
+def test_hierarchical_nonblocking_progresses_whatever_the_wait_order():
+    """Like a single op, a nonblocking hierarchical allreduce makes progress in
+    the background: ranks may wait for two of them in opposite orders, or run
+    another collective first, without waiting for each other (both hung: each
+    step started only when its own rank waited for that handle)."""
+    G = bf.ExponentialGraph(MACHINES)
+    bf.set_machine_topology(G, is_weighted=True)
+    W = weight_matrix(G)
+    shape = (4,)
+    h1 = bf.hierarchical_neighbor_allreduce_nonblocking(rank_input(RANK, shape, 30), name="hier.order.a")
+    h2 = bf.hierarchical_neighbor_allreduce_nonblocking(rank_input(RANK, shape, 31), name="hier.order.b")
+    order = [(h1, 30), (h2, 31)] if RANK % 2 == 0 else [(h2, 31), (h1, 30)]
+    for h, seed in order:
+        check(bf.synchronize(h), combine(W, machine_means(shape, seed), MACHINE))
+    h = bf.hierarchical_neighbor_allreduce_nonblocking(rank_input(RANK, shape, 32), name="hier.order.c")
+    if RANK == 0:  # another collective between start and wait, on one rank only
+        assert bf.allreduce(torch.ones(1), average=False, name="hier.order.mid").item() == SIZE
+    check(bf.synchronize(h), combine(W, machine_means(shape, 32), MACHINE))
+    if RANK != 0:
+        assert bf.allreduce(torch.ones(1), average=False, name="hier.order.mid").item() == SIZE
+    # an error in a step reaches the waiting caller
+    bad = bf.hierarchical_neighbor_allreduce_nonblocking(rank_input(RANK, (RANK + 1,), 33), name="hier.order.bad")
+    if SIZE > 1:
+        with pytest.raises(ValueError, match=r"hier\.order\.bad\."):
+            bf.synchronize(bad)
+    else:
+        bf.synchronize(bad)
+
+
 # ---- errors -------------------------------------------------------------------------------------
 def test_partial_weight_arguments_raise_value_error():
     x = rank_input(RANK, (2,), 40)
