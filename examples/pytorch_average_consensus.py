@@ -64,7 +64,28 @@ def dynamic_schedule(name):
         if bf.rank() == 0:
             print("InnerOuterExpo2 needs several machines with more than 2 ranks each; using the one-peer "
                   "exponential schedule instead", flush=True)
+    if not one_peer_steps_are_permutations(bf.load_topology()):
+        # With 1/(in-degree + 1) weights a step is doubly stochastic only when every
+        # rank receives from exactly one peer: on a star or a mesh some receive from
+        # several and some from none, and the ranks agree on a value that is not the
+        # average.
+        if bf.rank() == 0:
+            print(f"on {name}, the one-peer schedule does not pair every rank with exactly one sender "
+                  "at each step (needed to keep the average); using the exponential graph's schedule "
+                  "instead", flush=True)
+        return topology_util.GetDynamicOnePeerSendRecvRanks(topology_util.ExponentialGraph(bf.size()), bf.rank())
     return topology_util.GetDynamicOnePeerSendRecvRanks(bf.load_topology(), bf.rank())
+
+
+def one_peer_steps_are_permutations(topology, steps=None):
+    """True if, at each step of GetDynamicOnePeerSendRecvRanks (computed here for
+    every rank), every rank receives from exactly one peer."""
+    size = topology.number_of_nodes()
+    schedules = [topology_util.GetDynamicOnePeerSendRecvRanks(topology, r) for r in range(size)]
+    for _ in range(steps or 2 * size):
+        if any(len(recv) != 1 for _, recv in (next(s) for s in schedules)):
+            return False
+    return True
 
 
 def relative_error(x, x_bar):

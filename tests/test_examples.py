@@ -52,7 +52,8 @@ CONSENSUS_ERROR = r"final relative error \(max over ranks\): " + FLOAT
     (["--virtual-topology", "ring", "--enable-dynamic-topology"], 1e-8),  # one peer per iteration
     (["--virtual-topology", "star"], 1e-8),                         # the star's own weights
     (["--asynchronous-mode"], 1e-8),                                # push-sum with windows
-], ids=["sync-expo2", "sync-ring-dynamic", "sync-star", "async-push-sum"])
+    (["--virtual-topology", "star", "--enable-dynamic-topology"], 1e-8),  # falls back (was 0.17 off)
+], ids=["sync-expo2", "sync-ring-dynamic", "sync-star", "async-push-sum", "sync-star-dynamic"])
 def test_average_consensus(flags, bound):
     out = run_example("pytorch_average_consensus.py", "--data-size", "2000", "--max-iters", "100", *flags)
     error = parse(CONSENSUS_ERROR, out)
