@@ -110,6 +110,16 @@ def _resolve(basics, op, self_weight, src_weights, dst_weights) -> Exchange:
     return Exchange(self_weight, src_order, [src[r] for r in src_order], dst_order, [dst[d] for d in dst_order])
 
 
+def _check_machines(basics, machines, what: str, op: str) -> None:
+    """Machine ids in [0, machine_size()), other than this rank's machine."""
+    count, mine = basics.machine_size(), basics.machine_rank()
+    for m in machines:
+        if not 0 <= m < count:
+            raise ValueError(f"{op}: {what} names machine {m}; machines are 0..{count - 1}")
+        if m == mine:
+            raise ValueError(f"{op}: {what} names this rank's own machine {m} (its weight is self_weight)")
+
+
 def resolve_machines(basics, op: str, self_weight=None, src_machine_weights=None,
                      dst_machine_weights=None) -> Exchange:
     """The leaders' exchange of a hierarchical_neighbor_allreduce, in global
@@ -138,6 +148,10 @@ def resolve_machines(basics, op: str, self_weight=None, src_machine_weights=None
         self_weight = check_weight(self_weight, "self_weight", op)
         src_machine_weights = check_weight_dict(src_machine_weights, "src_machine_weights", op)
         dst = dst_dict(dst_machine_weights, op)
+        # On every rank, though only the leaders use them: a bad machine id on
+        # another rank of the machine is a mistake all the same.
+        _check_machines(basics, src_machine_weights, "src_machine_weights", op)
+        _check_machines(basics, dst, "dst_machine_weights", op)
     if basics.local_rank() != 0:
         return Exchange(0.0, [], [], [], [])
     local = basics.local_size()

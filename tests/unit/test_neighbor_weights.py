@@ -25,6 +25,7 @@ class FakeBasics:
     def local_size(self): return self._local
     def local_rank(self): return self._rank % self._local
     def machine_rank(self): return self._rank // self._local
+    def machine_size(self): return self._topo.number_of_nodes() // self._local
     def load_machine_topology(self): return self._mtopo
     def is_machine_topo_weighted(self): return self._mweighted
     def in_neighbor_machine_ranks(self):
@@ -110,3 +111,11 @@ def test_machine_exchange_errors():
         nw.resolve_machines(FakeBasics(0, g, local_size=2), "op")
     with pytest.raises(ValueError, match="together"):
         nw.resolve_machines(FakeBasics(0, g, local_size=2), "op", self_weight=0.5)
+    # bad machine ids are refused on every rank, not only on the leaders that use them
+    for rank in (0, 1, 3):  # leader of machine 0, the other rank of machine 0, of machine 1
+        basics = FakeBasics(rank, g, local_size=2)
+        for src, dst, says in (({5: 0.5}, [1 - rank // 2], "src_machine_weights names machine 5; machines are 0..1"),
+                               ({1 - rank // 2: 0.5}, [-1], "dst_machine_weights names machine -1"),
+                               ({rank // 2: 0.5}, [1 - rank // 2], "own machine")):
+            with pytest.raises(ValueError, match=says):
+                nw.resolve_machines(basics, "op", self_weight=0.5, src_machine_weights=src, dst_machine_weights=dst)
