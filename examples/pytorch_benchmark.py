@@ -104,12 +104,17 @@ def make_optimizer(model, args):
         return DistributedPullGetOptimizer(base, model)
     if name == "push_sum":
         return DistributedPushSumOptimizer(base, model)
+    if name == "hierarchical_neighbor_allreduce" and not bf.is_homogeneous():
+        # Machines of different sizes: the hierarchical op needs every machine alike.
+        if bf.rank() == 0:
+            print("the machines have different numbers of ranks, which hierarchical_neighbor_allreduce "
+                  "does not support; using neighbor_allreduce instead", flush=True)
+        name = args.dist_optimizer = "neighbor_allreduce"
     comm = {"neighbor_allreduce": bf.CommunicationType.neighbor_allreduce,
             "hierarchical_neighbor_allreduce": bf.CommunicationType.hierarchical_neighbor_allreduce,
             "allreduce": bf.CommunicationType.allreduce}[name]
     if comm == bf.CommunicationType.hierarchical_neighbor_allreduce:
-        machines = bf.machine_size() if bf.is_homogeneous() else 1
-        bf.set_machine_topology(topology_util.ExponentialGraph(machines))
+        bf.set_machine_topology(topology_util.ExponentialGraph(bf.machine_size()))
     factory = bf.DistributedAdaptThenCombineOptimizer if args.atc_style else bf.DistributedAdaptWithCombineOptimizer
     return factory(base, model, communication_type=comm)
 

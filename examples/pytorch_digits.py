@@ -88,7 +88,7 @@ class Net(nn.Module):
 
 
 def machine_count():
-    return bf.machine_size() if bf.is_homogeneous() else 1
+    return bf.machine_size()
 
 
 def make_optimizer(model, args):
@@ -100,6 +100,12 @@ def make_optimizer(model, args):
         return bf.DistributedWinPutOptimizer(base, model)
     if name == "push_sum":
         return DistributedPushSumOptimizer(base, model)
+    if name == "hierarchical_neighbor_allreduce" and not bf.is_homogeneous():
+        # Machines of different sizes: the hierarchical op needs every machine alike.
+        if bf.rank() == 0:
+            print("the machines have different numbers of ranks, which hierarchical_neighbor_allreduce "
+                  "does not support; using neighbor_allreduce instead", flush=True)
+        name = args.dist_optimizer = "neighbor_allreduce"
     comm = {"neighbor_allreduce": bf.CommunicationType.neighbor_allreduce,
             "hierarchical_neighbor_allreduce": bf.CommunicationType.hierarchical_neighbor_allreduce,
             "allreduce": bf.CommunicationType.allreduce}[name]
