@@ -28,7 +28,9 @@ class Composite:
     """`steps[i](previous_result)` starts step i and returns a core handle;
     `finish(last_result)` gives the final result."""
 
-    def __init__(self, first_handle: int, steps: List[Callable[[object], int]], finish: Callable[[object], object]):
+    def __init__(self, first_handle: int, steps: List[Callable[[object], int]], finish: Callable[[object], object],
+                 label: str = ""):
+        self.label = label  # e.g. "hierarchical_neighbor_allreduce 'x'": what a step's error is about
         self.handle = first_handle
         self.steps = list(steps)
         self.finish = finish
@@ -46,6 +48,8 @@ class Composite:
             self.result = self.finish(value)
         except BaseException as err:  # noqa: BLE001  (re-raised by the caller's synchronize)
             self.error = err
+            if self.label and type(err) in (ValueError, RuntimeError, TypeError):
+                self.error = type(err)(f"{self.label}: {err}")  # the step's message names the step only
         self.done.set()
 
 
@@ -60,12 +64,12 @@ def _drive():
             _queue.popleft()
 
 
-def start_composite(first_handle: int, steps, finish) -> int:
+def start_composite(first_handle: int, steps, finish, label: str = "") -> int:
     """Registers a composite op (its first step already started); returns its
-    (negative) handle."""
+    (negative) handle. `label` names the op in its steps' errors."""
     global _driver
     h = -next(_counter)
-    comp = Composite(first_handle, steps, finish)
+    comp = Composite(first_handle, steps, finish, label)
     _composites[h] = comp
     with _lock:
         if _driver is None:

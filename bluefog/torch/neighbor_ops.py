@@ -211,7 +211,7 @@ def hierarchical_neighbor_allreduce_nonblocking(tensor: torch.Tensor, *, self_we
         return exchange(mean)
 
     first = allreduce_nonblocking(x, average=True, is_hierarchical_local=True, name=label("local"))
-    return start_composite(first, [keep_mean, spread], lambda result: result.to(device))
+    return start_composite(first, [keep_mean, spread], lambda result: result.to(device), label=f"{op} '{base}'")
 
 
 def hierarchical_neighbor_allreduce(tensor: torch.Tensor, *, self_weight: Optional[float] = None,
