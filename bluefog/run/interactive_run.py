@@ -152,8 +152,9 @@ def hosts_of(args):
     return None
 
 
-def start(args) -> int:
-    """``ibfrun start``: controller, then engines through bfrun; returns an exit code."""
+def start(args, hosts) -> int:
+    """``ibfrun start``: controller, then engines through bfrun (``hosts``: from
+    :func:`hosts_of`); returns an exit code."""
     import ipyparallel  # pylint: disable=import-outside-toplevel
     pdir = profile_dir(args.profile)
     old = _read_pids(pdir)
@@ -161,7 +162,6 @@ def start(args) -> int:
         print("ibfrun: a cluster for profile {!r} is already running; run `ibfrun stop "
               "--ipython-profile {}` first".format(args.profile, args.profile), file=sys.stderr)
         return 1
-    hosts = hosts_of(args)  # main() has checked them
     facts = host_facts(hosts is not None)
     remote = sorted({h for h, _ in hosts or [] if not lc.is_local_host(h, facts)})
     engine_json = os.path.join(pdir, "security", "ipcontroller-engine.json")
@@ -268,9 +268,10 @@ def main(argv=None) -> int:
         return 0
     if args.action is None:
         parser.error("choose an action: start or stop")
+    hosts = None
     if args.action == "start":
         try:
-            hosts_of(args)
+            hosts = hosts_of(args)
         except (OSError, ValueError) as exc:
             print("ibfrun: " + str(exc), file=sys.stderr)
             return 2
@@ -279,7 +280,7 @@ def main(argv=None) -> int:
     except ImportError:
         print("ibfrun: " + INSTALL_HINT, file=sys.stderr)
         return 1
-    return start(args) if args.action == "start" else stop(args)
+    return start(args, hosts) if args.action == "start" else stop(args)
 
 
 if __name__ == "__main__":

@@ -107,11 +107,7 @@ def parse_hostfile_text(text: str) -> HostList:
     integer raises ``ValueError`` naming the line.
     """
     out: HostList = []
-    for number, raw in enumerate(text.splitlines(), 1):
-        line = raw.split("#", 1)[0].strip()
-        if not line:
-            continue
-        tokens = line.split()
+    for number, raw, tokens in _hostfile_lines(text):
         host, counts = tokens[0], []
         if _has_count(host):
             host, _, count = host.partition(":")
@@ -130,11 +126,15 @@ def parse_hostfile_text(text: str) -> HostList:
 def hostfile_is_hydra_style(text: str) -> bool:
     """True if some line of the hostfile is written ``host:N``, which Open MPI does not read
     (it takes ``node1:4`` for a host name); bfrun then passes the hosts with ``-H``."""
-    for raw in text.splitlines():
+    return any(_has_count(tokens[0]) for _, _, tokens in _hostfile_lines(text))
+
+
+def _hostfile_lines(text: str):
+    """(line number, line, its words) for each hostfile line with words left after ``#``."""
+    for number, raw in enumerate(text.splitlines(), 1):
         tokens = raw.split("#", 1)[0].split()
-        if tokens and _has_count(tokens[0]):
-            return True
-    return False
+        if tokens:
+            yield number, raw, tokens
 
 
 def _has_count(entry: str) -> bool:

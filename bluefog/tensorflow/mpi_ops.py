@@ -17,7 +17,6 @@ Failures surface as tf.errors exceptions carrying the core's message:
 InvalidArgumentError (bad input, ranks disagree), FailedPreconditionError (not
 initialized), AbortedError (communication failed / shut down).
 """
-import contextlib
 import itertools
 import os
 from typing import Optional
@@ -46,7 +45,8 @@ def op_name(name: Optional[str], op: str) -> str:
 
 
 def sub_name(name: str, suffix: str) -> str:
-    """Name of a step of a composite op: '<name><suffix>', or '' (node names) for ''."""
+    """Name of a step derived from a gradient op's name: '<name><suffix>', or ''
+    (node names) for '' (see grad_name; op_name never gives '')."""
     return name + suffix if name else ""
 
 
@@ -67,9 +67,8 @@ def refusal(op: str, name: str):
     """Context for an op's local checks: a ValueError or TypeError raised in it
     (bad input on this rank) is first reported to the other ranks under the
     op's name, so that their op fails with it instead of waiting for this rank
-    (`op` is the core's kind, e.g. "allreduce"). Not for '' (a graph node's
-    own name, which the other ranks' ops use but this rank cannot know here)."""
-    return _basics.refusal_reported(op, name) if name else contextlib.nullcontext()
+    (`op` is the core's kind, e.g. "allreduce"; `name` from op_name)."""
+    return _basics.refusal_reported(op, name)
 
 
 def as_tensor(tensor, op: str):
@@ -120,8 +119,8 @@ def allreduce(tensor, average: bool = True, name: Optional[str] = None, device: 
 
 def _allreduce_sparse(slices: tf.IndexedSlices, average: bool, name: Optional[str]):
     base = op_name(name, "allreduce")
-    values = allgather(slices.values, name=sub_name(base, ".values") or None)
-    indices = allgather(slices.indices, name=sub_name(base, ".indices") or None)
+    values = allgather(slices.values, name=base + ".values")
+    indices = allgather(slices.indices, name=base + ".indices")
     if average:
         values = values / tf.cast(_basics.size(), values.dtype)
     return tf.IndexedSlices(values, indices, dense_shape=slices.dense_shape)
@@ -146,9 +145,8 @@ def grouped_allreduce(tensors, average: bool = True, name: Optional[str] = None)
     try:
         tensors = [as_tensor(t, "grouped_allreduce") for t in tensors]
     except (ValueError, TypeError) as err:
-        if base:  # the other ranks' ops fail with it instead of waiting for this rank
-            for i in range(len(tensors)):
-                _basics.report_refusal("allreduce", f"{base}.{i}", err)
+        for i in range(len(tensors)):  # the other ranks' ops fail with it instead of waiting for this rank
+            _basics.report_refusal("allreduce", f"{base}.{i}", err)
         raise
     by_dtype = {}
     for i, t in enumerate(tensors):

@@ -22,7 +22,7 @@ import tensorflow as tf
 
 from bluefog.common.basics import get_basics
 from bluefog.common import neighbor_weights
-from bluefog.tensorflow.mpi_ops import _ops, allreduce, as_tensor, op_name, refusal, sub_name
+from bluefog.tensorflow.mpi_ops import _ops, allreduce, as_tensor, op_name, refusal
 
 _basics = get_basics()
 _FLOAT_TYPES = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
@@ -61,7 +61,7 @@ def weighted_exchange(tensor, ex: neighbor_weights.Exchange, name: str):
         y = _combine(x, received, ex.self_weight, ex.src_weights)
 
         def backward(dy):
-            back = _exchange(dy, ex.dst_ranks, ex.src_ranks, ex.src_weights, False, sub_name(name, ".grad"))
+            back = _exchange(dy, ex.dst_ranks, ex.src_ranks, ex.src_weights, False, name + ".grad")
             send_weights = ex.dst_weights or [1.0] * len(ex.dst_ranks)
             return _combine(dy, back, ex.self_weight, send_weights)
 
@@ -123,13 +123,13 @@ def neighbor_allgather(tensor, *, src_ranks: Optional[List[int]] = None, dst_ran
             # 1. the first dims of my sources, 2. where each source's slice
             #    starts in my dy (a vector indexed by rank, plus my total),
             #    sent back to my sources, 3. my dy, sent back to my sources.
-            sizes = _exchange(tf.shape(x, out_type=tf.int64)[:1], src, dst, [], True, sub_name(name, ".grad.sizes"))
+            sizes = _exchange(tf.shape(x, out_type=tf.int64)[:1], src, dst, [], True, name + ".grad.sizes")
             offsets = tf.cumsum(sizes, exclusive=True)
             meta = tf.tensor_scatter_nd_update(tf.fill([size + 1], tf.constant(-1, tf.int64)),
                                                tf.constant([[r] for r in src] + [[size]], tf.int64, [len(src) + 1, 1]),
                                                tf.concat([offsets, [tf.reduce_sum(sizes)]], 0))
-            metas = tf.reshape(_exchange(meta, dst, src, [], True, sub_name(name, ".grad.meta")), [-1, size + 1])
-            gathered = _exchange(dy, dst, src, [], True, sub_name(name, ".grad"))
+            metas = tf.reshape(_exchange(meta, dst, src, [], True, name + ".grad.meta"), [-1, size + 1])
+            gathered = _exchange(dy, dst, src, [], True, name + ".grad")
             starts = tf.cumsum(metas[:, size], exclusive=True) + metas[:, rank]
             n = tf.shape(x, out_type=tf.int64)[0]
             index = tf.reshape(starts[:, None] + tf.range(n)[None, :], [-1])
@@ -153,17 +153,17 @@ def hierarchical_neighbor_allreduce(tensor, *, self_weight: Optional[float] = No
     differentiable steps)."""
     op = "hierarchical_neighbor_allreduce"
     base = op_name(name, op)
-    with refusal("allreduce", sub_name(base, ".local")):  # the first step: a machine-local allreduce
+    with refusal("allreduce", base + ".local"):  # the first step: a machine-local allreduce
         tensor = as_tensor(tensor, op)
         _check_float(tensor, op)
         ex = neighbor_weights.resolve_machines(_basics, op, self_weight, src_machine_weights,
                                                dst_machine_weights)
     local_mean = allreduce(tensor, average=True, is_hierarchical_local=True,
-                           name=sub_name(base, ".local") or None)
-    combined = weighted_exchange(local_mean, ex, sub_name(base, ".exchange"))
+                           name=base + ".local")
+    combined = weighted_exchange(local_mean, ex, base + ".exchange")
     # Only the leaders' results count; the others add zeros (selected, not
     # multiplied by 0: 0 * inf would be nan), and their gradient still flows
     # (as zeros) through the exchange, which every rank's backward must run.
     leader = tf.constant(_basics.local_rank() == 0)
     combined = tf.where(leader, combined, tf.zeros_like(combined))
-    return allreduce(combined, average=False, is_hierarchical_local=True, name=sub_name(base, ".spread") or None)
+    return allreduce(combined, average=False, is_hierarchical_local=True, name=base + ".spread")

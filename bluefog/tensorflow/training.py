@@ -1,12 +1,11 @@
 """Data-parallel training helpers for TensorFlow: broadcast_variables,
 allreduce_gradients and DistributedGradientTape."""
-import contextlib
 import zlib
 from typing import Optional
 
 import tensorflow as tf
 
-from bluefog.tensorflow.mpi_ops import _check_device, allreduce, broadcast, grouped_allreduce, op_name, sub_name
+from bluefog.tensorflow.mpi_ops import _check_device, allreduce, broadcast, grouped_allreduce, op_name
 
 
 def broadcast_variables(variables, root_rank: int, name: Optional[str] = None):
@@ -18,7 +17,7 @@ def broadcast_variables(variables, root_rank: int, name: Optional[str] = None):
     base = op_name(name, "broadcast_variables")
     assigns = []
     for i, v in enumerate(variables):
-        value = broadcast(tf.convert_to_tensor(v), root_rank, name=sub_name(base, f".{i}") or None)
+        value = broadcast(tf.convert_to_tensor(v), root_rank, name=f"{base}.{i}")
         assigns.append(v.assign(value))
     if tf.executing_eagerly() or tf.inside_function():
         return None  # eager: done; tf.function: automatic control dependencies run them
@@ -52,24 +51,23 @@ def allreduce_gradients(gradients, average: bool = True, sparse_as_dense: bool =
     base = op_name(name, "allreduce_gradients")
     # Where this rank's gradients are None is part of the ops' names.
     tag = ("none%08x" % zlib.crc32(",".join(map(str, missing)).encode())) if missing else ""
-    if tag and base:
+    if tag:
         base = f"{base}.{tag}"
     dense_idx, dense = [], []
     out = list(flat)
-    with (tf.name_scope(tag) if tag and not base else contextlib.nullcontext()):
-        for i, g in enumerate(flat):
-            if g is None:
+    for i, g in enumerate(flat):
+        if g is None:
+            continue
+        if isinstance(g, tf.IndexedSlices):
+            if not sparse_as_dense:
+                out[i] = allreduce(g, average=average, name=f"{base}.sparse.{i}")
                 continue
-            if isinstance(g, tf.IndexedSlices):
-                if not sparse_as_dense:
-                    out[i] = allreduce(g, average=average, name=sub_name(base, f".sparse.{i}") or None)
-                    continue
-                g = tf.convert_to_tensor(g)
-            dense_idx.append(i)
-            dense.append(g)
-        if dense:
-            for i, r in zip(dense_idx, grouped_allreduce(dense, average=average, name=base or None)):
-                out[i] = r
+            g = tf.convert_to_tensor(g)
+        dense_idx.append(i)
+        dense.append(g)
+    if dense:
+        for i, r in zip(dense_idx, grouped_allreduce(dense, average=average, name=base)):
+            out[i] = r
     return tf.nest.pack_sequence_as(gradients, out, expand_composites=False)
 
 

@@ -58,8 +58,8 @@ def _named_parameters(model, optimizer) -> Dict[torch.nn.Parameter, str]:
 # its ops "<prefix>.<parameter name>"; two wrappers of models with the same
 # parameter names (a GAN's two nets, say) must not share names while both have
 # ops in flight, so the n-th wrapper with a prefix uses "<prefix>#n". A count of
-# constructions, not of live wrappers: when a wrapper is garbage collected can
-# differ between ranks (its hooks make a reference cycle), the order in which
+# constructions, not of live wrappers: when a wrapper is freed can differ between
+# ranks (whenever a program's own reference cycles hold it), the order in which
 # wrappers are built cannot (their ops need that already).
 _PREFIX_COUNTS: Dict[str, int] = {}
 
@@ -123,13 +123,17 @@ class _Distributed:
                 getattr(target, method_name)(*args)
         return call
 
-    def _bf_register_forward_hooks(self, method_name):
-        fn = self._bf_weak(method_name)
+    def _bf_modules(self):
+        """The modules that directly hold parameters of this wrapper."""
         for m in self._bf_models:
             for module in m.modules():
                 if any(p in self._bf_names for p in module.parameters(recurse=False)):
-                    self._bf_hooks.append(module.register_forward_hook(
-                        lambda mod, inp, out: fn(mod) if mod.training else None))
+                    yield module
+
+    def _bf_register_forward_hooks(self, method_name):
+        fn = self._bf_weak(method_name)
+        for module in self._bf_modules():
+            self._bf_hooks.append(module.register_forward_hook(lambda mod, inp, out: fn(mod) if mod.training else None))
 
     def _bf_module_params(self, module):
         return [p for p in module.parameters(recurse=False) if p in self._bf_names and p.requires_grad]
@@ -144,11 +148,9 @@ class _Distributed:
             return
         self._bf_timeline = True
         pre, post, grad = (self._bf_weak(m) for m in ("_bf_tl_forward_begin", "_bf_tl_forward_end", "_bf_tl_grad"))
-        for m in self._bf_models:
-            for module in m.modules():
-                if any(p in self._bf_names for p in module.parameters(recurse=False)):
-                    self._bf_timeline_hooks.append(module.register_forward_pre_hook(lambda mod, inp: pre(mod)))
-                    self._bf_timeline_hooks.append(module.register_forward_hook(lambda mod, inp, out: post(mod)))
+        for module in self._bf_modules():
+            self._bf_timeline_hooks.append(module.register_forward_pre_hook(lambda mod, inp: pre(mod)))
+            self._bf_timeline_hooks.append(module.register_forward_hook(lambda mod, inp, out: post(mod)))
         for p in self._bf_names:
             if p.requires_grad:
                 self._bf_timeline_hooks.append(p.register_post_accumulate_grad_hook(grad))
