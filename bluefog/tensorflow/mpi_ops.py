@@ -135,9 +135,11 @@ def _allreduce_grad(op, grad):
 def grouped_allreduce(tensors, average: bool = True, name: Optional[str] = None):
     """Allreduces a list of tensors submitted together, so the core can fuse
     them into few messages (what the optimizer wrappers use). The i-th tensor
-    is named '<name>.<i>'; tensors of different dtypes go in one op per dtype.
-    Returns a list in the input order. Gradient: the grouped allreduce of the
-    gradients."""
+    is named '<name>.<i>'; the tensors may have different dtypes. Returns a
+    list in the input order. Gradient: the grouped allreduce of the
+    gradients. Ranks that pass different numbers of tensors under one name
+    fail the whole group, on every rank, with an error that says who passed
+    how many."""
     tensors = list(tensors)
     if not tensors:
         return []
@@ -148,23 +150,13 @@ def grouped_allreduce(tensors, average: bool = True, name: Optional[str] = None)
         for i in range(len(tensors)):  # the other ranks' ops fail with it instead of waiting for this rank
             _basics.report_refusal("allreduce", f"{base}.{i}", err)
         raise
-    by_dtype = {}
-    for i, t in enumerate(tensors):
-        by_dtype.setdefault(t.dtype, []).append(i)
-    out = [None] * len(tensors)
-    for _, idx in sorted(by_dtype.items(), key=lambda kv: kv[0].name):
-        results = _ops.bluefog_grouped_allreduce([tensors[i] for i in idx], base, average=bool(average),
-                                                 indices=idx if len(by_dtype) > 1 else [])
-        for i, r in zip(idx, results):
-            out[i] = r
-    return out
+    return list(_ops.bluefog_grouped_allreduce(tensors, base, average=bool(average)))
 
 
 @tf.RegisterGradient("BluefogGroupedAllreduce")
 def _grouped_allreduce_grad(op, *grads):
     grads = [tf.zeros_like(x) if g is None else g for g, x in zip(grads, op.inputs[:-1])]
-    return list(_ops.bluefog_grouped_allreduce(grads, grad_name(op), average=op.get_attr("average"),
-                                               indices=op.get_attr("indices"))) + [None]
+    return list(_ops.bluefog_grouped_allreduce(grads, grad_name(op), average=op.get_attr("average"))) + [None]
 
 
 # ---- broadcast ----------------------------------------------------------------

@@ -56,6 +56,13 @@ bool IsNeighborOp(OpType op) {
   return op == OpType::NEIGHBOR_ALLREDUCE || op == OpType::NEIGHBOR_ALLGATHER || op == OpType::WIN_CREATE;
 }
 
+// Grouped allreduce members carry their group's size in int_arg (0: not grouped).
+std::string GroupSizeDisagreement(const std::vector<Request>& v) {
+  return Disagreement(v, "the number of tensors in the grouped allreduce", [](const Request& r) {
+    return r.int_arg > 0 ? std::to_string(r.int_arg) : std::string("none (a plain allreduce)");
+  });
+}
+
 }  // namespace
 
 // Every rank's send/receive lists must be valid and mirror each other, or the
@@ -133,6 +140,7 @@ std::string FusionKey(const std::vector<Request>& by_rank) {
 void Coordinator::Reset(int size) {
   size_ = size;
   table_.clear();
+  orphans_.clear();
   shutdown_.assign(size, false);
   ready_.clear();
 }
@@ -189,6 +197,7 @@ std::string Coordinator::CheckAgreement(const Pending& p) const {
       if (d.empty())
         d = Disagreement(v, "is_hierarchical_local",
                          [](const Request& r) { return std::string(r.hierarchical_local ? "True" : "False"); });
+      if (d.empty()) d = GroupSizeDisagreement(v);
     }
     if (d.empty() && op == OpType::SET_SKIP_NEGOTIATE)
       d = Disagreement(v, "the value", [](const Request& r) { return std::string(r.int_arg ? "True" : "False"); });
@@ -229,6 +238,17 @@ void Coordinator::Ingest(std::vector<CycleMessage>& messages, Clock::time_point 
     CycleMessage& msg = messages[rank];
     if (msg.shutdown) shutdown_[rank] = true;
     for (Request& incoming : msg.requests) {
+      if (!orphans_.empty()) {
+        auto o = orphans_.find(incoming.name);
+        if (o != orphans_.end() && o->second.expected[rank]) {
+          out->push_back(Error(incoming, o->second.why));
+          out->back().only_rank = rank;
+          o->second.expected[rank] = false;
+          if (std::find(o->second.expected.begin(), o->second.expected.end(), true) == o->second.expected.end())
+            orphans_.erase(o);
+          continue;
+        }
+      }
       auto it = table_.find(incoming.name);
       if (it == table_.end()) {
         Pending p;
@@ -252,6 +272,7 @@ void Coordinator::Ingest(std::vector<CycleMessage>& messages, Clock::time_point 
       Response resp;
       if (!problem.empty()) {
         resp = Error(p.by_rank[0], problem);
+        if (req.op == OpType::ALLREDUCE) FailGroupExtras(p, out);
       } else {
         resp.op = req.op;
         resp.names = {req.name};
@@ -299,6 +320,44 @@ void Coordinator::Ingest(std::vector<CycleMessage>& messages, Clock::time_point 
     }
   }
   FailMissingShutdown(out);
+}
+
+// A grouped allreduce's first member ('<group>.0') whose ranks disagree on the
+// group's size: the members that only ranks with more tensors submit
+// ('<group>.<j>', j >= the smallest size) would wait forever for the others.
+// They fail too, now if already submitted, else when they arrive.
+void Coordinator::FailGroupExtras(const Pending& first, std::vector<Response>* out) {
+  const std::string& name = first.by_rank[0].name;
+  if (name.size() < 2 || name.compare(name.size() - 2, 2, ".0") != 0) return;
+  for (const Request& r : first.by_rank)
+    if (!r.rejected.empty()) return;  // a refusing frontend refuses every member itself
+  const std::string why = GroupSizeDisagreement(first.by_rank);
+  if (why.empty()) return;
+  int64_t smallest = INT64_MAX, largest = 0;
+  for (const Request& r : first.by_rank) {
+    smallest = std::min(smallest, r.int_arg);
+    largest = std::max(largest, r.int_arg);
+  }
+  const std::string group = name.substr(0, name.size() - 2);
+  for (int64_t j = std::max<int64_t>(smallest, 1); j < largest; ++j) {
+    const std::string member = group + "." + std::to_string(j);
+    Orphan o;
+    o.why = why + " (tensor " + std::to_string(j) + " of the group exists only on the ranks with more)";
+    o.expected.assign(size_, false);
+    for (int r = 0; r < size_; ++r) o.expected[r] = first.by_rank[r].int_arg > j;
+    auto it = table_.find(member);
+    if (it != table_.end()) {
+      for (int r = 0; r < size_; ++r) {
+        if (!it->second.submitted[r]) continue;
+        out->push_back(Error(it->second.by_rank[r], o.why));
+        out->back().only_rank = r;
+        o.expected[r] = false;
+      }
+      viewed_.erase(std::remove(viewed_.begin(), viewed_.end(), it), viewed_.end());
+      table_.erase(it);  // never in completed_: it never had every rank's request
+    }
+    if (std::find(o.expected.begin(), o.expected.end(), true) != o.expected.end()) orphans_[member] = std::move(o);
+  }
 }
 
 void Coordinator::FailMissingShutdown(std::vector<Response>* out) {

@@ -66,12 +66,21 @@ class Coordinator {
     Clock::time_point last_warned;
   };
   std::string CheckAgreement(const Pending& p) const;
+  void FailGroupExtras(const Pending& first_member, std::vector<Response>* out);
   void FailMissingShutdown(std::vector<Response>* out);
   static Response Error(const Request& r, std::string message);
 
   int size_ = 0;
   std::map<std::string, Pending> table_;  // ordered: deterministic iteration
   std::vector<bool> shutdown_;
+  // Members of a grouped allreduce whose ranks disagreed on the group's size
+  // that only the ranks with more tensors submit: name -> why, and the ranks
+  // still to submit it (each such request fails on arrival).
+  struct Orphan {
+    std::string why;
+    std::vector<bool> expected;
+  };
+  std::map<std::string, Orphan> orphans_;
   struct ReadyInfo {
     int64_t bytes;
     std::string fusion_key;

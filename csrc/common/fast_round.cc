@@ -58,6 +58,7 @@ void FastRound::Reset() {
 
 bool FastRound::Fits(const Request& r) {
   if (r.op != OpType::ALLREDUCE || !TravelsInline(r)) return false;
+  if (r.int_arg != 0) return false;  // a grouped allreduce's member: its group size must be compared
   if (r.average && !IsFloatingPoint(r.dtype)) return false;  // invalid: the full exchange reports it
   char desc[kDescBytes] = {};
   return Describe(r, desc);

@@ -72,6 +72,10 @@ struct Response {
   std::vector<std::string> names;
   std::string error;  // non-empty: every listed op fails with this message
   bool error_is_abort = false;  // peer gone / stalled (vs. invalid or mismatched input)
+  // >= 0: the error is for this rank's op only (a grouped allreduce's member
+  // that only some ranks submitted: another rank may already have moved on
+  // and submitted an op of the same name again).
+  int32_t only_rank = -1;
   // ALLGATHER: first dimension of each rank's tensor, per name (names x size).
   std::vector<std::vector<int64_t>> first_dims;
   // WIN_CREATE: every rank's source (in-neighbor) list, index = rank.

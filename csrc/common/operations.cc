@@ -96,6 +96,7 @@ std::chrono::microseconds IdleTick(const Config& c) {
 }
 
 void FailResponse(GlobalState& g, const Response& resp) {
+  if (resp.only_rank >= 0 && resp.only_rank != g.mpi.rank()) return;
   Status s = resp.error_is_abort ? Status::Aborted(resp.error) : Status::InvalidArgument(resp.error);
   for (const auto& name : resp.names) {
     TensorTableEntry e;
@@ -592,12 +593,13 @@ Status GetBasicInfo(BasicInfo* info) {
 
 Status EnqueueAllreduce(std::shared_ptr<Tensor> input, std::shared_ptr<Tensor> output,
                         std::shared_ptr<ReadyEvent> ready, const std::string& name, bool average,
-                        bool hierarchical_local, StatusCallback callback) {
+                        bool hierarchical_local, StatusCallback callback, int64_t group_size) {
   Status s = CheckSameSize("allreduce", name, *input, *output);
   if (!s.ok()) return s;
   Request r = DescribeTensor(*input);
   r.average = average;
   r.hierarchical_local = hierarchical_local;
+  r.int_arg = group_size;
   TensorTableEntry e;
   e.name = name;
   e.op = OpType::ALLREDUCE;

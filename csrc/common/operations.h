@@ -33,9 +33,11 @@ Status GetBasicInfo(BasicInfo* info);
 // thread that runs the op's cycle (the background thread, or a caller in
 // HelpUntil; never while the enqueue call is still running). An immediate error (not initialized, duplicate name,
 // bad arguments) is returned and the callback is never called.
+// `group_size` > 0: this allreduce is a member '<group>.<i>' of a grouped
+// allreduce of that many tensors; ranks that disagree on it fail every member.
 Status EnqueueAllreduce(std::shared_ptr<Tensor> input, std::shared_ptr<Tensor> output,
                         std::shared_ptr<ReadyEvent> ready, const std::string& name, bool average,
-                        bool hierarchical_local, StatusCallback callback);
+                        bool hierarchical_local, StatusCallback callback, int64_t group_size = 0);
 Status EnqueueBroadcast(std::shared_ptr<Tensor> input, std::shared_ptr<Tensor> output,
                         std::shared_ptr<ReadyEvent> ready, const std::string& name, int root_rank,
                         StatusCallback callback);

@@ -107,9 +107,6 @@ class GroupedAllreduceOp : public BluefogKernel {
  public:
   explicit GroupedAllreduceOp(OpKernelConstruction* c) : BluefogKernel(c) {
     OP_REQUIRES_OK(c, c->GetAttr("average", &average_));
-    OP_REQUIRES_OK(c, c->GetAttr("indices", &indices_));
-    OP_REQUIRES(c, indices_.empty() || static_cast<int>(indices_.size()) == c->num_inputs() - 1,
-                absl::InvalidArgumentError("grouped_allreduce: indices must give one index per tensor"));
   }
 
   void ComputeAsync(OpKernelContext* ctx, DoneCallback done) override {
@@ -140,10 +137,12 @@ class GroupedAllreduceOp : public BluefogKernel {
         done();
       }
     };
+    // Every member carries the group's size: ranks that disagree on it fail
+    // all of the group's members (none waits for a member that a rank with
+    // fewer tensors never submits). All are enqueued here, before any fails.
     for (int i = 0; i < n; ++i) {
-      const int64_t index = indices_.empty() ? i : indices_[i];
-      Status s = EnqueueAllreduce(ins[i], outs[i], nullptr, name + "." + std::to_string(index), average_, false,
-                                  finish_one);
+      Status s = EnqueueAllreduce(ins[i], outs[i], nullptr, name + "." + std::to_string(i), average_, false,
+                                  finish_one, n);
       if (!s.ok()) {
         // The rest are never submitted; the ones in flight still complete.
         for (int j = i; j < n; ++j) finish_one(s);
@@ -154,7 +153,6 @@ class GroupedAllreduceOp : public BluefogKernel {
 
  private:
   bool average_ = true;
-  std::vector<int64_t> indices_;
 };
 
 class BroadcastOp : public BluefogKernel {

@@ -51,13 +51,11 @@ REGISTER_OP("BluefogAllreduce")
     .Doc("Sum (average=true: mean) of `tensor` over all ranks (or this machine's ranks).");
 
 REGISTER_OP("BluefogGroupedAllreduce")
-    .Attr("T: " BLUEFOG_TYPES)
-    .Attr("N: int >= 1")
+    .Attr("T: list(" BLUEFOG_TYPES ") >= 1")
     .Attr("average: bool")
-    .Attr("indices: list(int) = []")
-    .Input("tensors: N * T")
+    .Input("tensors: T")
     .Input("tensor_name: string")
-    .Output("outputs: N * T")
+    .Output("outputs: T")
     .SetIsStateful()
     .SetShapeFn([](InferenceContext* c) {
       int n = c->num_inputs() - 1;

@@ -297,6 +297,36 @@ def test_input_refused_on_one_rank_fails_the_op_everywhere(case, mode):
     assert int(bf.allreduce(tf.constant(1), average=False).numpy()) == SIZE  # unnamed: counters agree
 
 
+GROUP_COUNTS = {
+    "rank0_more": lambda r: 3 if r == 0 else 2,
+    "even_ranks_more": lambda r: 3 if r % 2 == 0 else 2,
+    "all_differ": lambda r: r + 1,
+}
+
+
+@pytest.mark.parametrize("mixed", [False, True], ids=["one_dtype", "two_dtypes"])
+@pytest.mark.parametrize("counts", list(GROUP_COUNTS))
+def test_grouped_allreduce_count_mismatch_fails_every_rank(counts, mixed):
+    """Ranks that pass different numbers of tensors to one grouped_allreduce:
+    every rank's op fails naming who passed how many; the members that only
+    the ranks with more tensors submit fail too (before: those waited forever
+    for the others). The same name then works with agreeing counts."""
+    if SIZE == 1:
+        pytest.skip("needs two ranks to disagree")
+    name = f"tf.group_count.{counts}.{mixed}"
+    n = GROUP_COUNTS[counts](RANK)
+    dtypes = [tf.float32 if i % 2 == 0 or not mixed else tf.float64 for i in range(n)]
+    tensors = [tf.ones([2], d) for d in dtypes]
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"ranks disagree on the number of tensors in the grouped allreduce: ranks? \[.*\] ha(s|ve) "):
+        bf.grouped_allreduce(tensors, average=False, name=name)
+    outs = bf.grouped_allreduce([tf.ones([2]), tf.ones([2], tf.float64 if mixed else tf.float32)], average=False,
+                                name=name)
+    for out in outs:
+        np.testing.assert_array_equal(out.numpy(), [SIZE, SIZE])
+    assert int(bf.allreduce(tf.constant(1), average=False).numpy()) == SIZE
+
+
 def test_bad_root_rank():
     with pytest.raises(tf.errors.InvalidArgumentError, match="root_rank"):
         bf.broadcast(tf.constant([1.0]), SIZE + 3)
