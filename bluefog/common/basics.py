@@ -240,6 +240,13 @@ class BlueFogBasics:
         self._lib.bluefog_fast_round_counts(ctypes.byref(rounds), ctypes.byref(agreed))
         return rounds.value, agreed.value
 
+    def win_transfer_calls(self) -> int:
+        """MPI put / get / accumulate calls that moved window data in this
+        process so far: one per neighbor and window op, more when a window has
+        more elements than BLUEFOG_MAX_WIN_SENT_LENGTH. For diagnostics."""
+        self._lib.bluefog_win_transfer_calls.restype = ctypes.c_longlong
+        return int(self._lib.bluefog_win_transfer_calls())
+
     def barrier(self):
         """Blocks until every rank reaches it."""
         code = self._lib.bluefog_barrier()

@@ -4,6 +4,7 @@
 
 #include "config.h"
 #include "operations.h"
+#include "window_manager.h"
 
 using namespace bluefog;
 
@@ -82,6 +83,7 @@ void bluefog_fast_round_counts(long long* rounds, long long* agreed) {
   *rounds = static_cast<long long>(r);
   *agreed = static_cast<long long>(a);
 }
+long long bluefog_win_transfer_calls(void) { return static_cast<long long>(WindowTransferCalls()); }
 void bluefog_suspend(void) { Suspend(); }
 void bluefog_resume(void) { Resume(); }
 void bluefog_abort(int code) { Abort(code); }

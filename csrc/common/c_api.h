@@ -34,6 +34,8 @@ int bluefog_get_skip_negotiate_stage(void);
 void bluefog_exchange_counts(long long* total, long long* by_callers);
 // Fast rounds so far (see fast_round.h), and how many agreed on an op.
 void bluefog_fast_round_counts(long long* rounds, long long* agreed);
+// MPI put / get / accumulate calls that moved window data in this process.
+long long bluefog_win_transfer_calls(void);
 void bluefog_suspend(void);
 // Ends the whole job at once (MPI_Abort); used when a rank dies of an uncaught error.
 void bluefog_abort(int code);

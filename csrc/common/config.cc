@@ -89,6 +89,9 @@ bool ParseConfig(const std::map<std::string, std::string>& env, Config* config, 
       if (!ParseBool(value, &c.caller_runs)) { *error = Bad(key, value, "a boolean (0/1/true/false)"); return false; }
     } else if (key == "BLUEFOG_FAST_ROUNDS") {
       if (!ParseBool(value, &c.fast_rounds)) { *error = Bad(key, value, "a boolean (0/1/true/false)"); return false; }
+    } else if (key == "BLUEFOG_MAX_WIN_SENT_LENGTH") {
+      if (!ParseInt(value, &i) || i < 0) { *error = Bad(key, value, "a non-negative number of elements (0: no limit)"); return false; }
+      c.max_win_sent_length = i;
     } else if (key == "BLUEFOG_STALL_CHECK_DISABLE") {
       bool disable = false;
       if (!ParseBool(value, &disable)) { *error = Bad(key, value, "a boolean"); return false; }
@@ -145,7 +148,8 @@ std::string ConfigToJson(const Config& c) {
      << ", \"spin_time_us\": " << c.spin_time_us << ", \"inline_bytes\": " << c.inline_bytes
      << ", \"output_cache_bytes\": " << c.output_cache_bytes
      << ", \"caller_runs\": " << (c.caller_runs ? "true" : "false")
-     << ", \"fast_rounds\": " << (c.fast_rounds ? "true" : "false") << "}";
+     << ", \"fast_rounds\": " << (c.fast_rounds ? "true" : "false")
+     << ", \"max_win_sent_length\": " << c.max_win_sent_length << "}";
   return os.str();
 }
 

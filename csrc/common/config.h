@@ -45,6 +45,9 @@ struct Config {
   // rank each time) is agreed on and summed in one MPI allreduce instead of
   // the allgather negotiation (see fast_round.h). Needs inline_bytes > 0.
   bool fast_rounds = true;
+  // Window put / get / accumulate: the most elements one MPI call moves (a
+  // larger window goes in several calls). 0: as many as an MPI count allows.
+  int64_t max_win_sent_length = 0;
 };
 
 // Parses BLUEFOG_* entries of `env` into `config`, starting from defaults.

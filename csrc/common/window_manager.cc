@@ -1,6 +1,7 @@
 #include "window_manager.h"
 
 #include <algorithm>
+#include <atomic>
 #include <climits>
 #include <cstring>
 
@@ -79,6 +80,19 @@ void Mix(DataType dtype, void* out, const void* self, double sw, const std::vect
 }
 
 }  // namespace
+
+namespace {
+std::atomic<uint64_t> transfer_calls{0};
+}  // namespace
+
+uint64_t WindowTransferCalls() { return transfer_calls.load(std::memory_order_relaxed); }
+
+int64_t WindowManager::ChunkBytes(const Window& w) const {
+  const int64_t elem = static_cast<int64_t>(DataTypeSize(w.dtype));
+  int64_t chunk = kChunkBytes / elem * elem;
+  if (max_sent_elements_ > 0) chunk = std::min(chunk, max_sent_elements_ * elem);
+  return chunk;
+}
 
 int WindowManager::Slot(const Window& w, int32_t receiver, int32_t sender) {
   const auto& src = w.all_src[receiver];
@@ -220,8 +234,10 @@ Status WindowManager::Put(const WinOpArgs& a, bool accumulate) {
     const int slot = Slot(*w, d, me);
     const MPI_Aint disp = static_cast<MPI_Aint>(slot) * w->bytes;
     s = Rc(MPI_Win_lock(MPI_LOCK_SHARED, d, 0, w->buf_win), "MPI_Win_lock");
-    for (int64_t off = 0; off < w->bytes && s.ok(); off += kChunkBytes) {
-      int64_t n = std::min(kChunkBytes, w->bytes - off);
+    const int64_t chunk = ChunkBytes(*w);
+    for (int64_t off = 0; off < w->bytes && s.ok(); off += chunk) {
+      int64_t n = std::min(chunk, w->bytes - off);
+      transfer_calls.fetch_add(1, std::memory_order_relaxed);
       if (accumulate) {
         s = Rc(MPI_Accumulate(from + off, static_cast<int>(n / elem), type, d, disp + off, static_cast<int>(n / elem),
                               type, MPI_SUM, w->buf_win), "MPI_Accumulate");
@@ -276,8 +292,10 @@ Status WindowManager::Get(const WinOpArgs& a) {
     // Own buffer: exclude concurrent remote writes while it is refreshed.
     MPI_Win_lock(MPI_LOCK_EXCLUSIVE, me, 0, w->buf_win);
     s = Rc(MPI_Win_lock(MPI_LOCK_SHARED, src, 0, w->self_win), "MPI_Win_lock");
-    for (int64_t off = 0; off < w->bytes && s.ok(); off += kChunkBytes) {
-      int64_t n = std::min(kChunkBytes, w->bytes - off);
+    const int64_t chunk = ChunkBytes(*w);
+    for (int64_t off = 0; off < w->bytes && s.ok(); off += chunk) {
+      int64_t n = std::min(chunk, w->bytes - off);
+      transfer_calls.fetch_add(1, std::memory_order_relaxed);
       s = Rc(MPI_Get(dest + off, static_cast<int>(n), MPI_BYTE, src, off, static_cast<int>(n), MPI_BYTE, w->self_win),
              "MPI_Get");
     }

@@ -40,6 +40,11 @@ struct WinUpdateArgs {
   std::shared_ptr<std::vector<int32_t>> mutex_taken = std::make_shared<std::vector<int32_t>>();
 };
 
+// MPI put / get / accumulate calls that moved window data in this process so
+// far (a window op makes one per neighbor, or more for a window larger than
+// BLUEFOG_MAX_WIN_SENT_LENGTH); for diagnostics and tests.
+uint64_t WindowTransferCalls();
+
 class WindowManager {
  public:
   // `timeline` (may be null or off) gets a WIN_PUT / WIN_ACCUMULATE / WIN_GET /
@@ -77,6 +82,9 @@ class WindowManager {
   bool Exists(const std::string& name) const { return windows_.count(name) > 0; }
   std::vector<std::string> Names() const;
   void set_associated_p(bool on) { associated_p_ = on; }
+  // The most elements one MPI put / get / accumulate call moves (0: no limit
+  // beyond MPI's int counts); BLUEFOG_MAX_WIN_SENT_LENGTH.
+  void set_max_sent_elements(int64_t n) { max_sent_elements_ = n; }
   bool associated_p() const { return associated_p_; }
 
  private:
@@ -95,6 +103,7 @@ class WindowManager {
     MPI_Win version_win = MPI_WIN_NULL, mutex_win = MPI_WIN_NULL;
   };
   Status Find(const std::string& name, const char* op, Window** w);
+  int64_t ChunkBytes(const Window& w) const;
   static int Slot(const Window& w, int32_t receiver, int32_t sender);
   void Destroy(Window& w);
 
@@ -103,6 +112,7 @@ class WindowManager {
   std::map<std::string, Window> windows_;
   FusionBuffer scratch_;
   bool associated_p_ = false;
+  int64_t max_sent_elements_ = 0;
 };
 
 }  // namespace bluefog

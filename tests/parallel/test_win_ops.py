@@ -26,6 +26,7 @@ import torch
 import bluefog.torch as bf
 from graph_refs import in_nbrs, out_nbrs, weight_matrix  # tests/parallel/graph_refs.py
 from bluefog.common import topology_util
+from bluefog.common.basics import get_basics
 
 bf.init()
 SIZE = bf.size()
@@ -435,6 +436,43 @@ def test_shutdown_forgets_windows_and_next_init_sets_its_topology():
         bf.win_put(x, "gone")
     assert bf.win_create(x, "gone")
     assert bf.get_current_created_window_names() == ["gone"]
+
+
+@pytest.mark.parametrize("limit", [0, 3, 10])
+def test_max_win_sent_length_splits_transfers(limit):
+    """BLUEFOG_MAX_WIN_SENT_LENGTH: a window op moves at most that many
+    elements per MPI call, so a 10-element window takes ceil(10 / limit) calls
+    per neighbor (one with 0 = no limit), and put / accumulate / get still
+    give exact results with a short last piece."""
+    bf.shutdown()
+    bf.init(topology_fn=lambda n: bf.RingGraph(n, connect_style=1),
+            config={"BLUEFOG_MAX_WIN_SENT_LENGTH": limit})
+    try:
+        W = weight_matrix(bf.load_topology())
+        ins, outs = in_nbrs(W, RANK), out_nbrs(W, RANK)
+        pieces = -(-10 // limit) if limit else 1
+        xs = [rank_input(r, (10,), 90).numpy() for r in range(SIZE)]
+        x = torch.from_numpy(xs[RANK].copy())
+        bf.win_create(x, "chunked", zero_init=True)
+        before = get_basics().win_transfer_calls()
+        bf.win_put(x, "chunked")
+        assert get_basics().win_transfer_calls() - before == pieces * len(outs)
+        bf.barrier()
+        bf.win_accumulate(x, "chunked")
+        bf.barrier()
+        got = bf.win_update("chunked", self_weight=0.0, neighbor_weights={r: 1.0 for r in ins}, clone=True)
+        close(got, sum((2 * xs[r] for r in ins), np.zeros(10)))
+        bf.barrier()
+        before = get_basics().win_transfer_calls()
+        bf.win_get("chunked")
+        assert get_basics().win_transfer_calls() - before == pieces * len(ins)
+        bf.barrier()
+        got = bf.win_update("chunked", self_weight=0.0, neighbor_weights={r: 1.0 for r in ins}, clone=True)
+        close(got, sum((xs[r] for r in ins), np.zeros(10)))
+        bf.win_free("chunked")
+    finally:
+        bf.shutdown()
+        bf.init()
 
 
 # ---- known bug: keep last (a failure ends the file under -x) ----------------------------
