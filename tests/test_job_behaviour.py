@@ -69,3 +69,28 @@ def test_a_failing_rank_ends_the_job(tmp_path, job, evidence, stamp, what):
     with open(tmp_path / stamp) as f:
         elapsed = ended - float(f.read())
     assert elapsed < 30, f"the job took {elapsed:.1f} s to end after rank 1 {what}:\n{out[-6000:]}"
+
+
+def test_skip_mode_stray_message_never_reaches_a_later_op(tmp_path):
+    """Before each neighbor exchange had its own tag, rank 1's next
+    neighbor_allreduce took rank 0's stray message as its data (35.0 instead
+    of 2.0), and every later one was off by one op."""
+    rc, out, _ = run("skip_mode_unreceived_send", tmp_path, np=3)
+    assert rc == 0, out[-6000:]
+    for r in range(3):
+        assert f"RESULT rank {r} next ops ok" in out, out[-6000:]
+
+
+def test_skip_mode_unsent_receive_fails_instead_of_hanging(tmp_path):
+    """Rank 1 waits for a message rank 0 never sends (skip mode, no topology
+    check): a warning after 1 s, then the op fails after 2 s naming the op and
+    rank 0 (before: it waited forever, silently), and the job ends."""
+    rc, out, secs = run("skip_mode_unsent_receive", tmp_path, np=2,
+                        env={"BLUEFOG_STALL_CHECK_TIME_SECONDS": "1", "BLUEFOG_STALL_SHUTDOWN_TIME_SECONDS": "2"})
+    assert rc != 0, out[-6000:]
+    raised = [line for line in out.splitlines() if line.startswith("RESULT rank 1 unsent raised")]
+    assert raised, out[-6000:]
+    assert "'unsent'" in raised[0] and "nothing yet from ranks [0]" in raised[0], raised[0]
+    assert "enable_topo_check" in raised[0], raised[0]
+    assert any("has waited 1 s" in line and "rank 1" in line for line in out.splitlines()), out[-6000:]
+    assert "RESULT rank 1 unsent returned" not in out, out[-6000:]

@@ -7,6 +7,7 @@
 #include <thread>
 
 #include "half.h"
+#include "logging.h"
 
 namespace bluefog {
 
@@ -315,8 +316,53 @@ Status MpiController::Allgather(TensorTableEntry& e, std::vector<int64_t> first_
   return s;
 }
 
+int MpiController::NextNeighborTag() {
+  // MPI guarantees tags up to 32767: 100 + 2 * 16000 stays below.
+  constexpr uint32_t kTags = 16000;
+  return 100 + 2 * static_cast<int>(neighbor_exchanges_++ % kTags);
+}
+
+Status MpiController::WaitNeighbors(const std::string& name, OpType op, std::vector<MPI_Request>& reqs,
+                                    const std::vector<int32_t>& src, const std::vector<int32_t>& dst) {
+  const int n = static_cast<int>(reqs.size());
+  if (!watch_neighbors_ || (watch_warn_seconds_ <= 0 && watch_fail_seconds_ <= 0)) {
+    return CheckRc(MPI_Waitall(n, reqs.data(), MPI_STATUSES_IGNORE), "MPI_Waitall");
+  }
+  const auto start = std::chrono::steady_clock::now();
+  double next_warn = watch_warn_seconds_ > 0 ? watch_warn_seconds_ : 1e300;
+  while (true) {
+    int done = 0;
+    int rc = MPI_Testall(n, reqs.data(), &done, MPI_STATUSES_IGNORE);
+    if (rc != MPI_SUCCESS) return Status::Aborted(MpiErrorText("MPI_Testall", rc));
+    if (done) return Status::OK();
+#if !defined(OPEN_MPI)
+    std::this_thread::yield();  // MPICH's MPI_Test does not yield (see Wait)
+#endif
+    const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    const bool fail = watch_fail_seconds_ > 0 && waited >= watch_fail_seconds_;
+    if (waited < next_warn && !fail) continue;
+    next_warn = waited + watch_warn_seconds_;
+    std::string from, to;  // the peers whose messages are still pending
+    for (int i = 0; i < n; ++i) {
+      int one = 0;
+      if (reqs[i] != MPI_REQUEST_NULL) MPI_Test(&reqs[i], &one, MPI_STATUS_IGNORE);
+      if (reqs[i] == MPI_REQUEST_NULL) continue;
+      std::string& list = i < static_cast<int>(src.size()) ? from : to;
+      list += (list.empty() ? "" : ", ") + std::to_string(i < static_cast<int>(src.size()) ? src[i] : dst[i - src.size()]);
+    }
+    std::string what = std::string(OpTypeName(op)) + " '" + name + "' has waited " +
+                       std::to_string(static_cast<int>(waited)) + " s for its messages";
+    if (!from.empty()) what += "; nothing yet from ranks [" + from + "]";
+    if (!to.empty()) what += "; not yet received by ranks [" + to + "]";
+    what += ". In skip-negotiate mode the send/receive pattern is not checked (enable_topo_check=False): "
+            "does every rank that this rank receives from send to it, and the other way round?";
+    if (fail) return Status::Aborted(what + " (BLUEFOG_STALL_SHUTDOWN_TIME_SECONDS passed)");
+    BFLOG(WARNING) << what;
+  }
+}
+
 Status MpiController::NeighborExchange(TensorTableEntry& e, const std::vector<int64_t>& first_dims) {
-  constexpr int kDataTag = 17, kSizeTag = 18;
+  const int data_tag = NextNeighborTag(), size_tag = data_tag + 1;
   MPI_Comm comm = mpi_->data_comm();
   const bool gather = e.op == OpType::NEIGHBOR_ALLGATHER;
   const Shape& in_shape = e.input->shape();
@@ -346,13 +392,13 @@ Status MpiController::NeighborExchange(TensorTableEntry& e, const std::vector<in
     } else {
       for (size_t i = 0; i < src.size(); ++i) {
         reqs.emplace_back();
-        MPI_Irecv(&rows[i], 1, MPI_INT64_T, src[i], kSizeTag, comm, &reqs.back());
+        MPI_Irecv(&rows[i], 1, MPI_INT64_T, src[i], size_tag, comm, &reqs.back());
       }
       for (int32_t d : dst) {
         reqs.emplace_back();
-        MPI_Isend(&my_first, 1, MPI_INT64_T, d, kSizeTag, comm, &reqs.back());
+        MPI_Isend(&my_first, 1, MPI_INT64_T, d, size_tag, comm, &reqs.back());
       }
-      Status s = CheckRc(MPI_Waitall(static_cast<int>(reqs.size()), reqs.data(), MPI_STATUSES_IGNORE), "MPI_Waitall");
+      Status s = WaitNeighbors(e.name, e.op, reqs, src, dst);
       if (!s.ok()) return s;
       reqs.clear();
     }
@@ -397,21 +443,21 @@ Status MpiController::NeighborExchange(TensorTableEntry& e, const std::vector<in
       return Status::InvalidArgument(std::string(OpTypeName(e.op)) + " '" + e.name + "': more than 2 GiB from one neighbor");
     }
     reqs.emplace_back();
-    MPI_Irecv(out + offset, static_cast<int>(src_bytes[i]), MPI_BYTE, src[i], kDataTag, comm, &reqs.back());
+    MPI_Irecv(out + offset, static_cast<int>(src_bytes[i]), MPI_BYTE, src[i], data_tag, comm, &reqs.back());
     offset += src_bytes[i];
   }
   for (size_t i = 0; i < dst.size(); ++i) {
     reqs.emplace_back();
-    MPI_Isend(send_from[i], static_cast<int>(in_bytes), MPI_BYTE, dst[i], kDataTag, comm, &reqs.back());
+    MPI_Isend(send_from[i], static_cast<int>(in_bytes), MPI_BYTE, dst[i], data_tag, comm, &reqs.back());
   }
-  s = CheckRc(MPI_Waitall(static_cast<int>(reqs.size()), reqs.data(), MPI_STATUSES_IGNORE), "MPI_Waitall");
+  s = WaitNeighbors(e.name, e.op, reqs, src, dst);
   timeline_->End(e.name);
   return s;
 }
 
 Status MpiController::NeighborAllreduceFused(std::vector<TensorTableEntry>& entries) {
   if (entries.size() == 1) return NeighborExchange(entries[0], {});
-  constexpr int kDataTag = 17;
+  const int data_tag = NextNeighborTag();
   MPI_Comm comm = mpi_->data_comm();
   const auto& src = entries[0].src_ranks;
   const auto& dst = entries[0].dst_ranks;
@@ -454,14 +500,14 @@ Status MpiController::NeighborAllreduceFused(std::vector<TensorTableEntry>& entr
   for (auto& e : entries) timeline_->Start(e.name, "COMMUNICATE");
   for (size_t i = 0; i < src.size(); ++i) {
     reqs.emplace_back();
-    MPI_Irecv(recv + stride * i, static_cast<int>(total), MPI_BYTE, src[i], kDataTag, comm, &reqs.back());
+    MPI_Irecv(recv + stride * i, static_cast<int>(total), MPI_BYTE, src[i], data_tag, comm, &reqs.back());
   }
   for (size_t i = 0; i < dst.size(); ++i) {
     const char* from = scaled_slot[i] < 0 ? packed : base + stride * (1 + scaled_slot[i]);
     reqs.emplace_back();
-    MPI_Isend(from, static_cast<int>(total), MPI_BYTE, dst[i], kDataTag, comm, &reqs.back());
+    MPI_Isend(from, static_cast<int>(total), MPI_BYTE, dst[i], data_tag, comm, &reqs.back());
   }
-  Status s = CheckRc(MPI_Waitall(static_cast<int>(reqs.size()), reqs.data(), MPI_STATUSES_IGNORE), "MPI_Waitall");
+  Status s = WaitNeighbors(entries[0].name, OpType::NEIGHBOR_ALLREDUCE, reqs, src, dst);
   for (auto& e : entries) timeline_->End(e.name);
   if (!s.ok()) return s;
   offset = 0;

@@ -54,6 +54,18 @@ class MpiController {
   // Called while the controller waits for peers (e.g. to run direct ops).
   void set_wait_hook(std::function<void()> hook) { wait_hook_ = std::move(hook); }
 
+  // Neighbor exchanges whose send/receive pattern nobody checked (skip-
+  // negotiate mode without enable_topo_check) wait for their messages
+  // watching the clock: after `warn_seconds` a warning names the op and the
+  // ranks it still waits for, and after `fail_seconds` (> 0) the op fails
+  // (aborting the loop: the communicator holds unmatched messages). A
+  // negotiated exchange's pattern was checked, so it just waits.
+  void set_unchecked_neighbor_waits(bool on, double warn_seconds, double fail_seconds) {
+    watch_neighbors_ = on;
+    watch_warn_seconds_ = warn_seconds;
+    watch_fail_seconds_ = fail_seconds;
+  }
+
   void ReleaseBuffers() {
     fusion_.Release();
     scratch_.Release();
@@ -63,6 +75,16 @@ class MpiController {
   Status AllreduceInPlace(void* data, int64_t count, DataType dtype, MPI_Comm comm);
   Status AllreduceInto(const void* in, void* out, int64_t count, DataType dtype, MPI_Comm comm);
   Status Wait(MPI_Request* request, const char* what);
+  // Each neighbor exchange's own pair of tags (data, data + 1 for sizes). All
+  // ranks run the same neighbor exchanges in the same order, so the counters
+  // agree; a message a peer sent that this rank never receives (a mismatched
+  // pattern in skip-negotiate mode, unchecked) can never be taken for a later
+  // exchange's data.
+  int NextNeighborTag();
+  // Waits for a neighbor exchange's requests: the receives from `src`, then
+  // the sends to `dst`, in that order in `reqs`.
+  Status WaitNeighbors(const std::string& name, OpType op, std::vector<MPI_Request>& reqs,
+                       const std::vector<int32_t>& src, const std::vector<int32_t>& dst);
 
   MpiContext* mpi_;
   Timeline* timeline_;
@@ -72,7 +94,10 @@ class MpiController {
   std::vector<int> rest_, displs_;  // AllgatherBytes' second round, reused
   size_t slot_bytes_;        // current slot size, the same on every rank
   size_t max_slot_bytes_;
-  int small_rounds_ = 0;     // consecutive rounds that would fit a quarter slot
+  int small_rounds_ = 0;
+  uint32_t neighbor_exchanges_ = 0;
+  bool watch_neighbors_ = false;
+  double watch_warn_seconds_ = 0, watch_fail_seconds_ = 0;     // consecutive rounds that would fit a quarter slot
   MPI_Op message_op_ = MPI_OP_NULL;  // AllreduceMessage's reduction (one function per controller)
   MPI_Datatype message_type_ = MPI_DATATYPE_NULL;  // ... and its element type
   size_t message_type_bytes_ = 0;

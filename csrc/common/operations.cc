@@ -173,6 +173,11 @@ Status Perform(GlobalState& g, const Response& resp) {
   }
   Status s;
   bool skip_now = false;
+  if (resp.op == OpType::NEIGHBOR_ALLREDUCE || resp.op == OpType::NEIGHBOR_ALLGATHER) {
+    // Skip mode without the topology check: nobody checked the pattern.
+    g.controller->set_unchecked_neighbor_waits(g.skip_negotiate && !entries[0].int_arg,
+                                               g.config.stall_check_seconds, g.config.stall_shutdown_seconds);
+  }
   switch (resp.op) {
     case OpType::ALLREDUCE:
       s = g.controller->Allreduce(entries);

@@ -112,6 +112,50 @@ def raising_rank(marker_dir):
     return 0
 
 
+def skip_mode_unreceived_send(marker_dir):
+    """Skip-negotiate mode, topology check off: rank 0 sends to rank 1, which
+    does not receive from it (nobody checks). The small message stays
+    unmatched; it must never be taken for a later op's data (every
+    neighbor exchange has its own tag): the next ops give exact results."""
+    rank = bf.rank()
+    bf.set_skip_negotiate_stage(True)
+    h = bf.neighbor_allreduce_nonblocking(torch.full((3,), 100.0), self_weight=1.0, src_weights={},
+                                          dst_weights=[1] if rank == 0 else [], enable_topo_check=False,
+                                          name="unreceived")
+    bf.synchronize(h)
+    time.sleep(0.5)  # the stray message has arrived at rank 1
+    ok = True
+    for k in range(3):
+        x = torch.full((3,), float((rank + 1) * (k + 1)))
+        y = bf.neighbor_allreduce(x, name=f"next.{k}")
+        nbrs = bf.in_neighbor_ranks()
+        expected = (k + 1) * (rank + 1 + sum(r + 1 for r in nbrs)) / (len(nbrs) + 1)
+        ok = ok and torch.allclose(y, torch.full((3,), expected))
+    bf.set_skip_negotiate_stage(False)
+    print(f"RESULT rank {rank} next ops {'ok' if ok else 'WRONG'}", flush=True)
+    return 0 if ok else 1
+
+
+def skip_mode_unsent_receive(marker_dir):
+    """Skip-negotiate mode, topology check off: rank 1 receives from rank 0,
+    which sends nothing. With BLUEFOG_STALL_CHECK_TIME_SECONDS=1 and
+    BLUEFOG_STALL_SHUTDOWN_TIME_SECONDS=2, rank 1 warns, then its op fails
+    naming the op and rank 0; it does not catch the error, so the job ends."""
+    rank = bf.rank()
+    bf.set_skip_negotiate_stage(True)
+    h = bf.neighbor_allreduce_nonblocking(torch.full((2,), 1.0), self_weight=0.5,
+                                          src_weights={0: 0.5} if rank == 1 else {}, dst_weights=[],
+                                          enable_topo_check=False, name="unsent")
+    try:
+        bf.synchronize(h)
+        print(f"RESULT rank {rank} unsent returned", flush=True)
+    except RuntimeError as e:
+        print(f"RESULT rank {rank} unsent raised: {e}", flush=True)
+        raise
+    time.sleep(60)
+    return 0
+
+
 def in_fast_rounds(scenario):
     """`scenario` entered with fast rounds on (BLUEFOG_FAST_ROUNDS): a few small
     allreduces of the stalled op's size first, so that rank 0 offers the stalled
@@ -130,6 +174,7 @@ def in_fast_rounds(scenario):
 
 
 SCENARIOS = {f.__name__: f for f in (stall_warning, stall_shutdown, killed_rank, raising_rank,
+                                     skip_mode_unreceived_send, skip_mode_unsent_receive,
                                      in_fast_rounds(stall_warning), in_fast_rounds(stall_shutdown))}
 
 if __name__ == "__main__":
