@@ -12,19 +12,20 @@ Windows hold int32, int64, float32 or float64 CPU tensors.
 """
 import contextlib
 import logging
-import numbers
 from typing import Dict, List, Optional
 
 import torch
 
 from bluefog.common.basics import get_basics
+from bluefog.common.neighbor_weights import check_ranks, check_weight, check_weight_dict
 from bluefog.torch import _C
 
 _basics = get_basics()
 logger = logging.getLogger("bluefog")
 _win_map: Dict[str, torch.Tensor] = {}
 _WIN_TYPES = (torch.int32, torch.int64, torch.float32, torch.float64)
-# win handle -> (tensor to scale by self_weight when done, factor)
+# win handle -> (non-contiguous tensor, the contiguous copy the core sent and
+# scaled by self_weight): copied back when the handle is waited for
 _after_put = {}
 
 
@@ -58,21 +59,14 @@ def _weights(weights, default_ranks: List[int], allowed: List[int], what: str, o
     if weights is None:
         return list(default_ranks), [1.0] * len(default_ranks)
     if isinstance(weights, (list, tuple)):
-        weights = {r: 1.0 for r in weights}
-    if not isinstance(weights, dict):
-        raise ValueError(f"{op}: {what} must be a dict {{rank: weight}}, got {type(weights).__name__}")
+        weights = {r: 1.0 for r in check_ranks(weights, what, op)}
+    weights = check_weight_dict(weights, what, op)
     stray = sorted(r for r in weights if r not in allowed)
     if stray:
         raise ValueError(f"{op}: {what} names ranks {stray} that are not {'out' if 'dst' in what else 'in'}-neighbors "
                          f"of rank {_basics.rank()} (they are {sorted(allowed)})")
     ranks = sorted(weights)
-    out = []
-    for r in ranks:
-        w = weights[r]
-        if isinstance(w, bool) or not isinstance(w, numbers.Real):
-            raise ValueError(f"{op}: {what}[{r}] must be a number, got {w!r}")
-        out.append(float(w))
-    return ranks, out
+    return ranks, [weights[r] for r in ranks]
 
 
 def _check_tensor(tensor, name: str, op: str):
@@ -127,11 +121,15 @@ def _put_nonblocking(tensor, name, self_weight, dst_weights, require_mutex, accu
     _check_tensor(tensor, name, op)
     out_nbrs = _basics.out_neighbor_ranks()
     ranks, weights = _weights(dst_weights, out_nbrs, out_nbrs, "dst_weights", op)
-    sw = 1.0 if self_weight is None else float(self_weight)
+    sw = check_weight(self_weight, "self_weight", op) if self_weight is not None else 1.0
+    if sw != 1.0 and not tensor.is_floating_point() and sw != int(sw):
+        raise ValueError(f"{op} '{name}': self_weight {sw} would scale an integer window ({tensor.dtype}); "
+                         f"use a floating-point window or an integral self_weight")
     src = tensor if tensor.is_contiguous() else tensor.contiguous()
+    # The core scales what it sent by self_weight once sent, before the next queued op runs.
     handle = _C.win_put_async(src, name, ranks, weights, sw, bool(require_mutex), accumulate)
-    if sw != 1.0:
-        _after_put[handle] = (tensor, sw)
+    if sw != 1.0 and src is not tensor:
+        _after_put[handle] = (tensor, src)
     return handle
 
 
@@ -186,14 +184,15 @@ neighbor_win_accumulate_nonblocking = win_accumulate_nonblocking
 
 def _apply_self_weight(handle: int):
     post = _after_put.pop(handle, None)
-    if post is not None:
-        tensor, factor = post
-        tensor.mul_(factor)
+    if post is not None:  # a non-contiguous tensor: its scaled contiguous copy comes back
+        tensor, sent = post
+        tensor.copy_(sent)
 
 
 def win_poll(handle: int) -> bool:
     """True once the window op behind `handle` has finished (a finished put or
-    accumulate has then scaled its tensor by self_weight)."""
+    accumulate has then scaled its tensor by self_weight; a non-contiguous
+    tensor gets its scaled values back here, or in win_wait)."""
     done = _C.poll(handle)
     if done:
         _apply_self_weight(handle)
@@ -233,7 +232,8 @@ def win_update(name: str, self_weight: Optional[float] = None, neighbor_weights:
     ranks, weights = _weights(neighbor_weights, in_nbrs, in_nbrs, "neighbor_weights", "win_update")
     window = _win_map[name]
     output = window.clone() if clone else window
-    _C.wait(_C.win_update_async(name, output, float(self_weight), ranks, weights, bool(reset), bool(require_mutex)))
+    sw = check_weight(self_weight, "self_weight", "win_update")
+    _C.wait(_C.win_update_async(name, output, sw, ranks, weights, bool(reset), bool(require_mutex)))
     return output
 
 

@@ -258,6 +258,10 @@ Status WindowManager::Put(const WinOpArgs& a, bool accumulate) {
       MPI_Win_unlock(d, w->p_win);
     }
   }
+  // The sender's tensor is scaled here, on the thread that runs window ops in
+  // order: the next queued op reads the scaled values, and nothing touches
+  // the tensor while an earlier op still reads it.
+  if (s.ok() && a.self_weight != 1.0) ScaleBuffer(w->dtype, a.tensor->data(), w->bytes / elem, a.self_weight);
   if (s.ok() && associated_p_) w->p[0] *= a.self_weight;
   if (a.require_mutex) {
     Status r = MutexRelease(a.name, a.ranks);

@@ -23,7 +23,7 @@ struct WinOpArgs {
   std::shared_ptr<Tensor> tensor;  // put/accumulate: the data sent
   std::vector<int32_t> ranks;      // destinations (put/accumulate) or sources (get)
   std::vector<double> weights;     // one per rank
-  double self_weight = 1.0;        // push-sum weight bookkeeping
+  double self_weight = 1.0;        // put / accumulate: the tensor (and p) is scaled by it once sent
   bool require_mutex = false;
   // The mutexes taken so far by an op that waits for the rest (see MutexAcquire).
   std::shared_ptr<std::vector<int32_t>> mutex_taken = std::make_shared<std::vector<int32_t>>();

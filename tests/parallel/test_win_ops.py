@@ -407,6 +407,66 @@ def test_nonblocking_forms():
     close(z, sum((zs[i] for i in ins), np.zeros(8)))
 
 
+def test_self_weight_scales_before_the_next_queued_op():
+    """A nonblocking put's self_weight scales its tensor in the core, right after
+    the put and before the next queued op reads the tensor: an accumulate
+    queued behind it sends the scaled values. (It was applied only when the
+    caller waited, on the caller's thread: the accumulate sent 1.0 instead of
+    0.5, and 8 queued accumulates read a tensor being scaled under them.) A
+    handle completed through bf.synchronize is scaled too."""
+    W = use_topology(bf.RingGraph(SIZE, connect_style=1))
+    ins = in_nbrs(W, RANK)
+    x = torch.ones(4, dtype=torch.float64)
+    bf.win_create(x, "sw.order", zero_init=True)
+    h = bf.win_put_nonblocking(x, "sw.order", self_weight=0.5)
+    bf.win_accumulate(x, "sw.order")
+    close(x, [0.5] * 4)  # scaled before win_wait(h)
+    assert bf.win_wait(h) is True
+    close(x, [0.5] * 4)  # and only once
+    bf.barrier()
+    got = bf.win_update("sw.order", 0.0, {i: 1.0 for i in ins}, clone=True)
+    close(got, [1.5 * len(ins)] * 4)
+    bf.barrier()
+    big = torch.ones(1 << 16, dtype=torch.float64)
+    bf.win_create(big, "sw.many", zero_init=True)
+    handles = [bf.win_accumulate_nonblocking(big, "sw.many", self_weight=0.5) for _ in range(8)]
+    bf.synchronize(handles[-1])
+    for h in handles[:-1]:
+        bf.win_wait(h)
+    close(big, np.full(1 << 16, 0.5 ** 8))
+    bf.barrier()
+    got = bf.win_update("sw.many", 0.0, {i: 1.0 for i in ins}, clone=True)
+    close(got, np.full(1 << 16, len(ins) * sum(0.5 ** k for k in range(8))))
+    bf.barrier()
+
+
+def test_self_weight_on_a_non_contiguous_tensor_and_bad_weights():
+    """A non-contiguous tensor is sent as a contiguous copy; the scaled copy
+    comes back into it when the handle is waited for. A fractional self_weight
+    on an integer window, a non-numeric weight and a non-int rank key are
+    refused naming the op."""
+    W = use_topology(bf.RingGraph(SIZE))
+    outs = out_nbrs(W, RANK)
+    base = torch.arange(12, dtype=torch.float64).reshape(3, 4)
+    t = base.t()  # (4, 3), not contiguous
+    bf.win_create(t.contiguous(), "sw.nc")
+    bf.win_put(t, "sw.nc", self_weight=0.25)
+    close(t, 0.25 * np.arange(12, dtype=np.float64).reshape(3, 4).T)
+    bf.barrier()
+    i = torch.ones(3, dtype=torch.int64)
+    bf.win_create(i, "sw.int")
+    with pytest.raises(ValueError, match=r"win_put 'sw.int': self_weight 0.5 would scale an integer window"):
+        bf.win_put(i, "sw.int", self_weight=0.5)
+    bf.win_accumulate(i, "sw.int", self_weight=2)
+    assert i.tolist() == [2, 2, 2]
+    with pytest.raises(ValueError, match="win_put: self_weight must be a number"):
+        bf.win_put(i, "sw.int", self_weight="a")
+    if outs:
+        with pytest.raises(ValueError, match="win_put: dst_weights keys must be ranks"):
+            bf.win_put(i, "sw.int", dst_weights={float(outs[0]): 0.5})
+    bf.barrier()
+
+
 def test_win_wait_on_unknown_or_finished_handle_warns_and_returns_false(caplog):
     """The contract: win_wait on an unknown handle logs a warning and returns False."""
     x = torch.ones(2, dtype=torch.float64)
