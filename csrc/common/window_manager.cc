@@ -416,7 +416,14 @@ Status WindowManager::MutexAcquire(const std::string& name, std::vector<int32_t>
     s = Rc(MPI_Compare_and_swap(&one, &zero, &previous, MPI_INT32_T, r, 0, w->mutex_win), "MPI_Compare_and_swap");
     MPI_Win_unlock(r, w->mutex_win);
     if (!s.ok()) return fail(s);
-    if (previous != 0) return Status::InProgress();  // held elsewhere: try again later from here
+    if (previous != 0) {
+      // Held elsewhere: let go of those taken so far and try again later. A
+      // holder that waits for one of them (a win_mutex block's own window op)
+      // can then go on; holding them while waiting deadlocked it.
+      MutexRelease(name, *taken);
+      taken->clear();
+      return Status::InProgress();
+    }
     w->held[r] = true;
     taken->push_back(r);
   }

@@ -63,12 +63,13 @@ class WindowManager {
   Status Put(const WinOpArgs& args, bool accumulate);
   Status Get(const WinOpArgs& args);
   Status Update(const WinUpdateArgs& args);
-  // Takes the mutex of every rank in `ranks`, in rank order (so lockers never
-  // wait for each other in a cycle). When one is held by someone else it
-  // returns IN_PROGRESS, keeping those taken so far in `*taken`: the caller
-  // calls again later with the same `taken` and it goes on from there. (The
-  // background thread never spins on a peer, which may itself be waiting for
-  // this rank in a collective.) A mutex this process already holds otherwise
+  // Takes the mutex of every rank in `ranks`, in rank order, all or none:
+  // when one is held by someone else it lets go of those it took and returns
+  // IN_PROGRESS, and the caller calls again later (with the same `taken`,
+  // the ones held meanwhile). Nothing is held while waiting, so a win_mutex
+  // block that holds rank 1's mutex and wants rank 0's for its own window op
+  // gets it from a put that needs both. (The background thread never spins on
+  // a peer, which may itself be waiting for this rank in a collective.) A mutex this process already holds otherwise
   // is an error (win_mutex is not re-entrant), not a deadlock. On OK every
   // rank's mutex is held (release them with MutexRelease); on an error none.
   // `op` names the caller in errors.

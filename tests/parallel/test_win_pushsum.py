@@ -276,6 +276,30 @@ def test_mutex_is_not_reentrant_error_not_hang():
     bf.barrier()
 
 
+def test_put_waiting_for_a_mutex_holds_none_of_the_others():
+    """Rank 0 holds rank 1's mutex (win_mutex) and then wants its own for a
+    win_update; rank 2's put to ranks 0 and 1 with require_mutex=True took
+    rank 0's mutex and waited for rank 1's, keeping rank 0's: both waited for
+    each other for good. A put now takes all of its mutexes or none."""
+    if SIZE < 3:
+        pytest.skip("needs a third rank that puts to ranks 0 and 1")
+    assert bf.set_topology(bf.FullyConnectedGraph(SIZE))
+    x = torch.full((2,), float(RANK), dtype=torch.float64)
+    bf.win_create(x, "hold.wait", zero_init=True)
+    bf.barrier()
+    if RANK == 0:
+        with bf.win_mutex("hold.wait", ranks=[1]):
+            time.sleep(HOLD)
+            bf.win_update("hold.wait", require_mutex=True)
+    elif RANK == 2:
+        time.sleep(HOLD / 3)
+        bf.win_put(x, "hold.wait", dst_weights={0: 1.0, 1: 1.0}, require_mutex=True)
+    bf.barrier()
+    if RANK in (0, 1):
+        assert bf.get_win_version("hold.wait")[2] == 1
+    bf.barrier()
+
+
 def test_mutex_wait_does_not_block_collectives():
     """Rank 0 holds its own mutex while it takes part in an allreduce; the
     others' puts into rank 0 with require_mutex=True wait for it meanwhile.
