@@ -274,7 +274,9 @@ def win_mutex(name: str, for_self: bool = False, ranks: Optional[List[int]] = No
 @contextlib.contextmanager
 def win_lock(name: str):
     """An exclusive RMA epoch on this rank's window buffers: no neighbor can write
-    into them during the block (do not call other window ops on `name` inside)."""
+    into them during the block. win_get and win_update of `name` need those
+    buffers themselves: inside the block they raise ValueError (call them
+    after it); win_lock is not re-entrant."""
     _check_name(name, "win_lock")
     _C.wait(_C.win_lock_async(name, True))
     try:

@@ -275,6 +275,7 @@ Status WindowManager::Get(const WinOpArgs& a) {
   Window* w = nullptr;
   Status s = Find(a.name, "win_get", &w);
   if (!s.ok()) return s;
+  if (w->self_locked) return LockedSelf("win_get", a.name);
   const int me = mpi_->rank();
   for (int32_t src : a.ranks) {
     if (Slot(*w, me, src) < 0) {
@@ -332,6 +333,7 @@ Status WindowManager::Update(const WinUpdateArgs& a) {
   Window* w = nullptr;
   Status s = Find(a.name, "win_update", &w);
   if (!s.ok()) return s;
+  if (w->self_locked) return LockedSelf("win_update", a.name);
   const int me = mpi_->rank();
   std::vector<int> slots;
   for (int32_t src : a.ranks) {
@@ -478,8 +480,26 @@ Status WindowManager::LockSelf(const std::string& name, bool lock) {
   Status s = Find(name, "win_lock", &w);
   if (!s.ok()) return s;
   const int me = mpi_->rank();
-  if (lock) return Rc(MPI_Win_lock(MPI_LOCK_EXCLUSIVE, me, 0, w->buf_win), "MPI_Win_lock");
-  return Rc(MPI_Win_unlock(me, w->buf_win), "MPI_Win_unlock");
+  if (lock == w->self_locked) {
+    return Status::InvalidArgument("win_lock '" + name + "': " +
+                                   (lock ? "this process already holds it (win_lock is not re-entrant)"
+                                         : "not held by this process"));
+  }
+  if (lock) {
+    s = Rc(MPI_Win_lock(MPI_LOCK_EXCLUSIVE, me, 0, w->buf_win), "MPI_Win_lock");
+  } else {
+    s = Rc(MPI_Win_unlock(me, w->buf_win), "MPI_Win_unlock");
+  }
+  if (s.ok()) w->self_locked = lock;
+  return s;
+}
+
+// Get and update refresh / read this process's receive buffers under an
+// exclusive lock of its own window, which win_lock already holds: they would
+// wait for themselves.
+Status WindowManager::LockedSelf(const char* op, const std::string& name) {
+  return Status::InvalidArgument(std::string(op) + " '" + name + "': this process holds win_lock('" + name +
+                                 "'), which keeps its receive buffers locked; call it after the win_lock block");
 }
 
 }  // namespace bluefog

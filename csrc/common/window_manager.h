@@ -100,11 +100,13 @@ class WindowManager {
     int32_t* versions = nullptr;
     int32_t* mutex = nullptr;  // this rank's lock word
     std::vector<bool> held;    // per rank: this process holds that rank's mutex
+    bool self_locked = false;  // win_lock holds this process's receive buffers
     MPI_Win buf_win = MPI_WIN_NULL, self_win = MPI_WIN_NULL, p_win = MPI_WIN_NULL;
     MPI_Win version_win = MPI_WIN_NULL, mutex_win = MPI_WIN_NULL;
   };
   Status Find(const std::string& name, const char* op, Window** w);
   int64_t ChunkBytes(const Window& w) const;
+  static Status LockedSelf(const char* op, const std::string& name);
   static int Slot(const Window& w, int32_t receiver, int32_t sender);
   void Destroy(Window& w);
 

@@ -242,6 +242,31 @@ def test_win_lock_holds_off_puts_into_this_rank():
         assert get_win_version("lock") == {i: 1 for i in range(1, SIZE)}
 
 
+def test_get_and_update_inside_win_lock_raise_instead_of_hanging():
+    """win_update / win_get of the locked window inside `with win_lock` waited
+    for the lock they were inside of, for good: a ValueError naming the op now,
+    and both work once the block is left."""
+    assert bf.set_topology(bf.RingGraph(SIZE))
+    x = torch.full((3,), float(RANK), dtype=torch.float64)
+    bf.win_create(x, "locked.self")
+    bf.barrier()
+    with bf.win_lock("locked.self"):
+        with pytest.raises(ValueError, match=r"win_update 'locked.self': this process holds win_lock"):
+            bf.win_update("locked.self", clone=True)
+        with pytest.raises(ValueError, match=r"win_get 'locked.self': this process holds win_lock"):
+            bf.win_get("locked.self")
+        with pytest.raises(ValueError, match="win_lock 'locked.self': this process already holds it"):
+            with bf.win_lock("locked.self"):
+                pass
+    bf.barrier()
+    bf.win_get("locked.self")
+    bf.barrier()
+    out = bf.win_update("locked.self", clone=True)
+    nbrs = bf.in_neighbor_ranks()
+    assert torch.allclose(out, torch.full((3,), (RANK + sum(nbrs)) / (len(nbrs) + 1), dtype=torch.float64))
+    bf.barrier()
+
+
 def test_failed_mutex_acquire_leaves_nothing_locked():
     """A rank out of range fails the acquire before any mutex is taken (it used
     to leave the lower ranks' mutexes taken for good: the next locker hung)."""
