@@ -149,7 +149,10 @@ Response Coordinator::Error(const Request& r, std::string message) {
   Response resp;
   resp.op = r.op;
   resp.names = {r.name};
-  resp.error = "bluefog " + std::string(OpTypeName(r.op)) + " '" + r.name + "': " + message;
+  std::string shown = r.name;
+  for (const std::string* prefix : {&kWinCreatePrefix, &kWinFreePrefix})
+    if (shown.rfind(*prefix, 0) == 0) shown.erase(0, prefix->size());
+  resp.error = "bluefog " + std::string(OpTypeName(r.op)) + " '" + shown + "': " + message;
   return resp;
 }
 

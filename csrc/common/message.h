@@ -12,6 +12,11 @@
 
 namespace bluefog {
 
+// The internal op names of window creation and freeing: the prefix, then the
+// window's name (errors show the window's name alone).
+inline const std::string kWinCreatePrefix = "bluefog.win_create.";
+inline const std::string kWinFreePrefix = "bluefog.win_free.";
+
 struct Request {
   std::string name;
   OpType op = OpType::ALLREDUCE;

@@ -24,8 +24,6 @@ namespace bluefog {
 
 namespace {
 
-const std::string kWinCreatePrefix = "bluefog.win_create.";
-const std::string kWinFreePrefix = "bluefog.win_free.";
 
 struct GlobalState {
   std::mutex lifecycle_mu;
@@ -104,6 +102,33 @@ void FailResponse(GlobalState& g, const Response& resp) {
     g.timeline.End(name);                   // NEGOTIATE
     CompleteEntry(e, s);
   }
+}
+
+// Skip-negotiate mode: every rank's window tensor must have the same dtype
+// and shape (negotiation checks this otherwise); all ranks fail alike.
+Status SkipModeWindowCheck(GlobalState& g, const TensorTableEntry& e) {
+  std::vector<int32_t> mine{static_cast<int32_t>(e.input->dtype())};
+  for (int64_t d : e.input->shape()) {
+    mine.push_back(static_cast<int32_t>(d >> 31));
+    mine.push_back(static_cast<int32_t>(d & 0x7fffffff));
+  }
+  std::vector<std::vector<int32_t>> all;
+  Status s = g.controller->AllgatherLists(mine, &all);
+  if (!s.ok()) return s;
+  bool same = true;
+  for (const auto& other : all) same = same && other == all[0];
+  if (same) return Status::OK();
+  std::string text;
+  for (size_t r = 0; r < all.size() && r < 8; ++r) {
+    Shape shape;
+    for (size_t i = 1; i + 1 < all[r].size(); i += 2)
+      shape.push_back((static_cast<int64_t>(all[r][i]) << 31) | all[r][i + 1]);
+    text += (r ? "; rank " : "rank ") + std::to_string(r) + " has " +
+            DataTypeName(static_cast<DataType>(all[r][0])) + " " + ShapeString(shape);
+  }
+  if (all.size() > 8) text += "; ...";
+  return Status::InvalidArgument("win_create '" + e.name.substr(kWinCreatePrefix.size()) +
+                                 "': ranks disagree on the window's dtype or shape: " + text);
 }
 
 void WaitReady(const TensorTableEntry& e) {
@@ -203,7 +228,10 @@ Status Perform(GlobalState& g, const Response& resp) {
     case OpType::WIN_CREATE: {
       g.timeline.Start(entries[0].name, "COMMUNICATE");
       std::vector<std::vector<int32_t>> all_src = resp.all_src_ranks;
-      if (all_src.empty()) s = g.controller->AllgatherLists(entries[0].src_ranks, &all_src);  // skip mode
+      if (all_src.empty()) {  // skip mode: nothing was negotiated
+        s = g.controller->AllgatherLists(entries[0].src_ranks, &all_src);
+        if (s.ok()) s = SkipModeWindowCheck(g, entries[0]);
+      }
       if (s.ok()) {
         s = g.windows->Create(entries[0].name.substr(kWinCreatePrefix.size()), entries[0].input,
                               entries[0].int_arg != 0, entries[0].dst_ranks, all_src);

@@ -246,7 +246,8 @@ Status WindowManager::Put(const WinOpArgs& a, bool accumulate) {
                        w->buf_win), "MPI_Put");
       }
     }
-    if (s.ok()) s = Rc(MPI_Win_unlock(d, w->buf_win), "MPI_Win_unlock");
+    Status unlocked = Rc(MPI_Win_unlock(d, w->buf_win), "MPI_Win_unlock");  // also after a failed put:
+    if (s.ok()) s = unlocked;  // a lock left open would keep the target's own updates waiting for good
     if (!s.ok()) break;
     MPI_Win_lock(MPI_LOCK_SHARED, d, 0, w->version_win);
     MPI_Accumulate(&one, 1, MPI_INT32_T, d, slot, 1, MPI_INT32_T, MPI_SUM, w->version_win);
@@ -304,7 +305,8 @@ Status WindowManager::Get(const WinOpArgs& a) {
       s = Rc(MPI_Get(dest + off, static_cast<int>(n), MPI_BYTE, src, off, static_cast<int>(n), MPI_BYTE, w->self_win),
              "MPI_Get");
     }
-    if (s.ok()) s = Rc(MPI_Win_unlock(src, w->self_win), "MPI_Win_unlock");
+    Status unlocked = Rc(MPI_Win_unlock(src, w->self_win), "MPI_Win_unlock");  // also after a failed get
+    if (s.ok()) s = unlocked;
     if (s.ok() && wt != 1.0) ScaleBuffer(w->dtype, dest, w->bytes / elem, wt);
     MPI_Win_unlock(me, w->buf_win);
     if (!s.ok()) break;

@@ -148,15 +148,25 @@ def test_tensor_not_matching_window_raises():
     assert bf.get_current_created_window_names() == ["shape"]
 
 
-def test_create_with_rank_dependent_shape_or_dtype_raises_everywhere():
-    for t in (torch.zeros(2 + RANK), torch.zeros(3, dtype=torch.float32 if RANK == 0 else torch.float64)):
-        if SIZE == 1:
-            assert bf.win_create(t, "mismatch")
-            bf.win_free("mismatch")
-            continue
-        with pytest.raises(ValueError):
-            bf.win_create(t, "mismatch")
-        assert bf.get_current_created_window_names() == []
+@pytest.mark.parametrize("skip_negotiate", [False, True], ids=["negotiated", "skip_negotiate"])
+def test_create_with_rank_dependent_shape_or_dtype_raises_everywhere(skip_negotiate):
+    """Also in skip-negotiate mode, where nothing else compares the ranks'
+    tensors (it created the windows, and a put then wrote past the smaller
+    one's end: MPI_ERR_RMA_RANGE on one rank, a silently short copy and a
+    hang on the other)."""
+    bf.set_skip_negotiate_stage(skip_negotiate)
+    try:
+        for t in (torch.zeros(2 + RANK), torch.zeros(3, dtype=torch.float32 if RANK == 0 else torch.float64)):
+            if SIZE == 1:
+                assert bf.win_create(t, "mismatch")
+                bf.win_free("mismatch")
+                continue
+            with pytest.raises(ValueError,
+                               match="win_create 'mismatch': ranks disagree on (the window's dtype or )?(shape|dtype)"):
+                bf.win_create(t, "mismatch")
+            assert bf.get_current_created_window_names() == []
+    finally:
+        bf.set_skip_negotiate_stage(False)
 
 
 def test_weights_for_non_neighbors_raise():
