@@ -60,10 +60,12 @@ class FastRound {
   };
   static Outcome Read(const std::vector<char>& buf);
 
-  // After each exchange: `worthy_bytes` is the input size of the exchange's
-  // only op when that op was a small allreduce that travelled inline or in a
-  // fast round (and whose description fits the header), else 0. Two such
-  // exchanges in a row make the next exchange start with a fast round.
+  // After each exchange that completed something: `worthy_bytes` is the
+  // input size of the exchange's only op when that op was a small allreduce
+  // that travelled inline or in a fast round (and whose description fits the
+  // header), else 0. Two such exchanges in a row (exchanges that completed
+  // nothing in between do not count) make the next exchange start with a
+  // fast round.
   void Update(int64_t worthy_bytes);
 
   // Whether an agreed request counts as fast-worthy (every rank computes it

@@ -408,7 +408,10 @@ bool Exchange(GlobalState& g) {
     g.last_cycle_moved = fast_bytes > 0;
   }
   ++g.exchanges;
-  g.fast.Update(FastWorthyBytes(responses, fast_bytes));
+  // An exchange that completed nothing (every rank waiting for a late one, an
+  // idle tick) does not end a run of repeated small allreduces: the late
+  // rank's op is then offered in a fast round too.
+  if (!responses.empty() || fast_bytes > 0) g.fast.Update(FastWorthyBytes(responses, fast_bytes));
   for (const auto& resp : responses) {
     if (!resp.error.empty()) {
       BFLOG(DEBUG) << resp.error;
