@@ -740,6 +740,7 @@ Status EnqueueReject(const std::string& op, const std::string& name, const std::
   e.name = type == OpType::WIN_CREATE ? kWinCreatePrefix + name : name;  // as EnqueueWinCreate names it
   e.op = type;
   e.callback = [](const Status&) {};  // the frontend has raised already
+  e.refusal = true;
   Request r;
   r.rejected = reason.empty() ? std::string("invalid input") : reason;
   return Enqueue(std::move(e), std::move(r));

@@ -17,7 +17,13 @@ void CompleteEntry(TensorTableEntry& entry, const Status& status) {
 Status TensorQueue::Add(TensorTableEntry entry, Request request, bool owned) {
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (table_.count(entry.name)) {
+    auto it = table_.find(entry.name);
+    if (it != table_.end() && it->second.refusal && !entry.refusal && !behind_refusal_.count(entry.name)) {
+      std::string name = entry.name;
+      behind_refusal_.emplace(std::move(name), std::make_pair(std::move(entry), std::move(request)));
+      return Status::OK();
+    }
+    if (it != table_.end() || behind_refusal_.count(entry.name)) {
       return Status::InvalidArgument("duplicate name '" + entry.name + "' for " + OpTypeName(entry.op) +
                                      ": an op with this name is still in flight on this rank; wait for it "
                                      "or give a different name");
@@ -57,11 +63,19 @@ bool TensorQueue::ViewInput(const std::string& name, int64_t max_bytes, std::str
 }
 
 bool TensorQueue::Take(const std::string& name, TensorTableEntry* entry) {
-  std::lock_guard<std::mutex> lock(mu_);
+  std::unique_lock<std::mutex> lock(mu_);
   auto it = table_.find(name);
   if (it == table_.end()) return false;
   *entry = std::move(it->second);
   table_.erase(it);
+  if (behind_refusal_.empty()) return true;
+  auto next = behind_refusal_.find(name);
+  if (next == behind_refusal_.end()) return true;
+  table_.emplace(name, std::move(next->second.first));  // the op that waited behind the refusal goes now
+  pending_.push_back(std::move(next->second.second));
+  behind_refusal_.erase(next);
+  lock.unlock();
+  cv_.notify_one();
   return true;
 }
 
@@ -70,6 +84,8 @@ void TensorQueue::FailAll(const Status& status) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     failed.swap(table_);
+    for (auto& kv : behind_refusal_) failed.emplace(kv.first + " (queued behind its refusal)", std::move(kv.second.first));
+    behind_refusal_.clear();
     pending_.clear();
     owned_pending_ = 0;
   }
@@ -78,7 +94,7 @@ void TensorQueue::FailAll(const Status& status) {
 
 size_t TensorQueue::InFlight() {
   std::lock_guard<std::mutex> lock(mu_);
-  return table_.size();
+  return table_.size() + behind_refusal_.size();
 }
 
 void TensorQueue::AddDirect(std::function<Status()> work, StatusCallback callback) {

@@ -34,6 +34,9 @@ struct TensorTableEntry {
   std::vector<int32_t> dst_ranks;
   std::vector<double> dst_weights;
   StatusCallback callback;
+  // This rank's frontend refused the op (EnqueueReject): the entry only tells
+  // the other ranks, and an op of the same name may queue up behind it.
+  bool refusal = false;
 };
 
 // Releases the entry's tensors, THEN runs its callback: when a frontend learns
@@ -42,7 +45,10 @@ void CompleteEntry(TensorTableEntry& entry, const Status& status);
 
 class TensorQueue {
  public:
-  // Fails with INVALID_ARGUMENT if `name` is still in flight on this rank.
+  // Fails with INVALID_ARGUMENT if `name` is still in flight on this rank
+  // (unless the op in flight is this rank's refusal of it: the new one then
+  // waits behind it and is submitted when the refusal is resolved, as a
+  // caller retrying after the error expects).
   // `owned`: the enqueuing thread will wait for this op next and run the
   // cycle itself, so the request does not wake a thread in WaitForWork(...,
   // /*count_owned=*/false) (any cycle still takes it).
@@ -86,6 +92,8 @@ class TensorQueue {
   bool woken_ = false;
   std::unordered_map<std::string, TensorTableEntry> table_;
   std::deque<Request> pending_;
+  // Ops added while a refusal of the same name was in flight (see Add).
+  std::unordered_map<std::string, std::pair<TensorTableEntry, Request>> behind_refusal_;
   struct DirectOp {
     std::function<Status()> work;
     StatusCallback callback;

@@ -235,6 +235,26 @@ def test_input_refused_on_one_rank_fails_the_op_everywhere(case):
     next_op_works(f"refused.{case}")
 
 
+@pytest.mark.parametrize("case", ["allreduce.dtype", "neighbor_allreduce.weights"])
+def test_retry_under_the_same_name_after_a_refusal(case):
+    """The usual reaction to the error: retry the op, same name, good input, on
+    every rank. Rank 0 raised at once while its refusal was still in flight
+    (the others reach the op later); its retry waits behind the refusal
+    instead of failing with 'duplicate name' (which left the others' retry
+    waiting for rank 0 for good)."""
+    if SIZE == 1:
+        pytest.skip("needs a rank whose input is good")
+    says, run = REFUSED[case]
+    name = f"retry.{case}"
+    if RANK != 0:
+        time.sleep(0.3)  # rank 0 retries before the others have even submitted
+    with pytest.raises(ValueError, match=says):
+        run(RANK == 0, name)
+    run(False, name)
+    run(False, name)  # and the name is free afterwards
+    next_op_works(name)
+
+
 def test_refused_unnamed_op_keeps_automatic_names_aligned():
     """An unnamed op takes its automatic name before its input is checked, so
     a refusal on one rank leaves every rank's counter at the same place."""
