@@ -221,7 +221,9 @@ def hierarchical_neighbor_allreduce(tensor: torch.Tensor, *, self_weight: Option
     """Neighbor averaging between machines: the tensor is averaged inside each
     machine, the machines' local-rank-0 processes combine with their neighbor
     machines (machine topology weights, uniform, or the given machine weights),
-    and the result is shared inside the machine."""
+    and the result is shared inside the machine. The machine weights that
+    count are the ones the local-rank-0 process passes (as in BlueFog 0.3);
+    the other ranks' are only checked to be valid."""
     return synchronize(hierarchical_neighbor_allreduce_nonblocking(
         tensor, self_weight=self_weight, src_machine_weights=src_machine_weights,
         dst_machine_weights=dst_machine_weights, enable_topo_check=enable_topo_check, name=name, **kwargs))
