@@ -157,6 +157,7 @@ int WinCreateAsync(at::Tensor tensor, const std::string& name, bool zero_init, s
   auto record = std::make_shared<HandleRecord>();
   record->input = tensor;
   record->output = tensor;
+  record->wrote_output = false;  // the buffers are set up; the tensor is not written
   return Submit("win_create", "win_create." + name, record, [&](const std::string&, StatusCallback cb) {
     return EnqueueWinCreate(t, name, zero_init, std::move(src_ranks), std::move(dst_ranks), std::move(cb));
   });
@@ -199,6 +200,7 @@ int WinPutAsync(at::Tensor tensor, const std::string& name, std::vector<int32_t>
   auto record = std::make_shared<HandleRecord>();
   record->input = tensor;
   record->output = tensor;
+  record->wrote_output = self_weight != 1.0;
   return SubmitDirect(record, [args, accumulate](WindowManager& w) { return w.Put(args, accumulate); });
 }
 
@@ -310,6 +312,7 @@ at::Tensor Wait(int handle) {
     py::gil_scoped_release release;
     return CombineNeighbors(record->input, record->output, record->self_weight, record->src_weights);
   }
+  if (record->wrote_output && record->output.defined()) torch::autograd::impl::bump_version(record->output);
   return record->output;
 }
 

@@ -633,3 +633,32 @@ def test_large_outputs_come_from_the_output_cache_and_behave_like_tensors():
     again[n:] = 7
     assert again[:n].eq(expected).all() and again[n:].eq(7).all()
     assert again.grad_fn is None and not again.requires_grad
+
+
+@pytest.mark.parametrize("op", ["allreduce_", "broadcast_", "allreduce_nonblocking_", "broadcast_nonblocking_"])
+def test_in_place_ops_bump_the_autograd_version(op):
+    """An in-place collective counts as an in-place op for autograd (as torch's
+    own do): a tensor saved for backward and then overwritten makes backward()
+    raise instead of silently computing with the new values (it returned
+    [4, 8] instead of [2, 4] for d/dw sum((w * 1)^2) with w = [1, 2])."""
+    w = torch.tensor([1.0, 2.0], requires_grad=True)
+    a = w * 1.0
+    loss = (a * a).sum()  # saves a
+    before = a._version
+    if op == "allreduce_":
+        bf.allreduce_(a, average=True, name=f"ver.{op}")
+    elif op == "broadcast_":
+        bf.broadcast_(a, 0, name=f"ver.{op}")
+    elif op == "allreduce_nonblocking_":
+        bf.synchronize(bf.allreduce_nonblocking_(a, average=True, name=f"ver.{op}"))
+    else:
+        bf.synchronize(bf.broadcast_nonblocking_(a, 0, name=f"ver.{op}"))
+    assert a._version > before
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+    # Out of place: nothing saved is touched, and backward works.
+    b = w * 1.0
+    loss = (b * b).sum()
+    bf.allreduce(b, name=f"ver.out.{op}")
+    loss.backward()
+    torch.testing.assert_close(w.grad, torch.tensor([2.0, 4.0]))
