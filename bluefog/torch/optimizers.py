@@ -10,6 +10,7 @@ import contextlib
 import os
 import warnings
 import weakref
+import zlib
 from enum import Enum
 from typing import Dict, List, Optional
 
@@ -90,8 +91,32 @@ class _Distributed:
         self._bf_timeline_hooks = []
         self._bf_open: Dict[torch.nn.Parameter, str] = {}  # parameter -> activity open in its lane
         self._bf_active = _basics.size() > 1
+        # Per model: its parameters of this wrapper, and each one's owning module.
+        self._bf_owner = {q: module for m in self._bf_models for module in m.modules()
+                          for q in module.parameters(recurse=False) if q in self._bf_names}
+        self._bf_model_params = [[q for q in m.parameters() if q in self._bf_names] for m in self._bf_models]
+        self._bf_seen = set()  # parameters already handled in the current model forward
+        if self._bf_active:
+            self._bf_check_models_agree()
         if os.environ.get("BLUEFOG_TIMELINE"):
             self.turn_on_timeline()
+
+    def _bf_check_models_agree(self):
+        """Collective: every rank's wrapper must see the same parameters (names,
+        shapes, dtypes), or the ranks' ops would never pair up (a hang)."""
+        described = ";".join(f"{n}:{tuple(q.shape)}:{q.dtype}:{int(q.requires_grad)}"
+                             for q, n in sorted(self._bf_names.items(), key=lambda kv: kv[1]))
+        mine = torch.tensor([[len(self._bf_names), zlib.crc32(described.encode())]], dtype=torch.int64)
+        every = mpi_ops.allgather(mine, name=f"{self._bf_prefix}.model_check")
+        if bool((every == every[0]).all()):
+            return
+        groups: Dict[tuple, List[int]] = {}
+        for r, row in enumerate(every.tolist()):
+            groups.setdefault(tuple(row), []).append(r)
+        text = "; ".join(f"ranks {ranks}: {key[0]} parameters (checksum {key[1]:08x})" for key, ranks in groups.items())
+        raise ValueError(f"bluefog distributed optimizer (wrapping {type(self).__name__}): the ranks' models differ "
+                         f"in their parameters' names, shapes, "
+                         f"dtypes or requires_grad ({text}); every rank must wrap the same model")
 
     def _bf_name(self, p) -> str:
         return f"{self._bf_prefix}.{self._bf_names[p]}"
@@ -131,9 +156,40 @@ class _Distributed:
                     yield module
 
     def _bf_register_forward_hooks(self, method_name):
-        fn = self._bf_weak(method_name)
+        """`method_name(params)` runs for the parameters of each module as its
+        forward ends (so communication overlaps the rest of the forward), once
+        per parameter and model forward (a module called twice counts once),
+        and, when the model's forward ends, for the parameters whose module
+        did not run (nn.ParameterList, tied weights, a branch this rank skipped):
+        every parameter communicates once per model forward, on every rank."""
+        module_done, model_begin, model_done = (self._bf_weak(m) for m in (
+            "_bf_module_forward_done", "_bf_model_forward_begin", "_bf_model_forward_done"))
+        self._bf_forward_method = method_name
         for module in self._bf_modules():
-            self._bf_hooks.append(module.register_forward_hook(lambda mod, inp, out: fn(mod) if mod.training else None))
+            self._bf_hooks.append(module.register_forward_hook(lambda mod, inp, out: module_done(mod)))
+        for i, m in enumerate(self._bf_models):
+            self._bf_hooks.append(m.register_forward_pre_hook(lambda mod, inp, i=i: model_begin(i)))
+            self._bf_hooks.append(m.register_forward_hook(lambda mod, inp, out, i=i: model_done(i)))
+
+    def _bf_forward_params(self, params):
+        if params:
+            getattr(self, self._bf_forward_method)(params)
+
+    def _bf_module_forward_done(self, module):
+        if not module.training:
+            return
+        params = [q for q in self._bf_module_params(module) if q not in self._bf_seen]
+        self._bf_seen.update(params)
+        self._bf_forward_params(params)
+
+    def _bf_model_forward_begin(self, i):
+        self._bf_seen.clear()
+
+    def _bf_model_forward_done(self, i):
+        rest = [q for q in self._bf_model_params[i]
+                if q not in self._bf_seen and q.requires_grad and self._bf_owner[q].training]
+        self._bf_seen.clear()
+        self._bf_forward_params(rest)
 
     def _bf_module_params(self, module):
         return [p for p in module.parameters(recurse=False) if p in self._bf_names and p.requires_grad]
@@ -187,6 +243,24 @@ class _Distributed:
     def _bf_tl_grad(self, p):
         self._bf_tl_end(p, "GRADIENT COMPT.")
 
+    def _bf_missing(self):
+        """When this rank communicates now (every step with
+        num_steps_per_communication 1, else when another parameter did), the
+        parameters that did not (no forward / no gradient here: a branch this
+        rank skipped): the caller communicates them too, so that no rank waits
+        for them. Their use counts are aligned with the others'."""
+        if not self._bf_active or not (self._bf_handles or self._bf_steps == 1):
+            return []
+        count = self._bf_counts.get(next(iter(self._bf_handles)), 0) if self._bf_handles else None
+        missing = []
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.requires_grad and p in self._bf_names and p not in self._bf_handles:
+                    if count is not None:
+                        self._bf_counts[p] = count
+                    missing.append(p)
+        return missing
+
     @contextlib.contextmanager
     def skip_synchronize(self):
         """step() inside this block does not synchronize (call synchronize() first)."""
@@ -213,9 +287,7 @@ class _AdaptWithCombine(_Distributed):
     def __init__(self, params, model, communication_type, num_steps_per_communication, prefix="awc"):
         super().__init__(params)
         self._bf_setup(model, num_steps_per_communication, prefix)
-        if not isinstance(communication_type, CommunicationType):
-            raise ValueError(f"communication_type must be a CommunicationType, got {communication_type!r}")
-        self.communication_type = communication_type
+        self.communication_type = communication_type  # checked by the property
         self.self_weight = None
         self.src_weights = None
         self.dst_weights = None
@@ -239,23 +311,49 @@ class _AdaptWithCombine(_Distributed):
             return mpi_ops.allreduce_nonblocking(tensor, average=True, name=name)
         return None
 
-    def _bf_forward(self, module):
-        for p in self._bf_module_params(module):
+    @property
+    def communication_type(self) -> CommunicationType:
+        """How parameters are combined (a CommunicationType; settable between steps)."""
+        return self._bf_communication_type
+
+    @communication_type.setter
+    def communication_type(self, value):
+        if not isinstance(value, CommunicationType):
+            raise ValueError(f"communication_type must be a CommunicationType, got {value!r}")
+        self._bf_communication_type = value
+
+    def _bf_forward(self, params):
+        for p in params:
             if self._bf_due(p):
                 handle = self._bf_communicate(p.data, self._bf_name(p))
                 if handle is not None:
                     self._bf_handles[p] = handle
 
     def synchronize(self):
-        """Waits for the parameters' communication and adopts the combined values."""
-        for p, handle in self._bf_handles.items():
+        """Waits for the parameters' communication and adopts the combined values
+        (a parameter no forward pass reached here communicates now, if others did)."""
+        for p in self._bf_missing():
+            handle = self._bf_communicate(p.data, self._bf_name(p))
+            if handle is not None:
+                self._bf_handles[p] = handle
+        handles = list(self._bf_handles.items())
+        self._bf_handles.clear()  # a failed op leaves nothing to wait for again
+        for p, handle in handles:
             p.data.copy_(mpi_ops.synchronize(handle))
-        self._bf_handles.clear()
 
     def step(self, closure=None):
+        loss = None
+        if closure is not None and self._bf_active:
+            # The closure's forward starts this step's communication of the
+            # current parameters: combine first, then apply the gradient
+            # (x <- W x - lr * g(x), as without a closure).
+            with torch.enable_grad():
+                loss = closure()
+            closure = None
         if self._bf_should_sync:
             self.synchronize()
-        return super().step(closure)
+        result = super().step(closure)
+        return loss if loss is not None else result
 
 
 class _AdaptThenCombine(_AdaptWithCombine):
@@ -268,6 +366,7 @@ class _AdaptThenCombine(_AdaptWithCombine):
         self._bf_group_of = {p: g for g in self.param_groups for p in g["params"]}
         self._bf_group_key = tuple(id(g) for g in self.param_groups)
         self._bf_hooked = set()
+        self._bf_stepped = set()  # parameters whose local step a backward hook took
         self._bf_hook_new_params()
 
     def _bf_hook_new_params(self):
@@ -309,18 +408,32 @@ class _AdaptThenCombine(_AdaptWithCombine):
             self.param_groups = saved
 
     def _bf_after_grad(self, p):
+        # The local step waits for the communicating backward pass (the
+        # num_steps_per_communication-th): gradients accumulated over several
+        # backward passes are applied once, from the point they were taken at.
+        if not self._bf_due(p):
+            return
         with torch.no_grad():
             self._bf_local_step(p)
-        if self._bf_due(p):
-            handle = self._bf_communicate(p.data, self._bf_name(p))
-            if handle is not None:
-                self._bf_handles[p] = handle
+        self._bf_stepped.add(p)
+        handle = self._bf_communicate(p.data, self._bf_name(p))
+        if handle is not None:
+            self._bf_handles[p] = handle
 
     def step(self, closure=None):
         if not self._bf_active:
             return super(_AdaptWithCombine, self).step(closure)
         if closure is not None:
             raise ValueError("DistributedAdaptThenCombineOptimizer does not support a closure")
+        # Parameters whose backward pass did not communicate this time (step()
+        # after every backward with num_steps_per_communication > 1) take
+        # their local step now.
+        with torch.no_grad():
+            for group in self.param_groups:
+                for p in group["params"]:
+                    if p.grad is not None and p not in self._bf_stepped:
+                        self._bf_local_step(p)
+        self._bf_stepped.clear()
         if self._bf_should_sync:
             self.synchronize()
         return None
@@ -340,10 +453,17 @@ class _GradientAllreduce(_Distributed):
             self._bf_handles[p] = mpi_ops.allreduce_nonblocking(p.grad, average=True, name=self._bf_name(p))
 
     def synchronize(self):
-        """Waits for the gradient averages and installs them in p.grad."""
-        for p, handle in self._bf_handles.items():
+        """Waits for the gradient averages and installs them in p.grad. When
+        this rank communicates, a parameter that got no gradient here (a layer
+        this rank skipped) is averaged as zeros, so that no rank waits for it."""
+        for p in self._bf_missing():
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            self._bf_handles[p] = mpi_ops.allreduce_nonblocking(p.grad, average=True, name=self._bf_name(p))
+        handles = list(self._bf_handles.items())
+        self._bf_handles.clear()  # a failed op leaves nothing to wait for again
+        for p, handle in handles:
             p.grad.copy_(mpi_ops.synchronize(handle))
-        self._bf_handles.clear()
 
     def step(self, closure=None):
         if self._bf_should_sync:
@@ -384,8 +504,8 @@ class _WindowOptimizer(_Distributed):
     def _bf_window_tensor(self, p):
         return p.data  # the parameter itself is the window
 
-    def _bf_forward(self, module):
-        for p in self._bf_module_params(module):
+    def _bf_forward(self, params):
+        for p in params:
             if p in self._bf_windows and self._bf_due(p):
                 self._bf_handles[p] = self._bf_start(p)
 
@@ -394,9 +514,9 @@ class _WindowOptimizer(_Distributed):
         parameters that communicated (only those: on a step without
         communication a parameter keeps its local value)."""
         done = list(self._bf_handles.items())
+        self._bf_handles.clear()  # a failed op leaves nothing to wait for again
         for _, handle in done:
             win_ops.win_wait(handle)
-        self._bf_handles.clear()
         if self.force_barrier:
             mpi_ops.barrier()
         for p, _ in done:

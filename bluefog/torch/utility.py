@@ -36,10 +36,16 @@ def broadcast_parameters(params, root_rank: int):
 
 
 def allreduce_parameters(params):
-    """Averages every tensor in `params` over all ranks, in place."""
+    """Averages every tensor in `params` over all ranks, in place. Every tensor
+    must be floating-point (checked before any is changed)."""
+    named = list(_named_tensors(params, "allreduce_parameters"))
+    for name, p in named:
+        if not torch.is_tensor(p) or not p.is_floating_point():
+            raise ValueError(f"allreduce_parameters: '{name}' is {getattr(p, 'dtype', type(p).__name__)}; only floating-point tensors can be "
+                             f"averaged (leave out entries such as a BatchNorm's num_batches_tracked)")
     handles = [allreduce_nonblocking_(p.data if isinstance(p, torch.nn.Parameter) else p, average=True,
                                       name=f"allreduce_parameters.{name}")
-               for name, p in _named_tensors(params, "allreduce_parameters")]
+               for name, p in named]
     for h in handles:
         synchronize(h)
 
@@ -85,7 +91,7 @@ def broadcast_optimizer_state(optimizer: torch.optim.Optimizer, root_rank: int):
         for key, value in sorted(group.items()):
             if key == "params":
                 continue
-            t = _to_tensor(value)
+            t = value.detach().clone() if torch.is_tensor(value) else _to_tensor(value)  # a tensor lr, say
             if t is None:
                 continue
             handles.append(broadcast_nonblocking_(t, root_rank, name=f"opt_state.group.{key}.{gi}"))
@@ -123,6 +129,8 @@ def _to_tensor(value):
 
 
 def _from_tensor(old, t: torch.Tensor):
+    if torch.is_tensor(old):
+        return t
     if isinstance(old, bool):
         return bool(t.item())
     if isinstance(old, int):

@@ -884,3 +884,151 @@ def test_param_group_added_later_is_trained(kind):
     before = model[1].weight.detach().clone()
     train(opt, model, 1)
     assert not torch.equal(model[1].weight.detach(), before), "the added param group was not stepped"
+
+
+# ---- found in review: accumulation, closures, parameters outside called modules, uneven use ----
+def _average_of_local_sgd(model, lr, batches):
+    """mean over ranks of (x_r - lr * sum of the batches' gradients at x_r)."""
+    ref = copy.deepcopy(model)
+    ref.zero_grad()
+    for x, y in batches:
+        F.mse_loss(ref(x), y).backward()
+    with torch.no_grad():
+        for p in ref.parameters():
+            p -= lr * p.grad
+    return gathered(ref).mean(0)
+
+
+def test_atc_gradient_accumulation_applies_the_summed_gradient_once():
+    """num_steps_per_communication=2 with two backward passes per step(): the
+    local step uses g1 + g2, both taken at x (it stepped after each backward:
+    g1 applied twice, g2 taken at a moved point)."""
+    model = make_model()
+    opt = build("atc", model, base=torch.optim.SGD(model.parameters(), lr=0.1), comm=CT.allreduce, n=2)
+    for t in range(3):
+        batches = [(XR[i::4], YR[i::4]) for i in (t % 2, t % 2 + 2)]
+        expected = _average_of_local_sgd(model, 0.1, batches)
+        opt.zero_grad()
+        for x, y in batches:
+            F.mse_loss(model(x), y).backward()
+        opt.step()
+        assert worst((flat(model) - expected).abs().max().item()) < 1e-5
+
+
+def test_awc_step_with_a_closure_matches_the_usual_loop():
+    """step(closure): the closure's forward starts the communication; the
+    combined values are adopted first and the gradient is applied to them (the
+    gradient step was lost: overwritten by the next step's combine)."""
+    a, b = make_model(seed=5 + RANK), make_model(seed=5 + RANK)
+    oa = build("awc", a, base=torch.optim.SGD(a.parameters(), lr=0.1), comm=CT.allreduce)
+    ob = build("awc", b, base=torch.optim.SGD(b.parameters(), lr=0.1), comm=CT.allreduce)
+    train(ob, b, 4)
+
+    def closure():
+        oa.zero_grad()
+        loss = F.mse_loss(a(XR), YR)
+        loss.backward()
+        return loss
+    for _ in range(4):
+        assert oa.step(closure) is not None
+    assert not oa._bf_handles
+    assert worst((flat(a) - flat(b)).abs().max().item()) < 1e-6
+
+
+class _Shared(nn.Module):
+    """A parameter in an nn.ParameterList (never called), a linear layer whose
+    weight is only read as an attribute, and a layer applied twice."""
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(3, 3)
+        self.scales = nn.ParameterList([nn.Parameter(torch.full((3,), float(RANK)))])
+        self.tied = nn.Linear(3, 3)
+        with torch.no_grad():
+            self.tied.weight.fill_(float(RANK))
+
+    def forward(self, x):
+        h = torch.tanh(self.lin(x)) * self.scales[0]
+        return self.lin(h) + x @ self.tied.weight
+
+
+@pytest.mark.parametrize("kind", ["awc", "win_put"])
+def test_parameters_of_modules_never_called_communicate_once_per_forward(kind):
+    """(They never communicated: hooks sat only on the modules that ran.) And a
+    layer applied twice in one forward counts once: with two steps per
+    communication nothing moves after the first step (lr 0)."""
+    model = _Shared()
+    opt = build(kind, model, base=torch.optim.SGD(model.parameters(), lr=0.0), comm=CT.allreduce, n=2)
+    before = flat(model).clone()
+    x = torch.randn(4, 3)
+    for step in range(2):
+        opt.zero_grad()
+        model(x).sum().backward()
+        opt.step()
+        if step == 0:
+            assert all_true(torch.equal(flat(model), before))
+    scale, tied = model.scales[0].detach(), model.tied.weight.detach()
+    if SIZE > 1:
+        assert all_true(not torch.equal(scale, torch.full((3,), float(RANK))))
+        assert all_true(not torch.equal(tied, torch.full((3, 3), float(RANK))))
+    if kind == "awc":
+        mean = (SIZE - 1) / 2
+        assert all_true(torch.allclose(scale, torch.full((3,), mean)) and torch.allclose(tied, torch.full((3, 3), mean)))
+    release(opt)
+
+
+@pytest.mark.parametrize("kind_comm", [("grad", None), ("awc", CT.neighbor_allreduce), ("atc", CT.neighbor_allreduce),
+                                       ("awc", CT.allreduce)],
+                         ids=lambda kc: f"{kc[0]}-{kc[1].name if kc[1] else ''}")
+def test_a_rank_that_skips_a_layer_does_not_hang(kind_comm):
+    """The last rank never uses layer b: its b communicates anyway (gradient
+    allreduce: as zeros), so nobody waits for it (before: a hang)."""
+    kind, comm = kind_comm
+    torch.manual_seed(7)  # the same start on every rank; different data
+    model = nn.ModuleDict({"a": nn.Linear(4, 3), "b": nn.Linear(4, 3)})
+    opt = build(kind, model, base=torch.optim.SGD(model.parameters(), lr=0.1), comm=comm)
+    x = torch.randn(5, 4, generator=torch.Generator().manual_seed(100 + RANK))
+    for _ in range(3):
+        before_b = bf.allgather(model["b"].weight.detach().clone()[None])
+        opt.zero_grad()
+        out = model["a"](x) + (model["b"](x) if RANK != SIZE - 1 else 0)
+        out.pow(2).mean().backward()
+        opt.step()
+    if kind == "grad":
+        assert worst(spread(model)) < 1e-6  # every rank took the same (averaged) steps
+    elif comm == CT.allreduce and RANK == SIZE - 1:
+        # b got no gradient here: it is exactly the average of the ranks' b before the step
+        assert torch.allclose(model["b"].weight, before_b.mean(0), atol=1e-6)
+
+
+def test_ranks_with_different_models_are_refused_at_construction():
+    if SIZE == 1:
+        pytest.skip("needs two ranks to differ")
+    model = nn.Sequential(*[nn.Linear(3, 3) for _ in range(1 + (RANK == SIZE - 1))])
+    with pytest.raises(ValueError, match="the ranks' models differ"):
+        build("grad", model)
+
+
+def test_communication_type_must_be_a_communication_type():
+    model = make_model()
+    opt = build("awc", model, comm=CT.allreduce)
+    with pytest.raises(ValueError, match="communication_type must be a CommunicationType"):
+        opt.communication_type = "allreduce"
+    assert opt.communication_type == CT.allreduce
+    opt.communication_type = CT.empty
+    assert opt.communication_type == CT.empty
+
+
+def test_failed_communication_leaves_the_wrapper_usable():
+    """A step whose communication fails raises on every rank; the next one
+    works (the failed handles were kept: zero_grad raised 'pending' forever)."""
+    if SIZE == 1:
+        pytest.skip("needs neighbors")
+    model = make_model()
+    opt = build("awc", model, comm=CT.neighbor_allreduce)
+    opt.src_weights = {SIZE + 7: 0.5}  # not an in-neighbor
+    opt.self_weight = 0.5
+    with pytest.raises(ValueError):
+        train(opt, model, 1)
+    opt.src_weights = opt.self_weight = None
+    opt.zero_grad()
+    train(opt, model, 2)

@@ -289,3 +289,25 @@ def test_broadcast_optimizer_state_of_a_bluefog_optimizer(kind):
     finally:
         if hasattr(opt, "unregister_window"):
             opt.unregister_window()
+
+
+def test_broadcast_optimizer_state_takes_a_tensor_lr():
+    """A param-group option that is a tensor (torch accepts a tensor lr) was
+    silently left different on every rank."""
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.Adam(model.parameters(), lr=torch.tensor(0.01 * (bf.rank() + 1)))
+    bf.broadcast_optimizer_state(opt, 0)
+    lr = opt.param_groups[0]["lr"]
+    assert torch.is_tensor(lr) and abs(float(lr) - 0.01) < 1e-9
+
+
+def test_allreduce_parameters_refuses_integer_entries_before_changing_any():
+    """A BatchNorm state_dict's num_batches_tracked (int64) cannot be averaged:
+    refused before any entry is averaged (the float entries were averaged in
+    place, then the int one failed)."""
+    bn = torch.nn.BatchNorm1d(2)
+    with torch.no_grad():
+        bn.running_mean.fill_(float(bf.rank()))
+    with pytest.raises(ValueError, match="num_batches_tracked' is torch.int64"):
+        bf.allreduce_parameters(bn.state_dict())
+    assert torch.equal(bn.running_mean, torch.full((2,), float(bf.rank())))
