@@ -891,6 +891,7 @@ Status RunBlocking(const std::function<Status(StatusCallback)>& enqueue) {
 }
 
 void Abort(int code) {
+  State().timeline.Shutdown();  // writes out the events so far: the trace ends on whole events
   int initialized = 0, finalized = 0;
   MPI_Initialized(&initialized);
   MPI_Finalized(&finalized);

@@ -36,9 +36,9 @@ bool Timeline::Initialize(const std::string& path) {
     path_.clear();
     return false;
   }
+  std::setvbuf(file_, nullptr, _IONBF, 0);  // WriterLoop writes whole batches itself
   if (!resume) {
     std::fputs("[\n", file_);
-    std::fflush(file_);
     start_ = std::chrono::steady_clock::now();
     pids_.clear();
     path_ = path;
@@ -92,32 +92,44 @@ void Timeline::Push(Event event) {
   cv_.notify_one();
 }
 
-void Timeline::WriteEvent(const Event& e) {
+void Timeline::WriteEvent(const Event& e, std::string* out) {
   auto it = pids_.find(e.name);
   int pid;
-  std::string name = JsonEscape(e.name);
+  char buf[256];
   if (it == pids_.end()) {
     pid = static_cast<int>(pids_.size()) + 1;
     pids_[e.name] = pid;
-    std::fprintf(file_,
-                 "{\"name\": \"process_name\", \"ph\": \"M\", \"pid\": %d, \"tid\": 0, \"args\": {\"name\": \"%s\"}},\n"
-                 "{\"name\": \"process_sort_index\", \"ph\": \"M\", \"pid\": %d, \"tid\": 0, \"args\": "
-                 "{\"sort_index\": %d}},\n",
-                 pid, name.c_str(), pid, pid);
+    const std::string name = JsonEscape(e.name);
+    *out += "{\"name\": \"process_name\", \"ph\": \"M\", \"pid\": " + std::to_string(pid) +
+            ", \"tid\": 0, \"args\": {\"name\": \"" + name + "\"}},\n";
+    std::snprintf(buf, sizeof(buf),
+                  "{\"name\": \"process_sort_index\", \"ph\": \"M\", \"pid\": %d, \"tid\": 0, \"args\": "
+                  "{\"sort_index\": %d}},\n", pid, pid);
+    *out += buf;
   } else {
     pid = it->second;
   }
+  std::vector<int>& open = open_[e.name];
   if (e.phase == 'B') {
-    std::fprintf(file_, "{\"name\": \"%s\", \"ph\": \"B\", \"ts\": %lld, \"pid\": %d, \"tid\": %d},\n",
-                 JsonEscape(e.activity).c_str(), static_cast<long long>(e.ts_us), pid, e.tid);
+    open.push_back(e.tid);
+    std::snprintf(buf, sizeof(buf), "\", \"ph\": \"B\", \"ts\": %lld, \"pid\": %d, \"tid\": %d},\n",
+                  static_cast<long long>(e.ts_us), pid, e.tid);
+    *out += "{\"name\": \"" + JsonEscape(e.activity) + buf;
   } else {
-    std::fprintf(file_, "{\"ph\": \"E\", \"ts\": %lld, \"pid\": %d, \"tid\": %d},\n",
-                 static_cast<long long>(e.ts_us), pid, e.tid);
+    int tid = e.tid;
+    if (!open.empty()) {
+      tid = open.back();
+      open.pop_back();
+    }
+    std::snprintf(buf, sizeof(buf), "{\"ph\": \"E\", \"ts\": %lld, \"pid\": %d, \"tid\": %d},\n",
+                  static_cast<long long>(e.ts_us), pid, tid);
+    *out += buf;
   }
 }
 
 void Timeline::WriterLoop() {
   std::deque<Event> batch;
+  std::string out;
   while (true) {
     bool stopping;
     {
@@ -126,8 +138,11 @@ void Timeline::WriterLoop() {
       batch.swap(events_);
       stopping = stop_;
     }
-    for (const auto& e : batch) WriteEvent(e);
-    if (!batch.empty()) std::fflush(file_);
+    // One write per batch of whole lines (the file is unbuffered): a process
+    // killed meanwhile leaves a trace that ends on a whole event.
+    out.clear();
+    for (const auto& e : batch) WriteEvent(e, &out);
+    if (!out.empty()) std::fwrite(out.data(), 1, out.size(), file_);
     batch.clear();
     if (stopping) return;
   }

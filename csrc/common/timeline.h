@@ -17,6 +17,7 @@
 #include <string>
 #include <thread>
 #include <unordered_map>
+#include <vector>
 
 namespace bluefog {
 
@@ -43,7 +44,7 @@ class Timeline {
   };
   void Push(Event event);
   void WriterLoop();
-  void WriteEvent(const Event& e);
+  void WriteEvent(const Event& e, std::string* out);
   int ThreadId();
 
   std::atomic<bool> enabled_{false};
@@ -56,6 +57,11 @@ class Timeline {
   bool stop_ = false;
   std::thread writer_;
   std::unordered_map<std::string, int> pids_;  // writer thread only
+  // Per lane (op name): the thread ids of its open phases, innermost last
+  // (writer thread only). An end event goes to its start's thread: an op's
+  // phase can start on the background thread and end on a caller's, and
+  // trace viewers pair begin/end events per thread.
+  std::unordered_map<std::string, std::vector<int>> open_;
   std::atomic<int> next_tid_{1};
   std::mutex tid_mu_;
   std::unordered_map<std::thread::id, int> tids_;

@@ -202,6 +202,31 @@ def test_repeated_small_allreduce_shows_its_fast_rounds():
     assert phases[-4:] == ["ENQUEUE_ALLREDUCE", "NEGOTIATE_ALLREDUCE", "COMMUNICATE_FAST", "CALLBACK"], phases
 
 
+def test_every_phase_ends_on_the_thread_it_began_on():
+    """Trace viewers pair begin/end events per thread. An op's NEGOTIATE phase
+    begins on the background thread and may end on the caller's thread (which
+    runs the cycle when it waits): its end event goes to the begin's thread
+    (it was written with the caller's thread id: slices left open)."""
+    for i in range(20):
+        handles = [bf.allreduce_nonblocking(torch.ones(50000), name=f"tl.threads.{i}.{k}") for k in range(3)]
+        for h in handles:
+            bf.synchronize(h)
+    names = {f"tl.threads.19.{k}" for k in range(3)}
+    events = wait_for(lambda ev: names <= set(lanes(ev).values())
+                      and all(phases_of(ev, n).count("CALLBACK") == 1 for n in names))
+    by_lane = lanes(events)
+    open_ = {}
+    for e in events:
+        if e.get("ph") == "B":
+            open_.setdefault(e["pid"], []).append(e)
+        elif e.get("ph") == "E":
+            assert open_.get(e["pid"]), ("an end without a begin", by_lane[e["pid"]], e)
+            begin = open_[e["pid"]].pop()
+            assert begin["tid"] == e["tid"], (by_lane[e["pid"]], begin, e)
+    threads = {e["tid"] for e in events if e.get("ph") == "B" and by_lane[e["pid"]].startswith("tl.threads.")}
+    assert threads, events[:5]
+
+
 def test_window_ops_have_their_phases():
     x = torch.full((4,), float(RANK))
     assert bf.win_create(x, name="tl.win")
