@@ -47,11 +47,14 @@ def _prepare(tensor: torch.Tensor, op: str) -> torch.Tensor:
     return tensor.contiguous() if not tensor.is_contiguous() else tensor
 
 
-def _finish(handle: int, target: Optional[torch.Tensor]) -> int:
+def _finish(handle: int, target: Optional[torch.Tensor], device: Optional[torch.device] = None) -> int:
     """Registers a copy of the result back into `target` (a non-contiguous or
-    GPU tensor of an in-place op) at synchronize time."""
+    GPU tensor of an in-place op), or to `device` (the GPU a staged input came
+    from), at synchronize time."""
     if target is not None:
         register_postprocess(handle, lambda out: target.copy_(out))
+    elif device is not None:
+        register_postprocess(handle, lambda out: out.to(device))
     return handle
 
 
@@ -135,7 +138,7 @@ def _broadcast_async(tensor, root_rank, name, op, inplace, blocking=False):
     except (ValueError, TypeError) as err:
         _basics.report_refusal("broadcast", full_name, err)
         raise
-    return _finish(handle, target)
+    return _finish(handle, target, tensor.device if tensor.is_cuda else None)
 
 
 def broadcast_nonblocking(tensor: torch.Tensor, root_rank: int, name: Optional[str] = None) -> int:
@@ -163,7 +166,8 @@ def _allgather_async(tensor, name, blocking=False):
     full_name = _name(name, "allgather")
     with _basics.refusal_reported("allgather", full_name):
         src = _prepare(tensor, "allgather")
-        return _C.allgather_async(src, full_name, blocking)
+        handle = _C.allgather_async(src, full_name, blocking)
+    return _finish(handle, None, tensor.device if tensor.is_cuda else None)
 
 
 def allgather_nonblocking(tensor: torch.Tensor, name: Optional[str] = None) -> int:
@@ -174,8 +178,7 @@ def allgather_nonblocking(tensor: torch.Tensor, name: Optional[str] = None) -> i
 def allgather(tensor: torch.Tensor, name: Optional[str] = None) -> torch.Tensor:
     """Concatenation of every rank's tensor along dim 0, in rank order. The first
     dimension may differ between ranks; the others must match."""
-    result = synchronize(_allgather_async(tensor, name, True))
-    return result.to(tensor.device) if tensor.is_cuda else result
+    return synchronize(_allgather_async(tensor, name, True))
 
 
 # ---- handles ------------------------------------------------------------------

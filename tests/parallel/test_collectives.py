@@ -662,3 +662,27 @@ def test_in_place_ops_bump_the_autograd_version(op):
     bf.allreduce(b, name=f"ver.out.{op}")
     loss.backward()
     torch.testing.assert_close(w.grad, torch.tensor([2.0, 4.0]))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (GPU tensors are staged through the CPU)")
+def test_cuda_tensors_come_back_on_their_device():
+    """Out-of-place results of GPU inputs are on the input's GPU (a nonblocking
+    broadcast or allgather returned a CPU tensor), and in-place ops write back."""
+    x = rank_input(RANK, (5,), torch.float32).cuda()
+    outs = {
+        "allreduce": bf.allreduce(x, average=False, name="cuda.ar"),
+        "allreduce_nb": bf.synchronize(bf.allreduce_nonblocking(x, average=False, name="cuda.ar.nb")),
+        "broadcast": bf.broadcast(x, 0, name="cuda.bc"),
+        "broadcast_nb": bf.synchronize(bf.broadcast_nonblocking(x, 0, name="cuda.bc.nb")),
+        "allgather": bf.allgather(x, name="cuda.ag"),
+        "allgather_nb": bf.synchronize(bf.allgather_nonblocking(x, name="cuda.ag.nb")),
+        "neighbor_allreduce": bf.neighbor_allreduce(x, name="cuda.nar"),
+    }
+    for what, out in outs.items():
+        assert out.device == x.device, (what, out.device)
+    check(outs["allreduce"].cpu(), expected_sum((5,), torch.float32))
+    check(outs["broadcast_nb"].cpu(), rank_input(0, (5,), torch.float32))
+    y = x.clone()
+    bf.allreduce_(y, average=False, name="cuda.ar_")
+    assert y.device == x.device
+    check(y.cpu(), expected_sum((5,), torch.float32))
