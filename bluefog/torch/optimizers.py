@@ -249,8 +249,8 @@ class _Distributed:
         parameters that did not (no forward / no gradient here: a branch this
         rank skipped): the caller communicates them too, so that no rank waits
         for them. Their use counts are aligned with the others'."""
-        if not self._bf_active or not (self._bf_handles or self._bf_steps == 1):
-            return []
+        if not self._bf_active or not self._bf_hooks or not (self._bf_handles or self._bf_steps == 1):
+            return []  # (no hooks: unregister_hooks() stopped the communication)
         count = self._bf_counts.get(next(iter(self._bf_handles)), 0) if self._bf_handles else None
         missing = []
         for group in self.param_groups:

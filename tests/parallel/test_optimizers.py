@@ -1032,3 +1032,18 @@ def test_failed_communication_leaves_the_wrapper_usable():
     opt.src_weights = opt.self_weight = None
     opt.zero_grad()
     train(opt, model, 2)
+
+
+@pytest.mark.parametrize("kind_comm", [("grad", None), ("awc", CT.allreduce), ("atc", CT.allreduce)],
+                         ids=lambda kc: kc[0])
+def test_unregister_hooks_stops_communication(kind_comm):
+    """After unregister_hooks() the wrapper steps like the plain optimizer:
+    nothing communicates (also not the parameters a step finds uncommunicated)."""
+    kind, comm = kind_comm
+    model = make_model()
+    opt = build(kind, model, base=torch.optim.SGD(model.parameters(), lr=0.0), comm=comm)
+    opt.unregister_hooks()
+    before = flat(model).clone()
+    train(opt, model, 2)
+    assert torch.equal(flat(model), before)
+    assert not opt._bf_handles
