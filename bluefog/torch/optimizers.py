@@ -96,6 +96,7 @@ class _Distributed:
                           for q in module.parameters(recurse=False) if q in self._bf_names}
         self._bf_model_params = [[q for q in m.parameters() if q in self._bf_names] for m in self._bf_models]
         self._bf_seen = set()  # parameters already handled in the current model forward
+        self._bf_in_forward = set()  # the models whose forward is running
         if self._bf_active:
             self._bf_check_models_agree()
         if os.environ.get("BLUEFOG_TIMELINE"):
@@ -104,7 +105,9 @@ class _Distributed:
     def _bf_check_models_agree(self):
         """Collective: every rank's wrapper must see the same parameters (names,
         shapes, dtypes), or the ranks' ops would never pair up (a hang)."""
-        described = ";".join(f"{n}:{tuple(q.shape)}:{q.dtype}:{int(q.requires_grad)}"
+        def shape(q):  # a lazy module's parameter has no shape before its first forward
+            return "lazy" if isinstance(q, torch.nn.parameter.UninitializedParameter) else tuple(q.shape)
+        described = ";".join(f"{n}:{shape(q)}:{q.dtype}:{int(q.requires_grad)}"
                              for q, n in sorted(self._bf_names.items(), key=lambda kv: kv[1]))
         mine = torch.tensor([[len(self._bf_names), zlib.crc32(described.encode())]], dtype=torch.int64)
         every = mpi_ops.allgather(mine, name=f"{self._bf_prefix}.model_check")
@@ -178,14 +181,19 @@ class _Distributed:
     def _bf_module_forward_done(self, module):
         if not module.training:
             return
-        params = [q for q in self._bf_module_params(module) if q not in self._bf_seen]
-        self._bf_seen.update(params)
+        params = self._bf_module_params(module)
+        if self._bf_in_forward:  # inside a model's forward: once per parameter
+            params = [q for q in params if q not in self._bf_seen]
+            self._bf_seen.update(params)
         self._bf_forward_params(params)
 
     def _bf_model_forward_begin(self, i):
+        self._bf_in_forward.add(i)
         self._bf_seen.clear()
 
     def _bf_model_forward_done(self, i):
+        # (Submodules called directly, outside a model forward, communicate per call.)
+        self._bf_in_forward.discard(i)
         rest = [q for q in self._bf_model_params[i]
                 if q not in self._bf_seen and q.requires_grad and self._bf_owner[q].training]
         self._bf_seen.clear()
@@ -244,20 +252,18 @@ class _Distributed:
         self._bf_tl_end(p, "GRADIENT COMPT.")
 
     def _bf_missing(self):
-        """When this rank communicates now (every step with
-        num_steps_per_communication 1, else when another parameter did), the
-        parameters that did not (no forward / no gradient here: a branch this
-        rank skipped): the caller communicates them too, so that no rank waits
-        for them. Their use counts are aligned with the others'."""
-        if not self._bf_active or not self._bf_hooks or not (self._bf_handles or self._bf_steps == 1):
+        """When this rank communicates now (some parameter did), the parameters
+        that did not (no forward / no gradient here: a branch this rank
+        skipped): the caller communicates them too, so that no rank waits for
+        them. Their use counts are aligned with the others'."""
+        if not self._bf_active or not self._bf_hooks or not self._bf_handles:
             return []  # (no hooks: unregister_hooks() stopped the communication)
-        count = self._bf_counts.get(next(iter(self._bf_handles)), 0) if self._bf_handles else None
+        count = self._bf_counts.get(next(iter(self._bf_handles)), 0)
         missing = []
         for group in self.param_groups:
             for p in group["params"]:
                 if p.requires_grad and p in self._bf_names and p not in self._bf_handles:
-                    if count is not None:
-                        self._bf_counts[p] = count
+                    self._bf_counts[p] = count
                     missing.append(p)
         return missing
 
@@ -342,18 +348,21 @@ class _AdaptWithCombine(_Distributed):
             p.data.copy_(mpi_ops.synchronize(handle))
 
     def step(self, closure=None):
-        loss = None
-        if closure is not None and self._bf_active:
-            # The closure's forward starts this step's communication of the
-            # current parameters: combine first, then apply the gradient
-            # (x <- W x - lr * g(x), as without a closure).
-            with torch.enable_grad():
-                loss = closure()
-            closure = None
         if self._bf_should_sync:
             self.synchronize()
-        result = super().step(closure)
-        return loss if loss is not None else result
+        if closure is None or not self._bf_active:
+            return super().step(closure)
+
+        # The closure's forward starts the communication of the current
+        # parameters: adopt the combined values after each evaluation, before
+        # the gradient is applied (x <- W x - lr * g(x), as without a closure;
+        # an optimizer that re-evaluates, such as LBFGS, combines each time).
+        def combined_closure():
+            with torch.enable_grad():
+                loss = closure()
+            self.synchronize()
+            return loss
+        return super().step(combined_closure)
 
 
 class _AdaptThenCombine(_AdaptWithCombine):
@@ -456,14 +465,19 @@ class _GradientAllreduce(_Distributed):
         """Waits for the gradient averages and installs them in p.grad. When
         this rank communicates, a parameter that got no gradient here (a layer
         this rank skipped) is averaged as zeros, so that no rank waits for it."""
+        filled = []
         for p in self._bf_missing():
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
+                filled.append(p)
             self._bf_handles[p] = mpi_ops.allreduce_nonblocking(p.grad, average=True, name=self._bf_name(p))
         handles = list(self._bf_handles.items())
         self._bf_handles.clear()  # a failed op leaves nothing to wait for again
         for p, handle in handles:
             p.grad.copy_(mpi_ops.synchronize(handle))
+        for p in filled:  # no rank had a gradient (all zeros came back): none, as torch leaves it
+            if not p.grad.any():
+                p.grad = None
 
     def step(self, closure=None):
         if self._bf_should_sync:

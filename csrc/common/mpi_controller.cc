@@ -356,7 +356,18 @@ Status MpiController::WaitNeighbors(const std::string& name, OpType op, std::vec
     if (!to.empty()) what += "; not yet received by ranks [" + to + "]";
     what += ". In skip-negotiate mode the send/receive pattern is not checked (enable_topo_check=False): "
             "does every rank that this rank receives from send to it, and the other way round?";
-    if (fail) return Status::Aborted(what + " (BLUEFOG_STALL_SHUTDOWN_TIME_SECONDS passed)");
+    if (fail) {
+      // The op fails and its tensors go: a late message must not land in a
+      // freed output. Receives still posted are cancelled (sends only read).
+      for (int i = 0; i < static_cast<int>(src.size()) && i < n; ++i) {
+        if (reqs[i] == MPI_REQUEST_NULL) continue;
+        MPI_Cancel(&reqs[i]);
+        MPI_Wait(&reqs[i], MPI_STATUS_IGNORE);
+      }
+      for (int i = static_cast<int>(src.size()); i < n; ++i)
+        if (reqs[i] != MPI_REQUEST_NULL) MPI_Request_free(&reqs[i]);
+      return Status::Aborted(what + " (BLUEFOG_STALL_SHUTDOWN_TIME_SECONDS passed)");
+    }
     BFLOG(WARNING) << what;
   }
 }

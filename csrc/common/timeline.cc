@@ -1,5 +1,8 @@
 #include "timeline.h"
 
+#include <algorithm>
+#include <iterator>
+
 #include "logging.h"
 
 namespace bluefog {
@@ -41,6 +44,7 @@ bool Timeline::Initialize(const std::string& path) {
     std::fputs("[\n", file_);
     start_ = std::chrono::steady_clock::now();
     pids_.clear();
+    open_.clear();
     path_ = path;
   }
   stop_ = false;
@@ -116,8 +120,14 @@ void Timeline::WriteEvent(const Event& e, std::string* out) {
                   static_cast<long long>(e.ts_us), pid, e.tid);
     *out += "{\"name\": \"" + JsonEscape(e.activity) + buf;
   } else {
+    // This thread's innermost open phase of the lane; else (a phase another
+    // thread began, such as NEGOTIATE, ended by a caller running the cycle)
+    // the innermost open one.
     int tid = e.tid;
-    if (!open.empty()) {
+    auto mine = std::find(open.rbegin(), open.rend(), e.tid);
+    if (mine != open.rend()) {
+      open.erase(std::next(mine).base());
+    } else if (!open.empty()) {
       tid = open.back();
       open.pop_back();
     }

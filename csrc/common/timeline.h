@@ -58,9 +58,10 @@ class Timeline {
   std::thread writer_;
   std::unordered_map<std::string, int> pids_;  // writer thread only
   // Per lane (op name): the thread ids of its open phases, innermost last
-  // (writer thread only). An end event goes to its start's thread: an op's
-  // phase can start on the background thread and end on a caller's, and
-  // trace viewers pair begin/end events per thread.
+  // (writer thread only). An end event goes to its begin's thread: an op's
+  // phase can begin on the background thread and end on a caller's, and
+  // trace viewers pair begin/end events per thread. An end closes the
+  // ending thread's own innermost open phase of the lane if it has one.
   std::unordered_map<std::string, std::vector<int>> open_;
   std::atomic<int> next_tid_{1};
   std::mutex tid_mu_;

@@ -44,11 +44,12 @@ struct HandleRecord {
   bool combine = false;
   double self_weight = 0.0;
   std::vector<double> src_weights;
-  // The op wrote into `output` (false: a put that did not scale its tensor).
-  // wait() then bumps its autograd version counter, as torch's own in-place
-  // ops do: a tensor saved for backward and then overwritten by allreduce_
-  // makes backward() raise instead of computing with the new values.
-  bool wrote_output = true;
+  // The op wrote into a tensor the caller already had (in place: allreduce_,
+  // broadcast_, win_update, a put that scaled its tensor). wait() then bumps
+  // its autograd version counter, as torch's own in-place ops do: a tensor
+  // saved for backward and then overwritten makes backward() raise instead
+  // of computing with the new values. (A new output needs no bump.)
+  bool wrote_output = false;
 };
 
 // self_weight * x + sum_k src_weights[k] * received[k]. float32/float64 CPU

@@ -92,6 +92,7 @@ int AllreduceAsync(at::Tensor input, at::Tensor output, bool average, bool hiera
   auto record = std::make_shared<HandleRecord>();
   record->input = input;
   record->output = output;
+  record->wrote_output = input.is_same(output);
   return Submit("allreduce", name, record, [&](const std::string& n, StatusCallback cb) {
     return EnqueueAllreduce(in, out, nullptr, n, average, hierarchical_local, std::move(cb));
   }, blocking);
@@ -105,6 +106,7 @@ int BroadcastAsync(at::Tensor input, at::Tensor output, int root_rank, const std
   auto record = std::make_shared<HandleRecord>();
   record->input = input;
   record->output = output;
+  record->wrote_output = input.is_same(output);
   return Submit("broadcast", name, record, [&](const std::string& n, StatusCallback cb) {
     return EnqueueBroadcast(in, out, nullptr, n, root_rank, std::move(cb));
   }, blocking);
@@ -156,8 +158,7 @@ int WinCreateAsync(at::Tensor tensor, const std::string& name, bool zero_init, s
   auto t = Wrap(tensor);
   auto record = std::make_shared<HandleRecord>();
   record->input = tensor;
-  record->output = tensor;
-  record->wrote_output = false;  // the buffers are set up; the tensor is not written
+  record->output = tensor;  // (the buffers are set up; the tensor is not written)
   return Submit("win_create", "win_create." + name, record, [&](const std::string&, StatusCallback cb) {
     return EnqueueWinCreate(t, name, zero_init, std::move(src_ranks), std::move(dst_ranks), std::move(cb));
   });
@@ -227,6 +228,7 @@ int WinUpdateAsync(const std::string& name, at::Tensor output, double self_weigh
   args.require_mutex = require_mutex;
   auto record = std::make_shared<HandleRecord>();
   record->output = output;
+  record->wrote_output = true;
   return SubmitDirect(record, [args](WindowManager& w) { return w.Update(args); });
 }
 
@@ -312,7 +314,10 @@ at::Tensor Wait(int handle) {
     py::gil_scoped_release release;
     return CombineNeighbors(record->input, record->output, record->self_weight, record->src_weights);
   }
-  if (record->wrote_output && record->output.defined()) torch::autograd::impl::bump_version(record->output);
+  // (Not an inference tensor: their versions are not tracked, and bumping one raises.)
+  if (record->wrote_output && record->output.defined() && !record->output.is_inference()) {
+    torch::autograd::impl::bump_version(record->output);
+  }
   return record->output;
 }
 

@@ -686,3 +686,16 @@ def test_cuda_tensors_come_back_on_their_device():
     bf.allreduce_(y, average=False, name="cuda.ar_")
     assert y.device == x.device
     check(y.cpu(), expected_sum((5,), torch.float32))
+
+
+def test_ops_started_in_inference_mode_complete_outside_it():
+    """An op started under torch.inference_mode() and waited for outside it
+    returns its result (bumping an inference tensor's version raises, so only
+    tensors written in place that autograd tracks get a bump)."""
+    x = rank_input(RANK, (3,), torch.float32)
+    with torch.inference_mode():
+        h = bf.allreduce_nonblocking(x, average=False, name="inference.out")
+        y = rank_input(RANK, (3,), torch.float32)
+        h2 = bf.allreduce_nonblocking_(y, average=False, name="inference.in")
+    check(bf.synchronize(h), expected_sum((3,), torch.float32))
+    check(bf.synchronize(h2), expected_sum((3,), torch.float32))

@@ -1047,3 +1047,56 @@ def test_unregister_hooks_stops_communication(kind_comm):
     train(opt, model, 2)
     assert torch.equal(flat(model), before)
     assert not opt._bf_handles
+
+
+def test_submodules_called_directly_keep_communicating():
+    """A loop that calls the model's submodules itself (the wrapped model's
+    own forward never runs): every call communicates, every step (a window
+    optimizer stopped after its first step in one draft of the per-forward
+    bookkeeping)."""
+    from bluefog.common.basics import get_basics
+    torch.manual_seed(3 + RANK)
+    model = nn.ModuleDict({"a": nn.Linear(4, 4), "b": nn.Linear(4, 2)})
+    opt = build("win_put", model, base=torch.optim.SGD(model.parameters(), lr=0.1))
+    per_step = []
+    for _ in range(3):
+        before = get_basics().win_transfer_calls()
+        opt.zero_grad()
+        model["b"](model["a"](torch.randn(3, 4))).sum().backward()
+        opt.step()
+        per_step.append(get_basics().win_transfer_calls() - before)
+    if SIZE > 1:
+        assert per_step[0] > 0 and per_step == [per_step[0]] * 3, per_step
+    release(opt)
+
+
+def test_gradient_allreduce_leaves_a_parameter_no_rank_used_alone():
+    """A head no rank uses gets no gradient, as in torch: AdamW's weight decay
+    does not move it (the zeros sent so that no rank waits come back as None)."""
+    torch.manual_seed(11)
+    model = nn.ModuleDict({"a": nn.Linear(4, 3), "unused": nn.Linear(4, 3)})
+    opt = build("grad", model, base=torch.optim.AdamW(model.parameters(), lr=0.1, weight_decay=0.5))
+    before = model["unused"].weight.detach().clone()
+    for _ in range(2):
+        opt.zero_grad()
+        model["a"](torch.randn(5, 4)).pow(2).mean().backward()
+        opt.step()
+    assert model["unused"].weight.grad is None
+    assert torch.equal(model["unused"].weight, before)
+
+
+def test_awc_with_lbfgs_and_a_closure():
+    """An optimizer that re-evaluates its closure (LBFGS) works under AWC: each
+    evaluation's communication is combined before the next."""
+    model = make_model(seed=21)
+    opt = build("awc", model, base=torch.optim.LBFGS(model.parameters(), lr=0.5, max_iter=3), comm=CT.allreduce)
+
+    def closure():
+        opt.zero_grad()
+        loss = F.mse_loss(model(XR), YR)
+        loss.backward()
+        return loss
+    for _ in range(2):
+        opt.step(closure)
+    assert not opt._bf_handles
+    assert worst(full_mse(model)) < F.mse_loss(make_model(seed=21)(X), Y).item()

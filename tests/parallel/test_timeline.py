@@ -215,14 +215,16 @@ def test_every_phase_ends_on_the_thread_it_began_on():
     events = wait_for(lambda ev: names <= set(lanes(ev).values())
                       and all(phases_of(ev, n).count("CALLBACK") == 1 for n in names))
     by_lane = lanes(events)
-    open_ = {}
+    open_ = {}  # (lane, thread) -> open begins, as a trace viewer pairs them
     for e in events:
         if e.get("ph") == "B":
-            open_.setdefault(e["pid"], []).append(e)
+            open_.setdefault((e["pid"], e["tid"]), []).append(e)
         elif e.get("ph") == "E":
-            assert open_.get(e["pid"]), ("an end without a begin", by_lane[e["pid"]], e)
-            begin = open_[e["pid"]].pop()
-            assert begin["tid"] == e["tid"], (by_lane[e["pid"]], begin, e)
+            assert open_.get((e["pid"], e["tid"])), ("an end without a begin on its thread", by_lane[e["pid"]], e)
+            open_[(e["pid"], e["tid"])].pop()
+    for (pid, tid), left in open_.items():
+        if by_lane[pid].startswith("tl.threads."):
+            assert not left, ("phases never ended on their thread", by_lane[pid], tid, left)
     threads = {e["tid"] for e in events if e.get("ph") == "B" and by_lane[e["pid"]].startswith("tl.threads.")}
     assert threads, events[:5]
 
