@@ -915,6 +915,15 @@ def test_atc_gradient_accumulation_applies_the_summed_gradient_once():
         assert worst((flat(model) - expected).abs().max().item()) < 1e-5
 
 
+def _mse_closure(opt, model):
+    def closure():
+        opt.zero_grad()
+        loss = F.mse_loss(model(XR), YR)
+        loss.backward()
+        return loss
+    return closure
+
+
 def test_awc_step_with_a_closure_matches_the_usual_loop():
     """step(closure): the closure's forward starts the communication; the
     combined values are adopted first and the gradient is applied to them (the
@@ -923,12 +932,7 @@ def test_awc_step_with_a_closure_matches_the_usual_loop():
     oa = build("awc", a, base=torch.optim.SGD(a.parameters(), lr=0.1), comm=CT.allreduce)
     ob = build("awc", b, base=torch.optim.SGD(b.parameters(), lr=0.1), comm=CT.allreduce)
     train(ob, b, 4)
-
-    def closure():
-        oa.zero_grad()
-        loss = F.mse_loss(a(XR), YR)
-        loss.backward()
-        return loss
+    closure = _mse_closure(oa, a)
     for _ in range(4):
         assert oa.step(closure) is not None
     assert not oa._bf_handles
@@ -1090,12 +1094,7 @@ def test_awc_with_lbfgs_and_a_closure():
     evaluation's communication is combined before the next."""
     model = make_model(seed=21)
     opt = build("awc", model, base=torch.optim.LBFGS(model.parameters(), lr=0.5, max_iter=3), comm=CT.allreduce)
-
-    def closure():
-        opt.zero_grad()
-        loss = F.mse_loss(model(XR), YR)
-        loss.backward()
-        return loss
+    closure = _mse_closure(opt, model)
     for _ in range(2):
         opt.step(closure)
     assert not opt._bf_handles
