@@ -118,8 +118,8 @@ class _Distributed:
             groups.setdefault(tuple(row), []).append(r)
         text = "; ".join(f"ranks {ranks}: {key[0]} parameters (checksum {key[1]:08x})" for key, ranks in groups.items())
         raise ValueError(f"bluefog distributed optimizer (wrapping {type(self).__name__}): the ranks' models differ "
-                         f"in their parameters' names, shapes, "
-                         f"dtypes or requires_grad ({text}); every rank must wrap the same model")
+                         f"in their parameters' names, shapes, dtypes or requires_grad ({text}); every rank must "
+                         f"wrap the same model")
 
     def _bf_name(self, p) -> str:
         return f"{self._bf_prefix}.{self._bf_names[p]}"
@@ -158,8 +158,8 @@ class _Distributed:
                 if any(p in self._bf_names for p in module.parameters(recurse=False)):
                     yield module
 
-    def _bf_register_forward_hooks(self, method_name):
-        """`method_name(params)` runs for the parameters of each module as its
+    def _bf_register_forward_hooks(self):
+        """`self._bf_forward(params)` runs for the parameters of each module as its
         forward ends (so communication overlaps the rest of the forward), once
         per parameter and model forward (a module called twice counts once),
         and, when the model's forward ends, for the parameters whose module
@@ -167,16 +167,11 @@ class _Distributed:
         every parameter communicates once per model forward, on every rank."""
         module_done, model_begin, model_done = (self._bf_weak(m) for m in (
             "_bf_module_forward_done", "_bf_model_forward_begin", "_bf_model_forward_done"))
-        self._bf_forward_method = method_name
         for module in self._bf_modules():
             self._bf_hooks.append(module.register_forward_hook(lambda mod, inp, out: module_done(mod)))
         for i, m in enumerate(self._bf_models):
             self._bf_hooks.append(m.register_forward_pre_hook(lambda mod, inp, i=i: model_begin(i)))
             self._bf_hooks.append(m.register_forward_hook(lambda mod, inp, out, i=i: model_done(i)))
-
-    def _bf_forward_params(self, params):
-        if params:
-            getattr(self, self._bf_forward_method)(params)
 
     def _bf_module_forward_done(self, module):
         if not module.training:
@@ -185,7 +180,7 @@ class _Distributed:
         if self._bf_in_forward:  # inside a model's forward: once per parameter
             params = [q for q in params if q not in self._bf_seen]
             self._bf_seen.update(params)
-        self._bf_forward_params(params)
+        self._bf_forward(params)
 
     def _bf_model_forward_begin(self, i):
         self._bf_in_forward.add(i)
@@ -197,7 +192,7 @@ class _Distributed:
         rest = [q for q in self._bf_model_params[i]
                 if q not in self._bf_seen and q.requires_grad and self._bf_owner[q].training]
         self._bf_seen.clear()
-        self._bf_forward_params(rest)
+        self._bf_forward(rest)
 
     def _bf_module_params(self, module):
         return [p for p in module.parameters(recurse=False) if p in self._bf_names and p.requires_grad]
@@ -251,6 +246,13 @@ class _Distributed:
     def _bf_tl_grad(self, p):
         self._bf_tl_end(p, "GRADIENT COMPT.")
 
+    def _bf_take_handles(self):
+        """The pending (parameter, handle) pairs, forgotten here first: a
+        failed op leaves nothing to wait for again."""
+        handles = list(self._bf_handles.items())
+        self._bf_handles.clear()
+        return handles
+
     def _bf_missing(self):
         """When this rank communicates now (some parameter did), the parameters
         that did not (no forward / no gradient here: a branch this rank
@@ -301,7 +303,7 @@ class _AdaptWithCombine(_Distributed):
         self.dst_machine_weights = None
         self.enable_topo_check = False
         if self._bf_active:
-            self._bf_register_forward_hooks("_bf_forward")
+            self._bf_register_forward_hooks()
 
     def _bf_communicate(self, tensor, name):
         ct = self.communication_type
@@ -342,9 +344,7 @@ class _AdaptWithCombine(_Distributed):
             handle = self._bf_communicate(p.data, self._bf_name(p))
             if handle is not None:
                 self._bf_handles[p] = handle
-        handles = list(self._bf_handles.items())
-        self._bf_handles.clear()  # a failed op leaves nothing to wait for again
-        for p, handle in handles:
+        for p, handle in self._bf_take_handles():
             p.data.copy_(mpi_ops.synchronize(handle))
 
     def step(self, closure=None):
@@ -471,9 +471,7 @@ class _GradientAllreduce(_Distributed):
                 p.grad = torch.zeros_like(p)
                 filled.append(p)
             self._bf_handles[p] = mpi_ops.allreduce_nonblocking(p.grad, average=True, name=self._bf_name(p))
-        handles = list(self._bf_handles.items())
-        self._bf_handles.clear()  # a failed op leaves nothing to wait for again
-        for p, handle in handles:
+        for p, handle in self._bf_take_handles():
             p.grad.copy_(mpi_ops.synchronize(handle))
         for p in filled:  # no rank had a gradient (all zeros came back): none, as torch leaves it
             if not p.grad.any():
@@ -513,7 +511,7 @@ class _WindowOptimizer(_Distributed):
                     win_ops.win_create(buf, name, zero_init=self._bf_zero_init)
                     self._bf_windows[p] = name
                     self._bf_buffers[p] = buf
-            self._bf_register_forward_hooks("_bf_forward")
+            self._bf_register_forward_hooks()
 
     def _bf_window_tensor(self, p):
         return p.data  # the parameter itself is the window
@@ -527,8 +525,7 @@ class _WindowOptimizer(_Distributed):
         """Waits for this step's window ops, then mixes what arrived into the
         parameters that communicated (only those: on a step without
         communication a parameter keeps its local value)."""
-        done = list(self._bf_handles.items())
-        self._bf_handles.clear()  # a failed op leaves nothing to wait for again
+        done = self._bf_take_handles()
         for _, handle in done:
             win_ops.win_wait(handle)
         if self.force_barrier:

@@ -41,8 +41,9 @@ def allreduce_parameters(params):
     named = list(_named_tensors(params, "allreduce_parameters"))
     for name, p in named:
         if not torch.is_tensor(p) or not p.is_floating_point():
-            raise ValueError(f"allreduce_parameters: '{name}' is {getattr(p, 'dtype', type(p).__name__)}; only floating-point tensors can be "
-                             f"averaged (leave out entries such as a BatchNorm's num_batches_tracked)")
+            kind = getattr(p, "dtype", type(p).__name__)
+            raise ValueError(f"allreduce_parameters: '{name}' is {kind}; only floating-point tensors can be averaged "
+                             f"(leave out entries such as a BatchNorm's num_batches_tracked)")
     handles = [allreduce_nonblocking_(p.data if isinstance(p, torch.nn.Parameter) else p, average=True,
                                       name=f"allreduce_parameters.{name}")
                for name, p in named]

@@ -182,7 +182,7 @@ neighbor_win_accumulate = win_accumulate
 neighbor_win_accumulate_nonblocking = win_accumulate_nonblocking
 
 
-def _apply_self_weight(handle: int):
+def _copy_back_scaled(handle: int):
     post = _after_put.pop(handle, None)
     if post is not None:  # a non-contiguous tensor: its scaled contiguous copy comes back
         tensor, sent = post
@@ -195,7 +195,7 @@ def win_poll(handle: int) -> bool:
     tensor gets its scaled values back here, or in win_wait)."""
     done = _C.poll(handle)
     if done:
-        _apply_self_weight(handle)
+        _copy_back_scaled(handle)
     return done
 
 
@@ -208,7 +208,7 @@ def win_wait(handle: int) -> bool:
         logger.warning("win_wait: %s", e)
         return False
     _C.wait(handle)
-    _apply_self_weight(handle)
+    _copy_back_scaled(handle)
     return True
 
 

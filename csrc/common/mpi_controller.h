@@ -55,16 +55,16 @@ class MpiController {
   void set_wait_hook(std::function<void()> hook) { wait_hook_ = std::move(hook); }
 
   // Neighbor exchanges whose send/receive pattern nobody checked (skip-
-  // negotiate mode without enable_topo_check) wait for their messages
-  // watching the clock: after `warn_seconds` a warning names the op and the
-  // ranks it still waits for, and after `fail_seconds` (> 0) the op fails
-  // (aborting the loop: the communicator holds unmatched messages). A
-  // negotiated exchange's pattern was checked, so it just waits.
-  void set_unchecked_neighbor_waits(bool on, double warn_seconds, double fail_seconds) {
-    watch_neighbors_ = on;
+  // negotiate mode without enable_topo_check: set per exchange) wait for
+  // their messages watching the clock: after `warn_seconds` a warning names
+  // the op and the ranks it still waits for, and after `fail_seconds` (> 0)
+  // the op fails (aborting the loop: the communicator holds unmatched
+  // messages). A negotiated exchange's pattern was checked, so it just waits.
+  void set_stall_times(double warn_seconds, double fail_seconds) {
     watch_warn_seconds_ = warn_seconds;
     watch_fail_seconds_ = fail_seconds;
   }
+  void set_pattern_unchecked(bool unchecked) { watch_neighbors_ = unchecked; }
 
   void ReleaseBuffers() {
     fusion_.Release();
@@ -94,10 +94,10 @@ class MpiController {
   std::vector<int> rest_, displs_;  // AllgatherBytes' second round, reused
   size_t slot_bytes_;        // current slot size, the same on every rank
   size_t max_slot_bytes_;
-  int small_rounds_ = 0;
-  uint32_t neighbor_exchanges_ = 0;
+  int small_rounds_ = 0;     // consecutive rounds that would fit a quarter slot
+  uint32_t neighbor_exchanges_ = 0;  // NextNeighborTag's counter
   bool watch_neighbors_ = false;
-  double watch_warn_seconds_ = 0, watch_fail_seconds_ = 0;     // consecutive rounds that would fit a quarter slot
+  double watch_warn_seconds_ = 0, watch_fail_seconds_ = 0;
   MPI_Op message_op_ = MPI_OP_NULL;  // AllreduceMessage's reduction (one function per controller)
   MPI_Datatype message_type_ = MPI_DATATYPE_NULL;  // ... and its element type
   size_t message_type_bytes_ = 0;

@@ -24,7 +24,6 @@ namespace bluefog {
 
 namespace {
 
-
 struct GlobalState {
   std::mutex lifecycle_mu;
   std::atomic<bool> running{false};
@@ -200,8 +199,7 @@ Status Perform(GlobalState& g, const Response& resp) {
   bool skip_now = false;
   if (resp.op == OpType::NEIGHBOR_ALLREDUCE || resp.op == OpType::NEIGHBOR_ALLGATHER) {
     // Skip mode without the topology check: nobody checked the pattern.
-    g.controller->set_unchecked_neighbor_waits(g.skip_negotiate && !entries[0].int_arg,
-                                               g.config.stall_check_seconds, g.config.stall_shutdown_seconds);
+    g.controller->set_pattern_unchecked(g.skip_negotiate && !entries[0].int_arg);
   }
   switch (resp.op) {
     case OpType::ALLREDUCE:
@@ -579,6 +577,7 @@ Status Initialize(int fortran_comm, const std::string& overrides) {
   if (!config.timeline_prefix.empty()) g.timeline.Initialize(config.timeline_prefix + std::to_string(g.mpi.rank()) + ".json");
   g.controller.reset(new MpiController(&g.mpi, &g.timeline));
   g.controller->set_wait_hook([] { State().queue.RunDirect(); });
+  g.controller->set_stall_times(config.stall_check_seconds, config.stall_shutdown_seconds);
   // Room for a cycle's requests plus the inline inputs they may carry.
   g.controller->set_max_slot_bytes(1024 + static_cast<size_t>(InlineBudget(g)));
   g.windows.reset(new WindowManager(&g.mpi, &g.timeline));

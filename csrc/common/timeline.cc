@@ -99,42 +99,36 @@ void Timeline::Push(Event event) {
 void Timeline::WriteEvent(const Event& e, std::string* out) {
   auto it = pids_.find(e.name);
   int pid;
-  char buf[256];
   if (it == pids_.end()) {
     pid = static_cast<int>(pids_.size()) + 1;
     pids_[e.name] = pid;
-    const std::string name = JsonEscape(e.name);
-    *out += "{\"name\": \"process_name\", \"ph\": \"M\", \"pid\": " + std::to_string(pid) +
-            ", \"tid\": 0, \"args\": {\"name\": \"" + name + "\"}},\n";
-    std::snprintf(buf, sizeof(buf),
-                  "{\"name\": \"process_sort_index\", \"ph\": \"M\", \"pid\": %d, \"tid\": 0, \"args\": "
-                  "{\"sort_index\": %d}},\n", pid, pid);
-    *out += buf;
+    const std::string p = std::to_string(pid);
+    *out += "{\"name\": \"process_name\", \"ph\": \"M\", \"pid\": " + p + ", \"tid\": 0, \"args\": {\"name\": \"" +
+            JsonEscape(e.name) + "\"}},\n{\"name\": \"process_sort_index\", \"ph\": \"M\", \"pid\": " + p +
+            ", \"tid\": 0, \"args\": {\"sort_index\": " + p + "}},\n";
   } else {
     pid = it->second;
   }
   std::vector<int>& open = open_[e.name];
+  int tid = e.tid;
   if (e.phase == 'B') {
-    open.push_back(e.tid);
-    std::snprintf(buf, sizeof(buf), "\", \"ph\": \"B\", \"ts\": %lld, \"pid\": %d, \"tid\": %d},\n",
-                  static_cast<long long>(e.ts_us), pid, e.tid);
-    *out += "{\"name\": \"" + JsonEscape(e.activity) + buf;
+    open.push_back(tid);
+    *out += "{\"name\": \"" + JsonEscape(e.activity) + "\", \"ph\": \"B\"";
   } else {
     // This thread's innermost open phase of the lane; else (a phase another
     // thread began, such as NEGOTIATE, ended by a caller running the cycle)
     // the innermost open one.
-    int tid = e.tid;
-    auto mine = std::find(open.rbegin(), open.rend(), e.tid);
+    auto mine = std::find(open.rbegin(), open.rend(), tid);
     if (mine != open.rend()) {
       open.erase(std::next(mine).base());
     } else if (!open.empty()) {
       tid = open.back();
       open.pop_back();
     }
-    std::snprintf(buf, sizeof(buf), "{\"ph\": \"E\", \"ts\": %lld, \"pid\": %d, \"tid\": %d},\n",
-                  static_cast<long long>(e.ts_us), pid, tid);
-    *out += buf;
+    *out += "{\"ph\": \"E\"";
   }
+  *out += ", \"ts\": " + std::to_string(e.ts_us) + ", \"pid\": " + std::to_string(pid) + ", \"tid\": " +
+          std::to_string(tid) + "},\n";
 }
 
 void Timeline::WriterLoop() {

@@ -215,7 +215,7 @@ Status WindowManager::Put(const WinOpArgs& a, bool accumulate) {
     }
   }
   if (a.require_mutex) {
-    s = MutexAcquire(a.name, a.ranks, op, a.mutex_taken.get());
+    s = MutexAcquire(a.name, a.ranks, op);
     if (!s.ok()) return s;
   }
   const int64_t elem = static_cast<int64_t>(DataTypeSize(w->dtype));
@@ -286,7 +286,7 @@ Status WindowManager::Get(const WinOpArgs& a) {
     }
   }
   if (a.require_mutex) {
-    s = MutexAcquire(a.name, a.ranks, "win_get", a.mutex_taken.get());
+    s = MutexAcquire(a.name, a.ranks, "win_get");
     if (!s.ok()) return s;
   }
   const int64_t elem = static_cast<int64_t>(DataTypeSize(w->dtype));
@@ -351,7 +351,7 @@ Status WindowManager::Update(const WinUpdateArgs& a) {
     return Status::InvalidArgument("win_update '" + a.name + "': output does not match the window");
   }
   if (a.require_mutex) {
-    s = MutexAcquire(a.name, {me}, "win_update", a.mutex_taken.get());
+    s = MutexAcquire(a.name, {me}, "win_update");
     if (!s.ok()) return s;
   }
   MPI_Win_lock(MPI_LOCK_EXCLUSIVE, me, 0, w->buf_win);
@@ -384,8 +384,7 @@ Status WindowManager::Update(const WinUpdateArgs& a) {
   return s;
 }
 
-Status WindowManager::MutexAcquire(const std::string& name, std::vector<int32_t> ranks, const char* op,
-                                   std::vector<int32_t>* taken) {
+Status WindowManager::MutexAcquire(const std::string& name, std::vector<int32_t> ranks, const char* op) {
   Phase phase(timeline_, name, "Aquire_Mutex");  // one per attempt (a deferred one is retried later)
   Window* w = nullptr;
   Status s = Find(name, op, &w);
@@ -394,45 +393,37 @@ Status WindowManager::MutexAcquire(const std::string& name, std::vector<int32_t>
   ranks.erase(std::unique(ranks.begin(), ranks.end()), ranks.end());
   const int size = mpi_->size();
   if (w->held.size() != static_cast<size_t>(size)) w->held.assign(size, false);
-  auto mine = [taken](int32_t r) { return std::find(taken->begin(), taken->end(), r) != taken->end(); };
-  auto fail = [&](Status error) {
-    MutexRelease(name, *taken);
-    taken->clear();
-    return error;
-  };
-  for (int32_t r : ranks) {
+  for (int32_t r : ranks) {  // checked before any is taken
     if (r < 0 || r >= size) {
-      return fail(Status::InvalidArgument(std::string(op) + " '" + name + "': mutex rank " + std::to_string(r) +
-                                          " out of range [0, " + std::to_string(size) + ")"));
+      return Status::InvalidArgument(std::string(op) + " '" + name + "': mutex rank " + std::to_string(r) +
+                                     " out of range [0, " + std::to_string(size) + ")");
     }
-    if (w->held[r] && !mine(r)) {
-      return fail(Status::InvalidArgument(
+    if (w->held[r]) {
+      return Status::InvalidArgument(
           std::string(op) + " '" + name + "': this process already holds the window mutex of rank " +
           std::to_string(r) + " (win_mutex is not re-entrant: a window op with require_mutex=True inside `with "
-          "win_mutex(...)` on the same ranks would wait for itself)"));
+          "win_mutex(...)` on the same ranks would wait for itself)");
     }
   }
   const int32_t one = 1, zero = 0;
+  std::vector<int32_t> taken;
   for (int32_t r : ranks) {
-    if (mine(r)) continue;
     int32_t previous = -1;
     MPI_Win_lock(MPI_LOCK_EXCLUSIVE, r, 0, w->mutex_win);
     s = Rc(MPI_Compare_and_swap(&one, &zero, &previous, MPI_INT32_T, r, 0, w->mutex_win), "MPI_Compare_and_swap");
     MPI_Win_unlock(r, w->mutex_win);
-    if (!s.ok()) return fail(s);
-    if (previous != 0) {
-      // Held elsewhere: let go of those taken so far and try again later. A
-      // holder that waits for one of them (a win_mutex block's own window op)
-      // can then go on; holding them while waiting deadlocked it.
-      MutexRelease(name, *taken);
-      taken->clear();
-      return Status::InProgress();
+    if (!s.ok() || previous != 0) {
+      // Failed, or held elsewhere: let go of those taken so far (and try
+      // again later). A holder that waits for one of them (a win_mutex
+      // block's own window op) can then go on; holding them while waiting
+      // deadlocked it.
+      MutexRelease(name, taken);
+      return s.ok() ? Status::InProgress() : s;
     }
     w->held[r] = true;
-    taken->push_back(r);
+    taken.push_back(r);
   }
-  taken->clear();  // all held now; the caller releases them
-  return Status::OK();
+  return Status::OK();  // all held now; the caller releases them
 }
 
 Status WindowManager::MutexRelease(const std::string& name, std::vector<int32_t> ranks) {

@@ -25,8 +25,6 @@ struct WinOpArgs {
   std::vector<double> weights;     // one per rank
   double self_weight = 1.0;        // put / accumulate: the tensor (and p) is scaled by it once sent
   bool require_mutex = false;
-  // The mutexes taken so far by an op that waits for the rest (see MutexAcquire).
-  std::shared_ptr<std::vector<int32_t>> mutex_taken = std::make_shared<std::vector<int32_t>>();
 };
 
 struct WinUpdateArgs {
@@ -37,7 +35,6 @@ struct WinUpdateArgs {
   bool reset = false;
   bool require_mutex = false;
   std::shared_ptr<Tensor> output;  // receives the result (the window tensor itself, or a clone)
-  std::shared_ptr<std::vector<int32_t>> mutex_taken = std::make_shared<std::vector<int32_t>>();
 };
 
 // MPI put / get / accumulate calls that moved window data in this process so
@@ -65,16 +62,15 @@ class WindowManager {
   Status Update(const WinUpdateArgs& args);
   // Takes the mutex of every rank in `ranks`, in rank order, all or none:
   // when one is held by someone else it lets go of those it took and returns
-  // IN_PROGRESS, and the caller calls again later (with the same `taken`,
-  // the ones held meanwhile). Nothing is held while waiting, so a win_mutex
-  // block that holds rank 1's mutex and wants rank 0's for its own window op
-  // gets it from a put that needs both. (The background thread never spins on
-  // a peer, which may itself be waiting for this rank in a collective.) A mutex this process already holds otherwise
+  // IN_PROGRESS, and the caller calls again later. Nothing is held while
+  // waiting, so a win_mutex block that holds rank 1's mutex and wants rank
+  // 0's for its own window op gets it from a put that needs both. (The
+  // background thread never spins on a peer, which may itself be waiting for
+  // this rank in a collective.) A mutex this process already holds otherwise
   // is an error (win_mutex is not re-entrant), not a deadlock. On OK every
   // rank's mutex is held (release them with MutexRelease); on an error none.
   // `op` names the caller in errors.
-  Status MutexAcquire(const std::string& name, std::vector<int32_t> ranks, const char* op,
-                      std::vector<int32_t>* taken);
+  Status MutexAcquire(const std::string& name, std::vector<int32_t> ranks, const char* op);
   Status MutexRelease(const std::string& name, std::vector<int32_t> ranks);
   Status Versions(const std::string& name, std::vector<int32_t>* ranks, std::vector<int32_t>* versions);
   Status AssociatedP(const std::string& name, double* p);

@@ -233,9 +233,8 @@ int WinUpdateAsync(const std::string& name, at::Tensor output, double self_weigh
 }
 
 int WinMutexAsync(const std::string& name, std::vector<int32_t> ranks, bool acquire) {
-  auto taken = std::make_shared<std::vector<int32_t>>();
-  return SubmitDirect(std::make_shared<HandleRecord>(), [name, ranks, acquire, taken](WindowManager& w) {
-    return acquire ? w.MutexAcquire(name, ranks, "win_mutex", taken.get()) : w.MutexRelease(name, ranks);
+  return SubmitDirect(std::make_shared<HandleRecord>(), [name, ranks, acquire](WindowManager& w) {
+    return acquire ? w.MutexAcquire(name, ranks, "win_mutex") : w.MutexRelease(name, ranks);
   });
 }
 
