@@ -57,7 +57,7 @@ def test_ibfrun_start_work_interrupt_stop(ibfrun_env, tmp_path):
     assert pdir.startswith(str(tmp_path))
     with open(os.path.join(pdir, ib.PID_FILE)) as f:
         pids = json.load(f)
-    engines = [pid for _, pid in pids["engines"]]
+    engines = [pid for _, pid, _ in pids["engines"]]
     assert len(engines) == 2 and all(alive(p) for p in engines + [pids["bfrun"], pids["controller"]])
 
     # a second start for the same profile is refused while the cluster runs
@@ -87,3 +87,53 @@ def test_ibfrun_start_work_interrupt_stop(ibfrun_env, tmp_path):
         time.sleep(0.2)
     assert not any(alive(p) for p in engines + [pids["bfrun"], pids["controller"]])
     assert not os.path.exists(os.path.join(pdir, ib.PID_FILE))
+
+
+def test_ibfrun_start_fails_fast_when_the_launch_fails(ibfrun_env, tmp_path):
+    """mpirun rejecting a flag ends `start` at once (not after --timeout), and the controller
+    it started is stopped again."""
+    from bluefog.run import interactive_run as ib  # pylint: disable=import-outside-toplevel
+    rc, out, secs = run([sys.executable, "-m", "bluefog.run.interactive_run", "start", "-np", "2",
+                         "--ipython-profile", PROFILE, "--extra-mpi-flags", "--no-such-flag-xyz",
+                         "--timeout", "100"], TIMEOUT, ibfrun_env)
+    assert rc == 1 and "bfrun exited with code" in out, out[-4000:]
+    assert secs < 60, out[-4000:]
+    pdir = ib.profile_dir(PROFILE, create=False)
+    assert pdir.startswith(str(tmp_path))
+    assert not os.path.exists(os.path.join(pdir, ib.PID_FILE))
+
+
+def test_ibfrun_start_interrupted_leaves_nothing_running(ibfrun_env, tmp_path):
+    """Ctrl-C while `start` waits for the engines: what it started is stopped, exit code 130."""
+    import signal  # pylint: disable=import-outside-toplevel
+    import subprocess  # pylint: disable=import-outside-toplevel
+    from bluefog.run import interactive_run as ib  # pylint: disable=import-outside-toplevel
+    pdir = ib.profile_dir(PROFILE)  # (created here, so the record's path is known)
+    record = os.path.join(pdir, ib.PID_FILE)
+    proc = subprocess.Popen([sys.executable, "-m", "bluefog.run.interactive_run", "start", "-np", "2",
+                             "--ipython-profile", PROFILE, "--timeout", "100"], env=ibfrun_env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        pids = {}
+        deadline = time.time() + 60
+        while "bfrun" not in pids and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+            try:
+                with open(record) as f:
+                    pids = json.load(f)
+            except (OSError, ValueError):
+                pids = {}
+        assert "bfrun" in pids, "start never recorded bfrun"
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, out[-4000:]
+    deadline = time.time() + 30
+    while any(ib._alive(pids[k]) for k in ("bfrun", "controller")) and time.time() < deadline:  # pylint: disable=protected-access
+        time.sleep(0.2)
+    assert not any(ib._alive(pids[k]) for k in ("bfrun", "controller")), out[-4000:]  # pylint: disable=protected-access
+    assert not os.path.exists(record)

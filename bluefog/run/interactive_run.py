@@ -14,9 +14,11 @@ ipyparallel.engine --profile P`` (detached).  The engines are thus launched by `
 command construction (:mod:`bluefog.run.launch_command`) and process handling.  Unless
 ``--enable-heartbeat`` is given the engines run with ``--IPEngine.max_heartbeat_misses=0`` (a
 command-line option instead of the original's ``ipengine_config.py``, so the user's profile is
-not rewritten), so a long blocking MPI call cannot get an engine killed.  When the N engines have
-registered, the controller, bfrun and engine pids are written to ``<profile>/engine_pids.json``.
-``stop`` terminates bfrun (which ends the MPI job) and the controller.
+not rewritten), so a long blocking MPI call cannot get an engine killed.  The controller and
+bfrun pids are written to ``<profile>/engine_pids.json`` as they start (with their start times,
+so that a pid reused by another process after a reboot is never signalled), the engines' when
+they have registered; a start that fails or is interrupted ends what it started.  ``stop``
+terminates bfrun (which ends the MPI job) and the controller.
 
 With remote hosts the controller listens on all interfaces and the engine connection file is
 copied to the same path on every remote host with ``ssh``/``scp`` (untested without a second
@@ -90,20 +92,47 @@ def _alive(pid) -> bool:
             return False
 
 
+def _start_time(pid):
+    """The start time of process ``pid`` (clock ticks since boot, from /proc), or None."""
+    try:
+        with open("/proc/{}/stat".format(int(pid))) as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, ValueError, TypeError, IndexError):
+        return None
+
+
+def _ours(pids: dict, key: str) -> bool:
+    """True if the process recorded under ``key`` is still the one ibfrun started: alive, with
+    the start time recorded with it (after a reboot or a pid reuse the pid is someone else's)."""
+    pid, started = pids.get(key), pids.get("started", {}).get(key)
+    return started is not None and _alive(pid) and _start_time(pid) == started
+
+
 def _read_pids(pdir: str) -> dict:
     try:
         with open(os.path.join(pdir, PID_FILE)) as f:
-            return json.load(f)
+            pids = json.load(f)
+        return pids if isinstance(pids, dict) else {}
     except (OSError, ValueError):
         return {}
 
 
+def _write_pids(pdir: str, pids: dict) -> None:
+    with open(os.path.join(pdir, PID_FILE), "w") as f:
+        json.dump(pids, f)
+
+
 def engine_identity():
-    """``[hostname, pid]`` of the calling process (run on each engine; ipyparallel ships the
-    function by value, so it imports what it needs itself)."""
+    """``[hostname, pid, start time]`` of the calling process (run on each engine; ipyparallel
+    ships the function by value, so it imports what it needs itself)."""
     import os as os_  # pylint: disable=import-outside-toplevel,reimported
     import socket  # pylint: disable=import-outside-toplevel
-    return [socket.gethostname(), os_.getpid()]
+    try:
+        with open("/proc/self/stat") as f:
+            started = f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        started = None
+    return [socket.gethostname(), os_.getpid(), started]
 
 
 def _spawn(args, log_path):
@@ -158,7 +187,7 @@ def start(args, hosts) -> int:
     import ipyparallel  # pylint: disable=import-outside-toplevel
     pdir = profile_dir(args.profile)
     old = _read_pids(pdir)
-    if any(_alive(old.get(k)) for k in ("controller", "bfrun")):
+    if any(_ours(old, k) for k in ("controller", "bfrun")):
         print("ibfrun: a cluster for profile {!r} is already running; run `ibfrun stop "
               "--ipython-profile {}` first".format(args.profile, args.profile), file=sys.stderr)
         return 1
@@ -174,36 +203,67 @@ def start(args, hosts) -> int:
     ctl_cmd = [sys.executable, "-m", "ipyparallel.controller", "--profile=" + args.profile]
     if remote:
         ctl_cmd.append("--ip=*")
-    controller = _spawn(ctl_cmd, os.path.join(logdir, "ibfrun-controller.log"))
-    pids = {"controller": controller.pid}
+    pids = {"started": {}}
+
+    def spawned(key, proc):
+        # Recorded at once, so that `ibfrun stop` finds it even if this start is interrupted.
+        pids[key] = proc.pid
+        pids["started"][key] = _start_time(proc.pid)
+        _write_pids(pdir, pids)
+        return proc
 
     def fail(msg):
         print("ibfrun: " + msg, file=sys.stderr)
         _stop_pids(pids)
+        try:
+            os.remove(os.path.join(pdir, PID_FILE))
+        except OSError:
+            pass
         return 1
 
-    deadline = time.monotonic() + args.timeout
-    while not os.path.exists(engine_json):
-        if controller.poll() is not None or time.monotonic() > deadline:
-            return fail("the controller did not start; see " + logdir)
-        time.sleep(0.2)
-    time.sleep(0.2)  # let the controller finish writing the file
-    if remote:
-        _copy_to_hosts(engine_json, remote, args.ssh_port)
-    engine_cmd = [sys.executable, "-m", "ipyparallel.engine", "--profile=" + args.profile]
-    if not args.enable_heartbeat:
-        engine_cmd.append("--IPEngine.max_heartbeat_misses=0")
-    launcher = _spawn(bfrun_args(args, engine_cmd), os.path.join(logdir, "ibfrun-engines.log"))
-    pids["bfrun"] = launcher.pid
     try:
-        client = ipyparallel.Client(profile=args.profile)
-        client.wait_for_engines(args.num_proc, timeout=max(1.0, deadline - time.monotonic()))
-        pids["engines"] = client[:].apply_sync(engine_identity)
-        client.close()
-    except Exception as exc:  # pylint: disable=broad-except
-        return fail("the engines did not register ({}); see {}".format(exc, logdir))
-    with open(os.path.join(pdir, PID_FILE), "w") as f:
-        json.dump(pids, f)
+        controller = spawned("controller", _spawn(ctl_cmd, os.path.join(logdir, "ibfrun-controller.log")))
+        deadline = time.monotonic() + args.timeout
+        while not os.path.exists(engine_json):
+            if controller.poll() is not None or time.monotonic() > deadline:
+                return fail("the controller did not start; see " + logdir)
+            time.sleep(0.2)
+        time.sleep(0.2)  # let the controller finish writing the file
+        if remote:
+            try:
+                _copy_to_hosts(engine_json, remote, args.ssh_port)
+            except (OSError, subprocess.SubprocessError) as exc:
+                return fail("cannot copy the engine connection file {} to {}: {}".format(
+                    engine_json, ", ".join(remote), exc))
+        engine_cmd = [sys.executable, "-m", "ipyparallel.engine", "--profile=" + args.profile]
+        if not args.enable_heartbeat:
+            engine_cmd.append("--IPEngine.max_heartbeat_misses=0")
+        engines_log = os.path.join(logdir, "ibfrun-engines.log")
+        launcher = spawned("bfrun", _spawn(bfrun_args(args, engine_cmd), engines_log))
+        try:
+            client = ipyparallel.Client(profile=args.profile)
+            while True:  # in short steps, to notice a launch that failed
+                try:
+                    client.wait_for_engines(args.num_proc, timeout=min(1.0, max(0.1, deadline - time.monotonic())))
+                    break
+                except TimeoutError:
+                    if launcher.poll() is not None:
+                        return fail("bfrun exited with code {} before the engines registered; see {}".format(
+                            launcher.returncode, engines_log))
+                    if time.monotonic() > deadline:
+                        raise
+            pids["engines"] = client[:].apply_sync(engine_identity)
+            client.close()
+        except Exception as exc:  # pylint: disable=broad-except
+            return fail("the engines did not register ({}); see {}".format(exc, logdir))
+        _write_pids(pdir, pids)
+    except BaseException:  # Ctrl-C: leave nothing running
+        _stop_pids(pids)
+        try:
+            os.remove(os.path.join(pdir, PID_FILE))
+        except OSError:
+            pass
+        raise
     print("ibfrun: {} engines are up. In Python: `import ipyparallel as ipp; "
           "rc = ipp.Client(profile={!r})`; stop with `ibfrun stop --ipython-profile {}`".format(
               args.num_proc, args.profile, args.profile))
@@ -214,7 +274,7 @@ def _stop_pids(pids: dict, grace: float = 10.0) -> None:
     """SIGTERM bfrun (it ends the MPI job), then the controller; SIGKILL after ``grace``."""
     for key in ("bfrun", "controller"):
         pid = pids.get(key)
-        if not _alive(pid):
+        if not _ours(pids, key):
             continue
         try:
             os.killpg(pid, signal.SIGTERM)  # each was started as a session/group leader
@@ -242,8 +302,13 @@ def stop(args) -> int:
         print("ibfrun: no cluster recorded for profile {!r}".format(args.profile),
               file=sys.stderr)
         return 1
+    running = [k for k in ("bfrun", "controller") if _ours(pids, k)]
     _stop_pids(pids)
     os.remove(os.path.join(pdir, PID_FILE))
+    if not running:
+        print("ibfrun: the cluster recorded for profile {!r} was no longer running (record "
+              "removed)".format(args.profile))
+        return 0
     print("ibfrun: stopped the cluster of profile {!r}".format(args.profile))
     return 0
 
@@ -251,9 +316,15 @@ def stop(args) -> int:
 def interrupt_hanged_processes(profile: str = "bluefog") -> int:
     """Send SIGINT to this machine's engines of ``profile``; returns how many were signalled."""
     import socket  # pylint: disable=import-outside-toplevel
+    from IPython.core.profiledir import ProfileDirError  # pylint: disable=C0415
+    try:
+        pdir = profile_dir(profile, create=False)
+    except ProfileDirError:
+        return 0  # no such profile: no engines
     count, here = 0, socket.gethostname()
-    for host, pid in _read_pids(profile_dir(profile, create=False)).get("engines", []):
-        if host == here and _alive(pid):
+    for engine in _read_pids(pdir).get("engines", []):
+        host, pid, started = (list(engine) + [None])[:3]
+        if host == here and started is not None and _alive(pid) and _start_time(pid) == started:
             os.kill(pid, signal.SIGINT)
             count += 1
     return count
@@ -270,6 +341,9 @@ def main(argv=None) -> int:
         parser.error("choose an action: start or stop")
     hosts = None
     if args.action == "start":
+        if args.num_proc < 1:
+            print("ibfrun: -np must be at least 1", file=sys.stderr)
+            return 2
         try:
             hosts = hosts_of(args)
         except (OSError, ValueError) as exc:
@@ -280,7 +354,13 @@ def main(argv=None) -> int:
     except ImportError:
         print("ibfrun: " + INSTALL_HINT, file=sys.stderr)
         return 1
-    return start(args, hosts) if args.action == "start" else stop(args)
+    if args.action == "stop":
+        return stop(args)
+    try:
+        return start(args, hosts)
+    except KeyboardInterrupt:
+        print("ibfrun: interrupted; what this start had launched was stopped", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -31,16 +31,20 @@ import argparse
 import ctypes
 import os
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 from bluefog.run import launch_command as lc
 from bluefog.run import mpi_vendor
 
 RANK_GUARD_FLAG = "--bf-rank-guard"
+# Where each guarded rank that failed leaves "<monotonic ns> <exit code>" (see launch()).
+RANK_STATUS_ENV = "BLUEFOG_RANK_STATUS_DIR"
 _FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 _PR_SET_PDEATHSIG, _PR_SET_CHILD_SUBREAPER = 1, 36
 KILL_GRACE_S = 10.0  # after a forwarded signal, SIGKILL the launcher if still alive then
@@ -163,7 +167,9 @@ def settings_from_args(args) -> lc.LaunchSettings:
         if lc.hostfile_is_hydra_style(text):
             hostfile = None  # Open MPI gets the parsed hosts as -H instead
     return lc.LaunchSettings(
-        num_proc=args.num_proc, command=command, hosts=hosts, hosts_arg=args.hosts,
+        num_proc=args.num_proc, command=command, hosts=hosts,
+        # as parsed: without the blanks parse_hosts allows around entries (Open MPI rejects them)
+        hosts_arg=",".join(item.strip() for item in args.hosts.split(",") if item.strip()) if args.hosts else None,
         hostfile=hostfile, ssh_port=args.ssh_port, network_interface=args.nic,
         use_infiniband=args.use_infiniband, extra_mpi_flags=args.extra_mpi_flags,
         timeline_filename=args.timeline, verbose=args.verbose)
@@ -252,8 +258,24 @@ def cleanup_leftovers(pgid: int, spare=(), grace: float = 3.0) -> None:
         time.sleep(0.1)
 
 
-def launch(spec: lc.LaunchSpec) -> int:
-    """Run the launcher described by ``spec`` and return the job's exit code."""
+def first_rank_failure(status_dir):
+    """The exit code (negative: killed by that signal) of the guarded rank on this machine that
+    failed first, from the files the rank guards left in ``status_dir``; None if none did."""
+    found = []
+    for entry in os.listdir(status_dir) if status_dir and os.path.isdir(status_dir) else []:
+        try:
+            with open(os.path.join(status_dir, entry)) as f:
+                when, code = f.read().split()
+            found.append((int(when), int(code)))
+        except (OSError, ValueError):
+            continue
+    return min(found)[1] if found else None
+
+
+def launch(spec: lc.LaunchSpec, status_dir=None) -> int:
+    """Run the launcher described by ``spec`` and return the job's exit code. Under Hydra
+    (``status_dir``: where the rank guards record failures) that is the code of the rank that
+    failed first, as with Open MPI, not Hydra's own code (the guard's SIGKILL)."""
     libc = _libc()
     if libc is not None:
         libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
@@ -293,6 +315,9 @@ def launch(spec: lc.LaunchSpec) -> int:
             signal.signal(sig, handler)
     if rc != 0 and received:  # ended on the user's request: report it like a shell would
         return 128 + int(received[0])
+    if rc != 0:
+        first = first_rank_failure(status_dir)
+        rc = rc if first is None or first == 0 else first
     return 128 - rc if rc < 0 else rc
 
 
@@ -329,6 +354,14 @@ def run_rank_guard(command) -> int:
     left = descendants(os.getpid())  # e.g. a daemon holding the rank's stdout open
     _signal_all(left, signal.SIGKILL)
     _reap(left)
+    status_dir = os.environ.get(RANK_STATUS_ENV)
+    if status_dir:  # for bfrun's exit code (Hydra only reports this guard's SIGKILL)
+        try:
+            path = os.path.join(status_dir, "rank{}".format(os.environ.get("PMI_RANK", os.getpid())))
+            with open(path, "w") as f:
+                f.write("{} {}".format(time.monotonic_ns(), rc))
+        except OSError:
+            pass  # another machine's rank: bfrun falls back to Hydra's code
     if not received:
         what = "exited with code {}".format(rc) if rc > 0 else "died of signal {}".format(-rc)
         print("bfrun: rank {} {}; ending the job".format(os.environ.get("PMI_RANK", "?"), what),
@@ -371,11 +404,18 @@ def main(argv=None) -> int:
         changed = ["{}={}".format(k, shlex.quote(v)) for k, v in sorted(spec.env.items())
                    if os.environ.get(k) != v]
         print("bfrun: " + " ".join(changed + [shlex.quote(a) for a in spec.args]), flush=True)
+    status_dir = None
+    if RANK_GUARD_FLAG in spec.args:
+        status_dir = tempfile.mkdtemp(prefix="bfrun-ranks-")
+        spec.env[RANK_STATUS_ENV] = status_dir
     try:
-        return launch(spec)
+        return launch(spec, status_dir)
     except OSError as exc:
         print("bfrun: cannot start {}: {}".format(spec.args[0], exc), file=sys.stderr)
         return 127
+    finally:
+        if status_dir:
+            shutil.rmtree(status_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":

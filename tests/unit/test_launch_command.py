@@ -233,6 +233,13 @@ def test_parser_forms(tmp_path):
     assert s.hosts == [("n1", 2), ("n2", 2)] and s.hostfile == str(hf) and s.command == ["x"]
 
 
+def test_blanks_in_the_host_list_do_not_reach_open_mpi():
+    s = bfrun.settings_from_args(bfrun.make_parser().parse_args(["-np", "2", "-H", " a:1, b:1 ,", "x"]))
+    assert s.hosts == [("a", 1), ("b", 1)] and s.hosts_arg == "a:1,b:1"
+    args = ompi(s, facts=USER).args
+    assert args[args.index("-H") + 1] == "a:1,b:1"
+
+
 def test_main_requires_np(capsys):
     with pytest.raises(SystemExit):
         bfrun.main(["python", "x.py"])
@@ -296,6 +303,34 @@ def test_ibfrun_forwards_flags_and_rejects_bad_hosts(tmp_path, capsys):
     for bad in (["-H", "a:x"], ["--hostfile", str(tmp_path / "missing")]):
         assert ib.main(["start", "-np", "2"] + bad) == 2
         assert capsys.readouterr().err.startswith("ibfrun: ")
+    assert ib.main(["start", "-np", "0"]) == 2
+    assert "-np must be at least 1" in capsys.readouterr().err
+
+
+def test_ibfrun_never_signals_a_process_it_did_not_start(tmp_path, monkeypatch):
+    """A record left from before a reboot (or any record whose pid now belongs to another
+    process) must not make `ibfrun stop` kill that process, nor `start` refuse."""
+    import json
+    import subprocess
+    from bluefog.run import interactive_run as ib
+    monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
+    pdir = ib.profile_dir("stale")
+    other = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        for record in ({"controller": other.pid, "bfrun": other.pid},   # no start times
+                       {"controller": other.pid, "started": {"controller": "1"}}):  # another one
+            with open(f"{pdir}/{ib.PID_FILE}", "w") as f:
+                json.dump(record, f)
+            assert not ib._ours(record, "controller")  # pylint: disable=protected-access
+            assert ib.main(["stop", "--ipython-profile", "stale"]) == 0
+            assert other.poll() is None, "ibfrun stop killed an unrelated process"
+            assert not (tmp_path / "ipython" / "profile_stale" / ib.PID_FILE).exists()
+        record = {"controller": other.pid, "started": {"controller": ib._start_time(other.pid)}}  # pylint: disable=protected-access
+        assert ib._ours(record, "controller")  # pylint: disable=protected-access
+        assert ib.interrupt_hanged_processes("no-such-profile") == 0
+    finally:
+        other.kill()
+        other.wait()
 
 
 def glue_ib(argv):  # ibfrun parses its argv the same way
