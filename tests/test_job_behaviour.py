@@ -94,3 +94,22 @@ def test_skip_mode_unsent_receive_fails_instead_of_hanging(tmp_path):
     assert "enable_topo_check" in raised[0], raised[0]
     assert any("has waited 1 s" in line and "rank 1" in line for line in out.splitlines()), out[-6000:]
     assert "RESULT rank 1 unsent returned" not in out, out[-6000:]
+
+
+def test_comm_null_is_refused_and_the_rest_runs_on_the_sub_communicator(tmp_path):
+    rc, out, _ = run("comm_null_split", tmp_path, np=4)
+    assert rc == 0, out[-6000:]
+    for r in (0, 1):
+        assert f"RESULT world rank {r} size 2 sum 1.0" in out, out[-6000:]
+    for r in (2, 3):
+        assert f"RESULT world rank {r} init raised init: comm is MPI.COMM_NULL" in out, out[-6000:]
+
+
+def test_a_forked_child_leaves_the_parents_bluefog_alone(tmp_path):
+    rc, out, _ = run("fork_child", tmp_path, np=2)
+    assert rc == 0, out[-6000:]
+    for r in (0, 1):
+        assert f"RESULT child of rank {r} sees rank {r} size 2" in out, out[-6000:]
+        raised = [line for line in out.splitlines() if line.startswith(f"RESULT child of rank {r} op raised")]
+        assert raised and "forked" in raised[0], out[-6000:]
+        assert f"RESULT rank {r} child status 0 after [2.0, 2.0]" in out, out[-6000:]

@@ -1,5 +1,8 @@
 #include "mpi_context.h"
 
+#include <pthread.h>
+
+#include <atomic>
 #include <cstdlib>
 #include <mutex>
 #include <string>
@@ -12,6 +15,7 @@ namespace bluefog {
 namespace {
 
 bool g_we_initialized_mpi = false;
+std::atomic<bool> g_forked_child{false};
 
 // MPI_SUM replacements. float16/bfloat16 have no MPI type. 8- and 16-bit
 // integers must wrap like torch's and TensorFlow's (and like the inline path's
@@ -72,8 +76,10 @@ Status CheckWorldMatchesLauncher() {
 
 }  // namespace
 
+bool InForkedChild() { return g_forked_child.load(std::memory_order_relaxed); }
+
 void FinalizeMpiIfOwned() {
-  if (!g_we_initialized_mpi) return;
+  if (!g_we_initialized_mpi || InForkedChild()) return;
   int finalized = 0;
   MPI_Finalized(&finalized);
   if (!finalized) MPI_Finalize();
@@ -101,6 +107,8 @@ std::string MpiErrorText(const char* call, int code) {
 }
 
 Status MpiContext::Initialize(MPI_Comm base, const Config& config) {
+  static std::once_flag fork_hook;
+  std::call_once(fork_hook, [] { pthread_atfork(nullptr, nullptr, [] { g_forked_child = true; }); });
   int initialized = 0;
   MPI_Initialized(&initialized);
   if (!initialized) {
@@ -126,8 +134,9 @@ Status MpiContext::Initialize(MPI_Comm base, const Config& config) {
     }
     base = MPI_COMM_WORLD;
   }
-  MPI_Comm_dup(base, &data_comm_);
-  MPI_Comm_dup(base, &control_comm_);
+  int rc = MPI_Comm_dup(base, &data_comm_);
+  if (rc == MPI_SUCCESS) rc = MPI_Comm_dup(base, &control_comm_);
+  if (rc != MPI_SUCCESS) return Status::Aborted("MPI_Comm_dup of the communicator BlueFog was given failed");
   // Errors come back as codes on our communicators; we turn them into Status.
   MPI_Comm_set_errhandler(data_comm_, MPI_ERRORS_RETURN);
   MPI_Comm_set_errhandler(control_comm_, MPI_ERRORS_RETURN);

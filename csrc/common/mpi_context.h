@@ -63,6 +63,11 @@ class MpiContext {
 // Finalizes MPI if MpiContext initialized it (at process exit).
 void FinalizeMpiIfOwned();
 
+// True in a process forked (without exec) from one where BlueFog started, e.g.
+// a DataLoader worker: the background thread and the MPI state are the
+// parent's, so the child must neither communicate nor shut down or finalize.
+bool InForkedChild();
+
 // "MPI_Xxx failed: <MPI error string>".
 std::string MpiErrorText(const char* call, int code);
 

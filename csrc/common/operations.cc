@@ -79,6 +79,10 @@ GlobalState& State() {
 
 Status NotRunning() {
   GlobalState& g = State();
+  if (InForkedChild()) {
+    return Status::PreconditionError("BlueFog ops cannot run in a process forked from a BlueFog rank (e.g. a "
+                                     "DataLoader worker): communicate from the rank's own process");
+  }
   if (g.loop_failed) return Status::Aborted("BlueFog's background loop stopped after an error: " + g.loop_error);
   if (g.shutdown_requested) return Status::PreconditionError("BlueFog is shutting down; no new ops are accepted");
   return Status::PreconditionError("BlueFog is not initialized: call bf.init() first");
@@ -494,7 +498,7 @@ void BackgroundLoop() {
 
 Status Enqueue(TensorTableEntry entry, Request request) {
   GlobalState& g = State();
-  if (!g.running || g.shutdown_requested || g.loop_failed) return NotRunning();
+  if (!g.running || g.shutdown_requested || g.loop_failed || InForkedChild()) return NotRunning();
   request.name = entry.name;
   request.op = entry.op;
   const bool timed = g.timeline.enabled();
@@ -530,6 +534,7 @@ Status CheckSameSize(const std::string& op, const std::string& name, const Tenso
 static thread_local bool tls_starting = false;
 
 Status Initialize(int fortran_comm, const std::string& overrides) {
+  if (InForkedChild()) return NotRunning();  // (before the lock: the parent may have held it)
   GlobalState& g = State();
   std::lock_guard<std::mutex> lock(g.lifecycle_mu);
   tls_starting = true;
@@ -558,6 +563,10 @@ Status Initialize(int fortran_comm, const std::string& overrides) {
           "does), with an mpi4py built against that same MPI");
     }
     base = MPI_Comm_f2c(fortran_comm);
+    if (base == MPI_COMM_NULL) {
+      return Status::InvalidArgument("init: the communicator is MPI.COMM_NULL (this process is not in the group "
+                                     "BlueFog should run on); call init(comm=...) only where the communicator is valid");
+    }
   }
   Status s = g.mpi.Initialize(base, config);
   if (!s.ok()) return s;
@@ -565,7 +574,7 @@ Status Initialize(int fortran_comm, const std::string& overrides) {
   if (!exit_hook) {
     // Last resort if the frontend did not shut down: stop the loop, then MPI.
     std::atexit([] {
-      if (tls_starting) return;
+      if (tls_starting || InForkedChild()) return;
       Shutdown();
       FinalizeMpiIfOwned();
     });
@@ -598,6 +607,7 @@ Status Initialize(int fortran_comm, const std::string& overrides) {
 }
 
 void Shutdown() {
+  if (InForkedChild()) return;  // the parent's BlueFog (its locks may even be held there)
   GlobalState& g = State();
   std::lock_guard<std::mutex> lock(g.lifecycle_mu);
   if (!g.running) return;
@@ -803,7 +813,7 @@ Status EnqueueWinFree(const std::string& name, StatusCallback callback) {
 
 Status EnqueueDirect(std::function<Status(WindowManager&)> work, StatusCallback callback) {
   GlobalState& g = State();
-  if (!g.running || g.shutdown_requested || g.loop_failed) return NotRunning();
+  if (!g.running || g.shutdown_requested || g.loop_failed || InForkedChild()) return NotRunning();
   // Not owned by a waiting caller: the background thread runs them (and so
   // does any cycle's MPI wait, whoever runs that cycle, as it must so that
   // a mutex release never waits behind an exchange). Run by the caller

@@ -156,6 +156,49 @@ def skip_mode_unsent_receive(marker_dir):
     return 0
 
 
+def comm_null_split(marker_dir):
+    """The usual idiom for "BlueFog on ranks 0 and 1 only": Split with
+    MPI.UNDEFINED elsewhere, so ranks 2 and 3 hold MPI.COMM_NULL. (Before: it
+    counted as "no communicator", so ranks 2 and 3 hung in a collective of
+    COMM_WORLD, and every rank passing COMM_NULL ran on the whole world.)"""
+    from mpi4py import MPI
+    world = MPI.COMM_WORLD
+    sub = world.Split(0 if world.rank < 2 else MPI.UNDEFINED, world.rank)
+    try:
+        bf.init(comm=sub)
+    except ValueError as err:
+        print(f"RESULT world rank {world.rank} init raised {err}", flush=True)
+        return 0
+    out = bf.allreduce(torch.tensor([float(world.rank)]), average=False, name="sub.sum")
+    print(f"RESULT world rank {world.rank} size {bf.size()} sum {out.item()}", flush=True)
+    return 0
+
+
+def fork_child(marker_dir):
+    """A process forked from a rank (as by a DataLoader worker or a user's
+    os.fork) may read rank()/size(), must get a clear error from an op, and
+    exits normally without touching the parent's BlueFog or MPI. (Before:
+    its exit shut down and finalized the parent's MPI: segfaults, or a hang.)"""
+    bf.init()
+    rank = bf.rank()
+    bf.allreduce(torch.ones(2), average=False, name="before.fork")
+    pid = os.fork()
+    if pid == 0:
+        try:
+            print(f"RESULT child of rank {rank} sees rank {bf.rank()} size {bf.size()}", flush=True)
+            try:
+                bf.allreduce(torch.ones(2), name="in.child")
+                print(f"RESULT child of rank {rank} op returned", flush=True)
+            except Exception as err:  # pylint: disable=broad-except
+                print(f"RESULT child of rank {rank} op raised {type(err).__name__}: {err}", flush=True)
+        finally:
+            sys.exit(0)  # the normal exit path: atexit handlers run
+    _, status = os.waitpid(pid, 0)
+    out = bf.allreduce(torch.ones(2), average=False, name="after.fork")
+    print(f"RESULT rank {rank} child status {status} after {out.tolist()}", flush=True)
+    return 0
+
+
 def in_fast_rounds(scenario):
     """`scenario` entered with fast rounds on (BLUEFOG_FAST_ROUNDS): a few small
     allreduces of the stalled op's size first, so that rank 0 offers the stalled
@@ -175,8 +218,11 @@ def in_fast_rounds(scenario):
 
 SCENARIOS = {f.__name__: f for f in (stall_warning, stall_shutdown, killed_rank, raising_rank,
                                      skip_mode_unreceived_send, skip_mode_unsent_receive,
-                                     in_fast_rounds(stall_warning), in_fast_rounds(stall_shutdown))}
+                                     in_fast_rounds(stall_warning), in_fast_rounds(stall_shutdown),
+                                     comm_null_split, fork_child)}
+SELF_INIT = {"comm_null_split", "fork_child"}  # these call bf.init() themselves
 
 if __name__ == "__main__":
-    bf.init()
+    if sys.argv[1] not in SELF_INIT:
+        bf.init()
     sys.exit(SCENARIOS[sys.argv[1]](sys.argv[2]))
