@@ -113,3 +113,14 @@ def test_a_forked_child_leaves_the_parents_bluefog_alone(tmp_path):
         raised = [line for line in out.splitlines() if line.startswith(f"RESULT child of rank {r} op raised")]
         assert raised and "forked" in raised[0], out[-6000:]
         assert f"RESULT rank {r} child status 0 after [2.0, 2.0]" in out, out[-6000:]
+
+
+def test_ctrl_c_interrupts_a_wait_for_a_late_peer(tmp_path):
+    rc, out, _ = run("interrupted_waits", tmp_path, np=2)
+    assert rc == 0, out[-6000:]
+    for what in ("synchronize", "barrier"):
+        line = [x for x in out.splitlines() if x.startswith(f"RESULT rank 0 {what} interrupted after")]
+        assert line, out[-6000:]
+        assert float(line[0].split()[-2]) < 10, line[0]  # (the peer only comes after it)
+    assert "RESULT rank 0 late.op [2.0, 2.0]" in out and "RESULT rank 1 late.op [2.0, 2.0]" in out, out[-6000:]
+    assert "RESULT rank 0 after 2.0" in out and "RESULT rank 1 after 2.0" in out, out[-6000:]

@@ -20,6 +20,7 @@ logger = logging.getLogger("bluefog")
 # Status codes of the core (csrc/common/status.h).
 _INVALID_ARGUMENT = 4
 _PRECONDITION_ERROR = 2
+_IN_PROGRESS = 5
 
 NOT_INITIALIZED = "BlueFog has not been initialized; use bf.init()."
 
@@ -252,8 +253,13 @@ class BlueFogBasics:
         return int(self._lib.bluefog_win_transfer_calls())
 
     def barrier(self):
-        """Blocks until every rank reaches it."""
-        code = self._lib.bluefog_barrier()
+        """Blocks until every rank reaches it. Ctrl-C (SIGINT) interrupts the wait."""
+        handle = ctypes.c_int(-1)
+        code = self._lib.bluefog_barrier_start(ctypes.byref(handle))
+        if code == 0:
+            code = _IN_PROGRESS
+            while code == _IN_PROGRESS:  # in slices: Python runs its signal handlers in between
+                code = self._lib.bluefog_barrier_wait(handle.value, 200)
         if code != 0:
             _raise_status(self._lib, code, "barrier")
 

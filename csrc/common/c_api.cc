@@ -1,8 +1,10 @@
 #include "c_api.h"
 
+#include <chrono>
 #include <string>
 
 #include "config.h"
+#include "handle_manager.h"
 #include "operations.h"
 #include "window_manager.h"
 
@@ -17,6 +19,12 @@ int Report(const Status& s) {
   t_last_error = s.reason();
   t_last_error_type = static_cast<int>(s.type());
   return static_cast<int>(s.type());
+}
+
+// Barriers started from Python, which waits for them in slices (see basics.barrier).
+HandleManager& BarrierHandles() {
+  static HandleManager* handles = new HandleManager();  // never destroyed: safe at exit
+  return *handles;
 }
 
 int Info(int BasicInfo::*field) {
@@ -61,6 +69,29 @@ int bluefog_nccl_built(void) {
 
 int bluefog_barrier(void) {
   return Report(RunBlocking([](StatusCallback cb) { return EnqueueBarrier("bluefog.barrier", std::move(cb)); }));
+}
+
+int bluefog_barrier_start(int* handle) {
+  const int h = BarrierHandles().Allocate();
+  Status s;
+  {
+    CallerWaitsScope waits(true);  // the waits below run its cycle, as RunBlocking does
+    s = EnqueueBarrier("bluefog.barrier", [h](const Status& st) { BarrierHandles().MarkDone(h, st); });
+  }
+  if (!s.ok()) {
+    BarrierHandles().MarkDone(h, s);
+    BarrierHandles().Wait(h);
+    return Report(s);
+  }
+  *handle = h;
+  return 0;
+}
+
+int bluefog_barrier_wait(int handle, int timeout_ms) {
+  const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  Status s = BarrierHandles().Wait(handle, SpinMicros(), HelpUntil, nullptr,
+                                   [until] { return std::chrono::steady_clock::now() >= until; });
+  return Report(s);
 }
 
 int bluefog_reject(const char* op, const char* name, const char* reason) {

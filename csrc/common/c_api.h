@@ -26,6 +26,11 @@ int bluefog_unified_mpi_window_model_supported(void);
 int bluefog_nccl_built(void);
 
 int bluefog_barrier(void);
+// A barrier in two steps, so that Python can wait in slices and see Ctrl-C:
+// start it (0, or an error code), then wait up to timeout_ms at a time; the
+// wait returns 5 (in progress) while it is not done, then its status code.
+int bluefog_barrier_start(int* handle);
+int bluefog_barrier_wait(int handle, int timeout_ms);
 // See EnqueueReject (operations.h): this rank refused op `name` of kind `op`.
 int bluefog_reject(const char* op, const char* name, const char* reason);
 int bluefog_set_skip_negotiate_stage(int value);

@@ -32,7 +32,8 @@ bool HandleManager::Poll(int handle, bool* known) {
   return *known && it->second.done;
 }
 
-Status HandleManager::Wait(int handle, int64_t spin_us, const Helper& help, bool* claimed) {
+Status HandleManager::Wait(int handle, int64_t spin_us, const Helper& help, bool* claimed,
+                           const std::function<bool()>& stop) {
   if (claimed) *claimed = false;
   std::unique_lock<std::mutex> lock(mu_);
   auto unknown = [handle] {
@@ -56,7 +57,16 @@ Status HandleManager::Wait(int handle, int64_t spin_us, const Helper& help, bool
   }
   // Most ops finish within a few scheduling slices: poll before sleeping.
   if (spin_us > 0) SpinUntil(lock, std::chrono::steady_clock::now() + std::chrono::microseconds(spin_us), done);
-  cv_.wait(lock, done);
+  if (!stop) {
+    cv_.wait(lock, done);
+  } else {
+    while (!cv_.wait_for(lock, std::chrono::milliseconds(100), done)) {
+      lock.unlock();  // (`stop` may take an interpreter lock, whose holder may want mu_)
+      const bool give_up = stop();
+      lock.lock();
+      if (give_up && !done()) return Status::InProgress();
+    }
+  }
   auto it = slots_.find(handle);
   if (it == slots_.end()) {
     return Status::InvalidArgument("handle " + std::to_string(handle) +

@@ -25,8 +25,12 @@ class HandleManager {
   // First lets `help` work towards completion (it is given a "done yet?"
   // test; bluefog::HelpUntil runs the op's cycle on this thread), then polls
   // (yielding the core) for up to `spin_us` before it sleeps.
+  // `stop` (if given) is asked every 100 ms while the op is not done; once it
+  // says true, Wait returns IN_PROGRESS and keeps the handle, which may be
+  // waited for again (a frontend checks for Ctrl-C there).
   using Helper = std::function<void(const std::function<bool()>&)>;
-  Status Wait(int handle, int64_t spin_us = 0, const Helper& help = nullptr, bool* claimed = nullptr);
+  Status Wait(int handle, int64_t spin_us = 0, const Helper& help = nullptr, bool* claimed = nullptr,
+              const std::function<bool()>& stop = nullptr);
 
  private:
   struct Slot {

@@ -289,13 +289,21 @@ bool Poll(int handle) {
 }
 
 // Waits with the GIL released, then returns the op's output tensor.
+// Ctrl-C (SIGINT) ends the wait with KeyboardInterrupt; the op goes on, and its
+// handle may be waited for again.
 at::Tensor Wait(int handle) {
   Status s;
   bool claimed = false;
+  bool interrupted = false;
   {
     py::gil_scoped_release release;
-    s = Handles().Wait(handle, SpinMicros(), HelpUntil, &claimed);
+    s = Handles().Wait(handle, SpinMicros(), HelpUntil, &claimed, [&interrupted] {
+      py::gil_scoped_acquire acquire;
+      interrupted = PyErr_CheckSignals() != 0;  // the handler's exception stays set
+      return interrupted;
+    });
   }
+  if (interrupted) throw py::error_already_set();
   if (!claimed) Throw(s);  // unknown, or another thread's wait has it (and its record)
   std::shared_ptr<HandleRecord> record;
   {

@@ -199,6 +199,49 @@ def fork_child(marker_dir):
     return 0
 
 
+def interrupted_waits(marker_dir):
+    """Ctrl-C (SIGINT) reaches a rank waiting in synchronize() or barrier()
+    for a peer that is late: KeyboardInterrupt within about a second (before:
+    only when the peer arrived, or never). The interrupted op goes on, and
+    its handle may be synchronized again."""
+    import signal
+    import threading
+    rank = bf.rank()
+    go = os.path.join(marker_dir, "go")
+
+    def interrupt_after(seconds):
+        threading.Timer(seconds, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+
+    if rank == 0:
+        h = bf.allreduce_nonblocking(torch.ones(2), average=False, name="late.op")
+        interrupt_after(1.0)
+        start = time.time()
+        try:
+            bf.synchronize(h)
+            print("RESULT rank 0 synchronize returned", flush=True)
+        except KeyboardInterrupt:
+            print(f"RESULT rank 0 synchronize interrupted after {time.time() - start:.1f} s", flush=True)
+        touch(go)
+        print(f"RESULT rank 0 late.op {bf.synchronize(h).tolist()}", flush=True)
+        interrupt_after(1.0)
+        start = time.time()
+        try:
+            bf.barrier()
+            print("RESULT rank 0 barrier returned", flush=True)
+        except KeyboardInterrupt:
+            print(f"RESULT rank 0 barrier interrupted after {time.time() - start:.1f} s", flush=True)
+        touch(go + "2")
+    else:
+        wait_for_file(go)
+        print(f"RESULT rank 1 late.op {bf.allreduce(torch.ones(2), average=False, name='late.op').tolist()}",
+              flush=True)
+        wait_for_file(go + "2")
+        bf.barrier()  # completes rank 0's interrupted one
+    out = bf.allreduce(torch.ones(1), average=False, name="after")
+    print(f"RESULT rank {rank} after {out.item()}", flush=True)
+    return 0
+
+
 def in_fast_rounds(scenario):
     """`scenario` entered with fast rounds on (BLUEFOG_FAST_ROUNDS): a few small
     allreduces of the stalled op's size first, so that rank 0 offers the stalled
@@ -219,7 +262,7 @@ def in_fast_rounds(scenario):
 SCENARIOS = {f.__name__: f for f in (stall_warning, stall_shutdown, killed_rank, raising_rank,
                                      skip_mode_unreceived_send, skip_mode_unsent_receive,
                                      in_fast_rounds(stall_warning), in_fast_rounds(stall_shutdown),
-                                     comm_null_split, fork_child)}
+                                     comm_null_split, fork_child, interrupted_waits)}
 SELF_INIT = {"comm_null_split", "fork_child"}  # these call bf.init() themselves
 
 if __name__ == "__main__":
