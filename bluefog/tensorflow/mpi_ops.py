@@ -56,6 +56,8 @@ def grad_name(op) -> str:
     value = tf.get_static_value(op.inputs[-1])
     if value is None:
         return ""
+    if hasattr(value, "item"):  # a graph constant comes back as a 0-d numpy array
+        value = value.item()
     value = value.decode() if isinstance(value, bytes) else str(value)
     return value + ".grad" if value else ""
 
@@ -174,7 +176,11 @@ def broadcast(tensor, root_rank: int, name: Optional[str] = None):
 def _broadcast_grad(op, grad):
     reduced = _ops.bluefog_allreduce(grad, grad_name(op), average=False, hierarchical_local=False)
     if _basics.rank() != op.get_attr("root_rank"):
-        reduced = tf.zeros_like(reduced)
+        # Zeros here, but the allreduce must still run on this rank for the
+        # root's sake: a value depending only on its shape would let graph
+        # pruning drop it (a hang on the root).
+        with tf.control_dependencies([reduced]):
+            reduced = tf.zeros_like(grad)
     return [reduced, None]
 
 

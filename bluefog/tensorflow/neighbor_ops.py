@@ -49,6 +49,12 @@ def _combine(x, received, self_weight: float, weights: List[float]):
     result = tf.cast(x, compute) * tf.constant(self_weight, compute)
     if weights:
         result += tf.tensordot(tf.constant(weights, dtype=compute), tf.cast(received, compute), axes=1)
+    else:
+        # Nothing received, but this rank's sends are part of the exchange:
+        # without a dependency on it, graph pruning would drop it here (and
+        # the receivers would wait forever).
+        with tf.control_dependencies([received]):
+            result = tf.identity(result)
     return tf.cast(result, x.dtype)
 
 
@@ -165,5 +171,6 @@ def hierarchical_neighbor_allreduce(tensor, *, self_weight: Optional[float] = No
     # multiplied by 0: 0 * inf would be nan), and their gradient still flows
     # (as zeros) through the exchange, which every rank's backward must run.
     leader = tf.constant(_basics.local_rank() == 0)
-    combined = tf.where(leader, combined, tf.zeros_like(combined))
+    with tf.control_dependencies([combined]):  # (the exchange runs on every rank: see _combine)
+        combined = tf.where(leader, combined, tf.zeros_like(combined))
     return allreduce(combined, average=False, is_hierarchical_local=True, name=base + ".spread")

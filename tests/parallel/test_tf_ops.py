@@ -149,7 +149,15 @@ def test_explicit_names():
 
 # ---- gradients ------------------------------------------------------------------------
 def tape_gradient(mode, fn, x, c):
-    """d/dx of the global loss sum_ranks <c, fn(x)> on this rank, through the tape."""
+    """d/dx of the global loss sum_ranks <c, fn(x)> on this rank, through the tape
+    (mode "outer_tape": the forward in a tf.function, the tape outside it, so the
+    backward runs as a graph of its own, where unused ops are pruned)."""
+    if mode == "outer_tape":
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.function(lambda t: tf.reduce_sum(c * fn(t)))(x)
+        return tape.gradient(loss, x)
+
     def step(x):
         with tf.GradientTape() as tape:
             tape.watch(x)
@@ -189,7 +197,7 @@ def test_grouped_allreduce_gradient(mode):
     np.testing.assert_allclose(g2.numpy(), (sum(loss_weights(r, (2, 2)) for r in range(SIZE)) / SIZE).numpy())
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", MODES + ["outer_tape"])
 def test_broadcast_gradient(mode):
     shape = (4,)
     root = SIZE - 1
@@ -200,7 +208,19 @@ def test_broadcast_gradient(mode):
     finite_difference_check(lambda x: bf.broadcast(x, root), rank_input(RANK, shape), c, grad)
 
 
-@pytest.mark.parametrize("mode", MODES)
+def test_gradient_names_in_graphs_are_the_forward_name_plus_grad():
+    graph = tf.Graph()
+    with graph.as_default():
+        x = tf.constant([1.0])
+        y = bf.allreduce(x, name="tf.named")
+        grad_op = tf.gradients(y, x)[0].op
+    names = [tf.get_static_value(op.inputs[-1]) for op in graph.get_operations() if op.type == "BluefogAllreduce"]
+    names = [n.item() if hasattr(n, "item") else n for n in names]
+    assert sorted(n.decode() if isinstance(n, bytes) else n for n in names) == ["tf.named", "tf.named.grad"], names
+    assert grad_op is not None
+
+
+@pytest.mark.parametrize("mode", MODES + ["outer_tape"])
 def test_allgather_gradient(mode):
     rows = [r % 3 + 1 for r in range(SIZE)]
     total_rows = sum(rows)
