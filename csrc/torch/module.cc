@@ -5,6 +5,7 @@
 
 #include <mutex>
 #include <optional>
+#include <thread>
 #include <utility>
 #include <unordered_map>
 
@@ -285,6 +286,10 @@ bool Poll(int handle) {
   bool known = false;
   bool done = Handles().Poll(handle, &known);
   if (!known) throw py::value_error("unknown handle " + std::to_string(handle));
+  // Not done: give the core away once, so that a loop polling without pause
+  // (`while not poll(h): pass`) lets the background thread run the op on
+  // this core (measured: 4.8 ms per small op on 2 ranks without this).
+  if (!done) std::this_thread::yield();
   return done;
 }
 
