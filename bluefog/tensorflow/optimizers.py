@@ -65,13 +65,17 @@ def DistributedOptimizer(optimizer, name: Optional[str] = None, use_locking: boo
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         return _wrap_keras(optimizer, name, average, sparse_as_dense)
     if isinstance(optimizer, tf.compat.v1.train.Optimizer):
+        if isinstance(optimizer, _LegacyDistributedOptimizer):  # reduce once, with these settings
+            optimizer = optimizer._optimizer  # pylint: disable=protected-access
         return _LegacyDistributedOptimizer(optimizer, name, use_locking, average, sparse_as_dense)
     raise TypeError("DistributedOptimizer expects a Keras 3 optimizer or a tf.compat.v1.train.Optimizer, got "
                     f"{type(optimizer).__module__}.{type(optimizer).__name__}")
 
 
 def _wrap_keras(optimizer, name, average, sparse_as_dense):
-    cls = keras_wrapper_class(type(optimizer))
+    # Already distributed (e.g. a loaded model's optimizer): wrap its own kind
+    # again, so gradients are reduced once, with these settings.
+    cls = keras_wrapper_class(getattr(type(optimizer), "_bluefog_base", type(optimizer)))
     config = optimizer.get_config()
     if name is not None:
         config["name"] = name
@@ -127,6 +131,7 @@ def keras_wrapper_class(base):
         "__qualname__": name,
         "__doc__": f"{base.__name__} whose gradients are averaged across BlueFog ranks.",
         "_bluefog_wrapped": True,
+        "_bluefog_base": base,
     })
     import keras
     keras.saving.register_keras_serializable(package="bluefog", name=name)(cls)

@@ -620,6 +620,11 @@ def _optimizer_bookkeeping():
 def _wrap(impl, optimizer, *args):
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise ValueError(f"expected a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    if isinstance(optimizer, _Distributed):
+        # Its hooks already communicate; a second wrapper would add another
+        # round (and Python refuses the class layout anyway).
+        raise ValueError("the optimizer is already a BlueFog distributed optimizer (around "
+                         f"{optimizer._bluefog_base_class.__name__}); wrap the plain torch.optim optimizer once")
     base = optimizer.__class__
     cls = type(base.__name__, (impl, base), {"_bluefog_base_class": base, "__module__": impl.__module__})
     wrapped = cls.__new__(cls)

@@ -1012,6 +1012,14 @@ def test_ranks_with_different_models_are_refused_at_construction():
         build("grad", model)
 
 
+def test_a_distributed_optimizer_cannot_be_wrapped_again():
+    model = torch.nn.Linear(2, 1)
+    opt = bf.DistributedGradientAllreduceOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), model=model)
+    with pytest.raises(ValueError, match="already a BlueFog distributed optimizer"):
+        bf.DistributedAdaptWithCombineOptimizer(opt, model=model)
+    opt.unregister_hooks()
+
+
 def test_communication_type_must_be_a_communication_type():
     model = make_model()
     opt = build("awc", model, comm=CT.allreduce)

@@ -183,6 +183,18 @@ def test_keras_optimizer_wrapper_keeps_class_and_config():
         bf.DistributedOptimizer("sgd")
 
 
+def test_wrapping_a_distributed_optimizer_again_reduces_once():
+    """(Before: a wrapper of the wrapper allreduced twice; with average=False
+    the gradients came out size**2 times the local ones.)"""
+    v = tf.Variable([1.0, 1.0])
+    opt = bf.DistributedOptimizer(bf.DistributedOptimizer(keras.optimizers.SGD(1.0), average=False), average=False)
+    assert type(opt).__name__ == "DistributedSGD"
+    opt.apply([tf.constant([float(RANK + 1), 0.0])], [v])
+    np.testing.assert_allclose(v.numpy(), [1.0 - SIZE * (SIZE + 1) / 2, 1.0])
+    legacy = bf.DistributedOptimizer(bf.DistributedOptimizer(tf.compat.v1.train.GradientDescentOptimizer(1.0)))
+    assert not isinstance(legacy._optimizer, type(legacy))  # pylint: disable=protected-access
+
+
 def test_keras_custom_loop_matches_full_batch():
     model, reference = make_model(), make_model()
     opt = bf.DistributedOptimizer(keras.optimizers.SGD(learning_rate=0.1, momentum=0.5))
