@@ -67,10 +67,6 @@ int bluefog_nccl_built(void) {
 #endif
 }
 
-int bluefog_barrier(void) {
-  return Report(RunBlocking([](StatusCallback cb) { return EnqueueBarrier("bluefog.barrier", std::move(cb)); }));
-}
-
 int bluefog_barrier_start(int* handle) {
   const int h = BarrierHandles().Allocate();
   Status s;

@@ -25,7 +25,6 @@ int bluefog_mpi_threads_supported(void);
 int bluefog_unified_mpi_window_model_supported(void);
 int bluefog_nccl_built(void);
 
-int bluefog_barrier(void);
 // A barrier in two steps, so that Python can wait in slices and see Ctrl-C:
 // start it (0, or an error code), then wait up to timeout_ms at a time; the
 // wait returns 5 (in progress) while it is not done, then its status code.
