@@ -6,6 +6,8 @@ Build-time switches (environment):
   MPICXX / MPICC             MPI compiler wrappers (default: mpicxx / mpicc on PATH)
   BLUEFOG_BUILD_DIR          CMake build directory (default: build/cmake, reused between builds)
   BLUEFOG_BUILD_JOBS         parallel compile jobs (default: number of CPUs)
+  BLUEFOG_WITH_NCCL=1        refused: there is no NCCL controller yet (GPU tensors are staged
+                             through the CPU); 0 or unset builds as usual
 """
 import os
 import shutil
@@ -99,6 +101,9 @@ class CMakeBuild(build_ext):
             raise SystemExit(f"bluefog: CMake did not produce {ext.name}")
 
     def _run_cmake(self):
+        if _switch("BLUEFOG_WITH_NCCL"):
+            raise SystemExit("BLUEFOG_WITH_NCCL=1: this BlueFog has no NCCL controller yet (GPU tensors are "
+                             "staged through the CPU and communicated with MPI); unset it to build")
         out_root = os.path.abspath(self.build_lib)
         build_dir = os.environ.get("BLUEFOG_BUILD_DIR", os.path.join(ROOT, "build", "cmake"))
         os.makedirs(build_dir, exist_ok=True)

@@ -145,7 +145,11 @@ def main():
     args = parse_args()
     bf.init()
     set_virtual_topology(args.virtual_topology)
-    device = "cuda" if (not args.no_cuda and torch.cuda.is_available()) else "cpu"
+    device = "cpu"
+    if not args.no_cuda and torch.cuda.is_available():
+        # One GPU per rank of this machine (ranks beyond the GPU count share them).
+        torch.cuda.set_device(bf.local_rank() % torch.cuda.device_count())
+        device = "cuda"
     torch.manual_seed(args.seed + bf.rank())
     x = torch.randn(args.data_size, device=device, dtype=torch.double)
     x_bar = bf.allreduce(x, average=True, name="x_bar")

@@ -138,7 +138,11 @@ def main():
     if "OMP_NUM_THREADS" not in os.environ:
         # Ranks that share a machine share its cores: one thread pool per core, not per rank.
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // bf.local_size()))
-    device = "cuda" if (not args.no_cuda and torch.cuda.is_available()) else "cpu"
+    device = "cpu"
+    if not args.no_cuda and torch.cuda.is_available():
+        # One GPU per rank of this machine (ranks beyond the GPU count share them).
+        torch.cuda.set_device(bf.local_rank() % torch.cuda.device_count())
+        device = "cuda"
     torch.manual_seed(args.seed)
     model = (ResNetSmall(args.num_classes) if args.model == "resnet_small" else SimpleCNN(args.num_classes)).to(device)
     bf.broadcast_parameters(model.state_dict(), root_rank=0)

@@ -51,7 +51,7 @@ class _RefusalReported:
         return self
 
     def __exit__(self, kind, value, tb):
-        if kind is not None and issubclass(kind, (ValueError, TypeError)):
+        if kind is not None and issubclass(kind, Exception):  # (not KeyboardInterrupt)
             self.basics.report_refusal(self.op, self.name, value)
         return False
 
@@ -272,16 +272,18 @@ class BlueFogBasics:
                                  reason.encode("utf-8", "replace"))
 
     def report_refusal(self, op: str, name: str, err: BaseException) -> None:
-        """reject() with the text of `err` (a ValueError or TypeError that this
-        rank's checks raised for op `name`), before the caller re-raises it.
+        """reject() with the text of `err` (what this rank's checks or input
+        staging, e.g. a GPU-to-CPU copy, raised for op `name`), before the
+        caller re-raises it.
         The ops that run most often call it from a plain try/except (no
         per-op cost) instead of entering refusal_reported()."""
         self.reject(op, name, f"{type(err).__name__}: {err}")
 
     def refusal_reported(self, op: str, name: str) -> "_RefusalReported":
         """A context for the block that checks an op's input and submits it
-        (under `name`, already fixed): a ValueError or TypeError from it is
-        reported to the other ranks with reject() before it propagates.
+        (under `name`, already fixed): an exception from it (ValueError for bad
+        input, or e.g. a RuntimeError while staging a GPU tensor) is reported to
+        the other ranks with reject() before it propagates.
         (A plain class, not a generator: it runs on every op.)"""
         return _RefusalReported(self, op, name)
 

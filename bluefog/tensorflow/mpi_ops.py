@@ -148,7 +148,7 @@ def grouped_allreduce(tensors, average: bool = True, name: Optional[str] = None)
     base = op_name(name, "grouped_allreduce")
     try:
         tensors = [as_tensor(t, "grouped_allreduce") for t in tensors]
-    except (ValueError, TypeError) as err:
+    except Exception as err:  # bad input, or a failed GPU staging copy: tell the other ranks
         for i in range(len(tensors)):  # the other ranks' ops fail with it instead of waiting for this rank
             _basics.report_refusal("allreduce", f"{base}.{i}", err)
         raise

@@ -42,9 +42,19 @@ def _prepare(tensor: torch.Tensor, op: str) -> torch.Tensor:
     """The tensor the core can work on: contiguous, on the CPU."""
     check_tensor(tensor, op)
     if tensor.is_cuda:
-        # Until the NCCL controller lands, GPU tensors are staged through the CPU.
-        return tensor.detach().to("cpu")
+        # Until the NCCL controller lands, GPU tensors are staged through the CPU
+        # (dense: .to() alone keeps a channels_last or transposed layout).
+        return tensor.detach().to("cpu", memory_format=torch.contiguous_format)
     return tensor.contiguous() if not tensor.is_contiguous() else tensor
+
+
+def _write_back(target: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """The in-place op's result into `target`, as the core writes a contiguous
+    CPU tensor: outside autograd (a leaf that requires grad is fine; no copy
+    node), with the version bump that makes a stale saved tensor an error."""
+    with torch.no_grad():
+        target.copy_(out)
+    return target
 
 
 def _finish(handle: int, target: Optional[torch.Tensor], device: Optional[torch.device] = None) -> int:
@@ -52,7 +62,7 @@ def _finish(handle: int, target: Optional[torch.Tensor], device: Optional[torch.
     GPU tensor of an in-place op), or to `device` (the GPU a staged input came
     from), at synchronize time."""
     if target is not None:
-        register_postprocess(handle, lambda out: target.copy_(out))
+        register_postprocess(handle, lambda out: _write_back(target, out))
     elif device is not None:
         register_postprocess(handle, lambda out: out.to(device))
     return handle
@@ -88,7 +98,7 @@ def _allreduce_async(tensor, output, average, is_hierarchical_local, name, op, i
             out = _C.empty_output_like(src) if output is None else output
             target = tensor.new_empty(tensor.shape) if src is not tensor and tensor.is_cuda else None
         handle = _C.allreduce_async(src, out, bool(average), bool(is_hierarchical_local), full_name, blocking)
-    except (ValueError, TypeError) as err:
+    except Exception as err:  # bad input, or a failed GPU staging copy: tell the other ranks
         _basics.report_refusal("allreduce", full_name, err)
         raise
     return _finish(handle, target)
@@ -135,7 +145,7 @@ def _broadcast_async(tensor, root_rank, name, op, inplace, blocking=False):
         out = src if inplace else _C.empty_output_like(src)
         target = tensor if inplace and src is not tensor else None
         handle = _C.broadcast_async(src, out, root_rank, full_name, blocking)
-    except (ValueError, TypeError) as err:
+    except Exception as err:  # bad input, or a failed GPU staging copy: tell the other ranks
         _basics.report_refusal("broadcast", full_name, err)
         raise
     return _finish(handle, target, tensor.device if tensor.is_cuda else None)
@@ -206,8 +216,14 @@ def synchronize(handle: int) -> torch.Tensor:
     if handle < 0:
         from bluefog.torch.composite import synchronize_composite
         return synchronize_composite(handle)
+    try:
+        output = _C.wait(handle)
+    except KeyboardInterrupt:
+        raise  # the op goes on: its handle, with its post-processing, may be waited for again
+    except BaseException:
+        _postprocess.pop(handle, None)
+        raise
     post = _postprocess.pop(handle, None)
-    output = _C.wait(handle)
     return post(output) if post is not None else output
 
 

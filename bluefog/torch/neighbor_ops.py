@@ -65,7 +65,7 @@ def _neighbor_allreduce_async(tensor, self_weight, src_weights, dst_weights, ena
         # The weighted average is formed in C++ when the handle is waited on.
         handle = _C.neighbor_async(x, False, ex.src_ranks, ex.dst_ranks, ex.dst_weights, full_name,
                                    bool(enable_topo_check), (ex.self_weight, ex.src_weights), blocking)
-    except (ValueError, TypeError) as err:
+    except Exception as err:  # bad input, or a failed GPU staging copy: tell the other ranks
         _basics.report_refusal("neighbor_allreduce", full_name, err)
         raise
     if tensor.is_cuda:

@@ -590,7 +590,7 @@ class _PushSum(_WindowOptimizer):
 
     def _bf_window_tensor(self, p):
         # [z, w]: the push-sum numerator (x * w) and the weight w.
-        return torch.cat([p.data.detach().flatten(), torch.ones(1, dtype=p.dtype)])
+        return torch.cat([p.data.detach().flatten(), torch.ones(1, dtype=p.dtype, device=p.device)])
 
     def _bf_start(self, p):
         buf = self._bf_buffers[p]

@@ -8,7 +8,12 @@ mixes the buffers into the window tensor. Put, get, accumulate, update and the
 mutex run on the core's background thread, one-sided: the other rank takes no
 part. win_create and win_free are collective.
 
-Windows hold int32, int64, float32 or float64 CPU tensors.
+Windows hold int32, int64, float32 or float64 tensors. One on a GPU (or not
+contiguous) is staged: the core's window is a contiguous CPU copy, refreshed
+from the tensor by each win_update of this rank (so neighbors' win_get see
+the values as of this rank's last update or create), and the update's result
+is written back into the tensor; put and accumulate send a CPU copy of the
+tensor they are given.
 """
 import contextlib
 import logging
@@ -22,7 +27,8 @@ from bluefog.torch import _C
 
 _basics = get_basics()
 logger = logging.getLogger("bluefog")
-_win_map: Dict[str, torch.Tensor] = {}
+_win_map: Dict[str, torch.Tensor] = {}   # name -> the user's window tensor
+_win_core: Dict[str, torch.Tensor] = {}  # name -> the contiguous CPU tensor the core holds (the same one if it is)
 _WIN_TYPES = (torch.int32, torch.int64, torch.float32, torch.float64)
 # win handle -> (non-contiguous tensor, the contiguous copy the core sent and
 # scaled by self_weight): copied back when the handle is waited for
@@ -39,6 +45,7 @@ _basics.windows_exist = _windows_exist
 def _forget_windows():
     # The core frees every window when it shuts down (and has none when it starts).
     _win_map.clear()
+    _win_core.clear()
     _after_put.clear()
 
 
@@ -69,9 +76,20 @@ def _weights(weights, default_ranks: List[int], allowed: List[int], what: str, o
     return ranks, [weights[r] for r in ranks]
 
 
+def _for_core(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor` itself if the core can use its memory (contiguous, on the CPU),
+    else a contiguous CPU copy (a GPU tensor, a strided view)."""
+    if tensor.is_cpu and tensor.is_contiguous():
+        return tensor
+    return tensor.detach().to("cpu", memory_format=torch.contiguous_format, copy=True)
+
+
 def _check_tensor(tensor, name: str, op: str):
     if not isinstance(tensor, torch.Tensor):
         raise ValueError(f"{op}: expected a torch.Tensor, got {type(tensor).__name__}")
+    if not (tensor.is_cpu or tensor.is_cuda) or tensor.layout is not torch.strided:
+        raise ValueError(f"{op} '{name}': windows work on dense CPU or CUDA tensors, got {tensor.device.type} "
+                         f"({tensor.layout})")
     window = _win_map[name]
     if tensor.dtype != window.dtype or tensor.shape != window.shape:
         raise ValueError(f"{op} '{name}': the tensor ({tensor.dtype}, {tuple(tensor.shape)}) does not match the "
@@ -89,12 +107,15 @@ def win_create(tensor: torch.Tensor, name: str, zero_init: bool = False) -> bool
         if not isinstance(tensor, torch.Tensor) or tensor.dtype not in _WIN_TYPES:
             raise ValueError("win_create: windows hold int32, int64, float32 or float64 tensors, got "
                              f"{getattr(tensor, 'dtype', type(tensor).__name__)}")
-        if tensor.is_cuda or not tensor.is_contiguous():
-            raise ValueError("win_create: the window tensor must be a contiguous CPU tensor")
-        handle = _C.win_create_async(tensor, name, bool(zero_init), _basics.in_neighbor_ranks(),
+        if not (tensor.is_cpu or tensor.is_cuda) or tensor.layout is not torch.strided:
+            raise ValueError(f"win_create: windows hold dense CPU or CUDA tensors, got {tensor.device.type} "
+                             f"({tensor.layout})")
+        core = _for_core(tensor)
+        handle = _C.win_create_async(core, name, bool(zero_init), _basics.in_neighbor_ranks(),
                                      _basics.out_neighbor_ranks())
     _C.wait(handle)
     _win_map[name] = tensor
+    _win_core[name] = core
     return True
 
 
@@ -105,8 +126,10 @@ def win_free(name: Optional[str] = None) -> bool:
     _C.wait(_C.win_free_async(name or ""))
     if name is None:
         _win_map.clear()
+        _win_core.clear()
     else:
         _win_map.pop(name, None)
+        _win_core.pop(name, None)
     return True
 
 
@@ -125,7 +148,7 @@ def _put_nonblocking(tensor, name, self_weight, dst_weights, require_mutex, accu
     if sw != 1.0 and not tensor.is_floating_point() and sw != int(sw):
         raise ValueError(f"{op} '{name}': self_weight {sw} would scale an integer window ({tensor.dtype}); "
                          f"use a floating-point window or an integral self_weight")
-    src = tensor if tensor.is_contiguous() else tensor.contiguous()
+    src = _for_core(tensor)
     # The core scales what it sent by self_weight once sent, before the next queued op runs.
     handle = _C.win_put_async(src, name, ranks, weights, sw, bool(require_mutex), accumulate)
     if sw != 1.0 and src is not tensor:
@@ -184,9 +207,10 @@ neighbor_win_accumulate_nonblocking = win_accumulate_nonblocking
 
 def _copy_back_scaled(handle: int):
     post = _after_put.pop(handle, None)
-    if post is not None:  # a non-contiguous tensor: its scaled contiguous copy comes back
+    if post is not None:  # a staged tensor (GPU, strided): its scaled copy comes back
         tensor, sent = post
-        tensor.copy_(sent)
+        with torch.no_grad():
+            tensor.copy_(sent)
 
 
 def win_poll(handle: int) -> bool:
@@ -230,11 +254,21 @@ def win_update(name: str, self_weight: Optional[float] = None, neighbor_weights:
     elif self_weight is None or neighbor_weights is None:
         raise ValueError("win_update: give self_weight and neighbor_weights together (or neither)")
     ranks, weights = _weights(neighbor_weights, in_nbrs, in_nbrs, "neighbor_weights", "win_update")
-    window = _win_map[name]
-    output = window.clone() if clone else window
     sw = check_weight(self_weight, "self_weight", "win_update")
+    window, core = _win_map[name], _win_core[name]
+    staged = core is not window
+    if staged:
+        with torch.no_grad():
+            core.copy_(window)  # the values the tensor has now (e.g. after a local step on the GPU)
+    output = core.clone() if clone else core
     _C.wait(_C.win_update_async(name, output, sw, ranks, weights, bool(reset), bool(require_mutex)))
-    return output
+    if not staged:
+        return output
+    if clone:
+        return output.to(window.device).view(window.shape)
+    with torch.no_grad():
+        window.copy_(core)
+    return window
 
 
 def win_update_then_collect(name: str, require_mutex: bool = True) -> torch.Tensor:

@@ -51,6 +51,13 @@ std::shared_ptr<TorchTensor> Wrap(const at::Tensor& t) {
   if (t.is_meta() || t.layout() != c10::kStrided) {
     throw py::value_error("expected a dense tensor with memory of its own, got a meta or sparse tensor");
   }
+  // Without an NCCL controller the core reads and writes host memory only: the
+  // Python layer stages GPU tensors through the CPU, and anything else that
+  // got here would hand a device pointer to memcpy and MPI.
+  if (!t.is_cpu()) {
+    throw py::value_error("expected a CPU tensor here (GPU tensors are staged through the CPU by bluefog.torch), "
+                          "got one on " + t.device().str());
+  }
   try {
     return std::make_shared<TorchTensor>(t);
   } catch (const std::invalid_argument& e) {

@@ -664,6 +664,26 @@ def test_in_place_ops_bump_the_autograd_version(op):
     torch.testing.assert_close(w.grad, torch.tensor([2.0, 4.0]))
 
 
+@pytest.mark.parametrize("contiguous", [True, False])
+def test_in_place_result_comes_back_outside_autograd(contiguous):
+    """In place on a leaf that requires grad: the values arrive, the version is
+    bumped, and no autograd node appears, whether the core wrote the tensor
+    itself (contiguous) or its result is copied back (before, for a
+    non-contiguous one: RuntimeError 'a leaf Variable that requires grad is
+    being used in an in-place operation')."""
+    shape = (3, 2)
+    leaf = torch.empty(shape, dtype=torch.float64) if contiguous else \
+        torch.empty_strided(shape, (1, 3), dtype=torch.float64)
+    with torch.no_grad():
+        leaf.copy_(rank_input(RANK, shape, torch.float64))
+    leaf.requires_grad_()
+    assert leaf.is_contiguous() == contiguous
+    before = leaf._version
+    bf.allreduce_(leaf, average=False, name=f"leaf.inplace.{contiguous}")
+    check(leaf.detach(), expected_sum(shape, torch.float64))
+    assert leaf._version > before and leaf.grad_fn is None and leaf.is_leaf and leaf.requires_grad
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (GPU tensors are staged through the CPU)")
 def test_cuda_tensors_come_back_on_their_device():
     """Out-of-place results of GPU inputs are on the input's GPU (a nonblocking
@@ -686,6 +706,16 @@ def test_cuda_tensors_come_back_on_their_device():
     bf.allreduce_(y, average=False, name="cuda.ar_")
     assert y.device == x.device
     check(y.cpu(), expected_sum((5,), torch.float32))
+    # Dense but not contiguous on the GPU (channels_last, transposed): staged densely.
+    cl = rank_input(RANK, (1, 2, 2, 3), torch.float32).cuda().to(memory_format=torch.channels_last)
+    check(bf.allreduce(cl, average=False, name="cuda.cl").cpu(), expected_sum((1, 2, 2, 3), torch.float32))
+    t = rank_input(RANK, (3, 2), torch.float32).cuda().t()
+    check(bf.allreduce(t, average=False, name="cuda.t").cpu(), expected_sum((3, 2), torch.float32).t())
+    # In place on a GPU leaf that requires grad, nonblocking: written back at synchronize.
+    leaf = rank_input(RANK, (4,), torch.float32).cuda().requires_grad_()
+    bf.synchronize(bf.allreduce_nonblocking_(leaf, average=False, name="cuda.leaf"))
+    check(leaf.detach().cpu(), expected_sum((4,), torch.float32))
+    assert leaf.grad_fn is None
 
 
 def test_ops_started_in_inference_mode_complete_outside_it():

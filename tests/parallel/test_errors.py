@@ -235,6 +235,33 @@ def test_input_refused_on_one_rank_fails_the_op_everywhere(case):
     next_op_works(f"refused.{case}")
 
 
+@pytest.mark.parametrize("op", ["allreduce", "broadcast", "neighbor_allreduce"])
+def test_a_failure_while_staging_the_input_is_reported_too(op, monkeypatch):
+    """Not only ValueError/TypeError: an error while preparing the input on one
+    rank (a GPU-to-CPU copy out of memory, simulated here) fails the op on the
+    others too, instead of leaving them waiting for it."""
+    if SIZE == 1:
+        pytest.skip("needs a rank whose input is good")
+    from bluefog.torch import mpi_ops, neighbor_ops
+    name = f"staging.{op}"
+    if RANK == 0:
+        def fail(tensor, what):
+            raise RuntimeError("CUDA out of memory (simulated)")
+        monkeypatch.setattr(mpi_ops, "_prepare", fail)
+        monkeypatch.setattr(neighbor_ops, "_prepare", fail)
+    run = {"allreduce": lambda: bf.allreduce(torch.ones(3), name=name),
+           "broadcast": lambda: bf.broadcast(torch.ones(3), 0, name=name),
+           "neighbor_allreduce": lambda: bf.neighbor_allreduce(torch.ones(3), name=name)}[op]
+    with pytest.raises((RuntimeError, ValueError)) as info:
+        run()
+    text = str(info.value)
+    assert "CUDA out of memory (simulated)" in text, text
+    if RANK != 0:
+        assert f"'{name}'" in text and "refused on rank 0" in text, text
+    monkeypatch.undo()
+    next_op_works(name)
+
+
 @pytest.mark.parametrize("case", ["allreduce.dtype", "neighbor_allreduce.weights"])
 def test_retry_under_the_same_name_after_a_refusal(case):
     """The usual reaction to the error: retry the op, same name, good input, on

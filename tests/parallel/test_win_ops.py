@@ -75,7 +75,7 @@ def use_topology(G, is_weighted=False):
 
 
 def close(actual, expected, tol=1e-12):
-    np.testing.assert_allclose(actual.numpy(), np.asarray(expected), rtol=tol, atol=tol)
+    np.testing.assert_allclose(actual.detach().cpu().numpy(), np.asarray(expected), rtol=tol, atol=tol)
 
 
 # ---- create / free / names --------------------------------------------------------------
@@ -295,6 +295,47 @@ def test_update_reset_and_clone():
     close(y3, 0.7 * expected)
     y4 = bf.win_update("upd", self_weight=1.0, neighbor_weights={i: 1.0 for i in ins}, clone=True)
     close(y4, 0.7 * expected)
+
+
+@pytest.mark.parametrize("kind", ["strided", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU"))])
+def test_a_staged_window(kind):
+    """A window tensor the core cannot use as is (here a transposed view; on a
+    GPU machine a CUDA tensor, same code path) lives in the core as a
+    contiguous CPU copy: put scales the tensor itself, win_update reads the
+    tensor's current values (a local step made on it counts), writes the result
+    back into it in place, and neighbors' win_get see the values as of the
+    last update."""
+    W = use_topology(bf.ExponentialGraph(SIZE))
+    xs = [rank_input(r, (3, 4), 13).numpy() for r in range(SIZE)]
+    x = torch.from_numpy(xs[RANK].T.copy()).t()  # (3, 4), not contiguous
+    if kind == "cuda":
+        x = x.cuda()
+    assert not (x.is_contiguous() and x.is_cpu)
+    bf.win_create(x, "staged")
+    bf.barrier()
+    bf.win_put(x, "staged", self_weight=0.5)
+    close(x, 0.5 * xs[RANK])
+    bf.barrier()
+    with torch.no_grad():
+        x.add_(1.0)  # a local step on the tensor itself
+    g = {i: 0.1 * (i + 1) for i in range(SIZE)}
+
+    def updated(r):  # rank r's window after its update
+        return 0.3 * (0.5 * xs[r] + 1.0) + sum((g[i] * xs[i] for i in in_nbrs(W, r)), np.zeros_like(xs[r]))
+
+    ins = in_nbrs(W, RANK)
+    out = bf.win_update("staged", self_weight=0.3, neighbor_weights={i: g[i] for i in ins})
+    assert out is x
+    close(x, updated(RANK))
+    y = bf.win_update("staged", self_weight=1.0, neighbor_weights={i: 0.0 for i in ins}, clone=True)
+    assert y.data_ptr() != x.data_ptr()
+    close(y, updated(RANK))
+    bf.barrier()
+    bf.win_get("staged")
+    bf.barrier()
+    got = bf.win_update("staged", self_weight=0.0, neighbor_weights={i: 1.0 for i in ins}, clone=True)
+    close(got, sum((updated(i) for i in ins), np.zeros_like(xs[RANK])))
 
 
 def test_update_default_uses_topology_weights():
