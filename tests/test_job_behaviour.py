@@ -112,15 +112,19 @@ def test_a_forked_child_leaves_the_parents_bluefog_alone(tmp_path):
         assert f"RESULT child of rank {r} sees rank {r} size 2" in out, out[-6000:]
         raised = [line for line in out.splitlines() if line.startswith(f"RESULT child of rank {r} op raised")]
         assert raised and "forked" in raised[0], out[-6000:]
-        assert f"RESULT rank {r} child status 0 after [2.0, 2.0]" in out, out[-6000:]
+        assert f"RESULT rank {r} child status 0 raising child status 256 after [2.0, 2.0]" in out, out[-6000:]
 
 
 def test_ctrl_c_interrupts_a_wait_for_a_late_peer(tmp_path):
     rc, out, _ = run("interrupted_waits", tmp_path, np=2)
     assert rc == 0, out[-6000:]
-    for what in ("synchronize", "barrier"):
+    for what in ("synchronize", "composite", "barrier"):
         line = [x for x in out.splitlines() if x.startswith(f"RESULT rank 0 {what} interrupted after")]
         assert line, out[-6000:]
         assert float(line[0].split()[-2]) < 10, line[0]  # (the peer only comes after it)
-    assert "RESULT rank 0 late.op [2.0, 2.0]" in out and "RESULT rank 1 late.op [2.0, 2.0]" in out, out[-6000:]
+    # the in-place result reached the strided tensor after the second synchronize
+    assert "RESULT rank 0 late.op [2.0, 2.0, 2.0, 2.0, 2.0, 2.0]" in out, out[-6000:]
+    assert "RESULT rank 1 late.op [2.0, 2.0, 2.0, 2.0, 2.0, 2.0]" in out, out[-6000:]
+    assert "RESULT rank 0 late.composite [1.0, 1.0, 1.0]" in out, out[-6000:]
+    assert "RESULT rank 0 barrier resumed" in out, out[-6000:]
     assert "RESULT rank 0 after 2.0" in out and "RESULT rank 1 after 2.0" in out, out[-6000:]

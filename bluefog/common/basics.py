@@ -81,6 +81,7 @@ class BlueFogBasics:
         self._machine_topology: Optional[nx.DiGraph] = None
         self._is_machine_topo_weighted = False
         self._atexit_registered = False
+        self._pending_barrier = None  # the handle of an interrupted barrier() (see barrier)
         self._timeline_warned = False
         # Set by the window module: returns True while windows exist.
         self.windows_exist: Callable[[], bool] = lambda: False
@@ -117,6 +118,7 @@ class BlueFogBasics:
         if code != 0:
             _raise_status(self._lib, code, "bluefog init failed")
         if fresh:
+            self._pending_barrier = None  # (one from before a core that stopped after an error)
             self._run_reset_hooks()  # e.g. windows of a core that stopped after an error
         if not self._atexit_registered:
             atexit.register(self.shutdown)
@@ -149,6 +151,7 @@ class BlueFogBasics:
         """Stops BlueFog on this rank once every rank has asked to; ops still in
         flight fail. BlueFog may be initialized again afterwards."""
         self._lib.bluefog_shutdown()
+        self._pending_barrier = None  # (failed by the shutdown)
         self._topology = self._topology_used = None
         self._topo_cache = {}
         self._machine_topology = None
@@ -254,12 +257,19 @@ class BlueFogBasics:
 
     def barrier(self):
         """Blocks until every rank reaches it. Ctrl-C (SIGINT) interrupts the wait."""
-        handle = ctypes.c_int(-1)
-        code = self._lib.bluefog_barrier_start(ctypes.byref(handle))
+        code = 0
+        if self._pending_barrier is None:
+            handle = ctypes.c_int(-1)
+            code = self._lib.bluefog_barrier_start(ctypes.byref(handle))
+            if code == 0:
+                self._pending_barrier = handle.value
         if code == 0:
+            # An interrupted barrier stays pending: the next call waits for it
+            # (re-running the interrupted cell meets the peers' barrier).
             code = _IN_PROGRESS
             while code == _IN_PROGRESS:  # in slices: Python runs its signal handlers in between
-                code = self._lib.bluefog_barrier_wait(handle.value, 200)
+                code = self._lib.bluefog_barrier_wait(self._pending_barrier, 200)
+            self._pending_barrier = None
         if code != 0:
             _raise_status(self._lib, code, "barrier")
 

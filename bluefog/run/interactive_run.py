@@ -103,9 +103,13 @@ def _start_time(pid):
 
 def _ours(pids: dict, key: str) -> bool:
     """True if the process recorded under ``key`` is still the one ibfrun started: alive, with
-    the start time recorded with it (after a reboot or a pid reuse the pid is someone else's)."""
-    pid, started = pids.get(key), pids.get("started", {}).get(key)
-    return started is not None and _alive(pid) and _start_time(pid) == started
+    the start time recorded with it (after a reboot or a pid reuse the pid is someone else's).
+    Without /proc (no start times, then or now) being alive is all that can be checked."""
+    pid = pids.get(key)
+    if not _alive(pid):
+        return False
+    started, now = pids.get("started", {}).get(key), _start_time(pid)
+    return started == now
 
 
 def _read_pids(pdir: str) -> dict:
@@ -302,6 +306,13 @@ def stop(args) -> int:
         print("ibfrun: no cluster recorded for profile {!r}".format(args.profile),
               file=sys.stderr)
         return 1
+    if "started" not in pids:  # written by an ibfrun without start-time checks
+        alive = {k: pids[k] for k in ("bfrun", "controller") if _alive(pids.get(k))}
+        if alive:
+            print("ibfrun: the record of profile {!r} has no start times, so it cannot be checked that "
+                  "these live processes are its cluster: {}; stop them yourself (record kept: {})".format(
+                      args.profile, alive, os.path.join(pdir, PID_FILE)), file=sys.stderr)
+            return 1
     running = [k for k in ("bfrun", "controller") if _ours(pids, k)]
     _stop_pids(pids)
     os.remove(os.path.join(pdir, PID_FILE))
@@ -324,7 +335,7 @@ def interrupt_hanged_processes(profile: str = "bluefog") -> int:
     count, here = 0, socket.gethostname()
     for engine in _read_pids(pdir).get("engines", []):
         host, pid, started = (list(engine) + [None])[:3]
-        if host == here and started is not None and _alive(pid) and _start_time(pid) == started:
+        if host == here and _alive(pid) and _start_time(pid) == started:
             os.kill(pid, signal.SIGINT)
             count += 1
     return count

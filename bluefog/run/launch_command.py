@@ -79,7 +79,7 @@ def parse_hosts(spec: str) -> HostList:
     """Parse ``h1:n1,h2:n2`` (``h`` alone means one slot) into ``[(host, slots), ...]``."""
     out: HostList = []
     for item in (spec or "").split(","):
-        item = item.strip()
+        item = "".join(item.split())  # (no blanks in a host name or a count)
         if not item:
             continue
         host, sep, count = item.rpartition(":")

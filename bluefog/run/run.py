@@ -169,7 +169,8 @@ def settings_from_args(args) -> lc.LaunchSettings:
     return lc.LaunchSettings(
         num_proc=args.num_proc, command=command, hosts=hosts,
         # as parsed: without the blanks parse_hosts allows around entries (Open MPI rejects them)
-        hosts_arg=",".join(item.strip() for item in args.hosts.split(",") if item.strip()) if args.hosts else None,
+        hosts_arg=",".join("".join(item.split()) for item in args.hosts.split(",") if item.strip()) if args.hosts
+        else None,
         hostfile=hostfile, ssh_port=args.ssh_port, network_interface=args.nic,
         use_infiniband=args.use_infiniband, extra_mpi_flags=args.extra_mpi_flags,
         timeline_filename=args.timeline, verbose=args.verbose)
@@ -335,11 +336,11 @@ def run_rank_guard(command) -> int:
         print("bfrun: cannot run {}: {}".format(command[0], exc), file=sys.stderr, flush=True)
         rc, received = 127, []
     else:
-        if os.environ.get("PMI_FD", "").isdigit():  # the PMI connection belongs to the child
-            try:
-                os.close(int(os.environ["PMI_FD"]))
-            except OSError:
-                pass
+        # The guard keeps its copy of the rank's PMI connection (PMI_FD) open: when
+        # a rank that called MPI_Init dies, Hydra would otherwise see the
+        # connection close and SIGKILL this guard before it records the rank's
+        # exit code (bfrun then reported Hydra's 9). The guard's own death ends
+        # the job, as before.
         received = []
 
         def forward(signum, _frame):
@@ -349,6 +350,7 @@ def run_rank_guard(command) -> int:
         for sig in _FORWARDED + (signal.SIGUSR1, signal.SIGUSR2):
             signal.signal(sig, forward)
         rc = child.wait()
+    failed_at = time.monotonic_ns()  # (before the clean-up below: peers may fail meanwhile)
     if rc == 0:
         return 0
     left = descendants(os.getpid())  # e.g. a daemon holding the rank's stdout open
@@ -359,7 +361,7 @@ def run_rank_guard(command) -> int:
         try:
             path = os.path.join(status_dir, "rank{}".format(os.environ.get("PMI_RANK", os.getpid())))
             with open(path, "w") as f:
-                f.write("{} {}".format(time.monotonic_ns(), rc))
+                f.write("{} {}".format(failed_at, rc))
         except OSError:
             pass  # another machine's rank: bfrun falls back to Hydra's code
     if not received:

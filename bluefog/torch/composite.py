@@ -88,10 +88,12 @@ def poll_composite(handle: int) -> bool:
 
 
 def synchronize_composite(handle: int):
-    comp = _composites.pop(handle, None)
+    comp = _composites.get(handle)
     if comp is None:
         raise ValueError(f"unknown handle {handle} (never returned by a nonblocking op, or already synchronized)")
-    comp.done.wait()
+    comp.done.wait()  # (Ctrl-C here leaves the handle to be synchronized again)
+    if _composites.pop(handle, None) is None:
+        raise ValueError(f"handle {handle} was synchronized by another thread while this one waited for it")
     if comp.error is not None:
         raise comp.error
     return comp.result

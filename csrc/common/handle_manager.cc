@@ -64,7 +64,9 @@ Status HandleManager::Wait(int handle, int64_t spin_us, const Helper& help, bool
       lock.unlock();  // (`stop` may take an interpreter lock, whose holder may want mu_)
       const bool give_up = stop();
       lock.lock();
-      if (give_up && !done()) return Status::InProgress();
+      // Even if the op has just finished: the caller reports the interruption,
+      // and the handle keeps the result for its next wait.
+      if (give_up) return Status::InProgress();
     }
   }
   auto it = slots_.find(handle);

@@ -625,7 +625,8 @@ void Shutdown() {
   g.shutdown_requested = false;
 }
 
-bool IsInitialized() { return State().running; }
+// (Not in a forked child: BlueFog there is the parent's; rank() and size() still answer.)
+bool IsInitialized() { return State().running && !InForkedChild(); }
 
 Status GetBasicInfo(BasicInfo* info) {
   GlobalState& g = State();
@@ -900,6 +901,7 @@ Status RunBlocking(const std::function<Status(StatusCallback)>& enqueue) {
 }
 
 void Abort(int code) {
+  if (InForkedChild()) std::_Exit(code);  // the job (MPI, the timeline) is the parent's
   State().timeline.Shutdown();  // writes out the events so far: the trace ends on whole events
   int initialized = 0, finalized = 0;
   MPI_Initialized(&initialized);

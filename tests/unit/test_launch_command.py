@@ -234,7 +234,7 @@ def test_parser_forms(tmp_path):
 
 
 def test_blanks_in_the_host_list_do_not_reach_open_mpi():
-    s = bfrun.settings_from_args(bfrun.make_parser().parse_args(["-np", "2", "-H", " a:1, b:1 ,", "x"]))
+    s = bfrun.settings_from_args(bfrun.make_parser().parse_args(["-np", "2", "-H", " a:1, b :1 ,", "x"]))
     assert s.hosts == [("a", 1), ("b", 1)] and s.hosts_arg == "a:1,b:1"
     args = ompi(s, facts=USER).args
     assert args[args.index("-H") + 1] == "a:1,b:1"
@@ -317,14 +317,22 @@ def test_ibfrun_never_signals_a_process_it_did_not_start(tmp_path, monkeypatch):
     pdir = ib.profile_dir("stale")
     other = subprocess.Popen(["sleep", "60"], start_new_session=True)
     try:
-        for record in ({"controller": other.pid, "bfrun": other.pid},   # no start times
-                       {"controller": other.pid, "started": {"controller": "1"}}):  # another one
-            with open(f"{pdir}/{ib.PID_FILE}", "w") as f:
-                json.dump(record, f)
-            assert not ib._ours(record, "controller")  # pylint: disable=protected-access
-            assert ib.main(["stop", "--ipython-profile", "stale"]) == 0
-            assert other.poll() is None, "ibfrun stop killed an unrelated process"
-            assert not (tmp_path / "ipython" / "profile_stale" / ib.PID_FILE).exists()
+        record_path = tmp_path / "ipython" / "profile_stale" / ib.PID_FILE
+        # A record without start times (an older ibfrun's) cannot be checked: nothing is
+        # signalled, the record is kept, and stop says so.
+        with open(record_path, "w") as f:
+            json.dump({"controller": other.pid, "bfrun": other.pid}, f)
+        assert ib.main(["stop", "--ipython-profile", "stale"]) == 1
+        assert other.poll() is None, "ibfrun stop killed an unrelated process"
+        assert record_path.exists()
+        # Another start time: someone else's process now has that pid.
+        record = {"controller": other.pid, "started": {"controller": "1"}}
+        with open(record_path, "w") as f:
+            json.dump(record, f)
+        assert not ib._ours(record, "controller")  # pylint: disable=protected-access
+        assert ib.main(["stop", "--ipython-profile", "stale"]) == 0
+        assert other.poll() is None, "ibfrun stop killed an unrelated process"
+        assert not record_path.exists()
         record = {"controller": other.pid, "started": {"controller": ib._start_time(other.pid)}}  # pylint: disable=protected-access
         assert ib._ours(record, "controller")  # pylint: disable=protected-access
         assert ib.interrupt_hanged_processes("no-such-profile") == 0

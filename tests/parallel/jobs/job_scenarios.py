@@ -194,8 +194,15 @@ def fork_child(marker_dir):
         finally:
             sys.exit(0)  # the normal exit path: atexit handlers run
     _, status = os.waitpid(pid, 0)
+    # A child that dies of an uncaught exception just exits 1 (before: BlueFog's
+    # exception hook aborted the parent's job from it, and hung in MPI_Abort).
+    pid = os.fork()
+    if pid == 0:
+        raise RuntimeError("deliberate failure in a forked child")
+    _, raised = os.waitpid(pid, 0)
     out = bf.allreduce(torch.ones(2), average=False, name="after.fork")
-    print(f"RESULT rank {rank} child status {status} after {out.tolist()}", flush=True)
+    print(f"RESULT rank {rank} child status {status} raising child status {raised} after {out.tolist()}",
+          flush=True)
     return 0
 
 
@@ -212,17 +219,25 @@ def interrupted_waits(marker_dir):
     def interrupt_after(seconds):
         threading.Timer(seconds, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
 
+    # An in-place op on a non-contiguous tensor (its result is copied back at
+    # synchronize), and a composite op (hierarchical, run by a driver thread).
+    strided = torch.ones(3, 2).t()
+    no_machines = dict(self_weight=1.0, src_machine_weights={}, dst_machine_weights={})
     if rank == 0:
-        h = bf.allreduce_nonblocking(torch.ones(2), average=False, name="late.op")
-        interrupt_after(1.0)
-        start = time.time()
-        try:
-            bf.synchronize(h)
-            print("RESULT rank 0 synchronize returned", flush=True)
-        except KeyboardInterrupt:
-            print(f"RESULT rank 0 synchronize interrupted after {time.time() - start:.1f} s", flush=True)
+        h = bf.allreduce_nonblocking_(strided, average=False, name="late.op")
+        hc = bf.hierarchical_neighbor_allreduce_nonblocking(torch.ones(3), name="late.composite", **no_machines)
+        for what, handle in (("synchronize", h), ("composite", hc)):
+            interrupt_after(1.0)
+            start = time.time()
+            try:
+                bf.synchronize(handle)
+                print(f"RESULT rank 0 {what} returned", flush=True)
+            except KeyboardInterrupt:
+                print(f"RESULT rank 0 {what} interrupted after {time.time() - start:.1f} s", flush=True)
         touch(go)
-        print(f"RESULT rank 0 late.op {bf.synchronize(h).tolist()}", flush=True)
+        bf.synchronize(h)
+        print(f"RESULT rank 0 late.op {strided.flatten().tolist()}", flush=True)
+        print(f"RESULT rank 0 late.composite {bf.synchronize(hc).tolist()}", flush=True)
         interrupt_after(1.0)
         start = time.time()
         try:
@@ -231,12 +246,15 @@ def interrupted_waits(marker_dir):
         except KeyboardInterrupt:
             print(f"RESULT rank 0 barrier interrupted after {time.time() - start:.1f} s", flush=True)
         touch(go + "2")
+        bf.barrier()  # resumes the interrupted one (re-running an interrupted cell)
+        print("RESULT rank 0 barrier resumed", flush=True)
     else:
         wait_for_file(go)
-        print(f"RESULT rank 1 late.op {bf.allreduce(torch.ones(2), average=False, name='late.op').tolist()}",
-              flush=True)
+        bf.allreduce_(strided, average=False, name="late.op")
+        print(f"RESULT rank 1 late.op {strided.flatten().tolist()}", flush=True)
+        bf.hierarchical_neighbor_allreduce(torch.ones(3), name="late.composite", **no_machines)
         wait_for_file(go + "2")
-        bf.barrier()  # completes rank 0's interrupted one
+        bf.barrier()  # meets rank 0's interrupted one
     out = bf.allreduce(torch.ones(1), average=False, name="after")
     print(f"RESULT rank {rank} after {out.item()}", flush=True)
     return 0
