@@ -82,18 +82,32 @@ void ScaleTyped(void* data, int64_t count, double factor) {
 }
 
 // U: the type the sum is formed in (unsigned for integers, so overflow wraps).
+// `add` may be unaligned (an inline payload sits wherever the negotiation
+// message put it): each element is read with memcpy, which compiles to a plain
+// unaligned load and still vectorizes.
+template <typename T>
+inline T LoadUnaligned(const char* p) {
+  T v;
+  std::memcpy(&v, p, sizeof(T));
+  return v;
+}
+
 template <typename T, typename U = T>
 void SumTyped(void* acc, const void* add, int64_t count) {
   T* a = static_cast<T*>(acc);
-  const T* b = static_cast<const T*>(add);
-  for (int64_t i = 0; i < count; ++i) a[i] = static_cast<T>(static_cast<U>(a[i]) + static_cast<U>(b[i]));
+  const char* b = static_cast<const char*>(add);
+  for (int64_t i = 0; i < count; ++i) {
+    a[i] = static_cast<T>(static_cast<U>(a[i]) + static_cast<U>(LoadUnaligned<T>(b + i * sizeof(T))));
+  }
 }
 
 template <float (*ToFloat)(uint16_t), uint16_t (*FromFloat)(float)>
 void SumHalfTyped(void* acc, const void* add, int64_t count) {
   uint16_t* a = static_cast<uint16_t*>(acc);
-  const uint16_t* b = static_cast<const uint16_t*>(add);
-  for (int64_t i = 0; i < count; ++i) a[i] = FromFloat(ToFloat(a[i]) + ToFloat(b[i]));
+  const char* b = static_cast<const char*>(add);
+  for (int64_t i = 0; i < count; ++i) {
+    a[i] = FromFloat(ToFloat(a[i]) + ToFloat(LoadUnaligned<uint16_t>(b + i * sizeof(uint16_t))));
+  }
 }
 }  // namespace
 

@@ -17,7 +17,8 @@ uint16_t FloatToBFloat16(float f);
 // Integers are scaled in double precision and truncated.
 void ScaleBuffer(DataType dtype, void* data, int64_t count, double factor);
 
-// acc[i] += add[i] for `count` elements of `dtype` (CPU memory). Integers wrap
+// acc[i] += add[i] for `count` elements of `dtype` (CPU memory; `add` need not
+// be aligned for the type, `acc` must be). Integers wrap
 // like MPI_SUM; float16/bfloat16 add in float and round once, like the MPI sum
 // ops. Bool is not summable (the coordinator rejects it first).
 void SumInto(DataType dtype, void* acc, const void* add, int64_t count);

@@ -213,6 +213,11 @@ Status WindowManager::Put(const WinOpArgs& a, bool accumulate) {
                                      " is not an out-neighbor of rank " + std::to_string(me) + " (out-neighbors when " +
                                      "the window was created: " + List(w->out_nbrs) + ")");
     }
+    if (Slot(*w, d, me) < 0) {  // only possible for a window made in skip-negotiate mode
+      return Status::InvalidArgument(std::string(op) + " '" + a.name + "': rank " + std::to_string(d) +
+                                     " did not list rank " + std::to_string(me) + " as an in-neighbor when the " +
+                                     "window was created (the ranks' topologies disagreed)");
+    }
   }
   if (a.require_mutex) {
     s = MutexAcquire(a.name, a.ranks, op);

@@ -169,6 +169,31 @@ def test_create_with_rank_dependent_shape_or_dtype_raises_everywhere(skip_negoti
         bf.set_skip_negotiate_stage(False)
 
 
+def test_skip_mode_put_to_a_rank_that_does_not_expect_it_raises():
+    """Skip-negotiate mode compares only dtype and shape at win_create, so ranks
+    whose topologies disagree (here only rank 0 has the edge 0 -> 1) create the
+    window; rank 0's put to rank 1 then raises ValueError (before: a negative
+    displacement, MPI_ERR_DISP, and a hang)."""
+    if SIZE == 1:
+        pytest.skip("needs two ranks")
+    graph = nx.DiGraph()
+    graph.add_nodes_from(range(SIZE))
+    if RANK == 0:
+        graph.add_edge(0, 1)
+    bf.set_topology(graph)
+    bf.set_skip_negotiate_stage(True)
+    try:
+        x = torch.full((8,), float(RANK + 1), dtype=torch.float64)
+        bf.win_create(x, "skip.mismatch")
+        if RANK == 0:
+            with pytest.raises(ValueError, match="did not list rank 0 as an in-neighbor"):
+                bf.win_put(x, "skip.mismatch")
+        bf.barrier()
+        bf.win_free("skip.mismatch")
+    finally:
+        bf.set_skip_negotiate_stage(False)
+
+
 def test_weights_for_non_neighbors_raise():
     G = bf.RingGraph(SIZE, connect_style=1)  # directed for SIZE >= 3: i -> i-1
     W = use_topology(G)
