@@ -26,6 +26,17 @@ def register_postprocess(handle: int, fn):
     return handle
 
 
+# handle -> the user-facing op its errors should name, where the core runs it
+# as another kind (pair_gossip is a neighbor_allreduce to one peer)
+_op_labels = {}
+
+
+def label_errors(handle: int, label: str) -> int:
+    """Errors of the op behind `handle` start with `label` (e.g. "pair_gossip 'x'")."""
+    _op_labels[handle] = label
+    return handle
+
+
 def check_tensor(tensor, op: str):
     """ValueError unless `tensor` is a dense torch.Tensor with memory of its own
     (on the CPU, or a GPU: staged through the CPU)."""
@@ -220,9 +231,13 @@ def synchronize(handle: int) -> torch.Tensor:
         output = _C.wait(handle)
     except KeyboardInterrupt:
         raise  # the op goes on: its handle, with its post-processing, may be waited for again
-    except BaseException:
+    except BaseException as err:
         _postprocess.pop(handle, None)
+        label = _op_labels.pop(handle, None)
+        if label is not None and isinstance(err, (ValueError, RuntimeError)):
+            raise type(err)(f"{label}: {err}") from err
         raise
+    _op_labels.pop(handle, None)
     post = _postprocess.pop(handle, None)
     return post(output) if post is not None else output
 

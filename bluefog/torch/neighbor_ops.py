@@ -17,8 +17,8 @@ from bluefog.common import neighbor_weights
 from bluefog.common.basics import get_basics
 from bluefog.torch import _C
 from bluefog.torch.composite import start_composite
-from bluefog.torch.mpi_ops import (_name, _prepare, allreduce_nonblocking, check_tensor, register_postprocess,
-                                   synchronize)
+from bluefog.torch.mpi_ops import (_name, _prepare, allreduce_nonblocking, check_tensor, label_errors,
+                                   register_postprocess, synchronize)
 
 _basics = get_basics()
 _FLOAT_TYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -151,6 +151,7 @@ def _pair_gossip_async(tensor, target_rank, self_weight, pair_weight, name, bloc
         x = _prepare(tensor, "pair_gossip")
         handle = _C.neighbor_async(x, False, peers, peers, [], full_name, True,
                                    (sw if peers else 1.0, [pw] * len(peers)), blocking)
+    label_errors(handle, f"pair_gossip '{full_name}' (run as a neighbor_allreduce with one peer)")
     if tensor.is_cuda:
         device = tensor.device
         register_postprocess(handle, lambda out: out.to(device))

@@ -644,6 +644,24 @@ def test_pair_gossip_argument_errors():
     check(bf.pair_gossip(x, partner(RANK), name="gossip.after"), 0.5 * (X[RANK] + X[partner(RANK)]))
 
 
+@pytest.mark.parametrize("blocking", [True, False])
+def test_pair_gossip_mismatch_errors_name_pair_gossip(blocking):
+    """A cross-rank mismatch found by the core (which runs pair_gossip as a
+    neighbor_allreduce) names pair_gossip and the op's name on every rank."""
+    if SIZE == 1 or partner(RANK) == RANK:
+        pytest.skip("needs a partner")
+    x = rank_input(RANK, (2,), 27, torch.float32 if RANK % 2 == 0 else torch.float64)
+    name = f"gossip.mismatch.{blocking}"
+    with pytest.raises(ValueError, match=rf"^pair_gossip '{name}' .*ranks disagree on dtype"):
+        if blocking:
+            bf.pair_gossip(x, partner(RANK), name=name)
+        else:
+            bf.synchronize(bf.pair_gossip_nonblocking(x, partner(RANK), name=name))
+    X = all_inputs((2,), 27)
+    check(bf.pair_gossip(rank_input(RANK, (2,), 27), partner(RANK), name=f"{name}.after"),
+          0.5 * (X[RANK] + X[partner(RANK)]))
+
+
 # ---- errors -----------------------------------------------------------------------------------
 def expect_default_still_works(tag):
     W = weight_matrix(bf.load_topology())
