@@ -127,4 +127,6 @@ def test_ctrl_c_interrupts_a_wait_for_a_late_peer(tmp_path):
     assert "RESULT rank 1 late.op [2.0, 2.0, 2.0, 2.0, 2.0, 2.0]" in out, out[-6000:]
     assert "RESULT rank 0 late.composite [1.0, 1.0, 1.0]" in out, out[-6000:]
     assert "RESULT rank 0 barrier resumed" in out, out[-6000:]
+    assert "RESULT rank 0 alarm interrupted" in out, out[-6000:]
+    assert "RESULT rank 0 late.op2 [2.0, 2.0, 2.0, 2.0, 2.0, 2.0]" in out, out[-6000:]
     assert "RESULT rank 0 after 2.0" in out and "RESULT rank 1 after 2.0" in out, out[-6000:]

@@ -229,9 +229,11 @@ def synchronize(handle: int) -> torch.Tensor:
         return synchronize_composite(handle)
     try:
         output = _C.wait(handle)
-    except KeyboardInterrupt:
-        raise  # the op goes on: its handle, with its post-processing, may be waited for again
     except BaseException as err:
+        if _still_pending(handle):
+            # Interrupted (Ctrl-C, or whatever a signal handler raised): the op goes
+            # on, and its handle, with its post-processing, may be waited for again.
+            raise
         _postprocess.pop(handle, None)
         label = _op_labels.pop(handle, None)
         if label is not None and isinstance(err, (ValueError, RuntimeError)):
@@ -243,6 +245,16 @@ def synchronize(handle: int) -> torch.Tensor:
 
 
 wait = synchronize
+
+
+def _still_pending(handle: int) -> bool:
+    """True if `handle` is still known to the core (an interrupted wait), False
+    once its op's outcome has been taken (success or the op's own error)."""
+    try:
+        _C.poll(handle)
+        return True
+    except ValueError:
+        return False
 
 
 def barrier():

@@ -16,7 +16,6 @@ is written back into the tensor; put and accumulate send a CPU copy of the
 tensor they are given.
 """
 import contextlib
-import hashlib
 import logging
 from typing import Dict, List, Optional
 
@@ -24,7 +23,7 @@ import torch
 
 from bluefog.common.basics import get_basics
 from bluefog.common.neighbor_weights import check_ranks, check_weight, check_weight_dict
-from bluefog.torch import _C, mpi_ops
+from bluefog.torch import _C
 
 _basics = get_basics()
 logger = logging.getLogger("bluefog")
@@ -51,29 +50,6 @@ def _forget_windows():
 
 
 _basics.reset_hooks.append(_forget_windows)
-
-
-def _agree_on_name(name, op: str) -> None:
-    """Collective (win_create, win_free): ValueError on every rank unless every
-    rank passed the same window name (None: all windows). Without it, ranks
-    that disagree submit differently named ops and wait for each other forever."""
-    text = "\0all" if name is None else name if isinstance(name, str) else "\0" + repr(name)
-    data = text.encode("utf-8", "surrogateescape")
-    digest = int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little", signed=True)
-    digests = mpi_ops.allgather(torch.tensor([digest], dtype=torch.int64), name=f"bluefog.{op}.name")
-    if bool((digests == digests[0]).all()):
-        return
-    # Only when they differ: who has which, for the message.
-    lengths = mpi_ops.allgather(torch.tensor([len(data)], dtype=torch.int64), name=f"bluefog.{op}.name.len")
-    raw = mpi_ops.allgather(torch.tensor(list(data), dtype=torch.uint8), name=f"bluefog.{op}.name.text")
-    by_name, offset = {}, 0
-    for rank, n in enumerate(lengths.tolist()):
-        got = bytes(raw[offset:offset + n].tolist()).decode("utf-8", "surrogateescape")
-        offset += n
-        shown = "None (all windows)" if got == "\0all" else got[1:] if got.startswith("\0") else repr(got)
-        by_name.setdefault(shown, []).append(rank)
-    raise ValueError(f"{op}: ranks disagree on the window name: " +
-                     "; ".join(f"ranks {ranks} passed {shown}" for shown, ranks in by_name.items()))
 
 
 def _check_name(name, op: str) -> str:
@@ -125,7 +101,6 @@ def win_create(tensor: torch.Tensor, name: str, zero_init: bool = False) -> bool
     and allocates one receive buffer per in-neighbor, holding a copy of the
     tensor (or zeros with zero_init). The topology cannot change while windows
     exist."""
-    _agree_on_name(name, "win_create")
     if not isinstance(name, str) or not name:
         raise ValueError(f"win_create: the window name must be a non-empty str, got {name!r}")
     with _basics.refusal_reported("win_create", name):
@@ -146,7 +121,6 @@ def win_create(tensor: torch.Tensor, name: str, zero_init: bool = False) -> bool
 
 def win_free(name: Optional[str] = None) -> bool:
     """Collective. Frees window `name`, or every window when name is None."""
-    _agree_on_name(name, "win_free")
     if name is not None:
         _check_name(name, "win_free")
     _C.wait(_C.win_free_async(name or ""))

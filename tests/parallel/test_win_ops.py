@@ -169,37 +169,6 @@ def test_create_with_rank_dependent_shape_or_dtype_raises_everywhere(skip_negoti
         bf.set_skip_negotiate_stage(False)
 
 
-@pytest.mark.parametrize("case", ["free_other_name", "free_all_vs_one", "create_other_name", "create_none"])
-def test_window_names_that_differ_across_ranks_raise_everywhere(case):
-    """win_create / win_free are collective: ranks passing different names (or
-    one rank None) get a ValueError on every rank naming who passed what
-    (before: the rank with the unknown name raised alone, the others waited
-    forever), and the next op works."""
-    if SIZE == 1:
-        pytest.skip("needs two ranks")
-    x = torch.zeros(3, dtype=torch.float64)
-    bf.win_create(x, "agree")
-    if case == "free_other_name":
-        call = lambda: bf.win_free("nope" if RANK == 1 else "agree")  # noqa: E731
-        says = "ranks [1] passed 'nope'"
-    elif case == "free_all_vs_one":
-        call = lambda: bf.win_free(None if RANK == 1 else "agree")  # noqa: E731
-        says = "ranks [1] passed None (all windows)"
-    elif case == "create_other_name":
-        call = lambda: bf.win_create(torch.zeros(2), f"new.{min(RANK, 1)}")  # noqa: E731
-        says = "passed 'new.1'"
-    else:
-        call = lambda: bf.win_create(torch.zeros(2), None if RANK == 1 else "new")  # noqa: E731
-        says = "ranks [1] passed None"
-    with pytest.raises(ValueError, match="ranks disagree on the window name") as info:
-        call()
-    assert says in str(info.value), str(info.value)
-    assert bf.get_current_created_window_names() == ["agree"]
-    bf.win_free("agree")
-    check_next = bf.allreduce(torch.ones(1), average=False, name=f"after.{case}")
-    assert check_next.item() == SIZE
-
-
 def test_skip_mode_put_to_a_rank_that_does_not_expect_it_raises():
     """Skip-negotiate mode compares only dtype and shape at win_create, so ranks
     whose topologies disagree (here only rank 0 has the edge 0 -> 1) create the

@@ -248,6 +248,19 @@ def interrupted_waits(marker_dir):
         touch(go + "2")
         bf.barrier()  # resumes the interrupted one (re-running an interrupted cell)
         print("RESULT rank 0 barrier resumed", flush=True)
+        # Any exception a signal handler raises interrupts a wait the same way
+        # (before: only KeyboardInterrupt kept the write-back of the result).
+        signal.signal(signal.SIGALRM, lambda *_: (_ for _ in ()).throw(TimeoutError("alarm")))
+        other = torch.ones(3, 2).t()
+        h = bf.allreduce_nonblocking_(other, average=False, name="late.op2")
+        signal.alarm(1)
+        try:
+            bf.synchronize(h)
+        except TimeoutError:
+            print("RESULT rank 0 alarm interrupted", flush=True)
+        touch(go + "3")
+        bf.synchronize(h)
+        print(f"RESULT rank 0 late.op2 {other.flatten().tolist()}", flush=True)
     else:
         wait_for_file(go)
         bf.allreduce_(strided, average=False, name="late.op")
@@ -255,6 +268,8 @@ def interrupted_waits(marker_dir):
         bf.hierarchical_neighbor_allreduce(torch.ones(3), name="late.composite", **no_machines)
         wait_for_file(go + "2")
         bf.barrier()  # meets rank 0's interrupted one
+        wait_for_file(go + "3")
+        bf.allreduce_(torch.ones(3, 2).t(), average=False, name="late.op2")
     out = bf.allreduce(torch.ones(1), average=False, name="after")
     print(f"RESULT rank {rank} after {out.item()}", flush=True)
     return 0
