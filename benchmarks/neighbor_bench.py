@@ -35,8 +35,8 @@ Launch (either):
 
 Method: the one of allreduce_bench.py (see benchmarks/README.md): correctness check once per
 size and contender on rank-dependent data before timing; --warmup untimed ops; --trials
-round-robin rounds in which every contender runs one block of --iters ops after a barrier and one
-untimed op, the order rotating every round; every op timed on every rank. Reported: "median" =
+round-robin rounds in which every contender runs one block of --iters ops after a barrier and
+--rewarm-seconds of untimed ops, the order rotating every round; every op timed on every rank. Reported: "median" =
 per-rank median of individual ops, then the MAX over ranks (used for the targets); "block" =
 block wall time / iters, max over ranks, median over rounds. A fusion "op" is the whole batch of N.
 

@@ -101,7 +101,7 @@ def allreduce(tensor, average: bool = True, name: Optional[str] = None, device: 
     is_hierarchical_local: over this machine's ranks). `device` is accepted
     for BlueFog 0.3 scripts and ignored (the op runs where TensorFlow puts it).
 
-    int32/int64/float16/bfloat16/float32/float64 (average needs a float type).
+    uint8/int8/int16/int32/int64/float16/bfloat16/float32/float64 (average needs a float type).
     A tf.IndexedSlices (a sparse gradient) is allgathered instead: the result is
     an IndexedSlices holding every rank's values (divided by size() when
     averaging) and indices, which sums to the allreduced dense tensor.

@@ -126,7 +126,7 @@ def allreduce_nonblocking(tensor: torch.Tensor, average: bool = True, is_hierarc
 def allreduce(tensor: torch.Tensor, average: bool = True, is_hierarchical_local: bool = False,
               name: Optional[str] = None) -> torch.Tensor:
     """Sum (or average, the default) of `tensor` over all ranks, as a new tensor.
-    int32/int64/float16/bfloat16/float32/float64 (average needs a float type)."""
+    uint8/int8/int16/int32/int64/float16/bfloat16/float32/float64 (average needs a float type)."""
     return synchronize(_allreduce_async(tensor, None, average, is_hierarchical_local, name, "allreduce", False, True))
 
 

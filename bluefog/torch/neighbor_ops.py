@@ -177,8 +177,8 @@ def hierarchical_neighbor_allreduce_nonblocking(tensor: torch.Tensor, *, self_we
                                                 dst_machine_weights: Weights = None,
                                                 enable_topo_check: bool = False, name: Optional[str] = None,
                                                 **kwargs) -> int:
-    """Starts a hierarchical_neighbor_allreduce; returns a handle whose steps
-    advance when polled or synchronized."""
+    """Starts a hierarchical_neighbor_allreduce; returns a handle. Its steps run
+    in the background (one driver thread), whether or not it is polled."""
     op = "hierarchical_neighbor_allreduce"
     # The steps' names derive from one base fixed now, so ranks agree on them
     # whenever (and on whichever rank) the steps start.

@@ -5,8 +5,9 @@ buffer per in-neighbor. win_put / win_accumulate write (scaled) copies of a
 tensor into this rank's buffer at each destination; win_get pulls each
 source's live window tensor into the buffer for that source; only win_update
 mixes the buffers into the window tensor. Put, get, accumulate, update and the
-mutex run on the core's background thread, one-sided: the other rank takes no
-part. win_create and win_free are collective.
+mutex never run on the calling thread but on whichever thread runs the core's
+current cycle (usually the background thread), one-sided: the other rank takes
+no part. win_create and win_free are collective.
 
 Windows hold int32, int64, float32 or float64 tensors. One on a GPU (or not
 contiguous) is staged: the core's window is a contiguous CPU copy, refreshed
