@@ -107,8 +107,8 @@ class BlueFogBasics:
         if comm is not None:
             if not hasattr(comm, "py2f"):
                 raise TypeError("init(comm=...) expects an mpi4py communicator, got %r" % type(comm).__name__)
-            from mpi4py import MPI  # pylint: disable=import-outside-toplevel  (comm is mpi4py's)
-            if comm == MPI.COMM_NULL:
+            mpi = sys.modules.get("mpi4py.MPI")  # (never imported here: that would start MPI)
+            if mpi is not None and comm == mpi.COMM_NULL:
                 raise ValueError("init: comm is MPI.COMM_NULL (this process is not in the group BlueFog should "
                                  "run on); call init(comm=...) only on the ranks where the communicator is valid")
             fcomm = comm.py2f()
