@@ -101,15 +101,16 @@ def _start_time(pid):
         return None
 
 
+def _same_process(pid, started) -> bool:
+    """True if ``pid`` is alive and still the process that had start time ``started`` (after a
+    reboot or a pid reuse it is someone else's). Without /proc (no start times, then or now)
+    being alive is all that can be checked."""
+    return _alive(pid) and _start_time(pid) == started
+
+
 def _ours(pids: dict, key: str) -> bool:
-    """True if the process recorded under ``key`` is still the one ibfrun started: alive, with
-    the start time recorded with it (after a reboot or a pid reuse the pid is someone else's).
-    Without /proc (no start times, then or now) being alive is all that can be checked."""
-    pid = pids.get(key)
-    if not _alive(pid):
-        return False
-    started, now = pids.get("started", {}).get(key), _start_time(pid)
-    return started == now
+    """True if the process recorded under ``key`` is still the one ibfrun started."""
+    return _same_process(pids.get(key), pids.get("started", {}).get(key))
 
 
 def _read_pids(pdir: str) -> dict:
@@ -216,13 +217,16 @@ def start(args, hosts) -> int:
         _write_pids(pdir, pids)
         return proc
 
-    def fail(msg):
-        print("ibfrun: " + msg, file=sys.stderr)
+    def abandon():  # end what this start launched, and forget it
         _stop_pids(pids)
         try:
             os.remove(os.path.join(pdir, PID_FILE))
         except OSError:
             pass
+
+    def fail(msg):
+        print("ibfrun: " + msg, file=sys.stderr)
+        abandon()
         return 1
 
     try:
@@ -262,11 +266,7 @@ def start(args, hosts) -> int:
             return fail("the engines did not register ({}); see {}".format(exc, logdir))
         _write_pids(pdir, pids)
     except BaseException:  # Ctrl-C: leave nothing running
-        _stop_pids(pids)
-        try:
-            os.remove(os.path.join(pdir, PID_FILE))
-        except OSError:
-            pass
+        abandon()
         raise
     print("ibfrun: {} engines are up. In Python: `import ipyparallel as ipp; "
           "rc = ipp.Client(profile={!r})`; stop with `ibfrun stop --ipython-profile {}`".format(
@@ -335,7 +335,7 @@ def interrupt_hanged_processes(profile: str = "bluefog") -> int:
     count, here = 0, socket.gethostname()
     for engine in _read_pids(pdir).get("engines", []):
         host, pid, started = (list(engine) + [None])[:3]
-        if host == here and _alive(pid) and _start_time(pid) == started:
+        if host == here and _same_process(pid, started):
             os.kill(pid, signal.SIGINT)
             count += 1
     return count

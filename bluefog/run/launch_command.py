@@ -75,13 +75,16 @@ class LaunchSpec(NamedTuple):
     env: Dict[str, str]
 
 
+def host_items(spec: str) -> List[str]:
+    """The entries of a ``-H`` list without blanks (none belongs in a host name or a count)."""
+    items = ("".join(item.split()) for item in (spec or "").split(","))
+    return [item for item in items if item]
+
+
 def parse_hosts(spec: str) -> HostList:
     """Parse ``h1:n1,h2:n2`` (``h`` alone means one slot) into ``[(host, slots), ...]``."""
     out: HostList = []
-    for item in (spec or "").split(","):
-        item = "".join(item.split())  # (no blanks in a host name or a count)
-        if not item:
-            continue
+    for item in host_items(spec):
         host, sep, count = item.rpartition(":")
         if sep and not count.isdigit() and ":" not in host and not host.startswith("["):
             # "host:x" (an IPv6 address has more colons and stays whole)

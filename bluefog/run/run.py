@@ -168,9 +168,8 @@ def settings_from_args(args) -> lc.LaunchSettings:
             hostfile = None  # Open MPI gets the parsed hosts as -H instead
     return lc.LaunchSettings(
         num_proc=args.num_proc, command=command, hosts=hosts,
-        # as parsed: without the blanks parse_hosts allows around entries (Open MPI rejects them)
-        hosts_arg=",".join("".join(item.split()) for item in args.hosts.split(",") if item.strip()) if args.hosts
-        else None,
+        # as parsed: without the blanks parse_hosts allows (Open MPI rejects them)
+        hosts_arg=",".join(lc.host_items(args.hosts)) if args.hosts else None,
         hostfile=hostfile, ssh_port=args.ssh_port, network_interface=args.nic,
         use_infiniband=args.use_infiniband, extra_mpi_flags=args.extra_mpi_flags,
         timeline_filename=args.timeline, verbose=args.verbose)

@@ -56,7 +56,9 @@ def _prepare(tensor: torch.Tensor, op: str) -> torch.Tensor:
         # Until the NCCL controller lands, GPU tensors are staged through the CPU
         # (dense: .to() alone keeps a channels_last or transposed layout).
         return tensor.detach().to("cpu", memory_format=torch.contiguous_format)
-    return tensor.contiguous() if not tensor.is_contiguous() else tensor
+    # (A copy of a strided tensor needs no autograd history: results come back
+    # through _write_back, outside autograd.)
+    return tensor.detach().contiguous() if not tensor.is_contiguous() else tensor
 
 
 def _write_back(target: torch.Tensor, out: torch.Tensor) -> torch.Tensor:

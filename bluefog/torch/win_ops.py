@@ -25,6 +25,7 @@ import torch
 from bluefog.common.basics import get_basics
 from bluefog.common.neighbor_weights import check_ranks, check_weight, check_weight_dict
 from bluefog.torch import _C
+from bluefog.torch.mpi_ops import _prepare, check_tensor
 
 _basics = get_basics()
 logger = logging.getLogger("bluefog")
@@ -77,20 +78,8 @@ def _weights(weights, default_ranks: List[int], allowed: List[int], what: str, o
     return ranks, [weights[r] for r in ranks]
 
 
-def _for_core(tensor: torch.Tensor) -> torch.Tensor:
-    """`tensor` itself if the core can use its memory (contiguous, on the CPU),
-    else a contiguous CPU copy (a GPU tensor, a strided view)."""
-    if tensor.is_cpu and tensor.is_contiguous():
-        return tensor
-    return tensor.detach().to("cpu", memory_format=torch.contiguous_format, copy=True)
-
-
 def _check_tensor(tensor, name: str, op: str):
-    if not isinstance(tensor, torch.Tensor):
-        raise ValueError(f"{op}: expected a torch.Tensor, got {type(tensor).__name__}")
-    if not (tensor.is_cpu or tensor.is_cuda) or tensor.layout is not torch.strided:
-        raise ValueError(f"{op} '{name}': windows work on dense CPU or CUDA tensors, got {tensor.device.type} "
-                         f"({tensor.layout})")
+    check_tensor(tensor, f"{op} '{name}'")
     window = _win_map[name]
     if tensor.dtype != window.dtype or tensor.shape != window.shape:
         raise ValueError(f"{op} '{name}': the tensor ({tensor.dtype}, {tuple(tensor.shape)}) does not match the "
@@ -108,10 +97,7 @@ def win_create(tensor: torch.Tensor, name: str, zero_init: bool = False) -> bool
         if not isinstance(tensor, torch.Tensor) or tensor.dtype not in _WIN_TYPES:
             raise ValueError("win_create: windows hold int32, int64, float32 or float64 tensors, got "
                              f"{getattr(tensor, 'dtype', type(tensor).__name__)}")
-        if not (tensor.is_cpu or tensor.is_cuda) or tensor.layout is not torch.strided:
-            raise ValueError(f"win_create: windows hold dense CPU or CUDA tensors, got {tensor.device.type} "
-                             f"({tensor.layout})")
-        core = _for_core(tensor)
+        core = _prepare(tensor, f"win_create '{name}'")  # itself, or a contiguous CPU copy (GPU, strided)
         handle = _C.win_create_async(core, name, bool(zero_init), _basics.in_neighbor_ranks(),
                                      _basics.out_neighbor_ranks())
     _C.wait(handle)
@@ -149,7 +135,7 @@ def _put_nonblocking(tensor, name, self_weight, dst_weights, require_mutex, accu
     if sw != 1.0 and not tensor.is_floating_point() and sw != int(sw):
         raise ValueError(f"{op} '{name}': self_weight {sw} would scale an integer window ({tensor.dtype}); "
                          f"use a floating-point window or an integral self_weight")
-    src = _for_core(tensor)
+    src = _prepare(tensor, f"{op} '{name}'")
     # The core scales what it sent by self_weight once sent, before the next queued op runs.
     handle = _C.win_put_async(src, name, ranks, weights, sw, bool(require_mutex), accumulate)
     if sw != 1.0 and src is not tensor:
