@@ -191,15 +191,23 @@ def test_timeline_keeps_growing_and_names_are_escaped():
 def test_repeated_small_allreduce_shows_its_fast_rounds():
     # After two cycles that each ran one small allreduce, the same op is agreed
     # on and summed in one fast round (BLUEFOG_FAST_ROUNDS, on by default).
-    for it in range(8):
+    # A rank whose op reaches its background thread one cycle late makes that
+    # op go through the full exchange instead (COMMUNICATE_INLINE): on an
+    # oversubscribed machine that happens now and then, so a few are allowed.
+    n = 16
+    for it in range(n):
         out = bf.allreduce(torch.full((4,), float(RANK + it)), average=False, name="tl.fast")
         assert out.tolist() == [float(sum(range(SIZE)) + SIZE * it)] * 4
     events = wait_for(lambda ev: "tl.fast" in lanes(ev).values()
-                      and phases_of(ev, "tl.fast").count("CALLBACK") == 8)
+                      and phases_of(ev, "tl.fast").count("CALLBACK") == n)
     phases = phases_of(events, "tl.fast")
-    assert phases.count("CALLBACK") == 8, phases
-    assert phases.count("COMMUNICATE_FAST") >= 6, phases
-    assert phases[-4:] == ["ENQUEUE_ALLREDUCE", "NEGOTIATE_ALLREDUCE", "COMMUNICATE_FAST", "CALLBACK"], phases
+    assert phases.count("CALLBACK") == n, phases
+    assert phases.count("COMMUNICATE_FAST") + phases.count("COMMUNICATE_INLINE") == n, phases
+    assert phases.count("COMMUNICATE_FAST") >= n // 2, phases
+    # Each op's phases, in order; a fast one reads ENQUEUE, NEGOTIATE, COMMUNICATE_FAST, CALLBACK.
+    ops = [phases[k:k + 4] for k in range(0, len(phases), 4)]
+    assert len(ops) == n and all(op[0] == "ENQUEUE_ALLREDUCE" and op[-1] == "CALLBACK" for op in ops), phases
+    assert ["ENQUEUE_ALLREDUCE", "NEGOTIATE_ALLREDUCE", "COMMUNICATE_FAST", "CALLBACK"] in ops, phases
 
 
 def test_every_phase_ends_on_the_thread_it_began_on():
