@@ -29,8 +29,11 @@ def bluefog_work():
 
 
 @ipp.interactive
-def sleep_long():
+def sleep_long(marker_dir):
+    import os as o  # pylint: disable=import-outside-toplevel,reimported
     import time as t  # pylint: disable=import-outside-toplevel,reimported
+    with open(o.path.join(marker_dir, str(o.getpid())), "w"):
+        pass  # this engine is in the cell now
     t.sleep(120)
     return "not interrupted"
 
@@ -70,8 +73,14 @@ def test_ibfrun_start_work_interrupt_stop(ibfrun_env, tmp_path):
         results = sorted(view.apply_sync(bluefog_work))
         assert results == [(0, 2, 0.5, 0.5), (1, 2, 0.5, 0.5)]
         # a hung cell: interrupt_hanged_processes SIGINTs this machine's engines
-        pending = view.apply_async(sleep_long)
-        time.sleep(2)
+        markers = tmp_path / "in_cell"
+        markers.mkdir()
+        pending = view.apply_async(sleep_long, str(markers))
+        deadline = time.time() + 60
+        while len(list(markers.iterdir())) < 2:  # both engines are running the cell
+            assert time.time() < deadline, "the engines did not start the cell"
+            time.sleep(0.1)
+        time.sleep(0.2)
         assert ib.interrupt_hanged_processes(PROFILE) == 2
         with pytest.raises(Exception, match="KeyboardInterrupt"):
             pending.get(timeout=60)

@@ -11,6 +11,10 @@ identical on every rank otherwise), that repeated ops do run in fast rounds
 also runs), and that everything the full exchange handles still works while
 fast rounds are on: mismatches raise on every rank, different submission
 orders, late ranks, other kinds of ops in between.
+
+A rank whose op reaches its background thread a cycle late (a stalled rank on
+a busy machine) sends that op through the full exchange instead: one hiccup
+can cost up to three fast rounds, so the counts below leave that much room.
 """
 import os
 import time
@@ -64,30 +68,30 @@ def test_repeated_allreduce_is_exact_and_runs_in_fast_rounds(dtype, inplace):
             assert torch.equal(x, base), "the input changed"
     ran_fast = agreed() - before
     if FAST:
-        assert ran_fast >= 15, f"only {ran_fast} of 20 repeated allreduces ran in fast rounds"
+        assert ran_fast >= 12, f"only {ran_fast} of 20 repeated allreduces ran in fast rounds"
     else:
         assert ran_fast == 0
 
 
 def test_two_sizes_alternating_both_run_in_fast_rounds():
     before = agreed()
-    for it in range(20):
+    for it in range(24):
         n = 16 if it % 2 else 1000
         out = bf.allreduce(torch.full((n,), float(RANK)), average=False, name=f"fast.alt.{n}")
         assert torch.equal(out, torch.full((n,), float(sum(range(SIZE)))))
     ran_fast = agreed() - before
-    assert (ran_fast >= 16) if FAST else (ran_fast == 0), ran_fast
+    assert (ran_fast >= 14) if FAST else (ran_fast == 0), ran_fast
 
 
 def test_integer_sums_wrap_in_fast_rounds():
     warm_up(nbytes=40)
     before = agreed()
     info = torch.iinfo(torch.int8)
-    for _ in range(5):
+    for _ in range(12):
         out = bf.allreduce(torch.full((40,), info.max, dtype=torch.int8), average=False, name="fast.wrap")
         expected = ((int(info.max) * SIZE - info.min) % 256) + info.min
         assert out.tolist() == [expected] * 40
-    assert (agreed() - before >= 4) == FAST
+    assert (agreed() - before >= 6) == FAST
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
@@ -106,10 +110,10 @@ def test_average_of_random_data_is_close_and_identical_on_every_rank(dtype):
 
 def test_unnamed_ops_run_in_fast_rounds():
     before = agreed()
-    for it in range(10):
+    for it in range(20):
         out = bf.allreduce(torch.full((16,), float(RANK + it)), average=False)
         assert torch.equal(out, torch.full((16,), float(sum(range(SIZE)) + SIZE * it)))
-    assert (agreed() - before >= 7) == FAST
+    assert (agreed() - before >= 12) == FAST
 
 
 def test_a_name_too_long_for_the_header_takes_the_allgather_exchange():
@@ -141,9 +145,9 @@ def test_mismatch_in_fast_mode_raises_on_every_rank(case):
     # The job goes on, and fast rounds come back.
     warm_up(nbytes=64)
     before = agreed()
-    for _ in range(4):
+    for _ in range(10):
         assert torch.equal(bf.allreduce(torch.ones(16), average=False, name="fast.after"), torch.full((16,), 1.0 * SIZE))
-    assert (agreed() - before >= 3) == FAST
+    assert (agreed() - before >= 5) == FAST
 
 
 def test_ranks_submitting_in_different_orders():

@@ -445,8 +445,8 @@ def test_rank_dependent_poll_does_not_desynchronize_unnamed_names(hier_name):
         time.sleep(0.3)
         bf.poll(h)  # the local step is done by now, so this starts the next step on rank 0 only
     g = bf.allreduce_nonblocking(rank_input(RANK, shape, 31))  # unnamed
-    wait_done(h, 10.0)
-    wait_done(g, 10.0)
+    wait_done(h)
+    wait_done(g)
     check(bf.synchronize(h), combine(U, machine_means(shape, 30), MACHINE))
     X = np.stack([rank_input(r, shape, 31).numpy() for r in range(SIZE)])
     check(bf.synchronize(g), X.mean(axis=0))

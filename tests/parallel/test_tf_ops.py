@@ -81,7 +81,7 @@ def test_repeated_allreduce_runs_in_fast_rounds(mode):
     # tests/parallel/test_fast_rounds.py for the PyTorch side).
     from bluefog.common.basics import get_basics
     before = get_basics().fast_round_counts()[1]
-    for it in range(12):
+    for it in range(16):
         out = run(mode, lambda x: bf.allreduce(x, average=False, name="tf.fast." + mode),
                   rank_input(RANK, (17,), tf.float32) + it)
         assert_equal(out, tf.cast(sum(rank_input(r, (17,)) for r in range(SIZE)) + SIZE * it, tf.float32))

@@ -95,6 +95,19 @@ def phases_of(events, tensor_name):
     return [e["name"] for e in events if e.get("ph") == "B" and e["pid"] == pids[0]]
 
 
+def balanced(events, names):
+    """Whether each of `names` has its lane, with as many ends as begins (> 0)."""
+    found = lanes(events)
+    for name in names:
+        pids = [p for p, n in found.items() if n == name]
+        if len(pids) != 1:
+            return False
+        marks = [e.get("ph") for e in events if e.get("pid") == pids[0]]
+        if marks.count("B") == 0 or marks.count("B") != marks.count("E"):
+            return False
+    return True
+
+
 def wait_for(predicate, seconds=10.0):
     """Re-reads the timeline until predicate(events) holds (the writer thread
     flushes about every 0.1 s); returns the last events read."""
@@ -123,8 +136,8 @@ def test_timeline_file_while_running():
         time.sleep(0.01)
 
     wanted = {"tl.allreduce", "tl.broadcast", "tl.allgather", "tl.user", "tl.ctx"}
-    events = wait_for(lambda ev: wanted <= set(lanes(ev).values())
-                      and sum(1 for e in ev if e.get("ph") in ("B", "E")) >= 2 * 4 + 4)
+    # Until every lane has ended all it began (the callbacks included).
+    events = wait_for(lambda ev: balanced(ev, wanted))
     text, _ = read_timeline()
     assert text.startswith("[")
     assert not text.rstrip().endswith("]")  # still open while the job runs
@@ -291,7 +304,8 @@ def test_optimizer_records_forward_and_gradient_activities(kind):
         model.train()
 
     steps(2)
-    events = wait_for(lambda ev: lane in lanes(ev).values() and phases_of(ev, lane).count("GRADIENT COMPT.") >= 2)
+    events = wait_for(lambda ev: balanced(ev, [lane]) and phases_of(ev, lane).count("FORWARD") >= 3
+                      and phases_of(ev, lane).count("GRADIENT COMPT.") >= 2)
     phases = phases_of(events, lane)
     assert phases.count("FORWARD") == 3 and phases.count("GRADIENT COMPT.") == 2, phases
     assert phases.index("FORWARD") < phases.index("GRADIENT COMPT."), phases
@@ -301,8 +315,7 @@ def test_optimizer_records_forward_and_gradient_activities(kind):
     opt.turn_off_timeline()
     steps(1)
     bf.barrier()
-    time.sleep(0.5)
-    _, events = read_timeline()
+    events = wait_for(lambda ev: balanced(ev, [lane]))  # reads after 0.5 s at the earliest
     after = phases_of(events, lane)
     assert after.count("FORWARD") == 3 and after.count("GRADIENT COMPT.") == 2, after
     pid = [p for p, n in lanes(events).items() if n == lane][0]
