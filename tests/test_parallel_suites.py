@@ -14,11 +14,13 @@ from launch import ROOT, run_parallel_file
 # Files run once more with a setting that switches a fast path off, so that the
 # path it replaces stays covered for every op and dtype: small-op data kept out
 # of the negotiation exchange, blocking ops left to the background thread, and
-# repeated small allreduces negotiated by the allgather exchange every time.
+# repeated small allreduces negotiated by the allgather exchange every time, and
+# large allreduces left to MPI's own algorithms instead of BlueFog's ring.
 VARIANTS = [
     ("BLUEFOG_INLINE_BYTES", "0", ["test_collectives.py", "test_neighbor_ops.py", "test_hierarchical.py"]),
     ("BLUEFOG_CALLER_RUNS", "0", ["test_caller_runs.py", "test_collectives.py", "test_win_ops.py"]),
     ("BLUEFOG_FAST_ROUNDS", "0", ["test_fast_rounds.py", "test_inline_ops.py"]),
+    ("BLUEFOG_RING_ALLREDUCE_BYTES", "0", ["test_collectives.py"]),
 ]
 FILES = sorted(glob.glob(os.path.join(ROOT, "tests", "parallel", "test_*.py")))
 RANKS = (1, 2, 4)

@@ -45,6 +45,10 @@ struct Config {
   // rank each time) is agreed on and summed in one MPI allreduce instead of
   // the allgather negotiation (see fast_round.h). Needs inline_bytes > 0.
   bool fast_rounds = true;
+  // Allreduces of at least this many bytes (and at least 128 KiB per rank)
+  // run as BlueFog's own ring (reduce-scatter then allgather, point to point),
+  // which needs no extra pass over memory out of place. 0: MPI's allreduce.
+  int64_t ring_allreduce_bytes = 1024 * 1024;
   // Window put / get / accumulate: the most elements one MPI call moves (a
   // larger window goes in several calls). 0: as many as an MPI count allows.
   int64_t max_win_sent_length = 0;

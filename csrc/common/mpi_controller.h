@@ -51,6 +51,10 @@ class MpiController {
   // or address changes.
   Status AllreduceMessage(std::vector<char>* buf, MPI_User_function* reduce);
 
+  // Allreduces of at least `bytes` (and at least 128 KiB per rank) run as
+  // BlueFog's own ring of point-to-point messages; 0: always MPI's allreduce.
+  void set_ring_bytes(int64_t bytes) { ring_bytes_ = bytes; }
+
   // Called while the controller waits for peers (e.g. to run direct ops).
   void set_wait_hook(std::function<void()> hook) { wait_hook_ = std::move(hook); }
 
@@ -72,8 +76,12 @@ class MpiController {
   }
 
  private:
-  Status AllreduceInPlace(void* data, int64_t count, DataType dtype, MPI_Comm comm);
-  Status AllreduceInto(const void* in, void* out, int64_t count, DataType dtype, MPI_Comm comm);
+  // Sums over `comm` (in place, or from `in` into `out`), then multiplies by
+  // `scale` (1: not at all). Large ones run as a ring (UseRing).
+  Status AllreduceInPlace(void* data, int64_t count, DataType dtype, MPI_Comm comm, double scale);
+  Status AllreduceInto(const void* in, void* out, int64_t count, DataType dtype, MPI_Comm comm, double scale);
+  bool UseRing(int64_t bytes, MPI_Comm comm) const;
+  Status RingAllreduce(const void* in, void* out, int64_t count, DataType dtype, MPI_Comm comm, double scale);
   Status Wait(MPI_Request* request, const char* what);
   // Each neighbor exchange's own pair of tags (data, data + 1 for sizes). All
   // ranks run the same neighbor exchanges in the same order, so the counters
@@ -95,6 +103,7 @@ class MpiController {
   size_t slot_bytes_;        // current slot size, the same on every rank
   size_t max_slot_bytes_;
   int small_rounds_ = 0;     // consecutive rounds that would fit a quarter slot
+  int64_t ring_bytes_ = 0;   // set_ring_bytes
   uint32_t neighbor_exchanges_ = 0;  // NextNeighborTag's counter
   bool watch_neighbors_ = false;
   double watch_warn_seconds_ = 0, watch_fail_seconds_ = 0;

@@ -589,6 +589,7 @@ Status Initialize(int fortran_comm, const std::string& overrides) {
   g.controller->set_stall_times(config.stall_check_seconds, config.stall_shutdown_seconds);
   // Room for a cycle's requests plus the inline inputs they may carry.
   g.controller->set_max_slot_bytes(1024 + static_cast<size_t>(InlineBudget(g)));
+  g.controller->set_ring_bytes(g.config.ring_allreduce_bytes);
   g.windows.reset(new WindowManager(&g.mpi, &g.timeline));
   g.windows->set_max_sent_elements(g.config.max_win_sent_length);
   g.coordinator.Reset(g.mpi.size());

@@ -137,6 +137,44 @@ def test_allreduce_large_same_bits_on_every_rank(dtype, n):
     torch.testing.assert_close(avg.to(torch.float64), ref / SIZE, rtol=tol, atol=tol)
 
 
+# Allreduces of 1 MiB and more run as BlueFog's own ring in the core
+# (BLUEFOG_RING_ALLREDUCE_BYTES; tests/test_parallel_suites.py also runs this
+# file with it off): element counts just over the threshold and not divisible
+# by the rank count, every dtype, out of place, in place and fused, sums exact,
+# averages, the input untouched, the same bits on every rank.
+@pytest.mark.parametrize("dtype", ALLREDUCE_DTYPES + [torch.uint8, torch.int8, torch.int16], ids=str)
+def test_large_allreduce_ring(dtype):
+    n = (1 << 20) // torch.tensor([], dtype=dtype).element_size() + 2 * SIZE + 1
+    x = rank_input(RANK, (n,), dtype)
+    before = x.clone()
+    exp = expected_sum((n,), dtype) if dtype.is_floating_point or dtype in (torch.int32, torch.int64) else \
+        wrapped(sum(rank_input(r, (n,), torch.int64) for r in range(SIZE)), dtype)
+    check(bf.allreduce(x, average=False, name=f"ar.ring.{dtype}"), exp)
+    check(x, before)
+    y = x.clone()
+    check(bf.allreduce_(y, average=False, name=f"ar.ring_.{dtype}"), exp)
+    check(y, exp)
+    # Two submitted together are fused (one allreduce over the fusion buffer).
+    z = x.clone()
+    h1 = bf.allreduce_nonblocking(x, average=False, name=f"ar.ring.f1.{dtype}")
+    h2 = bf.allreduce_nonblocking_(z, average=False, name=f"ar.ring.f2.{dtype}")
+    check(bf.synchronize(h1), exp)
+    bf.synchronize(h2)
+    check(z, exp)
+    if dtype.is_floating_point:
+        avg = bf.allreduce(x, average=True, name=f"ar.ring.avg.{dtype}")
+        check(avg, expected_average((n,), dtype))
+        y = x.clone()
+        check(bf.allreduce_(y, average=True, name=f"ar.ring_.avg.{dtype}"), expected_average((n,), dtype))
+        everyone = bf.allgather(avg.unsqueeze(0), name=f"ar.ring.bits.{dtype}")
+        for r in range(SIZE):
+            assert torch.equal(everyone[r], avg), f"rank {r}'s average differs from rank {RANK}'s"
+        local = list(range(RANK - bf.local_rank(), RANK - bf.local_rank() + bf.local_size()))
+        check(bf.allreduce(x, is_hierarchical_local=True, name=f"ar.ring.local.{dtype}"),
+              expected_average((n,), dtype, local))
+    check(x, before)
+
+
 @pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
 def test_allreduce_average(dtype, shape):

@@ -22,6 +22,7 @@ def test_defaults():
     assert c["caller_runs"] is True
     assert c["fast_rounds"] is True
     assert c["max_win_sent_length"] == 0
+    assert c["ring_allreduce_bytes"] == 1024 * 1024
 
 
 def test_every_setting_is_read():
@@ -41,13 +42,14 @@ def test_every_setting_is_read():
         "BLUEFOG_CALLER_RUNS=0",
         "BLUEFOG_FAST_ROUNDS=0",
         "BLUEFOG_MAX_WIN_SENT_LENGTH=1000",
+        "BLUEFOG_RING_ALLREDUCE_BYTES=0",
     ]))
     assert c == {
         "cycle_time_ms": 2.5, "fusion_threshold_bytes": 1024, "log_level": "debug", "log_hide_time": True,
         "timeline_prefix": "/tmp/trace_", "mpi_thread_level": 2, "nodes_per_machine": 2,
         "stall_check_seconds": 5, "stall_shutdown_seconds": 30, "spin_time_us": 0,
         "inline_bytes": 0, "output_cache_bytes": 5, "caller_runs": False, "fast_rounds": False,
-        "max_win_sent_length": 1000,
+        "max_win_sent_length": 1000, "ring_allreduce_bytes": 0,
     }
 
 
@@ -79,6 +81,8 @@ def test_unrelated_variables_are_ignored():
     ("BLUEFOG_CALLER_RUNS=sometimes", "BLUEFOG_CALLER_RUNS"),
     ("BLUEFOG_FAST_ROUNDS=often", "BLUEFOG_FAST_ROUNDS"),
     ("BLUEFOG_MAX_WIN_SENT_LENGTH=-1", "BLUEFOG_MAX_WIN_SENT_LENGTH"),
+    ("BLUEFOG_RING_ALLREDUCE_BYTES=-5", "BLUEFOG_RING_ALLREDUCE_BYTES"),
+    ("BLUEFOG_RING_ALLREDUCE_BYTES=1M", "BLUEFOG_RING_ALLREDUCE_BYTES"),
 ])
 def test_malformed_values_name_the_variable(line, variable):
     with pytest.raises(ValueError) as info:
