@@ -105,6 +105,17 @@ def test_comm_null_is_refused_and_the_rest_runs_on_the_sub_communicator(tmp_path
         assert f"RESULT world rank {r} init raised init: comm is MPI.COMM_NULL" in out, out[-6000:]
 
 
+def test_settings_that_must_agree_are_compared_at_init(tmp_path):
+    rc, out, secs = run("settings_differ", tmp_path, np=3)
+    assert rc == 0, out[-6000:]
+    assert "ran an allreduce" not in out, out[-6000:]
+    for r in range(3):
+        lines = [ln for ln in out.splitlines() if ln.startswith(f"RESULT rank {r} init raised")]
+        assert len(lines) == 1, out[-6000:]
+        # The first differing setting, with every rank's value.
+        assert "BLUEFOG_FAST_ROUNDS (0 on ranks [1]; 1 on ranks [0, 2])" in lines[0], lines[0]
+
+
 def test_a_forked_child_leaves_the_parents_bluefog_alone(tmp_path):
     rc, out, _ = run("fork_child", tmp_path, np=2)
     assert rc == 0, out[-6000:]

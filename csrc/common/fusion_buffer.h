@@ -17,12 +17,14 @@ class FusionBuffer {
  public:
   static constexpr size_t kPageOffset = 2048 + 64;
 
-  // Returns a pointer to at least `bytes` bytes (reused across calls).
+  // Returns a pointer to at least `bytes` bytes (reused across calls), or
+  // nullptr when that much memory cannot be had.
   char* Reserve(size_t bytes) {
     if (bytes > capacity_) {
       size_t want = bytes + bytes / 4;
       storage_.reset(static_cast<char*>(std::aligned_alloc(4096, RoundUp(want + kPageOffset, 4096))));
-      capacity_ = want;
+      capacity_ = storage_ ? want : 0;
+      if (!storage_) return nullptr;
     }
     return storage_.get() + kPageOffset;
   }

@@ -4,6 +4,7 @@
 
 #include <atomic>
 #include <cstdlib>
+#include <map>
 #include <mutex>
 #include <string>
 
@@ -151,6 +152,12 @@ Status MpiContext::Initialize(MPI_Comm base, const Config& config) {
     own_sum_.fill(MPI_OP_NULL);
     for (const OwnSumEntry& e : kOwnSums) MPI_Op_create(e.sum, 1, &own_sum_[static_cast<int>(e.dtype)]);
   }
+  s = CheckSettingsAgree(config);
+  if (!s.ok()) {
+    Finalize();
+    FinalizeMpiIfOwned();  // every rank fails alike: end MPI cleanly, as after a launcher mismatch
+    return s;
+  }
   s = BuildMachineLayout(config);
   if (!s.ok()) return s;
   ProbeWindowModel();
@@ -170,6 +177,48 @@ Status MpiContext::CheckThreadLevel() {
   if (!g_we_initialized_mpi && thread_level_ != MPI_THREAD_MULTIPLE) {
     BFLOG(WARNING) << "MPI was initialized by the program with " << ThreadLevelName(thread_level_)
                    << "; calling MPI from the program while BlueFog ops are in flight is unsafe.";
+  }
+  return Status::OK();
+}
+
+Status MpiContext::CheckSettingsAgree(const Config& config) {
+  // Settings every rank must share: with different values the ranks would run
+  // different collectives for the same op (a fast round against an allgather,
+  // BlueFog's ring against MPI's allreduce, differently fused buffers, an op
+  // failed as stalled on one rank only) and hang or compute garbage.
+  struct Setting {
+    const char* name;
+    int64_t value;
+  };
+  const Setting mine[] = {
+      {"BLUEFOG_FUSION_THRESHOLD", config.fusion_threshold_bytes},
+      {"BLUEFOG_INLINE_BYTES", config.inline_bytes},
+      {"BLUEFOG_FAST_ROUNDS", config.fast_rounds ? 1 : 0},
+      {"BLUEFOG_RING_ALLREDUCE_BYTES", config.ring_allreduce_bytes},
+      {"BLUEFOG_NODES_PER_MACHINE", config.nodes_per_machine},
+      {"BLUEFOG_STALL_SHUTDOWN_TIME_SECONDS (ms)", static_cast<int64_t>(config.stall_shutdown_seconds * 1000)},
+  };
+  constexpr int kCount = sizeof(mine) / sizeof(mine[0]);
+  int64_t values[kCount];
+  for (int i = 0; i < kCount; ++i) values[i] = mine[i].value;
+  std::vector<int64_t> all(static_cast<size_t>(kCount) * size_);
+  int rc = MPI_Allgather(values, kCount, MPI_INT64_T, all.data(), kCount, MPI_INT64_T, control_comm_);
+  if (rc != MPI_SUCCESS) return Status::Aborted(MpiErrorText("MPI_Allgather (init settings)", rc));
+  for (int i = 0; i < kCount; ++i) {
+    std::map<int64_t, std::vector<int>> ranks_by_value;
+    for (int r = 0; r < size_; ++r) ranks_by_value[all[static_cast<size_t>(r) * kCount + i]].push_back(r);
+    if (ranks_by_value.size() == 1) continue;
+    std::string text;
+    for (const auto& [value, ranks] : ranks_by_value) {
+      text += text.empty() ? "" : "; ";
+      text += std::to_string(value) + " on ranks [";
+      for (size_t k = 0; k < ranks.size(); ++k) text += (k ? ", " : "") + std::to_string(ranks[k]);
+      text += "]";
+    }
+    return Status::InvalidArgument(std::string("init: the ranks were given different ") + mine[i].name + " (" +
+                                   text + "); every rank must use the same value (set it for the whole job, e.g. "
+                                   "mpirun -x / bfrun's environment), or the ranks would run different "
+                                   "collectives for the same op and hang");
   }
   return Status::OK();
 }

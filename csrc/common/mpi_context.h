@@ -45,6 +45,8 @@ class MpiContext {
 
  private:
   Status CheckThreadLevel();
+  // The settings every rank must share (config.h) are the same on every rank.
+  Status CheckSettingsAgree(const Config& config);
   Status BuildMachineLayout(const Config& config);
   void ProbeWindowModel();
 

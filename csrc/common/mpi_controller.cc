@@ -20,6 +20,9 @@ constexpr size_t kSlotHeader = sizeof(uint32_t);
 // The ring allreduce's smallest chunk (bytes per rank): below, its 2 (size - 1)
 // steps cost more latency than MPI's own algorithms.
 constexpr int64_t kRingMinChunkBytes = 128 * 1024;
+// Scratch memory kept after an in-place ring for the next one (larger chunks
+// give theirs back at once).
+constexpr int64_t kKeepScratchBytes = 64 << 20;
 // The ring's tags on the data communicator (neighbor exchanges use 100 and up).
 constexpr int kRingReduceTag = 10, kRingGatherTag = 11;
 
@@ -191,7 +194,9 @@ bool MpiController::UseRing(int64_t bytes, MPI_Comm comm) const {
   if (ring_bytes_ <= 0 || bytes < ring_bytes_) return false;
   int size = 1;
   MPI_Comm_size(comm, &size);
-  return size > 1 && bytes / size >= kRingMinChunkBytes && bytes / size / 2 < kMaxChunk;
+  // Each chunk's element count (bytes / size elements at most, for 1-byte
+  // types) within kMaxChunk, so it fits MPI's int count.
+  return size > 1 && bytes / size >= kRingMinChunkBytes && bytes / size + 1 < kMaxChunk;
 }
 
 Status MpiController::AllreduceInPlace(void* data, int64_t count, DataType dtype, MPI_Comm comm, double scale) {
@@ -254,8 +259,11 @@ Status MpiController::RingAllreduce(const void* in, void* out, int64_t count, Da
   };
   const char* src = static_cast<const char*>(in);
   char* dst = static_cast<char*>(out);
-  char* tmp = in == out ? scratch_.Reserve(static_cast<size_t>((count / size + 1) * static_cast<int64_t>(elem)))
-                        : nullptr;
+  char* tmp = nullptr;
+  if (in == out) {
+    tmp = scratch_.Reserve(static_cast<size_t>((count / size + 1) * static_cast<int64_t>(elem)));
+    if (tmp == nullptr) return Status::Aborted("out of memory for the ring allreduce's scratch chunk");
+  }
   // One step: send chunk `send_k` of `send_base` to the right, receive chunk
   // `recv_k` from the left (into `recv_to`, or else its place in the output).
   auto step = [&](const char* send_base, int send_k, int recv_k, int tag, char* recv_to) -> Status {
@@ -270,6 +278,15 @@ Status MpiController::RingAllreduce(const void* in, void* out, int64_t count, Da
     }
     if (s.ok()) s = Wait(&reqs[0], "MPI_Irecv (ring allreduce)");
     if (s.ok()) s = Wait(&reqs[1], "MPI_Isend (ring allreduce)");
+    if (!s.ok()) {
+      // The op fails and its tensors go: a receive still posted must not land
+      // in freed memory later (cancelled), a send only reads (let go).
+      if (reqs[0] != MPI_REQUEST_NULL) {
+        MPI_Cancel(&reqs[0]);
+        MPI_Wait(&reqs[0], MPI_STATUS_IGNORE);
+      }
+      if (reqs[1] != MPI_REQUEST_NULL) MPI_Request_free(&reqs[1]);
+    }
     return s;
   };
   for (int s = 0; s < size - 1; ++s) {  // reduce-scatter
@@ -281,6 +298,7 @@ Status MpiController::RingAllreduce(const void* in, void* out, int64_t count, Da
     if (!st.ok()) return st;
     if (s == size - 2 && scale != 1.0) ScaleBuffer(dtype, dst + at * elem, n, scale);
   }
+  if (tmp != nullptr && count * static_cast<int64_t>(elem) / size > kKeepScratchBytes) scratch_.Release();
   for (int s = 0; s < size - 1; ++s) {  // allgather: this rank holds chunk rank + 1, summed
     Status st = step(dst, rank + 1 - s, rank - s, kRingGatherTag, nullptr);
     if (!st.ok()) return st;
@@ -299,7 +317,7 @@ Status MpiController::Allreduce(std::vector<TensorTableEntry>& entries) {
   if (entries.size() == 1) {
     TensorTableEntry& e = entries[0];
     int64_t count = e.input->size_bytes() / static_cast<int64_t>(elem);
-    timeline_->Start(e.name, "COMMUNICATE");
+    timeline_->Start(e.name, UseRing(e.input->size_bytes(), comm) ? "COMMUNICATE_RING" : "COMMUNICATE");
     const double by = e.average ? scale : 1.0;
     Status s = e.output->data() == e.input->data()
                    ? AllreduceInPlace(e.output->data(), count, dtype, comm, by)
@@ -311,6 +329,7 @@ Status MpiController::Allreduce(std::vector<TensorTableEntry>& entries) {
   int64_t total = 0;
   for (auto& e : entries) total += e.input->size_bytes();
   char* buffer = fusion_.Reserve(static_cast<size_t>(total));
+  if (buffer == nullptr) return Status::Aborted("out of memory for the fusion buffer");
   int64_t offset = 0;
   for (auto& e : entries) {
     timeline_->Start(e.name, "MEMCPY_IN_FUSION_BUFFER");
@@ -318,7 +337,8 @@ Status MpiController::Allreduce(std::vector<TensorTableEntry>& entries) {
     offset += e.input->size_bytes();
     timeline_->End(e.name);
   }
-  for (auto& e : entries) timeline_->Start(e.name, "COMMUNICATE");
+  const char* phase = UseRing(total, comm) ? "COMMUNICATE_RING" : "COMMUNICATE";
+  for (auto& e : entries) timeline_->Start(e.name, phase);
   Status s = AllreduceInPlace(buffer, total / static_cast<int64_t>(elem), dtype, comm, first.average ? scale : 1.0);
   for (auto& e : entries) timeline_->End(e.name);
   if (!s.ok()) return s;

@@ -97,7 +97,7 @@ class MpiController {
   MpiContext* mpi_;
   Timeline* timeline_;
   FusionBuffer fusion_;
-  FusionBuffer scratch_;  // per-destination scaled copies
+  FusionBuffer scratch_;  // per-destination scaled copies; an in-place ring's received chunk
   std::vector<char> slots_;  // negotiation slots
   std::vector<int> rest_, displs_;  // AllgatherBytes' second round, reused
   size_t slot_bytes_;        // current slot size, the same on every rank

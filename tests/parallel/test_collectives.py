@@ -100,8 +100,9 @@ def wrapped(total, dtype):
     return ((total - info.min) % span + info.min).to(dtype)
 
 
-# 16 elements travel inside the negotiation; 300 000 take MPI_Allreduce.
-@pytest.mark.parametrize("n", [16, 300_000], ids=["inline", "mpi"])
+# 16 elements travel inside the negotiation; 300 000 take MPI_Allreduce; 1.1 M
+# (1 MiB and more) BlueFog's ring.
+@pytest.mark.parametrize("n", [16, 300_000, 1_100_000], ids=["inline", "mpi", "ring"])
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.int8, torch.int16], ids=str)
 def test_allreduce_small_int_sum_wraps(dtype, n):
     # Every rank holds values near the top of the range: any sum of 2+ ranks
@@ -115,9 +116,10 @@ def test_allreduce_small_int_sum_wraps(dtype, n):
     check(bf.allreduce_(y, average=False, name=f"ar_.wrap.{dtype}.{n}"), exp)
 
 
-# Large tensors through MPI (n not divisible by the rank count, and a prime),
-# random data: the exact result is not known in float, so every rank checks it
-# is close to the float64 sum and that all ranks hold the same bits.
+# Large tensors through MPI's allreduce or (1 MiB and more) BlueFog's ring (n
+# not divisible by the rank count, and a prime), random data: the exact result
+# is not known in float, so every rank checks it is close to the float64 sum
+# and that all ranks hold the same bits.
 @pytest.mark.parametrize("n", [65_536, 65_537, 262_147], ids=str)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
 def test_allreduce_large_same_bits_on_every_rank(dtype, n):

@@ -172,6 +172,20 @@ def test_local_allreduce_averages_within_block(dtype):
     check(bf.allreduce(x, name=f"global.avg.{dtype}"), X.mean(axis=0), dtype)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_large_local_allreduce_within_block(dtype):
+    # 1 MiB and more: BlueFog's ring on the machine's communicator (when it
+    # holds more than one rank), out of place and in place.
+    n = (1 << 20) // torch.tensor([], dtype=dtype).element_size() + 5
+    X = np.stack([rank_input(r, (n,), 5, dtype).to(torch.float64).numpy() for r in BLOCK])
+    x = rank_input(RANK, (n,), 5, dtype)
+    check(bf.allreduce(x, is_hierarchical_local=True, name=f"local.big.avg.{dtype}"), X.mean(axis=0), dtype)
+    y = x.clone()
+    bf.allreduce_(y, average=False, is_hierarchical_local=True, name=f"local.big.sum_.{dtype}")
+    check(y, X.sum(axis=0), dtype)
+    check(x, rank_input(RANK, (n,), 5, dtype).to(torch.float64).numpy(), dtype)  # the input is unchanged
+
+
 # ---- hierarchical_neighbor_allreduce with the machine topology ------------------------------
 MACHINE_GRAPHS = {
     "ExponentialGraph": lambda m: bf.ExponentialGraph(m),

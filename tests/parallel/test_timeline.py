@@ -223,6 +223,17 @@ def test_repeated_small_allreduce_shows_its_fast_rounds():
     assert ["ENQUEUE_ALLREDUCE", "NEGOTIATE_ALLREDUCE", "COMMUNICATE_FAST", "CALLBACK"] in ops, phases
 
 
+def test_large_allreduce_shows_the_ring():
+    # 1 MiB and more: BlueFog's own ring (BLUEFOG_RING_ALLREDUCE_BYTES), alone
+    # or fused; with one rank, MPI's allreduce.
+    n = (1 << 20) // 4 + 3
+    out = bf.allreduce(torch.full((n,), float(RANK)), average=False, name="tl.ring")
+    assert torch.equal(out, torch.full((n,), float(sum(range(SIZE)))))
+    events = wait_for(lambda ev: balanced(ev, ["tl.ring"]))
+    phases = phases_of(events, "tl.ring")
+    assert ("COMMUNICATE_RING" in phases) == (SIZE > 1) and ("COMMUNICATE" in phases) == (SIZE == 1), phases
+
+
 def test_every_phase_ends_on_the_thread_it_began_on():
     """Trace viewers pair begin/end events per thread. An op's NEGOTIATE phase
     begins on the background thread and may end on the caller's thread (which

@@ -174,6 +174,24 @@ def comm_null_split(marker_dir):
     return 0
 
 
+def settings_differ(marker_dir):
+    """Rank 1 is given other values of settings every rank must share: init
+    raises on every rank, naming the setting and who has which value. (Before:
+    init succeeded and the first small allreduce hung, one rank in a fast
+    round's allreduce, the others in the allgather exchange.)"""
+    rank = int(os.environ.get("OMPI_COMM_WORLD_RANK", os.environ.get("PMI_RANK", "-1")))
+    assert rank >= 0, "no rank in the environment"
+    odd = {"BLUEFOG_FAST_ROUNDS": 0, "BLUEFOG_RING_ALLREDUCE_BYTES": 4096} if rank == 1 else {}
+    try:
+        bf.init(config=odd)
+    except ValueError as err:
+        print(f"RESULT rank {rank} init raised {err}", flush=True)
+        return 0
+    out = bf.allreduce(torch.ones(3), average=False, name="after.init")
+    print(f"RESULT rank {rank} ran an allreduce: {out.tolist()}", flush=True)
+    return 0
+
+
 def fork_child(marker_dir):
     """A process forked from a rank (as by a DataLoader worker or a user's
     os.fork) may read rank()/size(), must get a clear error from an op, and
@@ -298,8 +316,8 @@ def in_fast_rounds(scenario):
 SCENARIOS = {f.__name__: f for f in (stall_warning, stall_shutdown, killed_rank, raising_rank,
                                      skip_mode_unreceived_send, skip_mode_unsent_receive,
                                      in_fast_rounds(stall_warning), in_fast_rounds(stall_shutdown),
-                                     comm_null_split, fork_child, interrupted_waits)}
-SELF_INIT = {"comm_null_split", "fork_child"}  # these call bf.init() themselves
+                                     comm_null_split, fork_child, interrupted_waits, settings_differ)}
+SELF_INIT = {"comm_null_split", "fork_child", "settings_differ"}  # these call bf.init() themselves
 
 if __name__ == "__main__":
     if sys.argv[1] not in SELF_INIT:
