@@ -106,7 +106,8 @@ def test_comm_null_is_refused_and_the_rest_runs_on_the_sub_communicator(tmp_path
 
 
 def test_settings_that_must_agree_are_compared_at_init(tmp_path):
-    rc, out, secs = run("settings_differ", tmp_path, np=3)
+    rc, out, secs = run("settings_differ", tmp_path, np=3,
+                        env={"BLUEFOG_FAST_ROUNDS": "1", "BLUEFOG_RING_ALLREDUCE_BYTES": "1048576"})
     assert rc == 0, out[-6000:]
     assert "ran an allreduce" not in out, out[-6000:]
     for r in range(3):
@@ -114,6 +115,9 @@ def test_settings_that_must_agree_are_compared_at_init(tmp_path):
         assert len(lines) == 1, out[-6000:]
         # The first differing setting, with every rank's value.
         assert "BLUEFOG_FAST_ROUNDS (0 on ranks [1]; 1 on ranks [0, 2])" in lines[0], lines[0]
+    # init can be called again with the settings fixed (MPI was left running).
+    assert "RESULT rank 1 retried: [3.0, 3.0, 3.0]" in out and "RESULT rank 0 retried: [3.0, 3.0, 3.0]" in out, \
+        out[-6000:]
 
 
 def test_a_forked_child_leaves_the_parents_bluefog_alone(tmp_path):

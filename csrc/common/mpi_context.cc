@@ -154,8 +154,7 @@ Status MpiContext::Initialize(MPI_Comm base, const Config& config) {
   }
   s = CheckSettingsAgree(config);
   if (!s.ok()) {
-    Finalize();
-    FinalizeMpiIfOwned();  // every rank fails alike: end MPI cleanly, as after a launcher mismatch
+    Finalize();  // MPI stays up: init may be called again with the settings fixed
     return s;
   }
   s = BuildMachineLayout(config);
@@ -184,8 +183,8 @@ Status MpiContext::CheckThreadLevel() {
 Status MpiContext::CheckSettingsAgree(const Config& config) {
   // Settings every rank must share: with different values the ranks would run
   // different collectives for the same op (a fast round against an allgather,
-  // BlueFog's ring against MPI's allreduce, differently fused buffers, an op
-  // failed as stalled on one rank only) and hang or compute garbage.
+  // BlueFog's ring against MPI's allreduce, differently fused buffers or
+  // negotiation slots, other machine groups) and hang or compute garbage.
   struct Setting {
     const char* name;
     int64_t value;
@@ -196,7 +195,6 @@ Status MpiContext::CheckSettingsAgree(const Config& config) {
       {"BLUEFOG_FAST_ROUNDS", config.fast_rounds ? 1 : 0},
       {"BLUEFOG_RING_ALLREDUCE_BYTES", config.ring_allreduce_bytes},
       {"BLUEFOG_NODES_PER_MACHINE", config.nodes_per_machine},
-      {"BLUEFOG_STALL_SHUTDOWN_TIME_SECONDS (ms)", static_cast<int64_t>(config.stall_shutdown_seconds * 1000)},
   };
   constexpr int kCount = sizeof(mine) / sizeof(mine[0]);
   int64_t values[kCount];

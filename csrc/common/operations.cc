@@ -568,11 +568,10 @@ Status Initialize(int fortran_comm, const std::string& overrides) {
                                      "BlueFog should run on); call init(comm=...) only where the communicator is valid");
     }
   }
-  Status s = g.mpi.Initialize(base, config);
-  if (!s.ok()) return s;
   static bool exit_hook = false;
   if (!exit_hook) {
-    // Last resort if the frontend did not shut down: stop the loop, then MPI.
+    // Last resort if the frontend did not shut down: stop the loop, then MPI
+    // (also after an init that failed once BlueFog had started MPI).
     std::atexit([] {
       if (tls_starting || InForkedChild()) return;
       Shutdown();
@@ -580,6 +579,8 @@ Status Initialize(int fortran_comm, const std::string& overrides) {
     });
     exit_hook = true;
   }
+  Status s = g.mpi.Initialize(base, config);
+  if (!s.ok()) return s;
   SetLogOptions(config.log_level, config.log_hide_time, g.mpi.rank());
   BFLOG(DEBUG) << "config " << ConfigToJson(config);
 

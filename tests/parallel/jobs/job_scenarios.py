@@ -176,7 +176,8 @@ def comm_null_split(marker_dir):
 
 def settings_differ(marker_dir):
     """Rank 1 is given other values of settings every rank must share: init
-    raises on every rank, naming the setting and who has which value. (Before:
+    raises on every rank, naming the setting and who has which value, and a
+    second init with them fixed works. (Before:
     init succeeded and the first small allreduce hung, one rank in a fast
     round's allreduce, the others in the allgather exchange.)"""
     rank = int(os.environ.get("OMPI_COMM_WORLD_RANK", os.environ.get("PMI_RANK", "-1")))
@@ -186,9 +187,13 @@ def settings_differ(marker_dir):
         bf.init(config=odd)
     except ValueError as err:
         print(f"RESULT rank {rank} init raised {err}", flush=True)
+    else:
+        out = bf.allreduce(torch.ones(3), average=False, name="after.init")
+        print(f"RESULT rank {rank} ran an allreduce: {out.tolist()}", flush=True)
         return 0
-    out = bf.allreduce(torch.ones(3), average=False, name="after.init")
-    print(f"RESULT rank {rank} ran an allreduce: {out.tolist()}", flush=True)
+    bf.init()  # the same settings everywhere now
+    out = bf.allreduce(torch.ones(3), average=False, name="after.retry")
+    print(f"RESULT rank {rank} retried: {out.tolist()}", flush=True)
     return 0
 
 
