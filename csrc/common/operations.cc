@@ -568,10 +568,14 @@ Status Initialize(int fortran_comm, const std::string& overrides) {
                                      "BlueFog should run on); call init(comm=...) only where the communicator is valid");
     }
   }
+  Status s = g.mpi.Initialize(base, config);
   static bool exit_hook = false;
   if (!exit_hook) {
     // Last resort if the frontend did not shut down: stop the loop, then MPI
     // (also after an init that failed once BlueFog had started MPI).
+    // Registered after MPI_Init, so that it runs before the exit handlers the
+    // MPI library registered there (MPICH's processes were killed at exit
+    // when it ran after them).
     std::atexit([] {
       if (tls_starting || InForkedChild()) return;
       Shutdown();
@@ -579,7 +583,6 @@ Status Initialize(int fortran_comm, const std::string& overrides) {
     });
     exit_hook = true;
   }
-  Status s = g.mpi.Initialize(base, config);
   if (!s.ok()) return s;
   SetLogOptions(config.log_level, config.log_hide_time, g.mpi.rank());
   BFLOG(DEBUG) << "config " << ConfigToJson(config);
