@@ -199,33 +199,18 @@ bool MpiController::UseRing(int64_t bytes, MPI_Comm comm) const {
   return size > 1 && bytes / size >= kRingMinChunkBytes && bytes / size + 1 < kMaxChunk;
 }
 
-Status MpiController::AllreduceInPlace(void* data, int64_t count, DataType dtype, MPI_Comm comm, double scale) {
-  const size_t elem = DataTypeSize(dtype);
-  if (UseRing(count * static_cast<int64_t>(elem), comm)) return RingAllreduce(data, data, count, dtype, comm, scale);
+Status MpiController::AllreduceSum(const void* in, void* out, int64_t count, DataType dtype, MPI_Comm comm,
+                                   double scale, bool ring) {
+  if (ring) return RingAllreduce(in, out, count, dtype, comm, scale);
   MPI_Datatype type = mpi_->MpiType(dtype);
   MPI_Op op = mpi_->SumOp(dtype);
-  char* p = static_cast<char*>(data);
-  for (int64_t done = 0; done < count;) {
-    int n = static_cast<int>(std::min(count - done, kMaxChunk));
-    Status s = CheckRc(MPI_Allreduce(MPI_IN_PLACE, p + done * elem, n, type, op, comm), "MPI_Allreduce");
-    if (!s.ok()) return s;
-    done += n;
-  }
-  if (scale != 1.0) ScaleBuffer(dtype, data, count, scale);
-  return Status::OK();
-}
-
-Status MpiController::AllreduceInto(const void* in, void* out, int64_t count, DataType dtype, MPI_Comm comm,
-                                    double scale) {
   const size_t elem = DataTypeSize(dtype);
-  if (UseRing(count * static_cast<int64_t>(elem), comm)) return RingAllreduce(in, out, count, dtype, comm, scale);
-  MPI_Datatype type = mpi_->MpiType(dtype);
-  MPI_Op op = mpi_->SumOp(dtype);
   const char* src = static_cast<const char*>(in);
   char* dst = static_cast<char*>(out);
   for (int64_t done = 0; done < count;) {
     int n = static_cast<int>(std::min(count - done, kMaxChunk));
-    Status s = CheckRc(MPI_Allreduce(src + done * elem, dst + done * elem, n, type, op, comm), "MPI_Allreduce");
+    const void* from = in == out ? MPI_IN_PLACE : src + done * elem;
+    Status s = CheckRc(MPI_Allreduce(from, dst + done * elem, n, type, op, comm), "MPI_Allreduce");
     if (!s.ok()) return s;
     done += n;
   }
@@ -317,11 +302,9 @@ Status MpiController::Allreduce(std::vector<TensorTableEntry>& entries) {
   if (entries.size() == 1) {
     TensorTableEntry& e = entries[0];
     int64_t count = e.input->size_bytes() / static_cast<int64_t>(elem);
-    timeline_->Start(e.name, UseRing(e.input->size_bytes(), comm) ? "COMMUNICATE_RING" : "COMMUNICATE");
-    const double by = e.average ? scale : 1.0;
-    Status s = e.output->data() == e.input->data()
-                   ? AllreduceInPlace(e.output->data(), count, dtype, comm, by)
-                   : AllreduceInto(e.input->data(), e.output->data(), count, dtype, comm, by);
+    const bool ring = UseRing(e.input->size_bytes(), comm);
+    timeline_->Start(e.name, ring ? "COMMUNICATE_RING" : "COMMUNICATE");
+    Status s = AllreduceSum(e.input->data(), e.output->data(), count, dtype, comm, e.average ? scale : 1.0, ring);
     timeline_->End(e.name);
     return s;
   }
@@ -337,9 +320,10 @@ Status MpiController::Allreduce(std::vector<TensorTableEntry>& entries) {
     offset += e.input->size_bytes();
     timeline_->End(e.name);
   }
-  const char* phase = UseRing(total, comm) ? "COMMUNICATE_RING" : "COMMUNICATE";
-  for (auto& e : entries) timeline_->Start(e.name, phase);
-  Status s = AllreduceInPlace(buffer, total / static_cast<int64_t>(elem), dtype, comm, first.average ? scale : 1.0);
+  const bool ring = UseRing(total, comm);
+  for (auto& e : entries) timeline_->Start(e.name, ring ? "COMMUNICATE_RING" : "COMMUNICATE");
+  Status s = AllreduceSum(buffer, buffer, total / static_cast<int64_t>(elem), dtype, comm, first.average ? scale : 1.0,
+                          ring);
   for (auto& e : entries) timeline_->End(e.name);
   if (!s.ok()) return s;
   offset = 0;

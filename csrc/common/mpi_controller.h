@@ -76,10 +76,11 @@ class MpiController {
   }
 
  private:
-  // Sums over `comm` (in place, or from `in` into `out`), then multiplies by
-  // `scale` (1: not at all). Large ones run as a ring (UseRing).
-  Status AllreduceInPlace(void* data, int64_t count, DataType dtype, MPI_Comm comm, double scale);
-  Status AllreduceInto(const void* in, void* out, int64_t count, DataType dtype, MPI_Comm comm, double scale);
+  // Sums over `comm` from `in` into `out` (in place when they are the same),
+  // then multiplies by `scale` (1: not at all); `ring` (UseRing of the bytes):
+  // as BlueFog's ring, else with MPI's allreduce.
+  Status AllreduceSum(const void* in, void* out, int64_t count, DataType dtype, MPI_Comm comm, double scale,
+                      bool ring);
   bool UseRing(int64_t bytes, MPI_Comm comm) const;
   Status RingAllreduce(const void* in, void* out, int64_t count, DataType dtype, MPI_Comm comm, double scale);
   Status Wait(MPI_Request* request, const char* what);
