@@ -114,7 +114,7 @@ def test_settings_that_must_agree_are_compared_at_init(tmp_path):
         lines = [ln for ln in out.splitlines() if ln.startswith(f"RESULT rank {r} init raised")]
         assert len(lines) == 1, out[-6000:]
         # The first differing setting, with every rank's value.
-        assert "BLUEFOG_FAST_ROUNDS (0 on ranks [1]; 1 on ranks [0, 2])" in lines[0], lines[0]
+        assert "ranks disagree on BLUEFOG_FAST_ROUNDS: ranks [0, 2] have 1; rank [1] has 0" in lines[0], lines[0]
     # init can be called again with the settings fixed (MPI was left running).
     assert "RESULT rank 1 retried: [3.0, 3.0, 3.0]" in out and "RESULT rank 0 retried: [3.0, 3.0, 3.0]" in out, \
         out[-6000:]

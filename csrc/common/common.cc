@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cctype>
 #include <sstream>
+#include <utility>
 
 namespace bluefog {
 
@@ -77,6 +78,33 @@ std::string ShapeString(const Shape& shape) {
     os << shape[i];
   }
   os << "]";
+  return os.str();
+}
+
+std::string RankList(const std::vector<int>& ranks) {
+  std::ostringstream os;
+  os << (ranks.size() == 1 ? "rank " : "ranks ") << "[";
+  for (size_t i = 0; i < ranks.size(); ++i) os << (i ? ", " : "") << ranks[i];
+  os << "]";
+  return os.str();
+}
+
+std::string DisagreementText(const std::vector<std::string>& values, const std::string& field) {
+  std::vector<std::pair<std::string, std::vector<int>>> groups;  // in order of first rank
+  for (int r = 0; r < static_cast<int>(values.size()); ++r) {
+    auto it = groups.begin();
+    for (; it != groups.end(); ++it)
+      if (it->first == values[r]) break;
+    if (it == groups.end()) groups.push_back({values[r], {r}});
+    else it->second.push_back(r);
+  }
+  if (groups.size() <= 1) return "";
+  std::ostringstream os;
+  os << "ranks disagree on " << field << ": ";
+  for (size_t i = 0; i < groups.size(); ++i) {
+    os << (i ? "; " : "") << RankList(groups[i].second) << (groups[i].second.size() == 1 ? " has " : " have ")
+       << groups[i].first;
+  }
   return os.str();
 }
 

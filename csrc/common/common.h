@@ -57,6 +57,13 @@ int64_t NumElements(const Shape& shape);
 
 constexpr int kCpuDevice = -1;
 
+// "rank [3]" / "ranks [0, 2]".
+std::string RankList(const std::vector<int>& ranks);
+// "" when every rank gave the same value (values[r] is rank r's), else
+// "ranks disagree on <field>: ranks [0, 2] have a; rank [1] has b" (groups in
+// the order of their first rank).
+std::string DisagreementText(const std::vector<std::string>& values, const std::string& field);
+
 }  // namespace bluefog
 
 #endif  // BLUEFOG_COMMON_COMMON_H

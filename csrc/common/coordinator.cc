@@ -10,34 +10,13 @@ namespace bluefog {
 
 namespace {
 
-std::string RankList(const std::vector<int>& ranks) {
-  std::ostringstream os;
-  os << (ranks.size() == 1 ? "rank " : "ranks ") << "[";
-  for (size_t i = 0; i < ranks.size(); ++i) os << (i ? ", " : "") << ranks[i];
-  os << "]";
-  return os.str();
-}
-
 // Groups ranks by the text `value_of` gives; "" if all agree, else a sentence.
 template <typename F>
 std::string Disagreement(const std::vector<Request>& by_rank, const char* field, F value_of) {
-  std::vector<std::pair<std::string, std::vector<int>>> groups;  // in order of first rank
-  for (int r = 0; r < static_cast<int>(by_rank.size()); ++r) {
-    std::string v = value_of(by_rank[r]);
-    auto it = groups.begin();
-    for (; it != groups.end(); ++it)
-      if (it->first == v) break;
-    if (it == groups.end()) groups.push_back({v, {r}});
-    else it->second.push_back(r);
-  }
-  if (groups.size() <= 1) return "";
-  std::ostringstream os;
-  os << "ranks disagree on " << field << ": ";
-  for (size_t i = 0; i < groups.size(); ++i) {
-    os << (i ? "; " : "") << RankList(groups[i].second) << (groups[i].second.size() == 1 ? " has " : " have ")
-       << groups[i].first;
-  }
-  return os.str();
+  std::vector<std::string> values;
+  values.reserve(by_rank.size());
+  for (const Request& r : by_rank) values.push_back(value_of(r));
+  return DisagreementText(values, field);
 }
 
 std::string TrailingShape(const Request& r) {

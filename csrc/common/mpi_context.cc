@@ -4,7 +4,6 @@
 
 #include <atomic>
 #include <cstdlib>
-#include <map>
 #include <mutex>
 #include <string>
 
@@ -203,19 +202,12 @@ Status MpiContext::CheckSettingsAgree(const Config& config) {
   int rc = MPI_Allgather(values, kCount, MPI_INT64_T, all.data(), kCount, MPI_INT64_T, control_comm_);
   if (rc != MPI_SUCCESS) return Status::Aborted(MpiErrorText("MPI_Allgather (init settings)", rc));
   for (int i = 0; i < kCount; ++i) {
-    std::map<int64_t, std::vector<int>> ranks_by_value;
-    for (int r = 0; r < size_; ++r) ranks_by_value[all[static_cast<size_t>(r) * kCount + i]].push_back(r);
-    if (ranks_by_value.size() == 1) continue;
-    std::string text;
-    for (const auto& [value, ranks] : ranks_by_value) {
-      text += text.empty() ? "" : "; ";
-      text += std::to_string(value) + " on ranks [";
-      for (size_t k = 0; k < ranks.size(); ++k) text += (k ? ", " : "") + std::to_string(ranks[k]);
-      text += "]";
-    }
-    return Status::InvalidArgument(std::string("init: the ranks were given different ") + mine[i].name + " (" +
-                                   text + "); every rank must use the same value (set it for the whole job, e.g. "
-                                   "mpirun -x / bfrun's environment), or the ranks would run different "
+    std::vector<std::string> by_rank(size_);
+    for (int r = 0; r < size_; ++r) by_rank[r] = std::to_string(all[static_cast<size_t>(r) * kCount + i]);
+    const std::string differ = DisagreementText(by_rank, mine[i].name);
+    if (differ.empty()) continue;
+    return Status::InvalidArgument("init: " + differ + "; every rank must use the same value (set it for the whole "
+                                   "job, e.g. mpirun -x / bfrun's environment), or the ranks would run different "
                                    "collectives for the same op and hang");
   }
   return Status::OK();
