@@ -519,6 +519,7 @@ Status MpiController::NeighborExchange(TensorTableEntry& e, const std::vector<in
     // Keep each copy off the input's page offset (see FusionBuffer).
     const size_t stride = (static_cast<size_t>(in_bytes) + 4095) / 4096 * 4096 + 320;
     char* scratch = scratch_.Reserve(stride * dst.size());
+    if (scratch == nullptr) return Status::Aborted("out of memory for the scaled copies of " + e.name + "'s input");
     for (size_t i = 0; i < dst.size(); ++i) {
       if (e.dst_weights.empty() || e.dst_weights[i] == 1.0) continue;
       char* copy = scratch + stride * i;
@@ -573,6 +574,7 @@ Status MpiController::NeighborAllreduceFused(std::vector<TensorTableEntry>& entr
   std::shared_ptr<Tensor> shared;
   if (!src.empty() && elem > 0) shared = entries[0].context->SharedBuffer(static_cast<int64_t>(stride / elem * src.size()));
   char* base = fusion_.Reserve(stride * (1 + n_scaled + (shared ? 0 : src.size())));
+  if (base == nullptr) return Status::Aborted("out of memory for the fusion buffer of " + entries[0].name + " and the ops fused with it");
   char* packed = base;
   int64_t offset = 0;
   for (auto& e : entries) {

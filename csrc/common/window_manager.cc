@@ -232,6 +232,10 @@ Status WindowManager::Put(const WinOpArgs& a, bool accumulate) {
     const char* from = static_cast<const char*>(a.tensor->data());
     if (wt != 1.0) {
       char* copy = scratch_.Reserve(static_cast<size_t>(w->bytes));
+      if (copy == nullptr) {
+        s = Status::Aborted("out of memory for the scaled copy of window " + a.name + "'s tensor");
+        break;
+      }
       std::memcpy(copy, from, w->bytes);
       ScaleBuffer(w->dtype, copy, w->bytes / elem, wt);
       from = copy;
