@@ -120,6 +120,26 @@ def test_settings_that_must_agree_are_compared_at_init(tmp_path):
         out[-6000:]
 
 
+@pytest.mark.parametrize("scenario, own, retried", [
+    ("unparsable_setting", "invalid value 'fast' for BLUEFOG_CYCLE_TIME", True),
+    ("too_low_thread_level", "MPI provides only MPI_THREAD_SINGLE", False),
+])
+def test_a_rank_that_cannot_start_fails_init_everywhere(tmp_path, scenario, own, retried):
+    # Before: rank 1 raised alone and the others waited at init for it (for
+    # good, when rank 1 went on, e.g. in a notebook).
+    rc, out, _ = run(scenario, tmp_path, np=3)
+    assert rc == 0, out[-6000:]
+    assert "init succeeded" not in out, out[-6000:]
+    lines = {r: [ln for ln in out.splitlines() if ln.startswith(f"RESULT rank {r} init raised")] for r in range(3)}
+    assert all(len(v) == 1 for v in lines.values()), out[-6000:]
+    assert lines[1][0].startswith(f"RESULT rank 1 init raised ValueError: bluefog init failed: {own}"), lines[1][0]
+    for r in (0, 2):
+        assert f"ValueError: bluefog init failed: init: BlueFog could not start on rank [1] (rank 1: {own}" \
+            in lines[r][0], lines[r][0]
+    for r in range(3):
+        assert (f"RESULT rank {r} retried: [3.0, 3.0, 3.0]" in out) == retried, out[-6000:]
+
+
 def test_a_forked_child_leaves_the_parents_bluefog_alone(tmp_path):
     rc, out, _ = run("fork_child", tmp_path, np=2)
     assert rc == 0, out[-6000:]

@@ -2,6 +2,7 @@
 
 #include <pthread.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <mutex>
@@ -106,7 +107,7 @@ std::string MpiErrorText(const char* call, int code) {
   return std::string(call) + " failed: " + std::string(text, len);
 }
 
-Status MpiContext::Initialize(MPI_Comm base, const Config& config) {
+Status MpiContext::Initialize(MPI_Comm base, const Config& config, const Status& failed) {
   static std::once_flag fork_hook;
   std::call_once(fork_hook, [] { pthread_atfork(nullptr, nullptr, [] { g_forked_child = true; }); });
   int initialized = 0;
@@ -123,8 +124,10 @@ Status MpiContext::Initialize(MPI_Comm base, const Config& config) {
   MPI_Finalized(&finalized);
   if (finalized) return Status::PreconditionError("MPI has already been finalized; BlueFog cannot start");
   MPI_Query_thread(&thread_level_);
-  Status s = CheckThreadLevel();
-  if (!s.ok()) return s;
+  // A rank that cannot start still joins the first exchange below (from this
+  // thread, which may call MPI at any thread level), so that every rank fails.
+  const Status mine = failed.ok() ? CheckThreadLevel() : failed;
+  Status s;
 
   if (base == MPI_COMM_NULL) {
     s = CheckWorldMatchesLauncher();
@@ -151,7 +154,7 @@ Status MpiContext::Initialize(MPI_Comm base, const Config& config) {
     own_sum_.fill(MPI_OP_NULL);
     for (const OwnSumEntry& e : kOwnSums) MPI_Op_create(e.sum, 1, &own_sum_[static_cast<int>(e.dtype)]);
   }
-  s = CheckSettingsAgree(config);
+  s = CheckStartAgree(config, mine);
   if (!s.ok()) {
     Finalize();  // MPI stays up: init may be called again with the settings fixed
     return s;
@@ -179,7 +182,37 @@ Status MpiContext::CheckThreadLevel() {
   return Status::OK();
 }
 
-Status MpiContext::CheckSettingsAgree(const Config& config) {
+Status MpiContext::StartFailures(const std::vector<int64_t>& all, int slots, const Status& mine) {
+  std::vector<int> counts(size_), displs(size_);
+  int total = 0;
+  for (int r = 0; r < size_; ++r) {
+    const int64_t n = all[static_cast<size_t>(r) * slots + slots - 1];
+    counts[r] = static_cast<int>(std::min<int64_t>(n, 4096));  // (a reason is a line or two)
+    displs[r] = total;
+    total += counts[r];
+  }
+  if (total == 0) return Status::OK();
+  std::string text = mine.ok() ? std::string() : mine.reason();
+  text.resize(static_cast<size_t>(counts[rank_]), ' ');
+  std::string texts(static_cast<size_t>(total), '\0');
+  int rc = MPI_Allgatherv(text.data(), counts[rank_], MPI_CHAR, texts.data(), counts.data(), displs.data(), MPI_CHAR,
+                          control_comm_);
+  if (rc != MPI_SUCCESS) return Status::Aborted(MpiErrorText("MPI_Allgatherv (init failures)", rc));
+  if (!mine.ok()) return mine;  // this rank's own reason, as it would have been alone
+  std::vector<int> ranks;
+  std::string why;
+  for (int r = 0; r < size_; ++r) {
+    if (counts[r] == 0) continue;
+    ranks.push_back(r);
+    if (why.empty()) why = "rank " + std::to_string(r) + ": " + texts.substr(static_cast<size_t>(displs[r]), counts[r]);
+  }
+  return Status::InvalidArgument("init: BlueFog could not start on " + RankList(ranks) + " (" + why +
+                                 "), so it does not start on any rank; fix that and call init again");
+}
+
+Status MpiContext::CheckStartAgree(const Config& config, const Status& mine_failed) {
+  // A rank that cannot start: every rank says why (one allgather of the
+  // reasons' lengths below, then the reasons themselves).
   // Settings every rank must share: with different values the ranks would run
   // different collectives for the same op (a fast round against an allgather,
   // BlueFog's ring against MPI's allreduce, differently fused buffers or
@@ -196,14 +229,19 @@ Status MpiContext::CheckSettingsAgree(const Config& config) {
       {"BLUEFOG_NODES_PER_MACHINE", config.nodes_per_machine},
   };
   constexpr int kCount = sizeof(mine) / sizeof(mine[0]);
-  int64_t values[kCount];
+  constexpr int kSlots = kCount + 1;  // the settings, then the length of this rank's failure
+  const std::string& reason = mine_failed.reason();
+  int64_t values[kSlots];
   for (int i = 0; i < kCount; ++i) values[i] = mine[i].value;
-  std::vector<int64_t> all(static_cast<size_t>(kCount) * size_);
-  int rc = MPI_Allgather(values, kCount, MPI_INT64_T, all.data(), kCount, MPI_INT64_T, control_comm_);
+  values[kCount] = mine_failed.ok() ? 0 : static_cast<int64_t>(std::max<size_t>(reason.size(), 1));
+  std::vector<int64_t> all(static_cast<size_t>(kSlots) * size_);
+  int rc = MPI_Allgather(values, kSlots, MPI_INT64_T, all.data(), kSlots, MPI_INT64_T, control_comm_);
   if (rc != MPI_SUCCESS) return Status::Aborted(MpiErrorText("MPI_Allgather (init settings)", rc));
+  Status failed = StartFailures(all, kSlots, mine_failed);
+  if (!failed.ok()) return failed;
   for (int i = 0; i < kCount; ++i) {
     std::vector<std::string> by_rank(size_);
-    for (int r = 0; r < size_; ++r) by_rank[r] = std::to_string(all[static_cast<size_t>(r) * kCount + i]);
+    for (int r = 0; r < size_; ++r) by_rank[r] = std::to_string(all[static_cast<size_t>(r) * kSlots + i]);
     const std::string differ = DisagreementText(by_rank, mine[i].name);
     if (differ.empty()) continue;
     return Status::InvalidArgument("init: " + differ + "; every rank must use the same value (set it for the whole "

@@ -18,7 +18,10 @@ class MpiContext {
  public:
   // Initializes MPI if needed (on the calling thread) and duplicates `base`
   // (MPI_COMM_NULL means MPI_COMM_WORLD). Collective over `base`.
-  Status Initialize(MPI_Comm base, const Config& config);
+  // `failed`: why this rank cannot start (its settings did not parse), or OK;
+  // every rank then learns it and Initialize fails everywhere, instead of the
+  // other ranks waiting at init for a rank that left.
+  Status Initialize(MPI_Comm base, const Config& config, const Status& failed = Status::OK());
   // Frees the communicators (collective). MPI itself stays initialized; it is
   // finalized at process exit if BlueFog initialized it.
   void Finalize();
@@ -45,8 +48,12 @@ class MpiContext {
 
  private:
   Status CheckThreadLevel();
-  // The settings every rank must share (config.h) are the same on every rank.
-  Status CheckSettingsAgree(const Config& config);
+  // No rank failed to start (`mine`: this rank's reason, or OK), and the
+  // settings every rank must share (config.h) are the same on every rank.
+  Status CheckStartAgree(const Config& config, const Status& mine);
+  // From the gathered settings (`slots` per rank, the last one a failure
+  // reason's length): every failed rank's reason, or OK (collective).
+  Status StartFailures(const std::vector<int64_t>& all, int slots, const Status& mine);
   Status BuildMachineLayout(const Config& config);
   void ProbeWindowModel();
 

@@ -548,7 +548,13 @@ Status Initialize(int fortran_comm, const std::string& overrides) {
   for (const auto& kv : ParseKeyValueLines(overrides)) env[kv.first] = kv.second;
   Config config;
   std::string error;
-  if (!ParseConfig(env, &config, &error)) return Status::InvalidArgument(error);
+  Status unparsed;
+  if (!ParseConfig(env, &config, &error)) {
+    // Not alone: the other ranks would wait at init for this one. It starts
+    // MPI with the defaults and tells them (MpiContext::Initialize).
+    unparsed = Status::InvalidArgument(error);
+    config = Config();
+  }
   g.config = config;
   SetLogOptions(config.log_level, config.log_hide_time, -1);
 
@@ -568,7 +574,7 @@ Status Initialize(int fortran_comm, const std::string& overrides) {
                                      "BlueFog should run on); call init(comm=...) only where the communicator is valid");
     }
   }
-  Status s = g.mpi.Initialize(base, config);
+  Status s = g.mpi.Initialize(base, config, unparsed);
   static bool exit_hook = false;
   if (!exit_hook) {
     // Last resort if the frontend did not shut down: stop the loop, then MPI

@@ -197,6 +197,38 @@ def settings_differ(marker_dir):
     return 0
 
 
+def failing_start(settings, retry):
+    """Rank 1 alone cannot start (`settings` fail there): init raises on every
+    rank, the others naming rank 1 and its reason, instead of waiting at init
+    for a rank that left. With `retry`, a second init with the settings fixed
+    works everywhere."""
+    def run(marker_dir):
+        rank = int(os.environ.get("OMPI_COMM_WORLD_RANK", os.environ.get("PMI_RANK", "-1")))
+        assert rank >= 0, "no rank in the environment"
+        try:
+            bf.init(config=settings if rank == 1 else {})
+        except (ValueError, RuntimeError) as err:
+            print(f"RESULT rank {rank} init raised {type(err).__name__}: {err}", flush=True)
+        else:
+            print(f"RESULT rank {rank} init succeeded", flush=True)
+            return 0
+        if retry:
+            bf.init()
+            out = bf.allreduce(torch.ones(3), average=False, name="after.retry")
+            print(f"RESULT rank {rank} retried: {out.tolist()}", flush=True)
+        return 0
+    return run
+
+
+def unparsable_setting(marker_dir):
+    return failing_start({"BLUEFOG_CYCLE_TIME": "fast"}, retry=True)(marker_dir)
+
+
+def too_low_thread_level(marker_dir):
+    # (MPI stays at that level on rank 1, so no retry there.)
+    return failing_start({"BLUEFOG_MPI_THREAD_LEVEL": 0}, retry=False)(marker_dir)
+
+
 def fork_child(marker_dir):
     """A process forked from a rank (as by a DataLoader worker or a user's
     os.fork) may read rank()/size(), must get a clear error from an op, and
@@ -321,8 +353,9 @@ def in_fast_rounds(scenario):
 SCENARIOS = {f.__name__: f for f in (stall_warning, stall_shutdown, killed_rank, raising_rank,
                                      skip_mode_unreceived_send, skip_mode_unsent_receive,
                                      in_fast_rounds(stall_warning), in_fast_rounds(stall_shutdown),
-                                     comm_null_split, fork_child, interrupted_waits, settings_differ)}
-SELF_INIT = {"comm_null_split", "fork_child", "settings_differ"}  # these call bf.init() themselves
+                                     comm_null_split, fork_child, interrupted_waits, settings_differ,
+                                     unparsable_setting, too_low_thread_level)}
+SELF_INIT = {"comm_null_split", "fork_child", "settings_differ", "unparsable_setting", "too_low_thread_level"}  # these call bf.init() themselves
 
 if __name__ == "__main__":
     if sys.argv[1] not in SELF_INIT:
