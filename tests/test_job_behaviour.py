@@ -140,6 +140,44 @@ def test_a_rank_that_cannot_start_fails_init_everywhere(tmp_path, scenario, own,
         assert (f"RESULT rank {r} retried: [3.0, 3.0, 3.0]" in out) == retried, out[-6000:]
 
 
+DEADLOCK_ENV = {"BLUEFOG_STALL_CHECK_TIME_SECONDS": "1"}
+
+
+def test_ops_named_differently_on_each_rank_fail_instead_of_hanging(tmp_path):
+    # Before: a hang, with a stall warning every BLUEFOG_STALL_CHECK_TIME_SECONDS.
+    rc, out, _ = run("names_differ", tmp_path, env=DEADLOCK_ENV)
+    assert rc == 0, out[-6000:]
+    for r, other in ((0, 1), (1, 0)):
+        line = [ln for ln in out.splitlines() if ln.startswith(f"RESULT rank {r} raised after")]
+        assert len(line) == 1, out[-6000:]
+        # Its own op: submitted by itself only, and what the other rank has pending instead.
+        assert f"'grad.{r}'" in line[0] and "deadlocked: submitted by " f"rank [{r}] but not by rank [{other}]" \
+            in line[0], line[0]
+        assert f"pending instead on rank {other}: 'grad.{other}'" in line[0], line[0]
+        assert "under the same name" in line[0], line[0]
+        assert float(re.search(r"after ([0-9.]+) s", line[0]).group(1)) >= 0.9, line[0]  # not before the stall time
+        assert f"RESULT rank {r} after 2.0" in out, out[-6000:]
+
+
+def test_a_rank_running_one_iteration_more_fails_instead_of_hanging(tmp_path):
+    rc, out, _ = run("uneven_loops", tmp_path, env=DEADLOCK_ENV)
+    assert rc == 0, out[-6000:]
+    r0 = [ln for ln in out.splitlines() if ln.startswith("RESULT rank 0 raised after")]
+    r1 = [ln for ln in out.splitlines() if ln.startswith("RESULT rank 1 raised after")]
+    assert len(r0) == 1 and len(r1) == 1, out[-6000:]
+    assert "'final'" in r0[0] and "pending instead on rank 1: 'it.2'" in r0[0], r0[0]
+    assert "'it.2'" in r1[0] and "pending instead on rank 0: 'final'" in r1[0], r1[0]
+    assert "RESULT rank 0 after 2.0" in out and "RESULT rank 1 after 2.0" in out, out[-6000:]
+
+
+def test_ops_completing_while_another_waits_are_not_a_deadlock(tmp_path):
+    rc, out, _ = run("busy_while_op_pending", tmp_path, env={"BLUEFOG_STALL_CHECK_TIME_SECONDS": "0.3"})
+    assert rc == 0, out[-6000:]
+    for r in (0, 1):
+        assert f"RESULT rank {r} late.op [2.0, 2.0, 2.0]" in out, out[-6000:]
+    assert "deadlocked" not in out, out[-6000:]
+
+
 def test_a_forked_child_leaves_the_parents_bluefog_alone(tmp_path):
     rc, out, _ = run("fork_child", tmp_path, np=2)
     assert rc == 0, out[-6000:]

@@ -121,6 +121,8 @@ void Coordinator::Reset(int size) {
   table_.clear();
   orphans_.clear();
   shutdown_.assign(size, false);
+  waiting_.assign(size, false);
+  last_progress_ = Clock::now();
   ready_.clear();
 }
 
@@ -216,9 +218,13 @@ void Coordinator::Ingest(std::vector<CycleMessage>& messages, Clock::time_point 
   ready_.clear();
   viewed_.clear();
   completed_.clear();
+  const size_t decided_before = out->size();
+  bool moved = false;
   for (int rank = 0; rank < static_cast<int>(messages.size()); ++rank) {
     CycleMessage& msg = messages[rank];
     if (msg.shutdown) shutdown_[rank] = true;
+    waiting_[rank] = msg.waiting;
+    moved = moved || msg.moved || !msg.requests.empty() || msg.shutdown;
     for (Request& incoming : msg.requests) {
       if (!orphans_.empty()) {
         auto o = orphans_.find(incoming.name);
@@ -285,23 +291,63 @@ void Coordinator::Ingest(std::vector<CycleMessage>& messages, Clock::time_point 
     }
   }
   for (auto it : completed_) table_.erase(it);
+  // Every message first (an error names the other ranks' pending ops), then
+  // the failed ops leave the table.
+  std::vector<std::map<std::string, Pending>::iterator> failed;
   for (const CycleMessage& msg : messages) {
-    for (const std::string& name : msg.timed_out) {
-      auto it = table_.find(name);
-      if (it == table_.end()) continue;  // became ready in this very cycle
-      std::vector<int> submitted, missing;
-      for (int r = 0; r < size_; ++r) (it->second.submitted[r] ? submitted : missing).push_back(r);
-      double secs = std::chrono::duration<double>(now - it->second.first_seen).count();
-      const Request& any = it->second.by_rank[submitted.empty() ? 0 : submitted[0]];
-      std::ostringstream os;
-      os << "stalled: submitted by " << RankList(submitted) << " but never by " << RankList(missing)
-         << " within the stall shutdown time (waited about " << static_cast<int>(secs) << " s)";
-      out->push_back(Error(any, os.str()));
-      out->back().error_is_abort = true;
-      table_.erase(it);
+    for (bool deadlock : {false, true}) {
+      for (const std::string& name : deadlock ? msg.deadlocked : msg.timed_out) {
+        auto it = table_.find(name);
+        // (Ready in this very cycle, or failed by another message.)
+        if (it == table_.end() || std::find(failed.begin(), failed.end(), it) != failed.end()) continue;
+        out->push_back(StalledError(it->second, now, deadlock));
+        failed.push_back(it);
+      }
     }
   }
+  for (auto it : failed) table_.erase(it);
   FailMissingShutdown(out);
+  if (moved || out->size() > decided_before) last_progress_ = now;
+}
+
+std::string Coordinator::PendingOn(int rank, const std::string& name) const {
+  constexpr int kMost = 3;
+  std::string text;
+  int n = 0;
+  for (const auto& kv : table_) {
+    if (kv.first == name || !kv.second.submitted[rank]) continue;
+    if (n++ < kMost) text += (text.empty() ? "'" : ", '") + kv.first + "'";
+  }
+  if (n > kMost) text += " and " + std::to_string(n - kMost) + " more";
+  return text;
+}
+
+Response Coordinator::StalledError(const Pending& p, Clock::time_point now, bool deadlock) const {
+  std::vector<int> submitted, missing;
+  for (int r = 0; r < size_; ++r) (p.submitted[r] ? submitted : missing).push_back(r);
+  const int secs = static_cast<int>(std::chrono::duration<double>(now - p.first_seen).count());
+  const Request& any = p.by_rank[submitted.empty() ? 0 : submitted[0]];
+  std::ostringstream os;
+  if (!deadlock) {
+    os << "stalled: submitted by " << RankList(submitted) << " but never by " << RankList(missing)
+       << " within the stall shutdown time (waited about " << secs << " s)";
+  } else {
+    const int quiet = static_cast<int>(std::chrono::duration<double>(now - last_progress_).count());
+    os << "deadlocked: submitted by " << RankList(submitted) << " but not by " << RankList(missing)
+       << ", and for " << quiet << " s every rank has been blocked waiting for BlueFog ops with nothing "
+       << "submitted or completed anywhere, so it can never complete";
+    std::string instead;
+    for (int r : missing) {
+      const std::string pending = PendingOn(r, any.name);
+      if (!pending.empty()) instead += (instead.empty() ? "" : "; ") + ("rank " + std::to_string(r) + ": " + pending);
+    }
+    if (!instead.empty()) os << " (pending instead on " << instead << ")";
+    os << ". Every rank must submit each op, under the same name (check names built from per-rank values, "
+       << "and loops that run a different number of times on different ranks)";
+  }
+  Response resp = Error(any, os.str());
+  resp.error_is_abort = true;
+  return resp;
 }
 
 // A grouped allreduce's first member ('<group>.0') whose ranks disagree on the
@@ -386,18 +432,23 @@ std::vector<StallReport> Coordinator::Stalls(Clock::time_point now, double warn_
   std::vector<StallReport> reports;
   if (warn_seconds <= 0) return reports;
   auto warn = std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(warn_seconds));
+  bool stuck = size_ > 1 && now - last_progress_ >= warn;
+  for (bool w : waiting_) stuck = stuck && w;
   for (auto& kv : table_) {
     Pending& p = kv.second;
     int reporter = 0;
     while (reporter < size_ && !p.submitted[reporter]) ++reporter;
-    if (reporter != my_rank) continue;
-    if (now - p.first_seen < warn || now - p.last_warned < warn) continue;
+    // A deadlock is declared by rank 0 alone, for every pending op at once
+    // (each error then names what the other ranks have pending instead).
+    if (stuck ? my_rank != 0 : reporter != my_rank) continue;
+    if (now - p.first_seen < warn || (!stuck && now - p.last_warned < warn)) continue;
     p.last_warned = now;
     StallReport rep;
     rep.name = kv.first;
     rep.op = p.by_rank[reporter].op;
     for (int r = 0; r < size_; ++r) (p.submitted[r] ? rep.submitted : rep.missing).push_back(r);
     rep.seconds = std::chrono::duration<double>(now - p.first_seen).count();
+    rep.deadlock = stuck;
     reports.push_back(std::move(rep));
   }
   return reports;

@@ -25,6 +25,9 @@ struct StallReport {
   std::vector<int> submitted;
   std::vector<int> missing;
   double seconds;
+  // Certainly never completes: every rank is blocked waiting, and nothing has
+  // moved anywhere for the stall time (see Stalls).
+  bool deadlock = false;
 };
 
 // "" if every rank's send/receive lists are valid and mirror each other,
@@ -51,8 +54,15 @@ class Coordinator {
 
   // Pending ops waiting longer than `warn_seconds` whose reporter is `my_rank`
   // (the lowest rank that submitted). Each op is reported at most once per
-  // `warn_seconds`.
+  // `warn_seconds`, unless it is deadlocked (then rank 0 reports every pending
+  // op): every rank's last message said a
+  // thread of it is blocked in a BlueFog wait, and for `warn_seconds` no rank
+  // submitted or completed anything (ops, fast rounds, window ops). No
+  // thread that waits can submit the missing ops then, so (short of a thread
+  // that neither waits nor submits for that long) they never come.
   std::vector<StallReport> Stalls(Clock::time_point now, double warn_seconds, int my_rank);
+  // Something completed outside Ingest (a fast round).
+  void NoteProgress(Clock::time_point now) { last_progress_ = now; }
 
   bool AllShutdown() const;
   bool AnyShutdown() const;
@@ -69,10 +79,15 @@ class Coordinator {
   void FailGroupExtras(const Pending& first_member, std::vector<Response>* out);
   void FailMissingShutdown(std::vector<Response>* out);
   static Response Error(const Request& r, std::string message);
+  // Up to a few names of the ops `rank` has submitted that are still pending, except `name`.
+  std::string PendingOn(int rank, const std::string& name) const;
+  Response StalledError(const Pending& p, Clock::time_point now, bool deadlock) const;
 
   int size_ = 0;
   std::map<std::string, Pending> table_;  // ordered: deterministic iteration
   std::vector<bool> shutdown_;
+  std::vector<bool> waiting_;      // per rank, from its last message
+  Clock::time_point last_progress_;
   // Members of a grouped allreduce whose ranks disagreed on the group's size
   // that only the ranks with more tensors submit: name -> why, and the ranks
   // still to submit it (each such request fails on arrival).

@@ -41,6 +41,7 @@ Status HandleManager::Wait(int handle, int64_t spin_us, const Helper& help, bool
                                    " (never returned by a nonblocking op, or already synchronized)");
   };
   if (slots_.find(handle) == slots_.end()) return unknown();
+  BlockedWait blocked;
   // Done, or gone: another thread waiting for the same handle claimed it.
   auto done = [&] {
     auto it = slots_.find(handle);

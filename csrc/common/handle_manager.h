@@ -3,6 +3,7 @@
 #ifndef BLUEFOG_COMMON_HANDLE_MANAGER_H
 #define BLUEFOG_COMMON_HANDLE_MANAGER_H
 
+#include <atomic>
 #include <condition_variable>
 #include <functional>
 #include <mutex>
@@ -11,6 +12,22 @@
 #include "status.h"
 
 namespace bluefog {
+
+// Counts the threads of this process blocked in a BlueFog wait (a handle's
+// wait, a blocking op): while it is positive and nothing moves, this rank
+// cannot submit anything from those threads. Negotiation tells the other
+// ranks (the deadlock check in coordinator.h).
+class BlockedWait {
+ public:
+  BlockedWait() { count_.fetch_add(1, std::memory_order_relaxed); }
+  ~BlockedWait() { count_.fetch_sub(1, std::memory_order_relaxed); }
+  BlockedWait(const BlockedWait&) = delete;
+  BlockedWait& operator=(const BlockedWait&) = delete;
+  static int Count() { return count_.load(std::memory_order_relaxed); }
+
+ private:
+  static inline std::atomic<int> count_{0};
+};
 
 class HandleManager {
  public:

@@ -18,7 +18,7 @@ constexpr uint8_t kFlagRejected = 8;
 
 void EncodeCycleMessage(const CycleMessage& msg, std::string* out) {
   ByteWriter w(out);
-  w.U8(msg.shutdown ? 1 : 0);
+  w.U8((msg.shutdown ? 1 : 0) | (msg.waiting ? 2 : 0) | (msg.moved ? 4 : 0));
   w.Varint(msg.requests.size());
   for (const auto& r : msg.requests) {
     w.Str(r.name);
@@ -44,11 +44,16 @@ void EncodeCycleMessage(const CycleMessage& msg, std::string* out) {
   }
   w.Varint(msg.timed_out.size());
   for (const auto& name : msg.timed_out) w.Str(name);
+  w.Varint(msg.deadlocked.size());
+  for (const auto& name : msg.deadlocked) w.Str(name);
 }
 
 bool DecodeCycleMessage(const char* data, size_t size, CycleMessage* msg) {
   ByteReader rd(data, size);
-  msg->shutdown = rd.U8() != 0;
+  const uint8_t flags = rd.U8();
+  msg->shutdown = (flags & 1) != 0;
+  msg->waiting = (flags & 2) != 0;
+  msg->moved = (flags & 4) != 0;
   uint64_t n = rd.Varint();
   msg->requests.clear();
   // Reserved up front (bounded by the bytes left: every item takes one or more).
@@ -90,6 +95,9 @@ bool DecodeCycleMessage(const char* data, size_t size, CycleMessage* msg) {
   uint64_t t = rd.Varint();
   msg->timed_out.clear();
   for (uint64_t i = 0; i < t && rd.ok(); ++i) msg->timed_out.push_back(rd.Str());
+  uint64_t d = rd.Varint();
+  msg->deadlocked.clear();
+  for (uint64_t i = 0; i < d && rd.ok(); ++i) msg->deadlocked.push_back(rd.Str());
   return rd.ok() && rd.done();
 }
 

@@ -63,9 +63,13 @@ inline int64_t InputBytes(const Request& r) {
 // One cycle's message of a rank: flags plus its newly enqueued requests.
 struct CycleMessage {
   bool shutdown = false;  // this rank has asked to shut down
+  bool waiting = false;   // a thread of this rank is blocked in a BlueFog wait
+  bool moved = false;     // this rank completed direct (window) ops since its last message
   std::vector<Request> requests;
   // Ops this rank (their stall reporter) declares timed out: all ranks fail them.
   std::vector<std::string> timed_out;
+  // Likewise, ops it found deadlocked (Coordinator::Stalls).
+  std::vector<std::string> deadlocked;
 };
 
 void EncodeCycleMessage(const CycleMessage& msg, std::string* out);

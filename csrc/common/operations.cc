@@ -12,6 +12,7 @@
 #include "coordinator.h"
 #include "fast_round.h"
 #include "half.h"
+#include "handle_manager.h"
 #include "inline_ops.h"
 #include "logging.h"
 #include "mpi_context.h"
@@ -51,6 +52,8 @@ struct GlobalState {
   std::atomic<bool> loop_done{false};       // the background loop has ended
   std::atomic<bool> last_cycle_moved{false};
   std::vector<std::string> my_timed_out;  // under cycle_mu
+  std::vector<std::string> my_deadlocked;  // under cycle_mu
+  uint64_t direct_seen = 0, direct_now = 0;  // direct ops completed: told the peers / at this exchange
   // An exchange's buffers, kept between exchanges so that their memory is
   // reused (under cycle_mu).
   CycleMessage mine;
@@ -325,7 +328,8 @@ bool RunFastRound(GlobalState& g, int64_t* done_bytes, bool* full) {
       g.queue.ViewInput(mine.requests[0].name, g.fast.capacity(), &input)) {
     offer = &mine.requests[0];
   }
-  const bool more = mine.requests.size() > (offer ? 1u : 0u) || mine.shutdown || !mine.timed_out.empty();
+  const bool more = mine.requests.size() > (offer ? 1u : 0u) || mine.shutdown || !mine.timed_out.empty() ||
+                    !mine.deadlocked.empty();
   g.fast.Build(offer, input, more, &g.fast_buf);
   Status s = g.controller->AllreduceMessage(&g.fast_buf, FastRound::Reduce);
   if (!s.ok()) return StopLoop(g, s.reason());
@@ -358,6 +362,7 @@ bool FullRound(GlobalState& g, Clock::time_point now) {
   if (g.config.inline_bytes > 0) AttachPayloads(g.queue, InlineBudget(g), &mine.requests);
   g.sent.clear();
   EncodeCycleMessage(mine, &g.sent);
+  g.direct_seen = g.direct_now;
   Status s = g.controller->AllgatherBytes(g.sent, &g.received);
   if (!s.ok()) return StopLoop(g, s.reason());
   std::vector<CycleMessage>& all = g.decoded;
@@ -392,9 +397,14 @@ bool Exchange(GlobalState& g) {
   CycleMessage& mine = g.mine;
   mine.requests.clear();
   mine.timed_out.clear();
+  mine.deadlocked.clear();
   mine.shutdown = g.shutdown_requested;
+  mine.waiting = BlockedWait::Count() > 0;
+  g.direct_now = g.queue.DirectCompleted();
+  mine.moved = g.direct_now != g.direct_seen;  // (told in the next full round)
   g.queue.PopRequests(&mine.requests);
   mine.timed_out.swap(g.my_timed_out);
+  mine.deadlocked.swap(g.my_deadlocked);
   StartNegotiation(g, mine.requests);
 
   std::vector<Response>& responses = g.responses;
@@ -409,6 +419,7 @@ bool Exchange(GlobalState& g) {
   } else {
     g.last_cycle_moved = fast_bytes > 0;
   }
+  if (fast_bytes > 0) g.coordinator.NoteProgress(now);
   ++g.exchanges;
   // An exchange that completed nothing (every rank waiting for a late one, an
   // idle tick) does not end a run of repeated small allreduces: the late
@@ -425,6 +436,10 @@ bool Exchange(GlobalState& g) {
     // Switched to skip mode: the rest of this cycle's responses still run, in order.
   }
   for (const auto& stall : g.coordinator.Stalls(now, g.config.stall_check_seconds, g.mpi.rank())) {
+    if (stall.deadlock) {  // failed on every rank in the next exchange, with the reason
+      g.my_deadlocked.push_back(stall.name);
+      continue;
+    }
     std::string sub, miss;
     for (int r : stall.submitted) sub += (sub.empty() ? "" : ", ") + std::to_string(r);
     for (int r : stall.missing) miss += (miss.empty() ? "" : ", ") + std::to_string(r);
@@ -605,6 +620,7 @@ Status Initialize(int fortran_comm, const std::string& overrides) {
   g.coordinator.Reset(g.mpi.size());
   g.fast.Reset();
   g.my_timed_out.clear();
+  g.my_deadlocked.clear();
   g.shutdown_requested = false;
   g.loop_failed = false;
   g.loop_error.clear();
@@ -902,6 +918,7 @@ Status RunBlocking(const std::function<Status(StatusCallback)>& enqueue) {
     });
   }
   if (!s.ok()) return s;
+  BlockedWait blocked;
   HelpUntil([&] {
     std::lock_guard<std::mutex> lock(done->mu);
     return done->done;

@@ -124,6 +124,7 @@ size_t TensorQueue::RunDirect(bool force) {
     if (s.in_progress()) break;
     if (ops.front().callback) ops.front().callback(s);
   }
+  direct_completed_.fetch_add(done, std::memory_order_relaxed);
   lock.lock();
   if (ops.empty()) {
     direct_pause_ = std::chrono::microseconds(0);

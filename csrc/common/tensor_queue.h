@@ -3,6 +3,7 @@
 #ifndef BLUEFOG_COMMON_TENSOR_QUEUE_H
 #define BLUEFOG_COMMON_TENSOR_QUEUE_H
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <deque>
@@ -76,6 +77,8 @@ class TensorQueue {
   // (nothing while the pause after such a one lasts, unless `force`);
   // returns how many completed.
   size_t RunDirect(bool force = false);
+  // Direct ops completed so far (a rank that completes them is not stuck).
+  uint64_t DirectCompleted() const { return direct_completed_.load(std::memory_order_relaxed); }
   // Completes every queued direct op with `status` (at shutdown).
   void FailDirect(const Status& status);
 
@@ -87,6 +90,7 @@ class TensorQueue {
   void Wake();
 
  private:
+  std::atomic<uint64_t> direct_completed_{0};
   std::mutex mu_;
   std::condition_variable cv_;
   bool woken_ = false;

@@ -229,6 +229,67 @@ def too_low_thread_level(marker_dir):
     return failing_start({"BLUEFOG_MPI_THREAD_LEVEL": 0}, retry=False)(marker_dir)
 
 
+def deadlocking(ops):
+    """Runs `ops(rank)` (ops no other rank matches); prints how it raised
+    (and after how long), then runs one op on every rank."""
+    def run(marker_dir):
+        rank = bf.rank()
+        start = time.time()
+        try:
+            ops(rank)
+            print(f"RESULT rank {rank} completed unexpectedly", flush=True)
+        except RuntimeError as err:
+            print(f"RESULT rank {rank} raised after {time.time() - start:.1f} s: {err}", flush=True)
+        after = bf.allreduce(torch.ones(1), average=False, name="after.deadlock")
+        print(f"RESULT rank {rank} after {after.item()}", flush=True)
+        return 0
+    run.__name__ = ops.__name__
+    return run
+
+
+@deadlocking
+def names_differ(rank):
+    """Each rank names its op after its rank (a common slip): every rank is
+    blocked in an op the other never submits. With a short stall time both
+    fail with the reason instead of hanging, and the next op works."""
+    bf.allreduce(torch.ones(3), average=False, name=f"grad.{rank}")
+
+
+@deadlocking
+def uneven_loops(rank):
+    """Rank 1 runs one iteration more than rank 0, which meanwhile waits in
+    the op after the loop: both fail, each message naming what the other has
+    pending instead."""
+    for i in range(2 + rank):
+        bf.allreduce(torch.ones(2), average=False, name=f"it.{i}")
+    bf.allreduce(torch.ones(2), average=False, name="final")
+
+
+def busy_while_op_pending(marker_dir):
+    """Not a deadlock: rank 0's 'late.op' waits for rank 1 while both ranks,
+    blocked in one op after another, keep completing ops (first small ones in
+    fast rounds, then larger ones) for several stall times; then rank 1
+    submits it. Nothing may fail."""
+    from bluefog.common.basics import get_basics
+    rank, size = bf.rank(), bf.size()
+    h = bf.allreduce_nonblocking(torch.ones(3), average=False, name="late.op") if rank == 0 else None
+    fast_before = get_basics().fast_round_counts()[1]
+    counts = []
+    for name, n, seconds in (("tick.small", 1, 1.5), ("tick.big", 65536, 1.5)):
+        start, count = time.time(), 0
+        while True:  # every rank stops at the same iteration: once any rank's time is up
+            x = torch.zeros(n)
+            x[0] = float(time.time() - start < seconds)
+            count += 1
+            if bf.allreduce(x, average=False, name=name)[0].item() < size:
+                break
+        counts.append(count)
+    fast = get_basics().fast_round_counts()[1] - fast_before
+    out = bf.synchronize(h) if rank == 0 else bf.allreduce(torch.ones(3), average=False, name="late.op")
+    print(f"RESULT rank {rank} late.op {out.tolist()} after {counts} ticks, {fast} in fast rounds", flush=True)
+    return 0
+
+
 def fork_child(marker_dir):
     """A process forked from a rank (as by a DataLoader worker or a user's
     os.fork) may read rank()/size(), must get a clear error from an op, and
@@ -354,7 +415,8 @@ SCENARIOS = {f.__name__: f for f in (stall_warning, stall_shutdown, killed_rank,
                                      skip_mode_unreceived_send, skip_mode_unsent_receive,
                                      in_fast_rounds(stall_warning), in_fast_rounds(stall_shutdown),
                                      comm_null_split, fork_child, interrupted_waits, settings_differ,
-                                     unparsable_setting, too_low_thread_level)}
+                                     unparsable_setting, too_low_thread_level, names_differ, uneven_loops,
+                                     busy_while_op_pending)}
 SELF_INIT = {"comm_null_split", "fork_child", "settings_differ", "unparsable_setting", "too_low_thread_level"}  # these call bf.init() themselves
 
 if __name__ == "__main__":
