@@ -146,3 +146,61 @@ def test_ibfrun_start_interrupted_leaves_nothing_running(ibfrun_env, tmp_path):
         time.sleep(0.2)
     assert not any(ib._alive(pids[k]) for k in ("bfrun", "controller")), out[-4000:]  # pylint: disable=protected-access
     assert not os.path.exists(record)
+
+
+def test_ibfrun_start_interrupted_where_ipyparallel_swallows_it(ibfrun_env, monkeypatch):
+    """ipyparallel's blocking apply catches KeyboardInterrupt and returns its AsyncResult: a
+    Ctrl-C that lands there must still stop what start launched, exit code 130 (before: start
+    went on as if nothing happened and reported the engines up, code 0). In process, with a
+    fake controller/launcher (sleeping processes) and a fake client."""
+    import signal  # pylint: disable=import-outside-toplevel
+    import subprocess  # pylint: disable=import-outside-toplevel
+    from bluefog.run import interactive_run as ib  # pylint: disable=import-outside-toplevel
+    pdir = ib.profile_dir(PROFILE)
+    spawned = []
+
+    def fake_spawn(cmd, log_path):
+        if not spawned:  # the controller: it writes the engines' connection file
+            os.makedirs(os.path.join(pdir, "security"), exist_ok=True)
+            with open(os.path.join(pdir, "security", "ipcontroller-engine.json"), "w") as f:
+                f.write("{}")
+        proc = subprocess.Popen(["sleep", "60"], start_new_session=True)
+        spawned.append(proc)
+        return proc
+
+    class SwallowingView:
+        def apply_sync(self, fn):
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(1)  # (the handler runs here)
+            except KeyboardInterrupt:
+                pass  # as ipyparallel's View.apply does
+            return object()
+
+    class FakeClient:
+        def __init__(self, profile):
+            pass
+
+        def wait_for_engines(self, n, timeout):
+            return None
+
+        def __getitem__(self, key):
+            return SwallowingView()
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(ib, "_spawn", fake_spawn)
+    monkeypatch.setattr(ipp, "Client", FakeClient)
+    try:
+        code = ib.main(["start", "-np", "2", "--ipython-profile", PROFILE, "--timeout", "30"])
+    finally:
+        for proc in spawned:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert code == 130
+    assert len(spawned) == 2  # controller and launcher, both ended by start itself:
+    assert all(proc.returncode == -signal.SIGTERM for proc in spawned), [p.returncode for p in spawned]
+    assert not os.path.exists(os.path.join(pdir, ib.PID_FILE))
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler was put back

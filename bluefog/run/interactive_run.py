@@ -229,6 +229,16 @@ def start(args, hosts) -> int:
         abandon()
         return 1
 
+    # ipyparallel swallows a KeyboardInterrupt in places (a blocking apply
+    # returns its AsyncResult instead): Ctrl-C is also remembered, and checked
+    # once the engines are up.
+    interrupted = []
+
+    def on_sigint(signum, frame):
+        interrupted.append(signum)
+        raise KeyboardInterrupt
+
+    previous_handler = signal.signal(signal.SIGINT, on_sigint)
     try:
         controller = spawned("controller", _spawn(ctl_cmd, os.path.join(logdir, "ibfrun-controller.log")))
         deadline = time.monotonic() + args.timeout
@@ -263,11 +273,17 @@ def start(args, hosts) -> int:
             pids["engines"] = client[:].apply_sync(engine_identity)
             client.close()
         except Exception as exc:  # pylint: disable=broad-except
+            if interrupted:
+                raise KeyboardInterrupt from exc
             return fail("the engines did not register ({}); see {}".format(exc, logdir))
+        if interrupted:
+            raise KeyboardInterrupt
         _write_pids(pdir, pids)
     except BaseException:  # Ctrl-C: leave nothing running
         abandon()
         raise
+    finally:
+        signal.signal(signal.SIGINT, previous_handler)
     print("ibfrun: {} engines are up. In Python: `import ipyparallel as ipp; "
           "rc = ipp.Client(profile={!r})`; stop with `ibfrun stop --ipython-profile {}`".format(
               args.num_proc, args.profile, args.profile))
