@@ -143,10 +143,14 @@ def test_a_rank_that_cannot_start_fails_init_everywhere(tmp_path, scenario, own,
 DEADLOCK_ENV = {"BLUEFOG_STALL_CHECK_TIME_SECONDS": "1"}
 
 
-def test_ops_named_differently_on_each_rank_fail_instead_of_hanging(tmp_path):
+@pytest.mark.parametrize("scenario", ["names_differ", "names_differ_in_fast_rounds", "names_differ_nonblocking",
+                                      "names_differ_nonblocking_in_fast_rounds"])
+def test_ops_named_differently_on_each_rank_fail_instead_of_hanging(tmp_path, scenario):
     # Before: a hang, with a stall warning every BLUEFOG_STALL_CHECK_TIME_SECONDS.
-    rc, out, _ = run("names_differ", tmp_path, env=DEADLOCK_ENV)
+    rc, out, _ = run(scenario, tmp_path, env=DEADLOCK_ENV)
     assert rc == 0, out[-6000:]
+    if scenario.endswith("fast_rounds"):
+        assert "RESULT rank 0 fast rounds on" in out and "RESULT rank 1 fast rounds on" in out, out[-6000:]
     for r, other in ((0, 1), (1, 0)):
         line = [ln for ln in out.splitlines() if ln.startswith(f"RESULT rank {r} raised after")]
         assert len(line) == 1, out[-6000:]
@@ -168,6 +172,32 @@ def test_a_rank_running_one_iteration_more_fails_instead_of_hanging(tmp_path):
     assert "'final'" in r0[0] and "pending instead on rank 1: 'it.2'" in r0[0], r0[0]
     assert "'it.2'" in r1[0] and "pending instead on rank 0: 'final'" in r1[0], r1[0]
     assert "RESULT rank 0 after 2.0" in out and "RESULT rank 1 after 2.0" in out, out[-6000:]
+
+
+@pytest.mark.parametrize("scenario", ["pending_while_ranks_compute", "pending_while_ranks_compute_in_fast_rounds"])
+def test_an_op_pending_while_the_ranks_compute_is_not_a_deadlock(tmp_path, scenario):
+    rc, out, _ = run(scenario, tmp_path, env={"BLUEFOG_STALL_CHECK_TIME_SECONDS": "0.4"})
+    assert rc == 0, out[-6000:]
+    for r in (0, 1):
+        assert f"RESULT rank {r} x [2.0, 2.0, 2.0]" in out, out[-6000:]
+    assert "deadlocked" not in out, out[-6000:]
+
+
+@pytest.mark.parametrize("check", ["0", "1"])
+def test_a_thread_that_submits_while_others_wait_needs_the_check_off(tmp_path, check):
+    # The check's known limit: a thread that neither waits nor submits for the
+    # stall time, then submits what the waiting threads need. With the check on
+    # its ops are declared deadlocked; BLUEFOG_DEADLOCK_CHECK=0 leaves them be.
+    rc, out, _ = run("waits_on_another_thread", tmp_path, env={**DEADLOCK_ENV, "BLUEFOG_DEADLOCK_CHECK": check})
+    assert rc == 0, out[-6000:]
+    if check == "0":
+        assert "deadlocked" not in out, out[-6000:]
+        for r in (0, 1):
+            assert f"RESULT rank {r} a [2.0] b [2.0]" in out, out[-6000:]
+        assert "stall: allreduce 'a'" in out, out[-6000:]  # the warnings stay
+    else:
+        assert "RESULT rank 0 raised" in out and "RESULT rank 1 raised" in out, out[-6000:]
+        assert "deadlocked" in out, out[-6000:]
 
 
 def test_ops_completing_while_another_waits_are_not_a_deadlock(tmp_path):

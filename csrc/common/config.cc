@@ -89,6 +89,8 @@ bool ParseConfig(const std::map<std::string, std::string>& env, Config* config, 
       if (!ParseBool(value, &c.caller_runs)) { *error = Bad(key, value, "a boolean (0/1/true/false)"); return false; }
     } else if (key == "BLUEFOG_FAST_ROUNDS") {
       if (!ParseBool(value, &c.fast_rounds)) { *error = Bad(key, value, "a boolean (0/1/true/false)"); return false; }
+    } else if (key == "BLUEFOG_DEADLOCK_CHECK") {
+      if (!ParseBool(value, &c.deadlock_check)) { *error = Bad(key, value, "a boolean (0/1/true/false)"); return false; }
     } else if (key == "BLUEFOG_RING_ALLREDUCE_BYTES") {
       if (!ParseInt(value, &i) || i < 0) { *error = Bad(key, value, "a non-negative number of bytes (0 disables)"); return false; }
       c.ring_allreduce_bytes = i;
@@ -152,6 +154,7 @@ std::string ConfigToJson(const Config& c) {
      << ", \"output_cache_bytes\": " << c.output_cache_bytes
      << ", \"caller_runs\": " << (c.caller_runs ? "true" : "false")
      << ", \"fast_rounds\": " << (c.fast_rounds ? "true" : "false")
+     << ", \"deadlock_check\": " << (c.deadlock_check ? "true" : "false")
      << ", \"ring_allreduce_bytes\": " << c.ring_allreduce_bytes
      << ", \"max_win_sent_length\": " << c.max_win_sent_length << "}";
   return os.str();

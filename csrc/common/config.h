@@ -45,6 +45,10 @@ struct Config {
   // rank each time) is agreed on and summed in one MPI allreduce instead of
   // the allgather negotiation (see fast_round.h). Needs inline_bytes > 0.
   bool fast_rounds = true;
+  // Ops that can certainly never complete (every rank blocked in a BlueFog
+  // wait, nothing moving anywhere for stall_check_seconds) fail on every rank
+  // instead of hanging (Coordinator::Stalls). Decided by rank 0's setting.
+  bool deadlock_check = true;
   // Allreduces of at least this many bytes (and at least 128 KiB per rank)
   // run as BlueFog's own ring (reduce-scatter then allgather, point to point),
   // which needs no extra pass over memory out of place. 0: MPI's allreduce.

@@ -222,9 +222,9 @@ void Coordinator::Ingest(std::vector<CycleMessage>& messages, Clock::time_point 
   bool moved = false;
   for (int rank = 0; rank < static_cast<int>(messages.size()); ++rank) {
     CycleMessage& msg = messages[rank];
+    moved = moved || msg.moved || !msg.requests.empty() || (msg.shutdown && !shutdown_[rank]);
     if (msg.shutdown) shutdown_[rank] = true;
     waiting_[rank] = msg.waiting;
-    moved = moved || msg.moved || !msg.requests.empty() || msg.shutdown;
     for (Request& incoming : msg.requests) {
       if (!orphans_.empty()) {
         auto o = orphans_.find(incoming.name);
@@ -291,16 +291,25 @@ void Coordinator::Ingest(std::vector<CycleMessage>& messages, Clock::time_point 
     }
   }
   for (auto it : completed_) table_.erase(it);
+  // A deadlock declared (by rank 0, from an earlier round) still holds only
+  // if this round shows it too: every rank blocked in a wait (or shut down),
+  // no request, nothing moved. Decided from the messages alone, so the same
+  // on every rank.
+  bool still_stuck = !moved && out->size() == decided_before;
+  for (int r = 0; r < size_; ++r) still_stuck = still_stuck && (waiting_[r] || shutdown_[r]);
   // Every message first (an error names the other ranks' pending ops), then
   // the failed ops leave the table.
   std::vector<std::map<std::string, Pending>::iterator> failed;
+  std::vector<std::string> pending;
   for (const CycleMessage& msg : messages) {
     for (bool deadlock : {false, true}) {
+      if (deadlock && (msg.deadlocked.empty() || !still_stuck)) continue;
+      if (deadlock && pending.empty()) pending = PendingByRank();
       for (const std::string& name : deadlock ? msg.deadlocked : msg.timed_out) {
         auto it = table_.find(name);
         // (Ready in this very cycle, or failed by another message.)
         if (it == table_.end() || std::find(failed.begin(), failed.end(), it) != failed.end()) continue;
-        out->push_back(StalledError(it->second, now, deadlock));
+        out->push_back(StalledError(it->second, now, deadlock, pending));
         failed.push_back(it);
       }
     }
@@ -310,19 +319,22 @@ void Coordinator::Ingest(std::vector<CycleMessage>& messages, Clock::time_point 
   if (moved || out->size() > decided_before) last_progress_ = now;
 }
 
-std::string Coordinator::PendingOn(int rank, const std::string& name) const {
+std::vector<std::string> Coordinator::PendingByRank() const {
   constexpr int kMost = 3;
-  std::string text;
-  int n = 0;
+  std::vector<std::string> text(size_);
+  std::vector<int> n(size_, 0);
   for (const auto& kv : table_) {
-    if (kv.first == name || !kv.second.submitted[rank]) continue;
-    if (n++ < kMost) text += (text.empty() ? "'" : ", '") + kv.first + "'";
+    for (int r = 0; r < size_; ++r) {
+      if (kv.second.submitted[r] && n[r]++ < kMost) text[r] += (text[r].empty() ? "'" : ", '") + kv.first + "'";
+    }
   }
-  if (n > kMost) text += " and " + std::to_string(n - kMost) + " more";
+  for (int r = 0; r < size_; ++r)
+    if (n[r] > kMost) text[r] += " and " + std::to_string(n[r] - kMost) + " more";
   return text;
 }
 
-Response Coordinator::StalledError(const Pending& p, Clock::time_point now, bool deadlock) const {
+Response Coordinator::StalledError(const Pending& p, Clock::time_point now, bool deadlock,
+                                   const std::vector<std::string>& pending) const {
   std::vector<int> submitted, missing;
   for (int r = 0; r < size_; ++r) (p.submitted[r] ? submitted : missing).push_back(r);
   const int secs = static_cast<int>(std::chrono::duration<double>(now - p.first_seen).count());
@@ -337,9 +349,8 @@ Response Coordinator::StalledError(const Pending& p, Clock::time_point now, bool
        << ", and for " << quiet << " s every rank has been blocked waiting for BlueFog ops with nothing "
        << "submitted or completed anywhere, so it can never complete";
     std::string instead;
-    for (int r : missing) {
-      const std::string pending = PendingOn(r, any.name);
-      if (!pending.empty()) instead += (instead.empty() ? "" : "; ") + ("rank " + std::to_string(r) + ": " + pending);
+    for (int r : missing) {  // (what a rank that lacks this op has pending is never this op)
+      if (!pending[r].empty()) instead += (instead.empty() ? "" : "; ") + ("rank " + std::to_string(r) + ": " + pending[r]);
     }
     if (!instead.empty()) os << " (pending instead on " << instead << ")";
     os << ". Every rank must submit each op, under the same name (check names built from per-rank values, "
@@ -428,12 +439,13 @@ void Coordinator::Fuse(std::vector<Response>* responses, int64_t threshold) {
   responses->swap(fused);
 }
 
-std::vector<StallReport> Coordinator::Stalls(Clock::time_point now, double warn_seconds, int my_rank) {
+std::vector<StallReport> Coordinator::Stalls(Clock::time_point now, double warn_seconds, int my_rank,
+                                             bool deadlocks) {
   std::vector<StallReport> reports;
   if (warn_seconds <= 0) return reports;
   auto warn = std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(warn_seconds));
-  bool stuck = size_ > 1 && now - last_progress_ >= warn;
-  for (bool w : waiting_) stuck = stuck && w;
+  bool stuck = deadlocks && size_ > 1 && now - last_progress_ >= warn;
+  for (int r = 0; r < size_; ++r) stuck = stuck && (waiting_[r] || shutdown_[r]);
   for (auto& kv : table_) {
     Pending& p = kv.second;
     int reporter = 0;

@@ -60,9 +60,15 @@ class Coordinator {
   // submitted or completed anything (ops, fast rounds, window ops). No
   // thread that waits can submit the missing ops then, so (short of a thread
   // that neither waits nor submits for that long) they never come.
-  std::vector<StallReport> Stalls(Clock::time_point now, double warn_seconds, int my_rank);
-  // Something completed outside Ingest (a fast round).
+  // Without `deadlocks`, no op is reported deadlocked.
+  std::vector<StallReport> Stalls(Clock::time_point now, double warn_seconds, int my_rank, bool deadlocks = true);
+  // Something completed outside Ingest (ops performed, a fast round).
   void NoteProgress(Clock::time_point now) { last_progress_ = now; }
+  // A fast round without a full round: what its flags said (fast_round.h).
+  void NoteRound(Clock::time_point now, bool all_waiting, bool moved) {
+    waiting_.assign(size_, all_waiting);
+    if (moved) last_progress_ = now;
+  }
 
   bool AllShutdown() const;
   bool AnyShutdown() const;
@@ -79,9 +85,11 @@ class Coordinator {
   void FailGroupExtras(const Pending& first_member, std::vector<Response>* out);
   void FailMissingShutdown(std::vector<Response>* out);
   static Response Error(const Request& r, std::string message);
-  // Up to a few names of the ops `rank` has submitted that are still pending, except `name`.
-  std::string PendingOn(int rank, const std::string& name) const;
-  Response StalledError(const Pending& p, Clock::time_point now, bool deadlock) const;
+  // Per rank, up to a few names of the ops it has submitted that are still pending.
+  std::vector<std::string> PendingByRank() const;
+  // `pending`: PendingByRank() (deadlock only).
+  Response StalledError(const Pending& p, Clock::time_point now, bool deadlock,
+                        const std::vector<std::string>& pending) const;
 
   int size_ = 0;
   std::map<std::string, Pending> table_;  // ordered: deterministic iteration

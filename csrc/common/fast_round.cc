@@ -20,6 +20,8 @@ constexpr size_t kConflictAt = 4;
 constexpr size_t kDescAt = 8;
 constexpr size_t kDescBytes = FastRound::kHeaderBytes - kDescAt;
 constexpr uint32_t kMore = 1;
+constexpr uint32_t kNotWaiting = 2;  // see Outcome
+constexpr uint32_t kMoved = 4;
 
 uint32_t LoadU32(const char* p) {
   uint32_t v;
@@ -69,11 +71,12 @@ bool FastRound::Eligible(const Request& r) const {
   return r.rejected.empty() && bytes > 0 && bytes <= capacity_ && Fits(r);
 }
 
-void FastRound::Build(const Request* offer, std::string_view input, bool more, std::vector<char>* buf) const {
+void FastRound::Build(const Request* offer, std::string_view input, bool more, bool waiting, bool moved,
+                      std::vector<char>* buf) const {
   buf->resize(kHeaderBytes + static_cast<size_t>(capacity_));
   char* p = buf->data();
   std::memset(p, 0, kHeaderBytes);
-  StoreU32(p + kFlagsAt, more ? kMore : 0);
+  StoreU32(p + kFlagsAt, (more ? kMore : 0) | (waiting ? 0 : kNotWaiting) | (moved ? kMoved : 0));
   if (offer && Describe(*offer, p + kDescAt)) std::memcpy(p + kHeaderBytes, input.data(), input.size());
   else std::memset(p + kDescAt, 0, kDescBytes);
 }
@@ -84,7 +87,10 @@ FastRound::Outcome FastRound::Read(const std::vector<char>& buf) {
   const bool conflict = LoadU32(p + kConflictAt) != 0;
   const bool offered = p[kDescAt] == 1;
   o.agreed = !conflict && offered;
-  o.need_full = (LoadU32(p + kFlagsAt) & kMore) != 0 || conflict;
+  const uint32_t flags = LoadU32(p + kFlagsAt);
+  o.need_full = (flags & kMore) != 0 || conflict;
+  o.all_waiting = (flags & kNotWaiting) == 0;
+  o.any_moved = (flags & kMoved) != 0;
   if (o.agreed) o.sum = std::string_view(p + kHeaderBytes, LoadU32(p + kDescAt + 4));
   return o;
 }

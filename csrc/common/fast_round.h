@@ -49,14 +49,19 @@ class FastRound {
   bool Eligible(const Request& r) const;
 
   // Fills `buf` (kHeaderBytes + capacity) with this rank's offer: `offer`
-  // (nullptr: none) and its input, and whether it has more for this cycle.
-  void Build(const Request* offer, std::string_view input, bool more, std::vector<char>* buf) const;
+  // (nullptr: none) and its input, whether it has more for this cycle, and
+  // what negotiation messages tell the deadlock check (CycleMessage's
+  // `waiting` and `moved`).
+  void Build(const Request* offer, std::string_view input, bool more, bool waiting, bool moved,
+             std::vector<char>* buf) const;
 
   // What the summed message says (the same on every rank).
   struct Outcome {
     bool agreed = false;    // every rank offered the same op: `sum` is its result
     bool need_full = false; // the allgather exchange must follow in this cycle
     std::string_view sum;   // the summed inputs (agreed only)
+    bool all_waiting = false;  // every rank had a thread blocked in a BlueFog wait
+    bool any_moved = false;    // some rank completed direct ops since it last told
   };
   static Outcome Read(const std::vector<char>& buf);
 

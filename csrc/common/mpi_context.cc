@@ -117,15 +117,16 @@ Status MpiContext::Initialize(MPI_Comm base, const Config& config, const Status&
                                   MPI_THREAD_MULTIPLE};
     int provided = 0;
     int rc = MPI_Init_thread(nullptr, nullptr, kLevels[config.mpi_thread_level], &provided);
-    if (rc != MPI_SUCCESS) return Status::Aborted("MPI_Init_thread failed");
+    if (rc != MPI_SUCCESS) return failed.ok() ? Status::Aborted("MPI_Init_thread failed") : failed;
     g_we_initialized_mpi = true;
   }
   int finalized = 0;
   MPI_Finalized(&finalized);
   if (finalized) return Status::PreconditionError("MPI has already been finalized; BlueFog cannot start");
   MPI_Query_thread(&thread_level_);
-  // A rank that cannot start still joins the first exchange below (from this
-  // thread, which may call MPI at any thread level), so that every rank fails.
+  // A rank that cannot start still joins the first exchange below, so that
+  // every rank fails (from the thread that called init: the one that
+  // initialized MPI, unless the program did).
   const Status mine = failed.ok() ? CheckThreadLevel() : failed;
   Status s;
 
@@ -207,7 +208,7 @@ Status MpiContext::StartFailures(const std::vector<int64_t>& all, int slots, con
     if (why.empty()) why = "rank " + std::to_string(r) + ": " + texts.substr(static_cast<size_t>(displs[r]), counts[r]);
   }
   return Status::InvalidArgument("init: BlueFog could not start on " + RankList(ranks) + " (" + why +
-                                 "), so it does not start on any rank; fix that and call init again");
+                                 "), so it starts on no rank");
 }
 
 Status MpiContext::CheckStartAgree(const Config& config, const Status& mine_failed) {

@@ -53,6 +53,9 @@ struct GlobalState {
   std::atomic<bool> last_cycle_moved{false};
   std::vector<std::string> my_timed_out;  // under cycle_mu
   std::vector<std::string> my_deadlocked;  // under cycle_mu
+  // Set while suspended or in skip-negotiate mode: the next exchange does not
+  // count the time before it as quiet (the deadlock check).
+  std::atomic<bool> quiet_gap{false};
   uint64_t direct_seen = 0, direct_now = 0;  // direct ops completed: told the peers / at this exchange
   // An exchange's buffers, kept between exchanges so that their memory is
   // reused (under cycle_mu).
@@ -330,10 +333,13 @@ bool RunFastRound(GlobalState& g, int64_t* done_bytes, bool* full) {
   }
   const bool more = mine.requests.size() > (offer ? 1u : 0u) || mine.shutdown || !mine.timed_out.empty() ||
                     !mine.deadlocked.empty();
-  g.fast.Build(offer, input, more, &g.fast_buf);
+  g.fast.Build(offer, input, more, mine.waiting, mine.moved, &g.fast_buf);
   Status s = g.controller->AllreduceMessage(&g.fast_buf, FastRound::Reduce);
   if (!s.ok()) return StopLoop(g, s.reason());
   const FastRound::Outcome o = FastRound::Read(g.fast_buf);
+  g.direct_seen = g.direct_now;  // told
+  // What the deadlock check learns from the round (a full round tells it too).
+  if (!o.need_full) g.coordinator.NoteRound(Clock::now(), o.all_waiting, o.any_moved || o.agreed);
   *full = o.need_full;
   ++g.fast_rounds;
   if (!o.agreed) return true;
@@ -362,7 +368,7 @@ bool FullRound(GlobalState& g, Clock::time_point now) {
   if (g.config.inline_bytes > 0) AttachPayloads(g.queue, InlineBudget(g), &mine.requests);
   g.sent.clear();
   EncodeCycleMessage(mine, &g.sent);
-  g.direct_seen = g.direct_now;
+  g.direct_seen = g.direct_now;  // told
   Status s = g.controller->AllgatherBytes(g.sent, &g.received);
   if (!s.ok()) return StopLoop(g, s.reason());
   std::vector<CycleMessage>& all = g.decoded;
@@ -401,12 +407,16 @@ bool Exchange(GlobalState& g) {
   mine.shutdown = g.shutdown_requested;
   mine.waiting = BlockedWait::Count() > 0;
   g.direct_now = g.queue.DirectCompleted();
-  mine.moved = g.direct_now != g.direct_seen;  // (told in the next full round)
+  mine.moved = g.direct_now != g.direct_seen;  // (told in this exchange's first round)
   g.queue.PopRequests(&mine.requests);
   mine.timed_out.swap(g.my_timed_out);
   mine.deadlocked.swap(g.my_deadlocked);
   StartNegotiation(g, mine.requests);
 
+  if (g.quiet_gap) {  // suspended, or in skip-negotiate mode: not a quiet time of negotiation
+    g.quiet_gap = false;
+    g.coordinator.NoteProgress(Clock::now());
+  }
   std::vector<Response>& responses = g.responses;
   responses.clear();
   int64_t fast_bytes = 0;
@@ -435,7 +445,11 @@ bool Exchange(GlobalState& g) {
     if (!s.ok()) return StopLoop(g, s.reason());
     // Switched to skip mode: the rest of this cycle's responses still run, in order.
   }
-  for (const auto& stall : g.coordinator.Stalls(now, g.config.stall_check_seconds, g.mpi.rank())) {
+  // (Ops may have run for long: their end is progress too.)
+  now = Clock::now();
+  if (!responses.empty()) g.coordinator.NoteProgress(now);
+  for (const auto& stall :
+       g.coordinator.Stalls(now, g.config.stall_check_seconds, g.mpi.rank(), g.config.deadlock_check)) {
     if (stall.deadlock) {  // failed on every rank in the next exchange, with the reason
       g.my_deadlocked.push_back(stall.name);
       continue;
@@ -479,6 +493,7 @@ void BackgroundLoop() {
   GlobalState& g = State();
   while (true) {
     if (g.suspended && !g.shutdown_requested) {
+      g.quiet_gap = true;
       std::this_thread::sleep_for(std::chrono::milliseconds(5));
       continue;
     }
@@ -496,6 +511,7 @@ void BackgroundLoop() {
     // A caller is running cycles, or ran them meanwhile and left nothing to do.
     if (!skip && !g.shutdown_requested && (g.helpers > 0 || (g.exchanges != seen && LoopShouldWait(g)))) continue;
     InCycle in_cycle;
+    if (skip) g.quiet_gap = true;
     if (!(skip ? RunSkipCycle(g) : Exchange(g))) break;
   }
   std::lock_guard<std::mutex> lock(g.cycle_mu);

@@ -265,6 +265,63 @@ def uneven_loops(rank):
     bf.allreduce(torch.ones(2), average=False, name="final")
 
 
+@deadlocking
+def names_differ_nonblocking(rank):
+    """As names_differ, but started nonblocking, and waited for only after a
+    while: the op's own negotiation saw no rank waiting, and later exchanges
+    are all fast rounds when run in_fast_rounds (nothing completes that would
+    end them), which must tell the deadlock check that both ranks now wait."""
+    h = bf.allreduce_nonblocking(torch.ones(3), average=False, name=f"grad.{rank}")
+    time.sleep(0.5)
+    bf.synchronize(h)
+
+
+def pending_while_ranks_compute(marker_dir):
+    """Not a deadlock: rank 0's 'x' waits for rank 1 while both ranks compute
+    (no thread in a BlueFog wait) for several stall times after an exchange
+    in which both were blocked; then rank 1 submits it."""
+    rank = bf.rank()
+    h = bf.allreduce_nonblocking(torch.ones(3), average=False, name="x") if rank == 0 else None
+    bf.allreduce(torch.ones(3), average=False, name="loss")
+    time.sleep(2.0)
+    out = bf.synchronize(h) if rank == 0 else bf.allreduce(torch.ones(3), average=False, name="x")
+    print(f"RESULT rank {rank} x {out.tolist()}", flush=True)
+    return 0
+
+
+def waits_on_another_thread(marker_dir):
+    """Rank 0 waits in 'a' then 'b'. Rank 1 waits in 'b' on a second thread
+    while its main thread neither waits nor submits for 3 s, then submits 'a'."""
+    import threading  # pylint: disable=import-outside-toplevel
+    rank = bf.rank()
+    try:
+        if rank == 0:
+            a = bf.allreduce(torch.ones(1), average=False, name="a")
+            b = bf.allreduce(torch.ones(1), average=False, name="b")
+        else:
+            got, failed = [], []
+
+            def in_b():
+                try:
+                    got.append(bf.allreduce(torch.ones(1), average=False, name="b"))
+                except RuntimeError as err:
+                    failed.append(err)
+            t = threading.Thread(target=in_b)
+            t.start()
+            time.sleep(3.0)
+            if failed:  # (declared deadlocked meanwhile, with rank 0's 'a')
+                raise failed[0]
+            a = bf.allreduce(torch.ones(1), average=False, name="a")
+            t.join()
+            if failed:
+                raise failed[0]
+            b = got[0]
+        print(f"RESULT rank {rank} a {a.tolist()} b {b.tolist()}", flush=True)
+    except RuntimeError as err:
+        print(f"RESULT rank {rank} raised: {err}", flush=True)
+    return 0
+
+
 def busy_while_op_pending(marker_dir):
     """Not a deadlock: rank 0's 'late.op' waits for rank 1 while both ranks,
     blocked in one op after another, keep completing ops (first small ones in
@@ -416,7 +473,10 @@ SCENARIOS = {f.__name__: f for f in (stall_warning, stall_shutdown, killed_rank,
                                      in_fast_rounds(stall_warning), in_fast_rounds(stall_shutdown),
                                      comm_null_split, fork_child, interrupted_waits, settings_differ,
                                      unparsable_setting, too_low_thread_level, names_differ, uneven_loops,
-                                     busy_while_op_pending)}
+                                     busy_while_op_pending, in_fast_rounds(names_differ),
+                                     in_fast_rounds(names_differ_nonblocking), names_differ_nonblocking,
+                                     in_fast_rounds(pending_while_ranks_compute), pending_while_ranks_compute,
+                                     waits_on_another_thread)}
 SELF_INIT = {"comm_null_split", "fork_child", "settings_differ", "unparsable_setting", "too_low_thread_level"}  # these call bf.init() themselves
 
 if __name__ == "__main__":
