@@ -119,10 +119,13 @@ def test_ibfrun_start_interrupted_leaves_nothing_running(ibfrun_env, tmp_path):
     from bluefog.run import interactive_run as ib  # pylint: disable=import-outside-toplevel
     pdir = ib.profile_dir(PROFILE)  # (created here, so the record's path is known)
     record = os.path.join(pdir, ib.PID_FILE)
+    # SIGINT as in a terminal, whatever this process inherited (a job started in the
+    # background may have it ignored, and the child would inherit that).
     proc = subprocess.Popen([sys.executable, "-m", "bluefog.run.interactive_run", "start", "-np", "2",
                              "--ipython-profile", PROFILE, "--timeout", "100"], env=ibfrun_env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+                            start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         pids = {}
         deadline = time.time() + 60
@@ -192,9 +195,13 @@ def test_ibfrun_start_interrupted_where_ipyparallel_swallows_it(ibfrun_env, monk
 
     monkeypatch.setattr(ib, "_spawn", fake_spawn)
     monkeypatch.setattr(ipp, "Client", FakeClient)
+    # Python's own handler, as in a terminal (a job started in the background may have SIGINT ignored).
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         code = ib.main(["start", "-np", "2", "--ipython-profile", PROFILE, "--timeout", "30"])
+        restored = signal.getsignal(signal.SIGINT)
     finally:
+        signal.signal(signal.SIGINT, before)
         for proc in spawned:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
@@ -203,4 +210,4 @@ def test_ibfrun_start_interrupted_where_ipyparallel_swallows_it(ibfrun_env, monk
     assert len(spawned) == 2  # controller and launcher, both ended by start itself:
     assert all(proc.returncode == -signal.SIGTERM for proc in spawned), [p.returncode for p in spawned]
     assert not os.path.exists(os.path.join(pdir, ib.PID_FILE))
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler was put back
+    assert restored is signal.default_int_handler  # start's own handler was taken away again

@@ -231,14 +231,17 @@ def start(args, hosts) -> int:
 
     # ipyparallel swallows a KeyboardInterrupt in places (a blocking apply
     # returns its AsyncResult instead): Ctrl-C is also remembered, and checked
-    # once the engines are up.
+    # once the engines are up (unless SIGINT is not Python's usual handler,
+    # e.g. ignored: then it is left alone).
     interrupted = []
 
     def on_sigint(signum, frame):
         interrupted.append(signum)
         raise KeyboardInterrupt
 
-    previous_handler = signal.signal(signal.SIGINT, on_sigint)
+    previous_handler = signal.getsignal(signal.SIGINT)
+    if previous_handler is signal.default_int_handler:
+        signal.signal(signal.SIGINT, on_sigint)
     try:
         controller = spawned("controller", _spawn(ctl_cmd, os.path.join(logdir, "ibfrun-controller.log")))
         deadline = time.monotonic() + args.timeout
