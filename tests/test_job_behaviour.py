@@ -163,6 +163,19 @@ def test_ops_named_differently_on_each_rank_fail_instead_of_hanging(tmp_path, sc
         assert f"RESULT rank {r} after 2.0" in out, out[-6000:]
 
 
+def test_windows_named_differently_on_each_rank_fail_instead_of_hanging(tmp_path):
+    rc, out, _ = run("window_names_differ", tmp_path, env=DEADLOCK_ENV)
+    assert rc == 0, out[-6000:]
+    for r, other in ((0, 1), (1, 0)):
+        line = [ln for ln in out.splitlines() if ln.startswith(f"RESULT rank {r} raised after")]
+        assert len(line) == 1, out[-6000:]
+        assert f"win_create 'win.{r}': deadlocked: submitted by rank [{r}] but not by rank [{other}]" in line[0], \
+            line[0]
+        # (the core's own name for the other rank's op)
+        assert f"pending instead on rank {other}: 'bluefog.win_create.win.{other}'" in line[0], line[0]
+        assert f"RESULT rank {r} after 2.0" in out, out[-6000:]
+
+
 def test_a_rank_running_one_iteration_more_fails_instead_of_hanging(tmp_path):
     rc, out, _ = run("uneven_loops", tmp_path, env=DEADLOCK_ENV)
     assert rc == 0, out[-6000:]

@@ -276,6 +276,12 @@ def names_differ_nonblocking(rank):
     bf.synchronize(h)
 
 
+@deadlocking
+def window_names_differ(rank):
+    """As names_differ, for win_create (a window named after the rank)."""
+    bf.win_create(torch.zeros(3), name=f"win.{rank}")
+
+
 def pending_while_ranks_compute(marker_dir):
     """Not a deadlock: rank 0's 'x' waits for rank 1 while both ranks compute
     (no thread in a BlueFog wait) for several stall times after an exchange
@@ -476,7 +482,7 @@ SCENARIOS = {f.__name__: f for f in (stall_warning, stall_shutdown, killed_rank,
                                      busy_while_op_pending, in_fast_rounds(names_differ),
                                      in_fast_rounds(names_differ_nonblocking), names_differ_nonblocking,
                                      in_fast_rounds(pending_while_ranks_compute), pending_while_ranks_compute,
-                                     waits_on_another_thread)}
+                                     waits_on_another_thread, window_names_differ)}
 SELF_INIT = {"comm_null_split", "fork_child", "settings_differ", "unparsable_setting", "too_low_thread_level"}  # these call bf.init() themselves
 
 if __name__ == "__main__":
