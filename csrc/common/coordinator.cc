@@ -295,24 +295,24 @@ void Coordinator::Ingest(std::vector<CycleMessage>& messages, Clock::time_point 
   // if this round shows it too: every rank blocked in a wait (or shut down),
   // no request, nothing moved. Decided from the messages alone, so the same
   // on every rank.
-  bool still_stuck = !moved && out->size() == decided_before;
-  for (int r = 0; r < size_; ++r) still_stuck = still_stuck && (waiting_[r] || shutdown_[r]);
+  const bool still_stuck = !moved && out->size() == decided_before && AllBlocked();
   // Every message first (an error names the other ranks' pending ops), then
   // the failed ops leave the table.
   std::vector<std::map<std::string, Pending>::iterator> failed;
-  std::vector<std::string> pending;
-  for (const CycleMessage& msg : messages) {
-    for (bool deadlock : {false, true}) {
-      if (deadlock && (msg.deadlocked.empty() || !still_stuck)) continue;
+  std::vector<std::string> pending;  // PendingByRank(), once a deadlock error needs it
+  auto fail = [&](const std::vector<std::string>& names, bool deadlock) {
+    for (const std::string& name : names) {
+      auto it = table_.find(name);
+      // (Ready in this very cycle, or failed by another message.)
+      if (it == table_.end() || std::find(failed.begin(), failed.end(), it) != failed.end()) continue;
       if (deadlock && pending.empty()) pending = PendingByRank();
-      for (const std::string& name : deadlock ? msg.deadlocked : msg.timed_out) {
-        auto it = table_.find(name);
-        // (Ready in this very cycle, or failed by another message.)
-        if (it == table_.end() || std::find(failed.begin(), failed.end(), it) != failed.end()) continue;
-        out->push_back(StalledError(it->second, now, deadlock, pending));
-        failed.push_back(it);
-      }
+      out->push_back(StalledError(it->second, now, deadlock, pending));
+      failed.push_back(it);
     }
+  };
+  for (const CycleMessage& msg : messages) {
+    fail(msg.timed_out, false);
+    if (still_stuck) fail(msg.deadlocked, true);
   }
   for (auto it : failed) table_.erase(it);
   FailMissingShutdown(out);
@@ -444,8 +444,7 @@ std::vector<StallReport> Coordinator::Stalls(Clock::time_point now, double warn_
   std::vector<StallReport> reports;
   if (warn_seconds <= 0) return reports;
   auto warn = std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(warn_seconds));
-  bool stuck = deadlocks && size_ > 1 && now - last_progress_ >= warn;
-  for (int r = 0; r < size_; ++r) stuck = stuck && (waiting_[r] || shutdown_[r]);
+  const bool stuck = deadlocks && size_ > 1 && now - last_progress_ >= warn && AllBlocked();
   for (auto& kv : table_) {
     Pending& p = kv.second;
     int reporter = 0;
@@ -464,6 +463,12 @@ std::vector<StallReport> Coordinator::Stalls(Clock::time_point now, double warn_
     reports.push_back(std::move(rep));
   }
   return reports;
+}
+
+bool Coordinator::AllBlocked() const {
+  for (int r = 0; r < size_; ++r)
+    if (!waiting_[r] && !shutdown_[r]) return false;
+  return true;
 }
 
 bool Coordinator::AllShutdown() const {

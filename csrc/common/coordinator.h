@@ -85,6 +85,8 @@ class Coordinator {
   void FailGroupExtras(const Pending& first_member, std::vector<Response>* out);
   void FailMissingShutdown(std::vector<Response>* out);
   static Response Error(const Request& r, std::string message);
+  // Every rank's last word: a thread of it is blocked in a BlueFog wait, or it has shut down.
+  bool AllBlocked() const;
   // Per rank, up to a few names of the ops it has submitted that are still pending.
   std::vector<std::string> PendingByRank() const;
   // `pending`: PendingByRank() (deadlock only).

@@ -339,7 +339,8 @@ bool RunFastRound(GlobalState& g, int64_t* done_bytes, bool* full) {
   const FastRound::Outcome o = FastRound::Read(g.fast_buf);
   g.direct_seen = g.direct_now;  // told
   // What the deadlock check learns from the round (a full round tells it too).
-  if (!o.need_full) g.coordinator.NoteRound(Clock::now(), o.all_waiting, o.any_moved || o.agreed);
+  // (An op agreed in it is progress too: Exchange notes that.)
+  if (!o.need_full) g.coordinator.NoteRound(Clock::now(), o.all_waiting, o.any_moved);
   *full = o.need_full;
   ++g.fast_rounds;
   if (!o.agreed) return true;

@@ -24,6 +24,13 @@ def wait_for_file(path, seconds=60.0):
         time.sleep(0.05)
 
 
+def launcher_rank():
+    """This process's rank as the launcher set it (for scenarios that run before bf.init)."""
+    rank = int(os.environ.get("OMPI_COMM_WORLD_RANK", os.environ.get("PMI_RANK", "-1")))
+    assert rank >= 0, "no rank in the environment"
+    return rank
+
+
 def touch(path, text=""):
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
@@ -180,8 +187,7 @@ def settings_differ(marker_dir):
     second init with them fixed works. (Before:
     init succeeded and the first small allreduce hung, one rank in a fast
     round's allreduce, the others in the allgather exchange.)"""
-    rank = int(os.environ.get("OMPI_COMM_WORLD_RANK", os.environ.get("PMI_RANK", "-1")))
-    assert rank >= 0, "no rank in the environment"
+    rank = launcher_rank()
     odd = {"BLUEFOG_FAST_ROUNDS": 0, "BLUEFOG_RING_ALLREDUCE_BYTES": 4096} if rank == 1 else {}
     try:
         bf.init(config=odd)
@@ -203,8 +209,7 @@ def failing_start(settings, retry):
     for a rank that left. With `retry`, a second init with the settings fixed
     works everywhere."""
     def run(marker_dir):
-        rank = int(os.environ.get("OMPI_COMM_WORLD_RANK", os.environ.get("PMI_RANK", "-1")))
-        assert rank >= 0, "no rank in the environment"
+        rank = launcher_rank()
         try:
             bf.init(config=settings if rank == 1 else {})
         except (ValueError, RuntimeError) as err:
