@@ -168,6 +168,23 @@ def test_ops_named_differently_on_each_rank_fail_instead_of_hanging(tmp_path, sc
         assert f"RESULT rank {r} after 2.0" in out, out[-6000:]
 
 
+@pytest.mark.parametrize("scenario, mine, theirs", [
+    ("tf_names_differ", "allreduce 'grad.{}'", "'grad.{}'"),
+    ("tf_function_names_differ", "allreduce 'grad.{}.0'", "'grad.{}.0', 'grad.{}.1'"),  # a grouped allreduce
+])
+def test_tensorflow_ops_named_differently_on_each_rank_fail_instead_of_hanging(tmp_path, scenario, mine, theirs):
+    # TensorFlow's executor, not a BlueFog wait, blocks on these ops. Before: a hang.
+    rc, out, _ = run(scenario, tmp_path, env=DEADLOCK_ENV)
+    assert rc == 0, out[-6000:]
+    for r, other in ((0, 1), (1, 0)):
+        line = [ln for ln in out.splitlines() if ln.startswith(f"RESULT rank {r} raised after")]
+        assert len(line) == 1, out[-6000:]
+        assert f"{mine.format(r)}: deadlocked: submitted by rank [{r}] but not by rank [{other}]" in line[0], line[0]
+        assert f"pending instead on rank {other}: {theirs.format(other, other)}" in line[0], line[0]
+        assert float(re.search(r"after ([0-9.]+) s", line[0]).group(1)) >= 0.9, line[0]
+        assert f"RESULT rank {r} after 2.0" in out, out[-6000:]
+
+
 def test_a_rank_running_one_iteration_more_fails_instead_of_hanging(tmp_path):
     rc, out, _ = run("uneven_loops", tmp_path, env=DEADLOCK_ENV)
     assert rc == 0, out[-6000:]
@@ -179,7 +196,8 @@ def test_a_rank_running_one_iteration_more_fails_instead_of_hanging(tmp_path):
     assert "RESULT rank 0 after 2.0" in out and "RESULT rank 1 after 2.0" in out, out[-6000:]
 
 
-@pytest.mark.parametrize("scenario", ["pending_while_ranks_compute", "pending_while_ranks_compute_in_fast_rounds"])
+@pytest.mark.parametrize("scenario", ["pending_while_ranks_compute", "pending_while_ranks_compute_in_fast_rounds",
+                                      "tf_pending_while_ranks_compute"])  # (a TensorFlow op counts as blocked)
 def test_an_op_pending_while_the_ranks_compute_is_not_a_deadlock(tmp_path, scenario):
     rc, out, _ = run(scenario, tmp_path, env={"BLUEFOG_STALL_CHECK_TIME_SECONDS": "0.4"})
     assert rc == 0, out[-6000:]

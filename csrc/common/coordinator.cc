@@ -1,6 +1,7 @@
 #include "coordinator.h"
 
 #include <algorithm>
+#include <iomanip>
 #include <sstream>
 
 #include "inline_ops.h"
@@ -344,9 +345,11 @@ Response Coordinator::StalledError(const Pending& p, Clock::time_point now, bool
     os << "stalled: submitted by " << RankList(submitted) << " but never by " << RankList(missing)
        << " within the stall shutdown time (waited about " << secs << " s)";
   } else {
-    const int quiet = static_cast<int>(std::chrono::duration<double>(now - last_progress_).count());
+    // (As this rank saw it: rank 0 declared the deadlock once its own count
+    // reached the stall check time, a little earlier or later than here.)
+    const double quiet = std::chrono::duration<double>(now - last_progress_).count();
     os << "deadlocked: submitted by " << RankList(submitted) << " but not by " << RankList(missing)
-       << ", and for " << quiet << " s every rank has been blocked waiting for BlueFog ops with nothing "
+       << ", and for " << std::fixed << std::setprecision(1) << quiet << " s every rank has been blocked waiting for BlueFog ops with nothing "
        << "submitted or completed anywhere, so it can never complete";
     std::string instead;
     for (int r : missing) {  // (what a rank that lacks this op has pending is never this op)

@@ -916,6 +916,8 @@ void HelpUntil(const std::function<bool()>& done) {
   if (g.running && (g.queue.InFlight() > 0 || g.queue.HasNewRequests())) g.queue.Wake();
 }
 
+std::shared_ptr<void> ExternalWait() { return std::make_shared<BlockedWait>(); }
+
 Status RunBlocking(const std::function<Status(StatusCallback)>& enqueue) {
   struct Done {
     std::mutex mu;

@@ -86,6 +86,13 @@ Status EnqueueDirect(std::function<Status(WindowManager&)> work, StatusCallback 
 // Runs an op through `enqueue` and blocks until it completes.
 Status RunBlocking(const std::function<Status(StatusCallback)>& enqueue);
 
+// For an op that a thread waits for outside BlueFog's own waits (a
+// TensorFlow kernel: TensorFlow's executor blocks until the kernel's done
+// callback). While the returned token is alive it counts as a blocked wait
+// for the deadlock check (BLUEFOG_DEADLOCK_CHECK): take one before the enqueue
+// and drop it in the op's callback.
+std::shared_ptr<void> ExternalWait();
+
 // While alive, ops this thread enqueues are marked as waited for at once by
 // this thread (a blocking call): they do not wake the background thread, and
 // the caller's HelpUntil runs their cycle. Should it not, the background

@@ -60,9 +60,13 @@ class BluefogKernel : public AsyncOpKernel {
     return std::make_shared<TfTensor>(*out, dtype);
   }
 
-  // A callback that completes this kernel with the op's final status.
+  // A callback that completes this kernel with the op's final status. Until
+  // it runs, the op counts as a blocked wait for the deadlock check: the
+  // thread that runs the op waits in TensorFlow, not in BlueFog.
   static StatusCallback Completer(OpKernelContext* ctx, DoneCallback done) {
-    return [ctx, done](const Status& s) {
+    auto waited = std::make_shared<std::shared_ptr<void>>(ExternalWait());
+    return [ctx, done, waited](const Status& s) {
+      waited->reset();
       if (!s.ok()) ctx->SetStatus(ToTfStatus(s));
       done();
     };
@@ -127,12 +131,14 @@ class GroupedAllreduceOp : public BluefogKernel {
     };
     auto group = std::make_shared<Group>();
     group->remaining = n;
-    auto finish_one = [ctx, done, group](const Status& s) {
+    auto waited = std::make_shared<std::shared_ptr<void>>(ExternalWait());  // (as in Completer)
+    auto finish_one = [ctx, done, group, waited](const Status& s) {
       if (!s.ok()) {
         std::lock_guard<std::mutex> lock(group->mu);
         if (group->first_error.ok()) group->first_error = s;
       }
       if (--group->remaining == 0) {
+        waited->reset();
         if (!group->first_error.ok()) ctx->SetStatus(ToTfStatus(group->first_error));
         done();
       }

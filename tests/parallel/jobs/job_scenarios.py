@@ -234,22 +234,38 @@ def too_low_thread_level(marker_dir):
     return failing_start({"BLUEFOG_MPI_THREAD_LEVEL": 0}, retry=False)(marker_dir)
 
 
-def deadlocking(ops):
-    """Runs `ops(rank)` (ops no other rank matches); prints how it raised
-    (and after how long), then runs one op on every rank."""
+def deadlocking(ops, tensorflow=False):
+    """Runs `ops(rank)` (ops no other rank matches; with `tensorflow`,
+    `ops(rank, tf, bluefog.tensorflow)`); prints how it raised (and after how
+    long), then runs one op (of that framework) on every rank."""
     def run(marker_dir):
         rank = bf.rank()
+        if tensorflow:
+            import tensorflow as tf  # pylint: disable=import-outside-toplevel
+            import bluefog.tensorflow as bft  # pylint: disable=import-outside-toplevel
+            args, errors = (tf, bft), tf.errors.AbortedError
+            def after():
+                return float(bft.allreduce(tf.ones(1), average=False, name="after.deadlock").numpy()[0])
+        else:
+            args, errors = (), RuntimeError
+            def after():
+                return bf.allreduce(torch.ones(1), average=False, name="after.deadlock").item()
         start = time.time()
         try:
-            ops(rank)
+            ops(rank, *args)
             print(f"RESULT rank {rank} completed unexpectedly", flush=True)
-        except RuntimeError as err:
-            print(f"RESULT rank {rank} raised after {time.time() - start:.1f} s: {err}", flush=True)
-        after = bf.allreduce(torch.ones(1), average=False, name="after.deadlock")
-        print(f"RESULT rank {rank} after {after.item()}", flush=True)
+        except errors as err:
+            one_line = " | ".join(str(err).splitlines())  # (a tf.function's error spans lines)
+            print(f"RESULT rank {rank} raised after {time.time() - start:.1f} s: {one_line}", flush=True)
+        print(f"RESULT rank {rank} after {after()}", flush=True)
         return 0
     run.__name__ = ops.__name__
     return run
+
+
+def deadlocking_tf(ops):
+    """deadlocking, for TensorFlow ops (which raise tf.errors.AbortedError)."""
+    return deadlocking(ops, tensorflow=True)
 
 
 @deadlocking
@@ -285,6 +301,36 @@ def names_differ_nonblocking(rank):
 def window_names_differ(rank):
     """As names_differ, for win_create (a window named after the rank)."""
     bf.win_create(torch.zeros(3), name=f"win.{rank}")
+
+
+@deadlocking_tf
+def tf_names_differ(rank, tf, bft):
+    """As names_differ, for an eager TensorFlow allreduce: TensorFlow, not
+    BlueFog, waits for it, and that must count as a blocked wait too."""
+    bft.allreduce(tf.ones(3), average=False, name=f"grad.{rank}")
+
+
+@deadlocking_tf
+def tf_function_names_differ(rank, tf, bft):
+    """As tf_names_differ, for a grouped allreduce inside a tf.function."""
+    @tf.function
+    def step(a, b):
+        return bft.grouped_allreduce([a, b], average=False, name=f"grad.{rank}")
+    step(tf.ones(2), tf.ones(3))
+
+
+def tf_pending_while_ranks_compute(marker_dir):
+    """Not a deadlock: rank 0 waits in an eager TensorFlow op while rank 1
+    computes (no BlueFog op in flight) for several stall times, then submits it."""
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    import bluefog.tensorflow as bft  # pylint: disable=import-outside-toplevel
+    rank = bft.rank()
+    bft.allreduce(tf.ones(1), average=False, name="warm")
+    if rank == 1:
+        time.sleep(2.0)
+    out = bft.allreduce(tf.ones(3), average=False, name="x")
+    print(f"RESULT rank {rank} x {out.numpy().tolist()}", flush=True)
+    return 0
 
 
 def pending_while_ranks_compute(marker_dir):
@@ -487,7 +533,8 @@ SCENARIOS = {f.__name__: f for f in (stall_warning, stall_shutdown, killed_rank,
                                      busy_while_op_pending, in_fast_rounds(names_differ),
                                      in_fast_rounds(names_differ_nonblocking), names_differ_nonblocking,
                                      in_fast_rounds(pending_while_ranks_compute), pending_while_ranks_compute,
-                                     waits_on_another_thread, window_names_differ)}
+                                     waits_on_another_thread, window_names_differ, tf_names_differ,
+                                     tf_function_names_differ, tf_pending_while_ranks_compute)}
 SELF_INIT = {"comm_null_split", "fork_child", "settings_differ", "unparsable_setting", "too_low_thread_level"}  # these call bf.init() themselves
 
 if __name__ == "__main__":
