@@ -115,6 +115,25 @@ std::string FusionKey(const std::vector<Request>& by_rank) {
   return key;
 }
 
+// Window lifecycle ops are negotiated under the core's own names
+// ('bluefog.win_create.<name>'): the window's name and the op it is for.
+struct WindowOpName {
+  const std::string* prefix;
+  const char* op;
+};
+const WindowOpName kWindowOpNames[] = {{&kWinCreatePrefix, "win_create"}, {&kWinFreePrefix, "win_free"}};
+
+// How messages show an op's name: the name the user gave, quoted; for a
+// window op with the op in front ("win_create 'w'") where `with_op`.
+std::string ShownName(const std::string& name, bool with_op) {
+  for (const auto& w : kWindowOpNames) {
+    if (name.rfind(*w.prefix, 0) == 0) {
+      return (with_op ? std::string(w.op) + " '" : "'") + name.substr(w.prefix->size()) + "'";
+    }
+  }
+  return "'" + name + "'";
+}
+
 }  // namespace
 
 void Coordinator::Reset(int size) {
@@ -131,10 +150,7 @@ Response Coordinator::Error(const Request& r, std::string message) {
   Response resp;
   resp.op = r.op;
   resp.names = {r.name};
-  std::string shown = r.name;
-  for (const std::string* prefix : {&kWinCreatePrefix, &kWinFreePrefix})
-    if (shown.rfind(*prefix, 0) == 0) shown.erase(0, prefix->size());
-  resp.error = "bluefog " + std::string(OpTypeName(r.op)) + " '" + shown + "': " + message;
+  resp.error = "bluefog " + std::string(OpTypeName(r.op)) + " " + ShownName(r.name, false) + ": " + message;
   return resp;
 }
 
@@ -326,7 +342,7 @@ std::vector<std::string> Coordinator::PendingByRank() const {
   std::vector<int> n(size_, 0);
   for (const auto& kv : table_) {
     for (int r = 0; r < size_; ++r) {
-      if (kv.second.submitted[r] && n[r]++ < kMost) text[r] += (text[r].empty() ? "'" : ", '") + kv.first + "'";
+      if (kv.second.submitted[r] && n[r]++ < kMost) text[r] += (text[r].empty() ? "" : ", ") + ShownName(kv.first, true);
     }
   }
   for (int r = 0; r < size_; ++r)

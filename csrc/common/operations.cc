@@ -455,12 +455,10 @@ bool Exchange(GlobalState& g) {
       g.my_deadlocked.push_back(stall.name);
       continue;
     }
-    std::string sub, miss;
-    for (int r : stall.submitted) sub += (sub.empty() ? "" : ", ") + std::to_string(r);
-    for (int r : stall.missing) miss += (miss.empty() ? "" : ", ") + std::to_string(r);
     BFLOG(WARNING) << "stall: " << OpTypeName(stall.op) << " '" << stall.name << "' has waited "
-                   << static_cast<int>(stall.seconds) << " s: submitted by ranks [" << sub
-                   << "] but not yet by ranks [" << miss << "]. Are those ranks running a different sequence of ops?";
+                   << static_cast<int>(stall.seconds) << " s: submitted by " << RankList(stall.submitted)
+                   << " but not yet by " << RankList(stall.missing)
+                   << ". Are those ranks running a different sequence of ops?";
     if (g.config.stall_shutdown_seconds > 0 && stall.seconds >= g.config.stall_shutdown_seconds) {
       g.my_timed_out.push_back(stall.name);
     }
