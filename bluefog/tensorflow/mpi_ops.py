@@ -33,8 +33,27 @@ _ops = tf.load_op_library(_LIB_PATH)
 _counter = itertools.count()
 
 
+try:  # (TensorFlow-internal: without it, XLA's own error about the missing kernel stands)
+    from tensorflow.python.ops.control_flow_util import GraphOrParentsInXlaContext as _in_xla
+except ImportError:  # pragma: no cover
+    def _in_xla(graph):  # pylint: disable=unused-argument
+        return False
+
+
+def _check_not_xla(op: str):
+    """ValueError when the op is being built into an XLA-compiled function:
+    BlueFog's ops run on its own background thread, which XLA cannot call."""
+    if not tf.executing_eagerly() and _in_xla(tf.compat.v1.get_default_graph()):
+        raise ValueError(
+            f"{op}: BlueFog ops cannot be compiled with XLA (a tf.function with jit_compile=True, or a Keras "
+            "model compiled with jit_compile=True, which is Keras's default 'auto' on a machine with a GPU): "
+            "use jit_compile=False, e.g. model.compile(..., jit_compile=False)")
+
+
 def op_name(name: Optional[str], op: str) -> str:
-    """The name an op is submitted under (see the module docstring)."""
+    """The name an op is submitted under (see the module docstring). Raises
+    ValueError inside an XLA-compiled function."""
+    _check_not_xla(op)
     if name is not None:
         if not isinstance(name, str) or not name:
             raise ValueError(f"{op}: name must be a non-empty str or None, got {name!r}")

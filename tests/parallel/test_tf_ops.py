@@ -374,6 +374,35 @@ def test_root_and_dtype_mismatch():
         bf.allgather(tf.ones([1], dtype), name="tf.test.dtype_mismatch")
 
 
+@pytest.mark.parametrize("build", ["allreduce", "neighbor_allreduce", "keras_fit"])
+def test_xla_compiled_ops_are_refused_with_the_remedy(build):
+    # BlueFog's kernels have no XLA form. Keras compiles the train step with
+    # XLA by default on a machine with a GPU (jit_compile="auto").
+    if build == "keras_fit":
+        import keras  # pylint: disable=import-outside-toplevel
+        model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+        model.compile(optimizer=bf.DistributedOptimizer(keras.optimizers.SGD(0.1)), loss="mse", jit_compile=True)
+        x = np.ones((4, 2), np.float32)
+
+        def call():
+            model.fit(x, x[:, :1], epochs=1, batch_size=4, verbose=0)
+    else:
+        op = getattr(bf, build)
+        call = tf.function(lambda t: op(t), jit_compile=True)  # pylint: disable=unnecessary-lambda
+        call = (lambda f: lambda: f(tf.ones([2])))(call)
+    with pytest.raises(ValueError, match="cannot be compiled with XLA .*jit_compile=False"):
+        call()
+    # Refused while tracing, on every rank alike: nothing was submitted, the next op works.
+    assert float(bf.allreduce(tf.constant(1.0), average=False, name="tf.test.after_xla").numpy()) == SIZE
+
+
+def test_0_3_util_helpers_exist():
+    from bluefog.tensorflow import util  # pylint: disable=import-outside-toplevel
+    assert util._has_eager is True  # pylint: disable=protected-access
+    assert util._executing_eagerly() is True  # pylint: disable=protected-access
+    assert not bool(tf.function(util._executing_eagerly)())  # (False while tracing)  # pylint: disable=protected-access
+
+
 def test_not_initialized_raises_then_reinit():
     """Runs last: shuts BlueFog down on every rank, checks the error, starts again."""
     bf.shutdown()
