@@ -63,6 +63,19 @@ def _check_name(name, op: str) -> str:
     return name
 
 
+def _check_integral(tensor, name: str, op: str, weights: Dict[str, List[float]]):
+    """ValueError for a weight that is not an integer on an integer window
+    (`weights`: what each list of weights is, e.g. "dst_weights"): integer
+    windows are scaled and mixed exactly, by integers only, never truncated."""
+    if tensor.is_floating_point():
+        return
+    for what, values in weights.items():
+        bad = [w for w in values if w != int(w)]
+        if bad:
+            raise ValueError(f"{op} '{name}': {what} {bad[0]} would scale an integer window ({tensor.dtype}), "
+                             f"which takes integral weights only; use a floating-point window or integral weights")
+
+
 def _weights(weights, default_ranks: List[int], allowed: List[int], what: str, op: str):
     """Ranks and weights from a {rank: weight} dict (or None: default ranks, 1.0)."""
     if weights is None:
@@ -132,9 +145,7 @@ def _put_nonblocking(tensor, name, self_weight, dst_weights, require_mutex, accu
     out_nbrs = _basics.out_neighbor_ranks()
     ranks, weights = _weights(dst_weights, out_nbrs, out_nbrs, "dst_weights", op)
     sw = check_weight(self_weight, "self_weight", op) if self_weight is not None else 1.0
-    if sw != 1.0 and not tensor.is_floating_point() and sw != int(sw):
-        raise ValueError(f"{op} '{name}': self_weight {sw} would scale an integer window ({tensor.dtype}); "
-                         f"use a floating-point window or an integral self_weight")
+    _check_integral(tensor, name, op, {"self_weight": [sw], "dst_weights": weights})
     src = _prepare(tensor, f"{op} '{name}'")
     # The core scales what it sent by self_weight once sent, before the next queued op runs.
     handle = _C.win_put_async(src, name, ranks, weights, sw, bool(require_mutex), accumulate)
@@ -175,6 +186,7 @@ def win_get_nonblocking(name: str, src_weights: Optional[Dict[int, float]] = Non
     _check_name(name, "win_get")
     in_nbrs = _basics.in_neighbor_ranks()
     ranks, weights = _weights(src_weights, in_nbrs, in_nbrs, "src_weights", "win_get")
+    _check_integral(_win_map[name], name, "win_get", {"src_weights": weights})
     return _C.win_get_async(name, ranks, weights, bool(require_mutex))
 
 
@@ -231,7 +243,8 @@ def win_update(name: str, self_weight: Optional[float] = None, neighbor_weights:
     the buffers used; require_mutex takes this rank's own window mutex."""
     _check_name(name, "win_update")
     in_nbrs = _basics.in_neighbor_ranks()
-    if self_weight is None and neighbor_weights is None:
+    defaults = self_weight is None and neighbor_weights is None
+    if defaults:
         if _basics.is_topo_weighted():
             from bluefog.common.topology_util import GetRecvWeights
             self_weight, neighbor_weights = GetRecvWeights(_basics.topology_in_use(), _basics.rank())
@@ -242,6 +255,8 @@ def win_update(name: str, self_weight: Optional[float] = None, neighbor_weights:
         raise ValueError("win_update: give self_weight and neighbor_weights together (or neither)")
     ranks, weights = _weights(neighbor_weights, in_nbrs, in_nbrs, "neighbor_weights", "win_update")
     sw = check_weight(self_weight, "self_weight", "win_update")
+    given = "the default " if defaults else ""  # (1/(in-degree + 1), or the topology's weights)
+    _check_integral(_win_map[name], name, "win_update", {given + "self_weight": [sw], given + "neighbor_weights": weights})
     window, core = _win_map[name], _win_core[name]
     staged = core is not window
     if staged:

@@ -1,6 +1,8 @@
 #include "half.h"
 
+#include <cmath>
 #include <cstring>
+#include <type_traits>
 
 namespace bluefog {
 
@@ -78,6 +80,14 @@ namespace {
 template <typename T>
 void ScaleTyped(void* data, int64_t count, double factor) {
   T* p = static_cast<T*>(data);
+  if constexpr (std::is_integral_v<T>) {
+    if (IntegralWeight(factor)) {  // exact, wrapping (in unsigned arithmetic: no overflow UB)
+      const uint64_t f = static_cast<uint64_t>(static_cast<int64_t>(factor));
+      for (int64_t i = 0; i < count; ++i)
+        p[i] = static_cast<T>(static_cast<uint64_t>(static_cast<int64_t>(p[i])) * f);
+      return;
+    }
+  }
   for (int64_t i = 0; i < count; ++i) p[i] = static_cast<T>(p[i] * factor);
 }
 
@@ -125,6 +135,8 @@ void SumInto(DataType dtype, void* acc, const void* add, int64_t count) {
     case DataType::BOOL: return;
   }
 }
+
+bool IntegralWeight(double w) { return w == std::trunc(w) && w >= -9.2e18 && w <= 9.2e18; }
 
 void ScaleBuffer(DataType dtype, void* data, int64_t count, double factor) {
   switch (dtype) {

@@ -14,8 +14,13 @@ float BFloat16ToFloat(uint16_t b);
 uint16_t FloatToBFloat16(float f);
 
 // Multiplies `count` elements of `dtype` at `data` by `factor` (CPU memory).
-// Integers are scaled in double precision and truncated.
+// Integers times an integral factor are exact (wrapping like torch's integer
+// ops); by another factor, scaled in double precision and truncated.
 void ScaleBuffer(DataType dtype, void* data, int64_t count, double factor);
+
+// Whether `w` is an integer that int64 holds: integer windows' weights must
+// be (the frontends check), so that they are applied exactly.
+bool IntegralWeight(double w);
 
 // acc[i] += add[i] for `count` elements of `dtype` (CPU memory; `add` need not
 // be aligned for the type, `acc` must be). Integers wrap

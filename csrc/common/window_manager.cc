@@ -4,6 +4,7 @@
 #include <atomic>
 #include <climits>
 #include <cstring>
+#include <type_traits>
 
 #include "half.h"
 
@@ -47,6 +48,20 @@ void MixTyped(void* out, const void* self, double sw, const std::vector<const ch
               const std::vector<double>& ws, int64_t n) {
   T* o = static_cast<T*>(out);
   const T* x = static_cast<const T*>(self);
+  if constexpr (std::is_integral_v<T>) {
+    // Integral weights (what the frontends allow on integer windows): exact,
+    // wrapping like torch's integer ops (a double would round int64 values
+    // above 2^53), in unsigned arithmetic.
+    if (IntegralWeight(sw) && std::all_of(ws.begin(), ws.end(), IntegralWeight)) {
+      auto u = [](auto v) { return static_cast<uint64_t>(static_cast<int64_t>(v)); };
+      for (int64_t i = 0; i < n; ++i) {
+        uint64_t acc = u(sw) * u(x[i]);
+        for (size_t j = 0; j < bufs.size(); ++j) acc += u(ws[j]) * u(reinterpret_cast<const T*>(bufs[j])[i]);
+        o[i] = static_cast<T>(acc);
+      }
+      return;
+    }
+  }
   for (int64_t i = 0; i < n; ++i) {
     double acc = sw * static_cast<double>(x[i]);
     for (size_t j = 0; j < bufs.size(); ++j) acc += ws[j] * static_cast<double>(reinterpret_cast<const T*>(bufs[j])[i]);

@@ -543,6 +543,34 @@ def test_self_weight_on_a_non_contiguous_tensor_and_bad_weights():
     bf.barrier()
 
 
+def test_integer_windows_are_exact_and_take_integral_weights_only():
+    """int64 values beyond 2**53 survive a put scaled by an integral weight and
+    win_update exactly (through a double they would be rounded). A fractional
+    weight, which would be truncated, is refused naming the op and the weight,
+    win_update's default 1/(in-degree + 1) included."""
+    W = use_topology(bf.RingGraph(SIZE))
+    ins, outs = in_nbrs(W, RANK), out_nbrs(W, RANK)
+    big = 2 ** 53 + 1
+    x = torch.tensor([big + RANK, 3], dtype=torch.int64)
+    bf.win_create(x, "int.exact", zero_init=True)
+    bf.win_put(x, "int.exact", dst_weights={r: 2 for r in outs})
+    bf.barrier()  # every put has landed
+    out = bf.win_update("int.exact", self_weight=3, neighbor_weights={r: 1 for r in ins}, clone=True)
+    assert out.tolist() == [3 * (big + RANK) + sum(2 * (big + r) for r in ins), 9 + 6 * len(ins)]
+    if outs:
+        with pytest.raises(ValueError, match=r"win_put 'int.exact': dst_weights 0.5 would scale an integer window"):
+            bf.win_put(x, "int.exact", dst_weights={outs[0]: 0.5})
+    if ins:
+        with pytest.raises(ValueError, match=r"win_get 'int.exact': src_weights 0.25 would scale an integer window"):
+            bf.win_get("int.exact", src_weights={ins[0]: 0.25})
+        with pytest.raises(ValueError, match=r"win_update 'int.exact': neighbor_weights 1.5 would scale"):
+            bf.win_update("int.exact", self_weight=1, neighbor_weights={ins[0]: 1.5})
+        with pytest.raises(ValueError, match=r"win_update 'int.exact': the default self_weight 0\.[0-9]+ would scale"):
+            bf.win_update("int.exact")
+    assert x.tolist() == [big + RANK, 3]  # nothing refused touched the window
+    bf.barrier()
+
+
 def test_win_wait_on_unknown_or_finished_handle_warns_and_returns_false(caplog):
     """The contract: win_wait on an unknown handle logs a warning and returns False."""
     x = torch.ones(2, dtype=torch.float64)
