@@ -32,9 +32,6 @@ logger = logging.getLogger("bluefog")
 _win_map: Dict[str, torch.Tensor] = {}   # name -> the user's window tensor
 _win_core: Dict[str, torch.Tensor] = {}  # name -> the contiguous CPU tensor the core holds (the same one if it is)
 _WIN_TYPES = (torch.int32, torch.int64, torch.float32, torch.float64)
-# win handle -> (non-contiguous tensor, the contiguous copy the core sent and
-# scaled by self_weight): copied back when the handle is waited for
-_after_put = {}
 
 
 def _windows_exist() -> bool:
@@ -48,7 +45,6 @@ def _forget_windows():
     # The core frees every window when it shuts down (and has none when it starts).
     _win_map.clear()
     _win_core.clear()
-    _after_put.clear()
 
 
 _basics.reset_hooks.append(_forget_windows)
@@ -150,7 +146,11 @@ def _put_nonblocking(tensor, name, self_weight, dst_weights, require_mutex, accu
     # The core scales what it sent by self_weight once sent, before the next queued op runs.
     handle = _C.win_put_async(src, name, ranks, weights, sw, bool(require_mutex), accumulate)
     if sw != 1.0 and src is not tensor:
-        _after_put[handle] = (tensor, src)
+        # A staged tensor (GPU, strided): the core sends and scales its own copy.
+        # The tensor is scaled here, now, so that whatever comes next (a
+        # win_update before this op is waited for, too) sees the scaled values.
+        with torch.no_grad():
+            tensor.mul_(sw)
     return handle
 
 
@@ -204,22 +204,11 @@ neighbor_win_accumulate = win_accumulate
 neighbor_win_accumulate_nonblocking = win_accumulate_nonblocking
 
 
-def _copy_back_scaled(handle: int):
-    post = _after_put.pop(handle, None)
-    if post is not None:  # a staged tensor (GPU, strided): its scaled copy comes back
-        tensor, sent = post
-        with torch.no_grad():
-            tensor.copy_(sent)
-
-
 def win_poll(handle: int) -> bool:
     """True once the window op behind `handle` has finished (a finished put or
-    accumulate has then scaled its tensor by self_weight; a non-contiguous
-    tensor gets its scaled values back here, or in win_wait)."""
-    done = _C.poll(handle)
-    if done:
-        _copy_back_scaled(handle)
-    return done
+    accumulate has then scaled its tensor by self_weight; a staged tensor, on
+    a GPU or not contiguous, was scaled when the op started)."""
+    return _C.poll(handle)
 
 
 def win_wait(handle: int) -> bool:
@@ -231,7 +220,6 @@ def win_wait(handle: int) -> bool:
         logger.warning("win_wait: %s", e)
         return False
     _C.wait(handle)
-    _copy_back_scaled(handle)
     return True
 
 

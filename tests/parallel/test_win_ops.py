@@ -327,7 +327,8 @@ def test_update_reset_and_clone():
 def test_a_staged_window(kind):
     """A window tensor the core cannot use as is (here a transposed view; on a
     GPU machine a CUDA tensor, same code path) lives in the core as a
-    contiguous CPU copy: put scales the tensor itself, win_update reads the
+    contiguous CPU copy: put scales the tensor itself (at once, so a
+    win_update before the put's wait sees it scaled), win_update reads the
     tensor's current values (a local step made on it counts), writes the result
     back into it in place, and neighbors' win_get see the values as of the
     last update."""
@@ -339,7 +340,11 @@ def test_a_staged_window(kind):
     assert not (x.is_contiguous() and x.is_cpu)
     bf.win_create(x, "staged")
     bf.barrier()
-    bf.win_put(x, "staged", self_weight=0.5)
+    h = bf.win_put_nonblocking(x, "staged", self_weight=0.25)
+    # A win_update before the put is waited for sees the scaled tensor (as a
+    # CPU window does), and the wait does not undo what the update wrote.
+    bf.win_update("staged", self_weight=2.0, neighbor_weights={i: 0.0 for i in in_nbrs(W, RANK)})
+    bf.win_wait(h)
     close(x, 0.5 * xs[RANK])
     bf.barrier()
     with torch.no_grad():
@@ -517,8 +522,8 @@ def test_self_weight_scales_before_the_next_queued_op():
 
 
 def test_self_weight_on_a_non_contiguous_tensor_and_bad_weights():
-    """A non-contiguous tensor is sent as a contiguous copy; the scaled copy
-    comes back into it when the handle is waited for. A fractional self_weight
+    """A non-contiguous tensor is sent as a contiguous copy and scaled by
+    self_weight itself. A fractional self_weight
     on an integer window, a non-numeric weight and a non-int rank key are
     refused naming the op."""
     W = use_topology(bf.RingGraph(SIZE))
