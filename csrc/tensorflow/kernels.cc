@@ -3,9 +3,11 @@
 // background thread) with the op's Status. Errors never hang: an enqueue
 // failure or a failed op sets the kernel's status and calls `done`.
 #include <atomic>
+#include <deque>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <unordered_set>
 #include <vector>
 
 #include "tensorflow/core/framework/op_kernel.h"
@@ -28,6 +30,7 @@ class BluefogKernel : public AsyncOpKernel {
 
  protected:
   // The op's name: the `tensor_name` input, or this node's name if empty.
+  // False (the status set) when this name already ran in this execution.
   bool OpName(OpKernelContext* ctx, int input, std::string* name) {
     const tensorflow::Tensor& t = ctx->input(input);
     if (!tensorflow::TensorShapeUtils::IsScalar(t.shape())) {
@@ -36,6 +39,34 @@ class BluefogKernel : public AsyncOpKernel {
     }
     *name = t.scalar<tensorflow::tstring>()();
     if (name->empty()) *name = this->name();
+    if (!FirstRunInStep(ctx, *name)) {
+      ctx->SetStatus(absl::InvalidArgumentError(
+          "bluefog op '" + *name + "' ran a second time in one run of a tf.function (outside a loop), e.g. "
+          "because a tf.function holding it is called twice inside another: both runs would go by one name, "
+          "so other ranks could pair them the other way round (their results swapped). Give each call its "
+          "own name (name=...)"));
+      return false;
+    }
+    return true;
+  }
+
+  // Whether `name` has not run yet in this step (one run of a graph or
+  // function, including the functions it calls) at this loop frame and
+  // iteration. Eagerly, every op is a step of its own. Remembers the last few
+  // thousand runs: a repeat comes within one step.
+  static bool FirstRunInStep(OpKernelContext* ctx, const std::string& name) {
+    static std::mutex mu;
+    static std::unordered_set<std::string> seen;
+    static std::deque<std::string> order;
+    std::string key = std::to_string(ctx->step_id()) + "/" + std::to_string(ctx->frame_iter().frame_id) + "/" +
+                      std::to_string(ctx->frame_iter().iter_id) + "/" + name;
+    std::lock_guard<std::mutex> lock(mu);
+    if (!seen.insert(key).second) return false;
+    order.push_back(std::move(key));
+    if (order.size() > 4096) {
+      seen.erase(order.front());
+      order.pop_front();
+    }
     return true;
   }
 

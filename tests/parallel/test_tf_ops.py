@@ -234,6 +234,38 @@ def test_allgather_gradient(mode):
 
 
 # ---- sparse gradients -----------------------------------------------------------------
+def test_an_op_run_twice_in_one_function_run_is_refused_unless_named_per_call():
+    """A tf.function holding an unnamed op, called twice inside another, runs
+    one op name twice per step: other ranks could pair the two runs the other
+    way round (swapped results, e.g. gradients). It raises on every rank; with
+    a name per call it works. A loop's iterations are runs of their own."""
+    @tf.function
+    def inner(t, name=None):
+        return bf.allreduce(t, average=False, name=name)
+
+    def outer_fn(names):
+        @tf.function
+        def outer(t):
+            with tf.GradientTape() as tape:
+                tape.watch(t)
+                y = tf.reduce_sum(inner(t, names[0]) * 2.0) + tf.reduce_sum(inner(t * 3.0, names[1]))
+            return y, tape.gradient(y, t)
+        return outer
+
+    x = tf.constant([1.0, 2.0])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="ran a second time in one run of a tf.function"):
+        outer_fn([None, None])(x)
+    y, g = outer_fn(["tf.test.twice.a", "tf.test.twice.b"])(x)
+    assert float(y.numpy()) == pytest.approx(5.0 * 3.0 * SIZE)  # (2 + 3) * sum(x) summed over ranks
+    np.testing.assert_allclose(g.numpy(), [5.0 * SIZE] * 2)  # d/dx of the sum of every rank's y
+
+    @tf.function
+    def loop(t):
+        return tf.while_loop(lambda i, v: i < 3, lambda i, v: (i + 1, bf.allreduce(v, average=False, name="tf.lp")),
+                             (0, t))[1]
+    assert float(loop(tf.constant([1.0])).numpy()[0]) == SIZE ** 3
+
+
 def test_allreduce_indexed_slices():
     values = tf.constant([[1.0, 2.0]]) * (RANK + 1)
     slices = tf.IndexedSlices(values, tf.constant([RANK % 3]), dense_shape=tf.constant([3, 2]))
