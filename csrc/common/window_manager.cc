@@ -37,12 +37,8 @@ class Phase {
   const std::string& name_;
 };
 
-// After a rank's receive slots in its buffer window: an int32 counting the
-// writers whose put or accumulate is landing there, or kLocked while win_lock
-// holds the buffers (writers count in and out while it does, so it stays
-// negative). Padded to 8 bytes.
-constexpr int64_t kWriterWordBytes = 8;
-constexpr int32_t kLocked = -(1 << 30);
+// The mutex window's two words per rank (see Window::mutex).
+constexpr MPI_Aint kMutexWord = 0, kWritersWord = 1;
 
 std::string List(const std::vector<int32_t>& v) {
   std::string s = "[";
@@ -157,10 +153,10 @@ Status WindowManager::Create(const std::string& name, std::shared_ptr<Tensor> te
   w.in_nbrs = all_src_ranks[me];
   w.out_nbrs = dst_ranks;
   const int64_t n_in = static_cast<int64_t>(w.in_nbrs.size());
-  MPI_Alloc_mem(n_in * w.bytes + kWriterWordBytes, MPI_INFO_NULL, &w.buffers);
+  MPI_Alloc_mem(std::max<int64_t>(1, n_in * w.bytes), MPI_INFO_NULL, &w.buffers);
   MPI_Alloc_mem(sizeof(double) * (n_in + 1), MPI_INFO_NULL, &w.p);
   MPI_Alloc_mem(sizeof(int32_t) * std::max<int64_t>(1, n_in), MPI_INFO_NULL, &w.versions);
-  MPI_Alloc_mem(sizeof(int32_t), MPI_INFO_NULL, &w.mutex);
+  MPI_Alloc_mem(2 * sizeof(int32_t), MPI_INFO_NULL, &w.mutex);
   for (int64_t i = 0; i < n_in; ++i) {
     char* slot = w.buffers + i * w.bytes;
     if (zero_init) std::memset(slot, 0, w.bytes);
@@ -169,13 +165,13 @@ Status WindowManager::Create(const std::string& name, std::shared_ptr<Tensor> te
     w.versions[i] = 0;
   }
   w.p[0] = 1.0;
-  *w.mutex = 0;
-  std::memset(w.buffers + n_in * w.bytes, 0, kWriterWordBytes);
-  Status s = Rc(MPI_Win_create(w.buffers, n_in * w.bytes + kWriterWordBytes, 1, MPI_INFO_NULL, comm, &w.buf_win), "MPI_Win_create");
+  w.mutex[kMutexWord] = 0;
+  w.mutex[kWritersWord] = 0;
+  Status s = Rc(MPI_Win_create(w.buffers, n_in * w.bytes, 1, MPI_INFO_NULL, comm, &w.buf_win), "MPI_Win_create");
   if (s.ok()) s = Rc(MPI_Win_create(w.tensor->data(), w.bytes, 1, MPI_INFO_NULL, comm, &w.self_win), "MPI_Win_create");
   if (s.ok()) s = Rc(MPI_Win_create(w.p, sizeof(double) * (n_in + 1), sizeof(double), MPI_INFO_NULL, comm, &w.p_win), "MPI_Win_create");
   if (s.ok()) s = Rc(MPI_Win_create(w.versions, sizeof(int32_t) * n_in, sizeof(int32_t), MPI_INFO_NULL, comm, &w.version_win), "MPI_Win_create");
-  if (s.ok()) s = Rc(MPI_Win_create(w.mutex, sizeof(int32_t), sizeof(int32_t), MPI_INFO_NULL, comm, &w.mutex_win), "MPI_Win_create");
+  if (s.ok()) s = Rc(MPI_Win_create(w.mutex, 2 * sizeof(int32_t), sizeof(int32_t), MPI_INFO_NULL, comm, &w.mutex_win), "MPI_Win_create");
   if (!s.ok()) {
     Destroy(w);
     return s;
@@ -246,41 +242,15 @@ Status WindowManager::Put(const WinOpArgs& a, bool accumulate) {
     s = MutexAcquire(a.name, a.ranks, op);
     if (!s.ok()) return s;
   }
-  const int64_t elem = static_cast<int64_t>(DataTypeSize(w->dtype));
-  MPI_Datatype type = mpi_->MpiType(w->dtype);
-  const int32_t one = 1, minus_one = -1;
-  // One epoch on each destination's buffers, all opened first: count in as a
-  // writer there. Should a destination hold win_lock, count out, close them
-  // all and try again later (IN_PROGRESS): nothing was sent yet, and this
-  // thread never waits inside MPI for a lock held for a whole block.
-  std::vector<int32_t> open;  // destinations whose epoch is open and counted in
-  auto close = [&](int32_t d) {
-    MPI_Accumulate(&minus_one, 1, MPI_INT32_T, d, WriterWord(*w, d), 1, MPI_INT32_T, MPI_SUM, w->buf_win);
-    Status unlocked = Rc(MPI_Win_unlock(d, w->buf_win), "MPI_Win_unlock");
-    open.erase(std::find(open.begin(), open.end(), d));
-    return unlocked;
-  };
-  std::vector<int32_t> writers(a.ranks.size(), 0);
-  bool held_elsewhere = false;
-  for (size_t i = 0; i < a.ranks.size() && s.ok(); ++i) {
-    const int32_t d = a.ranks[i];
-    s = Rc(MPI_Win_lock(MPI_LOCK_SHARED, d, 0, w->buf_win), "MPI_Win_lock");
-    if (!s.ok()) break;
-    s = Rc(MPI_Fetch_and_op(&one, &writers[i], MPI_INT32_T, d, WriterWord(*w, d), MPI_SUM, w->buf_win),
-           "MPI_Fetch_and_op");
-    if (!s.ok()) {
-      MPI_Win_unlock(d, w->buf_win);
-      break;
-    }
-    open.push_back(d);
-  }
-  if (s.ok() && !open.empty()) s = Rc(MPI_Win_flush_all(w->buf_win), "MPI_Win_flush_all");
-  for (size_t i = 0; i < open.size(); ++i) held_elsewhere = held_elsewhere || writers[i] < 0;
-  if (!s.ok() || held_elsewhere) {
-    while (!open.empty()) close(open.back());
+  bool entered = false;  // (a destination in a win_lock block: try again later)
+  s = EnterWriters(*w, a.ranks, &entered);
+  if (!s.ok() || !entered) {
     if (a.require_mutex) MutexRelease(a.name, a.ranks);
     return s.ok() ? Status::InProgress() : s;
   }
+  const int64_t elem = static_cast<int64_t>(DataTypeSize(w->dtype));
+  MPI_Datatype type = mpi_->MpiType(w->dtype);
+  const int32_t one = 1;
   for (size_t i = 0; i < a.ranks.size() && s.ok(); ++i) {
     const int32_t d = a.ranks[i];
     const double wt = a.weights.empty() ? 1.0 : a.weights[i];
@@ -297,6 +267,7 @@ Status WindowManager::Put(const WinOpArgs& a, bool accumulate) {
     }
     const int slot = Slot(*w, d, me);
     const MPI_Aint disp = static_cast<MPI_Aint>(slot) * w->bytes;
+    s = Rc(MPI_Win_lock(MPI_LOCK_SHARED, d, 0, w->buf_win), "MPI_Win_lock");
     const int64_t chunk = ChunkBytes(*w);
     for (int64_t off = 0; off < w->bytes && s.ok(); off += chunk) {
       int64_t n = std::min(chunk, w->bytes - off);
@@ -309,12 +280,8 @@ Status WindowManager::Put(const WinOpArgs& a, bool accumulate) {
                        w->buf_win), "MPI_Put");
       }
     }
-    // Landed before counting out (a win_lock taken next sees it all there),
-    // and the scaled copy is free for the next destination.
-    Status flushed = Rc(MPI_Win_flush(d, w->buf_win), "MPI_Win_flush");
-    if (s.ok()) s = flushed;
-    Status closed = close(d);  // also after a failed put: an epoch left open would keep the target's own
-    if (s.ok()) s = closed;    // updates waiting for good
+    Status unlocked = Rc(MPI_Win_unlock(d, w->buf_win), "MPI_Win_unlock");  // also after a failed put:
+    if (s.ok()) s = unlocked;  // a lock left open would keep the target's own updates waiting for good
     if (!s.ok()) break;
     MPI_Win_lock(MPI_LOCK_SHARED, d, 0, w->version_win);
     MPI_Accumulate(&one, 1, MPI_INT32_T, d, slot, 1, MPI_INT32_T, MPI_SUM, w->version_win);
@@ -326,7 +293,7 @@ Status WindowManager::Put(const WinOpArgs& a, bool accumulate) {
       MPI_Win_unlock(d, w->p_win);
     }
   }
-  while (!open.empty()) close(open.back());  // (after a failure)
+  LeaveWriters(*w, a.ranks);
   // The sender's tensor is scaled here, on the thread that runs window ops in
   // order: the next queued op reads the scaled values, and nothing touches
   // the tensor while an earlier op still reads it.
@@ -478,7 +445,7 @@ Status WindowManager::MutexAcquire(const std::string& name, std::vector<int32_t>
   for (int32_t r : ranks) {
     int32_t previous = -1;
     MPI_Win_lock(MPI_LOCK_EXCLUSIVE, r, 0, w->mutex_win);
-    s = Rc(MPI_Compare_and_swap(&one, &zero, &previous, MPI_INT32_T, r, 0, w->mutex_win), "MPI_Compare_and_swap");
+    s = Rc(MPI_Compare_and_swap(&one, &zero, &previous, MPI_INT32_T, r, kMutexWord, w->mutex_win), "MPI_Compare_and_swap");
     MPI_Win_unlock(r, w->mutex_win);
     if (!s.ok() || previous != 0) {
       // Failed, or held elsewhere: let go of those taken so far (and try
@@ -507,7 +474,7 @@ Status WindowManager::MutexRelease(const std::string& name, std::vector<int32_t>
       continue;
     }
     MPI_Win_lock(MPI_LOCK_EXCLUSIVE, r, 0, w->mutex_win);
-    Status one = Rc(MPI_Accumulate(&zero, 1, MPI_INT32_T, r, 0, 1, MPI_INT32_T, MPI_REPLACE, w->mutex_win),
+    Status one = Rc(MPI_Accumulate(&zero, 1, MPI_INT32_T, r, kMutexWord, 1, MPI_INT32_T, MPI_REPLACE, w->mutex_win),
                     "MPI_Accumulate");
     MPI_Win_unlock(r, w->mutex_win);
     if (static_cast<size_t>(r) < w->held.size()) w->held[r] = false;
@@ -546,26 +513,62 @@ Status WindowManager::LockSelf(const std::string& name, bool lock) {
                                    (lock ? "this process already holds it (win_lock is not re-entrant)"
                                          : "not held by this process"));
   }
-  // Under an exclusive lock no writer's epoch is open, so every writer has
-  // counted out: the word is 0 (kLocked while held).
-  const int32_t expect = lock ? 0 : kLocked, next = lock ? kLocked : 0;
+  // Locking: no writer may be at work (0 -> -1); unlocking: -1 -> 0.
+  const int32_t expect = lock ? 0 : -1, next = lock ? -1 : 0;
   int32_t previous = 0;
-  s = Rc(MPI_Win_lock(MPI_LOCK_EXCLUSIVE, me, 0, w->buf_win), "MPI_Win_lock");
-  if (!s.ok()) return s;
-  s = Rc(MPI_Compare_and_swap(&next, &expect, &previous, MPI_INT32_T, me, WriterWord(*w, me), w->buf_win),
+  MPI_Win_lock(MPI_LOCK_EXCLUSIVE, me, 0, w->mutex_win);
+  s = Rc(MPI_Compare_and_swap(&next, &expect, &previous, MPI_INT32_T, me, kWritersWord, w->mutex_win),
          "MPI_Compare_and_swap");
-  Status unlocked = Rc(MPI_Win_unlock(me, w->buf_win), "MPI_Win_unlock");
-  if (s.ok()) s = unlocked;
+  MPI_Win_unlock(me, w->mutex_win);
   if (!s.ok()) return s;
   if (previous != expect) {
+    if (lock && previous > 0) return Status::InProgress();  // a neighbor's put is landing: soon done
     return Status::Aborted("win_lock '" + name + "': internal error: writer count " + std::to_string(previous));
   }
   w->self_locked = lock;
   return Status::OK();
 }
 
-MPI_Aint WindowManager::WriterWord(const Window& w, int32_t rank) {
-  return static_cast<MPI_Aint>(w.all_src[rank].size()) * w.bytes;
+Status WindowManager::EnterWriters(Window& w, const std::vector<int32_t>& ranks, bool* all) {
+  *all = false;
+  std::vector<int32_t> in;
+  auto enter = [&](int32_t r, bool* ok) {  // count += 1 unless it is -1 (compare-and-swap from a guess)
+    *ok = false;
+    for (int32_t guess = 0;;) {
+      const int32_t next = guess + 1;
+      int32_t previous = 0;
+      MPI_Win_lock(MPI_LOCK_EXCLUSIVE, r, 0, w.mutex_win);
+      Status s = Rc(MPI_Compare_and_swap(&next, &guess, &previous, MPI_INT32_T, r, kWritersWord, w.mutex_win),
+                    "MPI_Compare_and_swap");
+      MPI_Win_unlock(r, w.mutex_win);
+      if (!s.ok() || previous < 0) return s;
+      if (previous == guess) {
+        *ok = true;
+        return s;
+      }
+      guess = previous;  // other writers came or went meanwhile
+    }
+  };
+  for (int32_t r : ranks) {
+    bool ok = false;
+    Status s = enter(r, &ok);
+    if (!s.ok() || !ok) {
+      LeaveWriters(w, in);
+      return s;
+    }
+    in.push_back(r);
+  }
+  *all = true;
+  return Status::OK();
+}
+
+void WindowManager::LeaveWriters(Window& w, const std::vector<int32_t>& ranks) {
+  const int32_t minus_one = -1;
+  for (int32_t r : ranks) {
+    MPI_Win_lock(MPI_LOCK_EXCLUSIVE, r, 0, w.mutex_win);
+    MPI_Accumulate(&minus_one, 1, MPI_INT32_T, r, kWritersWord, 1, MPI_INT32_T, MPI_SUM, w.mutex_win);
+    MPI_Win_unlock(r, w.mutex_win);
+  }
 }
 
 // Get and update refresh / read this process's receive buffers under an
