@@ -37,9 +37,6 @@ class Phase {
   const std::string& name_;
 };
 
-// The mutex window's two words per rank (see Window::mutex).
-constexpr MPI_Aint kMutexWord = 0, kWritersWord = 1;
-
 std::string List(const std::vector<int32_t>& v) {
   std::string s = "[";
   for (size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + std::to_string(v[i]);
@@ -156,7 +153,7 @@ Status WindowManager::Create(const std::string& name, std::shared_ptr<Tensor> te
   MPI_Alloc_mem(std::max<int64_t>(1, n_in * w.bytes), MPI_INFO_NULL, &w.buffers);
   MPI_Alloc_mem(sizeof(double) * (n_in + 1), MPI_INFO_NULL, &w.p);
   MPI_Alloc_mem(sizeof(int32_t) * std::max<int64_t>(1, n_in), MPI_INFO_NULL, &w.versions);
-  MPI_Alloc_mem(2 * sizeof(int32_t), MPI_INFO_NULL, &w.mutex);
+  MPI_Alloc_mem(sizeof(int32_t), MPI_INFO_NULL, &w.mutex);
   for (int64_t i = 0; i < n_in; ++i) {
     char* slot = w.buffers + i * w.bytes;
     if (zero_init) std::memset(slot, 0, w.bytes);
@@ -165,13 +162,12 @@ Status WindowManager::Create(const std::string& name, std::shared_ptr<Tensor> te
     w.versions[i] = 0;
   }
   w.p[0] = 1.0;
-  w.mutex[kMutexWord] = 0;
-  w.mutex[kWritersWord] = 0;
+  *w.mutex = 0;
   Status s = Rc(MPI_Win_create(w.buffers, n_in * w.bytes, 1, MPI_INFO_NULL, comm, &w.buf_win), "MPI_Win_create");
   if (s.ok()) s = Rc(MPI_Win_create(w.tensor->data(), w.bytes, 1, MPI_INFO_NULL, comm, &w.self_win), "MPI_Win_create");
   if (s.ok()) s = Rc(MPI_Win_create(w.p, sizeof(double) * (n_in + 1), sizeof(double), MPI_INFO_NULL, comm, &w.p_win), "MPI_Win_create");
   if (s.ok()) s = Rc(MPI_Win_create(w.versions, sizeof(int32_t) * n_in, sizeof(int32_t), MPI_INFO_NULL, comm, &w.version_win), "MPI_Win_create");
-  if (s.ok()) s = Rc(MPI_Win_create(w.mutex, 2 * sizeof(int32_t), sizeof(int32_t), MPI_INFO_NULL, comm, &w.mutex_win), "MPI_Win_create");
+  if (s.ok()) s = Rc(MPI_Win_create(w.mutex, sizeof(int32_t), sizeof(int32_t), MPI_INFO_NULL, comm, &w.mutex_win), "MPI_Win_create");
   if (!s.ok()) {
     Destroy(w);
     return s;
@@ -242,12 +238,6 @@ Status WindowManager::Put(const WinOpArgs& a, bool accumulate) {
     s = MutexAcquire(a.name, a.ranks, op);
     if (!s.ok()) return s;
   }
-  bool entered = false;  // (a destination in a win_lock block: try again later)
-  s = EnterWriters(*w, a.ranks, &entered);
-  if (!s.ok() || !entered) {
-    if (a.require_mutex) MutexRelease(a.name, a.ranks);
-    return s.ok() ? Status::InProgress() : s;
-  }
   const int64_t elem = static_cast<int64_t>(DataTypeSize(w->dtype));
   MPI_Datatype type = mpi_->MpiType(w->dtype);
   const int32_t one = 1;
@@ -293,7 +283,6 @@ Status WindowManager::Put(const WinOpArgs& a, bool accumulate) {
       MPI_Win_unlock(d, w->p_win);
     }
   }
-  LeaveWriters(*w, a.ranks);
   // The sender's tensor is scaled here, on the thread that runs window ops in
   // order: the next queued op reads the scaled values, and nothing touches
   // the tensor while an earlier op still reads it.
@@ -445,7 +434,7 @@ Status WindowManager::MutexAcquire(const std::string& name, std::vector<int32_t>
   for (int32_t r : ranks) {
     int32_t previous = -1;
     MPI_Win_lock(MPI_LOCK_EXCLUSIVE, r, 0, w->mutex_win);
-    s = Rc(MPI_Compare_and_swap(&one, &zero, &previous, MPI_INT32_T, r, kMutexWord, w->mutex_win), "MPI_Compare_and_swap");
+    s = Rc(MPI_Compare_and_swap(&one, &zero, &previous, MPI_INT32_T, r, 0, w->mutex_win), "MPI_Compare_and_swap");
     MPI_Win_unlock(r, w->mutex_win);
     if (!s.ok() || previous != 0) {
       // Failed, or held elsewhere: let go of those taken so far (and try
@@ -474,7 +463,7 @@ Status WindowManager::MutexRelease(const std::string& name, std::vector<int32_t>
       continue;
     }
     MPI_Win_lock(MPI_LOCK_EXCLUSIVE, r, 0, w->mutex_win);
-    Status one = Rc(MPI_Accumulate(&zero, 1, MPI_INT32_T, r, kMutexWord, 1, MPI_INT32_T, MPI_REPLACE, w->mutex_win),
+    Status one = Rc(MPI_Accumulate(&zero, 1, MPI_INT32_T, r, 0, 1, MPI_INT32_T, MPI_REPLACE, w->mutex_win),
                     "MPI_Accumulate");
     MPI_Win_unlock(r, w->mutex_win);
     if (static_cast<size_t>(r) < w->held.size()) w->held[r] = false;
@@ -513,62 +502,13 @@ Status WindowManager::LockSelf(const std::string& name, bool lock) {
                                    (lock ? "this process already holds it (win_lock is not re-entrant)"
                                          : "not held by this process"));
   }
-  // Locking: no writer may be at work (0 -> -1); unlocking: -1 -> 0.
-  const int32_t expect = lock ? 0 : -1, next = lock ? -1 : 0;
-  int32_t previous = 0;
-  MPI_Win_lock(MPI_LOCK_EXCLUSIVE, me, 0, w->mutex_win);
-  s = Rc(MPI_Compare_and_swap(&next, &expect, &previous, MPI_INT32_T, me, kWritersWord, w->mutex_win),
-         "MPI_Compare_and_swap");
-  MPI_Win_unlock(me, w->mutex_win);
-  if (!s.ok()) return s;
-  if (previous != expect) {
-    if (lock && previous > 0) return Status::InProgress();  // a neighbor's put is landing: soon done
-    return Status::Aborted("win_lock '" + name + "': internal error: writer count " + std::to_string(previous));
+  if (lock) {
+    s = Rc(MPI_Win_lock(MPI_LOCK_EXCLUSIVE, me, 0, w->buf_win), "MPI_Win_lock");
+  } else {
+    s = Rc(MPI_Win_unlock(me, w->buf_win), "MPI_Win_unlock");
   }
-  w->self_locked = lock;
-  return Status::OK();
-}
-
-Status WindowManager::EnterWriters(Window& w, const std::vector<int32_t>& ranks, bool* all) {
-  *all = false;
-  std::vector<int32_t> in;
-  auto enter = [&](int32_t r, bool* ok) {  // count += 1 unless it is -1 (compare-and-swap from a guess)
-    *ok = false;
-    for (int32_t guess = 0;;) {
-      const int32_t next = guess + 1;
-      int32_t previous = 0;
-      MPI_Win_lock(MPI_LOCK_EXCLUSIVE, r, 0, w.mutex_win);
-      Status s = Rc(MPI_Compare_and_swap(&next, &guess, &previous, MPI_INT32_T, r, kWritersWord, w.mutex_win),
-                    "MPI_Compare_and_swap");
-      MPI_Win_unlock(r, w.mutex_win);
-      if (!s.ok() || previous < 0) return s;
-      if (previous == guess) {
-        *ok = true;
-        return s;
-      }
-      guess = previous;  // other writers came or went meanwhile
-    }
-  };
-  for (int32_t r : ranks) {
-    bool ok = false;
-    Status s = enter(r, &ok);
-    if (!s.ok() || !ok) {
-      LeaveWriters(w, in);
-      return s;
-    }
-    in.push_back(r);
-  }
-  *all = true;
-  return Status::OK();
-}
-
-void WindowManager::LeaveWriters(Window& w, const std::vector<int32_t>& ranks) {
-  const int32_t minus_one = -1;
-  for (int32_t r : ranks) {
-    MPI_Win_lock(MPI_LOCK_EXCLUSIVE, r, 0, w.mutex_win);
-    MPI_Accumulate(&minus_one, 1, MPI_INT32_T, r, kWritersWord, 1, MPI_INT32_T, MPI_SUM, w.mutex_win);
-    MPI_Win_unlock(r, w.mutex_win);
-  }
+  if (s.ok()) w->self_locked = lock;
+  return s;
 }
 
 // Get and update refresh / read this process's receive buffers under an

@@ -74,12 +74,6 @@ class WindowManager {
   Status MutexRelease(const std::string& name, std::vector<int32_t> ranks);
   Status Versions(const std::string& name, std::vector<int32_t>* ranks, std::vector<int32_t>* versions);
   Status AssociatedP(const std::string& name, double* p);
-  // win_lock: holds off puts and accumulates into this rank's buffers. A
-  // word per rank counts the writers into its buffers (-1: win_lock holds
-  // them); a writer that finds it held returns IN_PROGRESS and is run again
-  // later, so no thread ever blocks inside MPI on a lock held for a whole
-  // block (the holder may run collectives in it). Locking while writers are
-  // at work returns IN_PROGRESS too.
   Status LockSelf(const std::string& name, bool lock);
 
   bool Exists(const std::string& name) const { return windows_.count(name) > 0; }
@@ -100,17 +94,13 @@ class WindowManager {
     char* buffers = nullptr;   // in_nbrs.size() slots of `bytes`
     double* p = nullptr;       // [self p, one per in-neighbor slot]
     int32_t* versions = nullptr;
-    int32_t* mutex = nullptr;  // [this rank's mutex word, the writer count of its buffers]
+    int32_t* mutex = nullptr;  // this rank's lock word
     std::vector<bool> held;    // per rank: this process holds that rank's mutex
     bool self_locked = false;  // win_lock holds this process's receive buffers
     MPI_Win buf_win = MPI_WIN_NULL, self_win = MPI_WIN_NULL, p_win = MPI_WIN_NULL;
     MPI_Win version_win = MPI_WIN_NULL, mutex_win = MPI_WIN_NULL;
   };
   Status Find(const std::string& name, const char* op, Window** w);
-  // Counts this process in as a writer into each of `ranks`' buffers, all or
-  // none: `*all` false (and none counted) when one of them holds win_lock.
-  Status EnterWriters(Window& w, const std::vector<int32_t>& ranks, bool* all);
-  void LeaveWriters(Window& w, const std::vector<int32_t>& ranks);
   int64_t ChunkBytes(const Window& w) const;
   static Status LockedSelf(const char* op, const std::string& name);
   static int Slot(const Window& w, int32_t receiver, int32_t sender);

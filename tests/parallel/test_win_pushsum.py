@@ -242,35 +242,6 @@ def test_win_lock_holds_off_puts_into_this_rank():
         assert get_win_version("lock") == {i: 1 for i in range(1, SIZE)}
 
 
-def test_collectives_run_inside_win_lock_while_a_put_waits_for_it():
-    """A put into a rank that holds win_lock waits without blocking its
-    sender's background thread inside MPI: a collective inside the block (the
-    other ranks joining it while their put waits) completes, and the puts land
-    once the block is left. (The sender's thread used to block in MPI_Win_lock
-    and the allreduce hung.)"""
-    assert bf.set_topology(bf.FullyConnectedGraph(SIZE))
-    x = torch.full((3,), float(RANK), dtype=torch.float64)
-    bf.win_create(x, "lock.coll", zero_init=True)
-    if RANK == 0:
-        with bf.win_lock("lock.coll"):
-            bf.barrier()
-            time.sleep(HOLD)
-            total = bf.allreduce(torch.ones(1), average=False, name="lock.coll.ar")
-            versions = bf.get_win_version("lock.coll")
-        assert versions == {i: 0 for i in range(1, SIZE)}, versions  # nothing landed inside
-    else:
-        bf.barrier()
-        h = bf.win_put_nonblocking(x, "lock.coll", dst_weights={0: 1.0})
-        total = bf.allreduce(torch.ones(1), average=False, name="lock.coll.ar")
-        bf.win_wait(h)
-    assert total.item() == SIZE
-    bf.barrier()
-    if RANK == 0:
-        assert bf.get_win_version("lock.coll") == {i: 1 for i in range(1, SIZE)}
-        out = bf.win_update("lock.coll", 0.0, {i: 1.0 for i in range(1, SIZE)}, clone=True)
-        assert out.tolist() == [float(sum(range(1, SIZE)))] * 3
-
-
 def test_get_and_update_inside_win_lock_raise_instead_of_hanging():
     """win_update / win_get of the locked window inside `with win_lock` waited
     for the lock they were inside of, for good: a ValueError naming the op now,
