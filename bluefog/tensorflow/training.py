@@ -101,6 +101,8 @@ class DistributedGradientTape:
         return self._tape.__exit__(*exc)
 
     def __getattr__(self, attr):
+        if attr == "_tape":  # not set yet: copy.copy and pickle build the object without __init__
+            raise AttributeError(attr)
         return getattr(self._tape, attr)
 
     def gradient(self, target, sources, output_gradients=None,

@@ -168,9 +168,15 @@ def test_device_argument_of_bluefog_0_3_is_accepted():
         bf.DistributedGradientTape(tf.GradientTape(), False)  # average is keyword-only now
 
 
-def test_distributed_gradient_tape_type_check():
+def test_distributed_gradient_tape_type_check_and_copy():
     with pytest.raises(TypeError):
         bf.DistributedGradientTape(object())
+    import copy  # pylint: disable=import-outside-toplevel
+    w = tf.Variable([1.0])
+    with tf.GradientTape(persistent=True) as inner:
+        loss = tf.reduce_sum(w * float(RANK + 1))
+    tape = copy.copy(bf.DistributedGradientTape(inner))  # (looked for _tape through __getattr__ for good)
+    np.testing.assert_allclose(tape.gradient(loss, w).numpy(), [(SIZE + 1) / 2.0], rtol=1e-6)
 
 
 # ---- Keras 3 optimizers ------------------------------------------------------------------
