@@ -278,10 +278,16 @@ class _Distributed:
         finally:
             self._bf_should_sync = True
 
+    # Whether the communication started before step() carries gradients (then
+    # zero_grad() while it is pending is a mistake), or only parameters.
+    _bf_communicates_gradients = False
+
     def zero_grad(self, set_to_none: bool = True):
-        if self._bf_handles:
+        if self._bf_handles and self._bf_communicates_gradients:
             raise AssertionError("zero_grad() was called while communication is still pending; call step() (or "
                                  "synchronize()) first")
+        # (Parameters in flight are not touched: `loss = model(x); opt.zero_grad();
+        # loss.backward(); opt.step()` works with the forward-started wrappers, as in 0.3.)
         return super().zero_grad(set_to_none=set_to_none)
 
     def unregister_hooks(self):
@@ -366,6 +372,8 @@ class _AdaptWithCombine(_Distributed):
 
 
 class _AdaptThenCombine(_AdaptWithCombine):
+    _bf_communicates_gradients = True  # (their local steps, taken as they come: as in 0.3, no zero_grad meanwhile)
+
     def __init__(self, params, model, communication_type, num_steps_per_communication):
         self._bf_step_function = None
         super().__init__(params, model, communication_type, num_steps_per_communication, prefix="atc")
@@ -449,6 +457,8 @@ class _AdaptThenCombine(_AdaptWithCombine):
 
 
 class _GradientAllreduce(_Distributed):
+    _bf_communicates_gradients = True
+
     def __init__(self, params, model, num_steps_per_communication):
         super().__init__(params)
         self._bf_setup(model, num_steps_per_communication, "grad")
@@ -635,7 +645,14 @@ def _wrap(impl, optimizer, *args):
     # wrapper never runs that __init__. torch.optim.Optimizer's own
     # bookkeeping is set up afresh by the wrapper's __init__ below.
     own = _optimizer_bookkeeping()
-    for key, value in vars(optimizer).items():
+    for key, value in list(vars(optimizer).items()):
+        # (An lr scheduler made before wrapping replaced the user's `step` with
+        # a tracking wrapper of the user's own step: the wrapper's step must
+        # run, and the scheduler, which changes the shared param groups, need
+        # not warn that the user's optimizer never stepped.)
+        if key == "step":
+            optimizer._opt_called = True
+            continue
         if key not in own:
             setattr(wrapped, key, value)
     impl.__init__(wrapped, optimizer.param_groups, *args)

@@ -729,6 +729,31 @@ def test_lr_scheduler_changes_the_lr_used(kind):
         torch.testing.assert_close(g, w, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("kind", ["awc", "grad"])
+def test_lr_scheduler_made_before_wrapping(kind):
+    """A scheduler made on the plain optimizer before wrapping (it patches that
+    optimizer's step) must leave the wrapper's step, which communicates, in
+    charge; its lr changes reach the wrapper through the shared param groups.
+    (The patched step was copied onto the wrapper: no communication at all.)"""
+    model = make_model()
+    bf.broadcast_parameters(model.state_dict(), root_rank=0)
+    base = BASES["SGD"](model.parameters())
+    sched = torch.optim.lr_scheduler.StepLR(base, step_size=2, gamma=0.1)
+    opt = build(kind, model, base=base, comm=NA)
+    assert "step" not in vars(opt)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "lr_scheduler.step() before optimizer.step()" warning
+        train(opt, model, 5, scheduler=sched)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.1 * 0.1 ** 2)
+    assert not opt._bf_handles
+    if SIZE > 1:  # it communicated: the ranks, each on its own data, end far closer than alone
+        alone = make_model()
+        bf.broadcast_parameters(alone.state_dict(), root_rank=0)
+        solo = BASES["SGD"](alone.parameters())
+        train(solo, alone, 5, scheduler=torch.optim.lr_scheduler.StepLR(solo, step_size=2, gamma=0.1))
+        assert spread(model) < 0.5 * spread(alone), (spread(model), spread(alone))
+
+
 def test_lr_scheduler_with_gradient_allreduce():
     model = make_model()
     bf.broadcast_parameters(model.state_dict(), root_rank=0)
@@ -804,16 +829,20 @@ def test_optimizer_covering_only_part_of_the_model():
 
 
 def test_zero_grad_with_communication_pending():
-    model = make_model()
-    opt = build("awc", model, comm=NA)
-    F.mse_loss(model(XR), YR).backward()  # the forward started the communication
-    if SIZE == 1:
-        opt.zero_grad()  # nothing is pending on one rank
-    else:
-        with pytest.raises(AssertionError):
-            opt.zero_grad()
-    opt.step()
-    opt.zero_grad()  # fine once synchronized
+    # AWC (and the window optimizers) communicate parameters from the forward:
+    # zero_grad() between forward and backward is the usual loop, as in 0.3.
+    for kind in ("awc", "win_put"):
+        model = make_model()
+        opt = FACTORIES[kind](BASES["SGD"](model.parameters()), model)
+        loss = F.mse_loss(model(XR), YR)  # the forward started the communication
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        assert not opt._bf_handles, kind
+        opt.zero_grad()
+        if kind == "win_put":
+            opt.unregister_hooks()
+            bf.win_free()
 
     model = make_model()
     opt = build("atc", model, comm=NA)
