@@ -67,23 +67,22 @@ def broadcast_optimizer_state(optimizer: torch.optim.Optimizer, root_rank: int):
         raise ValueError("broadcast_optimizer_state does not support torch.optim.LBFGS")
     state_dict = optimizer.state_dict()
     if not state_dict["state"]:
-        # Create the state (momentum buffers, ...) with a zero-gradient step.
+        # Create the state (momentum buffers, ...) with a zero-gradient step, as
+        # 0.3 did: with the real lr (state such as Rprop's step sizes starts from
+        # it), the parameters put back afterwards (weight decay moves them).
         saved = {}
         for group in optimizer.param_groups:
             for p in group["params"]:
                 if p.requires_grad:
-                    saved[p] = p.grad
+                    saved[p] = (p.grad, p.detach().clone())
                     p.grad = torch.zeros_like(p)
-        lrs = [g.get("lr") for g in optimizer.param_groups]
-        for g in optimizer.param_groups:
-            if "lr" in g:
-                g["lr"] = 0.0
-        _plain_step(optimizer)
-        for g, lr in zip(optimizer.param_groups, lrs):
-            if lr is not None:
-                g["lr"] = lr
-        for p, grad in saved.items():
-            p.grad = grad
+        try:
+            _plain_step(optimizer)
+        finally:
+            with torch.no_grad():
+                for p, (grad, value) in saved.items():
+                    p.copy_(value)
+                    p.grad = grad
         state_dict = optimizer.state_dict()
 
     handles, restore = [], []

@@ -222,6 +222,26 @@ def test_broadcast_optimizer_state_before_any_step(name):
                 assert all_equal(value.float()), key
 
 
+def test_broadcast_optimizer_state_before_any_step_starts_state_from_the_real_lr():
+    """Rprop's step sizes start at lr: the state-creating step runs with the
+    real lr (with lr 0 every step size started at the minimum, 1e-6, and took
+    about 50 steps to recover), and the parameters are put back (AdamW's
+    weight decay moves them even with zero gradients)."""
+    makers = {"Rprop": lambda ps: torch.optim.Rprop(ps, lr=0.01),
+              "AdamW": lambda ps: torch.optim.AdamW(ps, lr=0.1, weight_decay=0.5)}
+    for name, make in makers.items():
+        model = make_model(seed=RANK)
+        opt = make(model.parameters())
+        before = [p.detach().clone() for p in model.parameters()]
+        bf.broadcast_optimizer_state(opt, root_rank=0)
+        for p, b in zip(model.parameters(), before):
+            assert torch.equal(p, b), name
+        assert opt.param_groups[0]["lr"] == make([torch.zeros(1, requires_grad=True)]).defaults["lr"], name
+        if name == "Rprop":
+            for st in opt.state.values():
+                torch.testing.assert_close(st["step_size"], torch.full_like(st["step_size"], 0.01))
+
+
 def test_broadcast_optimizer_state_keeps_existing_grads():
     model = make_model(seed=RANK)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
