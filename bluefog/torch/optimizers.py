@@ -418,11 +418,21 @@ class _AdaptThenCombine(_AdaptWithCombine):
             self._bf_step_function(self, p, p.grad, group)
             return
         saved = self.param_groups
-        self.param_groups = [dict(group, params=[p])]
+        alone = dict(group, params=[p])
+        self.param_groups = [alone]
         try:
             super(_AdaptWithCombine, self).step()
         finally:
             self.param_groups = saved
+        # An optimizer that keeps state in its param group (a step count, say)
+        # would lose it here, or count once per parameter: refuse instead.
+        changed = sorted(k for k in alone if k != "params" and (k not in group or alone[k] is not group[k]))
+        if changed:
+            raise ValueError(
+                f"DistributedAdaptThenCombineOptimizer: {type(self).__name__}.step() changed its param group "
+                f"({', '.join(repr(k) for k in changed)}); adapt-then-combine steps each parameter on its own, "
+                "which cannot reproduce that. Give the per-parameter step with register_step_function(func) "
+                "(func(optimizer, param, grad, group)), as in BlueFog 0.3")
 
     def _bf_after_grad(self, p):
         # The local step waits for the communicating backward pass (the

@@ -478,6 +478,45 @@ def test_atc_any_optimizer_without_step_function():
     assert worst(full_mse(model)) < F.mse_loss(make_model()(X), Y).item()
 
 
+class _GroupCountingSGD(torch.optim.Optimizer):
+    """SGD with lr / (the number of steps taken), counted in the param group
+    (as e.g. some LAMB/LARS implementations keep their step)."""
+
+    def __init__(self, params, lr):
+        super().__init__(params, {"lr": lr})
+
+    def step(self, closure=None):
+        for group in self.param_groups:
+            group["step"] = group.get("step", 0) + 1
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.data.add_(p.grad, alpha=-group["lr"] / group["step"])
+
+
+def test_atc_refuses_an_optimizer_that_changes_its_param_group():
+    """Per-parameter steps would lose (or over-count) state kept in the param
+    group: a ValueError that names the key and the remedy, instead of wrong
+    numbers (it used to train with the count never kept). With a registered
+    step function it trains."""
+    model = make_model()
+    opt = build("atc", model, base=_GroupCountingSGD(model.parameters(), lr=0.5), comm=NA)
+    if SIZE > 1:  # (size 1: the plain optimizer runs)
+        with pytest.raises(ValueError, match=r"changed its param group \('step'\).*register_step_function"):
+            F.mse_loss(model(XR), YR).backward()
+        opt.synchronize()
+        opt.zero_grad()
+
+    def step_function(optimizer, p, grad, group):
+        p.data.add_(grad, alpha=-group["lr"])
+
+    opt.register_step_function(step_function)
+    train(opt, model, 120)
+    if SIZE > 1:
+        assert_converged(model, "ATC with a registered step function over a group-counting optimizer")
+    else:  # the plain optimizer, its own count kept
+        assert opt.param_groups[0]["step"] == 120
+
+
 def test_atc_rejects_closure():
     model = make_model()
     opt = build("atc", model, comm=NA)
