@@ -591,7 +591,9 @@ class _PullGet(_WindowOptimizer):
         super().__init__(params, model, num_steps_per_communication, window_prefix, "pull_get")
 
     def _bf_start(self, p):
-        return win_ops.win_get_nonblocking(self._bf_windows[p], src_weights=self.src_weights)
+        # (Under the sources' mutexes, as in 0.3: a source's win_update rewrites
+        # the tensor read here in place, under its own mutex.)
+        return win_ops.win_get_nonblocking(self._bf_windows[p], src_weights=self.src_weights, require_mutex=True)
 
     def _bf_combine(self, p, name):
         win_ops.win_update(name, require_mutex=True)
