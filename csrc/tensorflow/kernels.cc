@@ -162,17 +162,13 @@ class GroupedAllreduceOp : public BluefogKernel {
     };
     auto group = std::make_shared<Group>();
     group->remaining = n;
-    auto waited = std::make_shared<std::shared_ptr<void>>(ExternalWait());  // (as in Completer)
-    auto finish_one = [ctx, done, group, waited](const Status& s) {
+    StatusCallback complete = Completer(ctx, done);  // once, with the first member's error
+    auto finish_one = [complete, group](const Status& s) {
       if (!s.ok()) {
         std::lock_guard<std::mutex> lock(group->mu);
         if (group->first_error.ok()) group->first_error = s;
       }
-      if (--group->remaining == 0) {
-        waited->reset();
-        if (!group->first_error.ok()) ctx->SetStatus(ToTfStatus(group->first_error));
-        done();
-      }
+      if (--group->remaining == 0) complete(group->first_error);
     };
     // Every member carries the group's size: ranks that disagree on it fail
     // all of the group's members (none waits for a member that a rank with
