@@ -96,6 +96,24 @@ def test_skip_mode_unsent_receive_fails_instead_of_hanging(tmp_path):
     assert "RESULT rank 1 unsent returned" not in out, out[-6000:]
 
 
+def test_skip_mode_op_never_submitted_elsewhere_fails_instead_of_hanging(tmp_path):
+    """Skip mode: rank 0 runs an allreduce rank 1 never submits. Nothing
+    negotiates, so the deadlock check cannot see it; the skip-mode agreement
+    that precedes each op warns after 1 s and fails the op after 2 s, naming
+    it (before: rank 0 waited forever, silently), and the job ends."""
+    rc, out, secs = run("skip_mode_op_never_submitted", tmp_path, np=2,
+                        env={"BLUEFOG_STALL_CHECK_TIME_SECONDS": "1", "BLUEFOG_STALL_SHUTDOWN_TIME_SECONDS": "2"})
+    assert rc != 0, out[-6000:]
+    raised = [line for line in out.splitlines() if line.startswith("RESULT rank 0 lonely raised")]
+    assert raised, out[-6000:]
+    assert "'lonely'" in raised[0] and "skip-negotiate mode" in raised[0], raised[0]
+    assert "same order" in raised[0] and "STALL_SHUTDOWN" in raised[0], raised[0]
+    assert any(re.search(r"'lonely' has waited 1 s", line) and "rank 0" in line for line in out.splitlines()), \
+        out[-6000:]
+    assert "RESULT rank 0 lonely returned" not in out, out[-6000:]
+    assert secs < 45, secs
+
+
 def test_comm_null_is_refused_and_the_rest_runs_on_the_sub_communicator(tmp_path):
     rc, out, _ = run("comm_null_split", tmp_path, np=4)
     assert rc == 0, out[-6000:]

@@ -168,8 +168,7 @@ bool SameDescription(const Request& a, const Request& b) {
   return a.shape == b.shape;
 }
 
-std::string Coordinator::CheckAgreement(const Pending& p) const {
-  const auto& v = p.by_rank;
+std::string CheckAgreement(const std::vector<Request>& v, int size) {
   std::string refused;  // the ranks whose frontend refused the op, and why
   for (int r = 0; r < static_cast<int>(v.size()); ++r) {
     if (v[r].rejected.empty()) continue;
@@ -208,9 +207,9 @@ std::string Coordinator::CheckAgreement(const Pending& p) const {
 
   // All ranks agree; now check the agreed request is valid.
   const Request& r = v[0];
-  if (op == OpType::BROADCAST && (r.root_rank < 0 || r.root_rank >= size_)) {
+  if (op == OpType::BROADCAST && (r.root_rank < 0 || r.root_rank >= size)) {
     return "root_rank " + std::to_string(r.root_rank) + " is out of range: expected 0 <= root_rank < " +
-           std::to_string(size_);
+           std::to_string(size);
   }
   if (op == OpType::ALLREDUCE && r.dtype == DataType::BOOL) {
     return "dtype bool cannot be summed; expected an integer or floating-point tensor";
@@ -228,6 +227,49 @@ std::string Coordinator::CheckAgreement(const Pending& p) const {
            "; use average=False for a sum";
   }
   return "";
+}
+
+namespace {
+// FNV-1a, 64-bit.
+void Mix(uint64_t* h, const void* data, size_t n) {
+  const auto* p = static_cast<const unsigned char*>(data);
+  for (size_t i = 0; i < n; ++i) *h = (*h ^ p[i]) * 1099511628211ull;
+}
+template <typename T>
+void MixValue(uint64_t* h, T v) {
+  Mix(h, &v, sizeof(v));
+}
+}  // namespace
+
+uint64_t SkipModeDigest(const Request& r) {
+  uint64_t h = 14695981039346656037ull;
+  MixValue(&h, static_cast<int32_t>(r.op));
+  MixValue(&h, r.name.size());
+  Mix(&h, r.name.data(), r.name.size());
+  MixValue(&h, static_cast<int32_t>(r.dtype));
+  MixValue(&h, r.device);
+  MixValue(&h, r.root_rank);
+  MixValue(&h, static_cast<int32_t>(r.average) * 2 + static_cast<int32_t>(r.hierarchical_local));
+  MixValue(&h, r.int_arg);
+  MixValue(&h, r.shape.size());
+  const bool gather = r.op == OpType::ALLGATHER || r.op == OpType::NEIGHBOR_ALLGATHER;  // dim 0 may differ
+  for (size_t i = gather ? 1 : 0; i < r.shape.size(); ++i) MixValue(&h, r.shape[i]);
+  return h;
+}
+
+std::string SkipModeDisagreement(const std::vector<Request>& by_rank, int my_rank) {
+  const Request& mine = by_rank[my_rank];
+  std::string why = CheckAgreement(by_rank, static_cast<int>(by_rank.size()));
+  if (!why.empty()) {
+    why += " (skip-negotiate mode)";
+  } else {  // the same description: the names differ
+    std::vector<std::string> ops;
+    for (const Request& r : by_rank) ops.push_back(OpTypeName(r.op) + (" " + ShownName(r.name, false)));
+    why = DisagreementText(ops, "the op to run next") +
+          " (in skip-negotiate mode every rank runs its ops in the order it submitted them: the ranks must "
+          "submit the same ops, under the same names, in the same order)";
+  }
+  return "bluefog " + std::string(OpTypeName(mine.op)) + " " + ShownName(mine.name, false) + ": " + why;
 }
 
 void Coordinator::Ingest(std::vector<CycleMessage>& messages, Clock::time_point now,
@@ -273,7 +315,7 @@ void Coordinator::Ingest(std::vector<CycleMessage>& messages, Clock::time_point 
       }
       const Request& req = p.by_rank[rank];
 
-      std::string problem = CheckAgreement(p);
+      std::string problem = CheckAgreement(p.by_rank, size_);
       Response resp;
       if (!problem.empty()) {
         resp = Error(p.by_rank[0], problem);

@@ -34,6 +34,20 @@ struct StallReport {
 // else a description of the mismatch (used without negotiation too).
 std::string CheckPattern(const std::vector<Request>& by_rank);
 
+// "" if every rank's request (index = rank) for one op describes the same
+// valid op, else why not: the fields that differ and who has what, or the
+// ranks whose frontend refused it. Names are not compared (they are the key
+// the requests were matched by).
+std::string CheckAgreement(const std::vector<Request>& by_rank, int size);
+
+// Skip-negotiate mode, where each rank runs its ops in its own enqueue order
+// with nobody matching them by name: a 64-bit digest of everything every rank
+// must agree on (the name included), which the ranks compare before each op.
+uint64_t SkipModeDigest(const Request& r);
+// The error every rank reports when the digests differed (or a rank refused
+// the op): `by_rank` holds each rank's request at this point of its order.
+std::string SkipModeDisagreement(const std::vector<Request>& by_rank, int my_rank);
+
 class Coordinator {
  public:
   void Reset(int size);
@@ -81,7 +95,6 @@ class Coordinator {
     Clock::time_point first_seen;
     Clock::time_point last_warned;
   };
-  std::string CheckAgreement(const Pending& p) const;
   void FailGroupExtras(const Pending& first_member, std::vector<Response>* out);
   void FailMissingShutdown(std::vector<Response>* out);
   static Response Error(const Request& r, std::string message);

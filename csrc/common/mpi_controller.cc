@@ -53,7 +53,8 @@ void MpiController::set_max_slot_bytes(size_t bytes) {
   small_rounds_ = 0;
 }
 
-Status MpiController::Wait(MPI_Request* request, const char* what) {
+Status MpiController::Wait(MPI_Request* request, const char* what,
+                           const std::function<std::string(int)>& stalled) {
   // Three phases: test back to back (the common case: the peers are there, or
   // about to be), then test and yield the core, then back off to short sleeps
   // so that a long wait leaves the cores to the ranks that compute.
@@ -74,6 +75,8 @@ Status MpiController::Wait(MPI_Request* request, const char* what) {
   int done = 0;
   auto start = std::chrono::steady_clock::now();
   int64_t sleep_us = 0;
+  const bool watched = stalled && (watch_warn_seconds_ > 0 || watch_fail_seconds_ > 0);
+  double next_warn = watch_warn_seconds_ > 0 ? watch_warn_seconds_ : 1e300;
   while (true) {
     int rc = MPI_Test(request, &done, MPI_STATUS_IGNORE);
     if (rc != MPI_SUCCESS) return Status::Aborted(MpiErrorText(what, rc));
@@ -84,6 +87,17 @@ Status MpiController::Wait(MPI_Request* request, const char* what) {
     if (waited < kYielding) {
       std::this_thread::yield();
       continue;
+    }
+    if (watched) {
+      const double secs = std::chrono::duration<double>(waited).count();
+      const bool fail = watch_fail_seconds_ > 0 && secs >= watch_fail_seconds_;
+      if (fail || secs >= next_warn) {
+        next_warn = secs + watch_warn_seconds_;
+        std::string text = stalled(static_cast<int>(secs));
+        // A collective cannot be cancelled: the loop stops after this error.
+        if (fail) return Status::Aborted(text + " (BLUEFOG_STALL_SHUTDOWN_TIME_SECONDS passed)");
+        BFLOG(WARNING) << text;
+      }
     }
     sleep_us = std::min<int64_t>(sleep_us == 0 ? 10 : sleep_us * 2, 500);
     std::this_thread::sleep_for(std::chrono::microseconds(sleep_us));
@@ -646,5 +660,17 @@ Status MpiController::AllgatherLists(const std::vector<int32_t>& mine, std::vect
 }
 
 Status MpiController::Barrier() { return CheckRc(MPI_Barrier(mpi_->data_comm()), "MPI_Barrier"); }
+
+Status MpiController::SkipModeAgreement(uint64_t* words, int n, OpType op, const std::string& name) {
+  MPI_Request req;
+  Status s = CheckRc(MPI_Iallreduce(MPI_IN_PLACE, words, n, MPI_UINT64_T, MPI_BAND, mpi_->data_comm(), &req),
+                     "MPI_Iallreduce");
+  if (!s.ok()) return s;
+  return Wait(&req, "MPI_Iallreduce", [&](int seconds) {
+    return std::string(OpTypeName(op)) + " '" + name + "' has waited " + std::to_string(seconds) +
+           " s for every rank to reach it in skip-negotiate mode, where every rank must submit the same ops in "
+           "the same order (a rank that never submits it leaves the others waiting)";
+  });
+}
 
 }  // namespace bluefog

@@ -25,6 +25,11 @@ class MpiController {
   // `first_dims`: every rank's first dimension, or empty to exchange them here.
   Status Allgather(TensorTableEntry& entry, std::vector<int64_t> first_dims);
   Status Barrier();
+  // Bitwise AND of `n` words over all ranks, in place: skip-negotiate mode's
+  // check before op `name` of kind `op`, a wait watched like an unchecked
+  // neighbor exchange's (see set_stall_times): nothing else notices a rank
+  // that never submits the op.
+  Status SkipModeAgreement(uint64_t* words, int n, OpType op, const std::string& name);
   // Every rank's list, in rank order (skip-negotiate mode, where negotiation
   // does not share the requests).
   Status AllgatherLists(const std::vector<int32_t>& mine, std::vector<std::vector<int32_t>>* all);
@@ -83,7 +88,10 @@ class MpiController {
                       bool ring);
   bool UseRing(int64_t bytes, MPI_Comm comm) const;
   Status RingAllreduce(const void* in, void* out, int64_t count, DataType dtype, MPI_Comm comm, double scale);
-  Status Wait(MPI_Request* request, const char* what);
+  // With `stalled`: watched (warn, then fail, after the stall times), with
+  // `stalled(seconds waited)` as the message.
+  Status Wait(MPI_Request* request, const char* what,
+              const std::function<std::string(int)>& stalled = nullptr);
   // Each neighbor exchange's own pair of tags (data, data + 1 for sizes). All
   // ranks run the same neighbor exchanges in the same order, so the counters
   // agree; a message a peer sent that this rank never receives (a mismatched

@@ -113,33 +113,6 @@ void FailResponse(GlobalState& g, const Response& resp) {
   }
 }
 
-// Skip-negotiate mode: every rank's window tensor must have the same dtype
-// and shape (negotiation checks this otherwise); all ranks fail alike.
-Status SkipModeWindowCheck(GlobalState& g, const TensorTableEntry& e) {
-  std::vector<int32_t> mine{static_cast<int32_t>(e.input->dtype())};
-  for (int64_t d : e.input->shape()) {
-    mine.push_back(static_cast<int32_t>(d >> 31));
-    mine.push_back(static_cast<int32_t>(d & 0x7fffffff));
-  }
-  std::vector<std::vector<int32_t>> all;
-  Status s = g.controller->AllgatherLists(mine, &all);
-  if (!s.ok()) return s;
-  bool same = true;
-  for (const auto& other : all) same = same && other == all[0];
-  if (same) return Status::OK();
-  std::string text;
-  for (size_t r = 0; r < all.size() && r < 8; ++r) {
-    Shape shape;
-    for (size_t i = 1; i + 1 < all[r].size(); i += 2)
-      shape.push_back((static_cast<int64_t>(all[r][i]) << 31) | all[r][i + 1]);
-    text += (r ? "; rank " : "rank ") + std::to_string(r) + " has " +
-            DataTypeName(static_cast<DataType>(all[r][0])) + " " + ShapeString(shape);
-  }
-  if (all.size() > 8) text += "; ...";
-  return Status::InvalidArgument("win_create '" + e.name.substr(kWinCreatePrefix.size()) +
-                                 "': ranks disagree on the window's dtype or shape: " + text);
-}
-
 void WaitReady(const TensorTableEntry& e) {
   if (!e.ready_event) return;
   while (!e.ready_event->Ready()) std::this_thread::yield();
@@ -238,7 +211,6 @@ Status Perform(GlobalState& g, const Response& resp) {
       std::vector<std::vector<int32_t>> all_src = resp.all_src_ranks;
       if (all_src.empty()) {  // skip mode: nothing was negotiated
         s = g.controller->AllgatherLists(entries[0].src_ranks, &all_src);
-        if (s.ok()) s = SkipModeWindowCheck(g, entries[0]);
       }
       if (s.ok()) {
         s = g.windows->Create(entries[0].name.substr(kWinCreatePrefix.size()), entries[0].input,
@@ -466,6 +438,38 @@ bool Exchange(GlobalState& g) {
   return !g.coordinator.AllShutdown();
 }
 
+// Skip-negotiate mode: before each op the ranks compare digests of what they
+// are about to run (one 24-byte allreduce), so an op submitted in another
+// order, under another name, with another shape, dtype, root, ..., or refused
+// by a rank's frontend fails on every rank (InvalidArgument) instead of
+// exchanging mismatched data. Only then are the requests gathered, to say
+// what differs.
+Status SkipModeAgree(GlobalState& g, const Request& r) {
+  const uint64_t digest = SkipModeDigest(r);
+  uint64_t words[3] = {digest, ~digest, r.rejected.empty() ? ~uint64_t{0} : ~uint64_t{1}};
+  Status s = g.controller->SkipModeAgreement(words, 3, r.op, r.name);
+  if (!s.ok()) return s;
+  const bool same = words[0] == ~words[1];  // the AND of all digests equals their OR
+  const bool refused = (words[2] & 1) == 0;
+  if (same && !refused) return Status::OK();
+  CycleMessage mine;
+  mine.requests.push_back(r);
+  std::string bytes;
+  EncodeCycleMessage(mine, &bytes);
+  std::vector<std::string> all;
+  s = g.controller->AllgatherBytes(bytes, &all);
+  if (!s.ok()) return s;
+  std::vector<Request> by_rank(all.size());
+  for (size_t i = 0; i < all.size(); ++i) {
+    CycleMessage m;
+    if (!DecodeCycleMessage(all[i].data(), all[i].size(), &m) || m.requests.size() != 1) {
+      return Status::Aborted("internal error: rank " + std::to_string(i) + "'s skip-mode request is unreadable");
+    }
+    by_rank[i] = std::move(m.requests[0]);
+  }
+  return Status::InvalidArgument(SkipModeDisagreement(by_rank, g.mpi.rank()));
+}
+
 // Skip-negotiate mode: run this rank's requests in enqueue order (cycle_mu
 // held; the wait for them comes before).
 bool RunSkipCycle(GlobalState& g) {
@@ -482,7 +486,13 @@ bool RunSkipCycle(GlobalState& g) {
     Response resp;
     resp.op = r.op;
     resp.names = {r.name};
-    Status s = Perform(g, resp);
+    Status s = SkipModeAgree(g, r);
+    if (s.type() == StatusType::INVALID_ARGUMENT) {
+      resp.error = s.reason();
+      FailResponse(g, resp);
+      continue;
+    }
+    if (s.ok()) s = Perform(g, resp);
     if (!s.ok()) return StopLoop(g, s.reason());
   }
   return true;
@@ -775,8 +785,6 @@ Status EnqueueBarrier(const std::string& name, StatusCallback callback) {
 
 Status EnqueueReject(const std::string& op, const std::string& name, const std::string& reason) {
   GlobalState& g = State();
-  // Without negotiation there is nobody to tell: each rank runs its own ops.
-  if (g.skip_negotiate) return Status::OK();
   OpType type = OpType::ALLREDUCE;
   bool known = false;
   for (OpType t : {OpType::ALLREDUCE, OpType::BROADCAST, OpType::ALLGATHER, OpType::NEIGHBOR_ALLREDUCE,

@@ -87,10 +87,20 @@ def single_rank_expected(case):
     return rank_input(0, (4,))  # a sum, broadcast from 0, or average over one rank
 
 
+@pytest.fixture(params=["negotiated", "skip_negotiate"])
+def mode(request):
+    """Runs the test with negotiation, and again in skip-negotiate mode, where
+    each rank runs its ops in its own enqueue order and the ranks compare a
+    digest of each op before running it."""
+    bf.set_skip_negotiate_stage(request.param == "skip_negotiate")
+    yield request.param
+    bf.set_skip_negotiate_stage(False)
+
+
 @pytest.mark.parametrize("who", ["rank0", "odd"])
 @pytest.mark.parametrize("case", list(CASES))
-def test_mismatch_raises_on_every_rank(case, who):
-    name = f"mm.{list(CASES).index(case)}.{who}"  # no field word in the name itself
+def test_mismatch_raises_on_every_rank(case, who, mode):
+    name = f"mm.{list(CASES).index(case)}.{who}.{mode}"  # no field word in the name itself
     deviant = (RANK == 0) if who == "rank0" else odd(RANK)
     if SIZE == 1:
         # No other rank to disagree with: the op must simply succeed.
@@ -108,6 +118,31 @@ def test_mismatch_raises_on_every_rank(case, who):
         assert word in message, (word, message)
     assert str(deviants) in message and str(others) in message, message
     next_op_works(name)
+
+
+def test_skip_mode_ops_submitted_in_different_orders_fail_on_every_rank():
+    """Skip-negotiate mode pairs ops by each rank's enqueue order, not by name.
+    Two same-shape allreduces submitted in opposite orders on odd ranks used to
+    be summed crosswise (a silently wrong answer); now each pairing of
+    different names fails on every rank, naming both. With negotiation the
+    same code is fine (ops are matched by name)."""
+    if SIZE == 1:
+        pytest.skip("needs a rank whose order differs")
+    names = ["order.a", "order.b"]
+    if odd(RANK):
+        names.reverse()
+    bf.set_skip_negotiate_stage(True)
+    try:
+        handles = [bf.allreduce_nonblocking(rank_input(RANK, (3,)), average=False, name=n) for n in names]
+        for n, h in zip(names, handles):
+            with pytest.raises(ValueError) as info:
+                bf.synchronize(h)
+            text = str(info.value)
+            assert f"'{n}'" in text and "order.a" in text and "order.b" in text, text
+            assert "the op to run next" in text and "same order" in text, text
+        next_op_works("order")
+    finally:
+        bf.set_skip_negotiate_stage(False)
 
 
 def test_mismatch_blocking_and_poll():
@@ -217,15 +252,16 @@ REFUSED = {
 
 
 @pytest.mark.parametrize("case", list(REFUSED))
-def test_input_refused_on_one_rank_fails_the_op_everywhere(case):
+def test_input_refused_on_one_rank_fails_the_op_everywhere(case, mode):
     """Input that one rank's frontend refuses (dtype, type, weights for a
     non-neighbor, ...) never reaches the core there; that rank still tells the
     others, so the op fails on every rank, naming the op, the rank and why,
-    instead of leaving the others waiting forever. The next op works."""
+    instead of leaving the others waiting forever (or, in skip-negotiate mode,
+    pairing their op with that rank's next one). The next op works."""
     if SIZE == 1:
         pytest.skip("needs a rank whose input is good")
     says, run = REFUSED[case]
-    name = f"refused.{case}"
+    name = f"refused.{case}.{mode}"
     with pytest.raises(ValueError) as info:
         run(RANK == 0, name)
     text = str(info.value)

@@ -163,6 +163,23 @@ def skip_mode_unsent_receive(marker_dir):
     return 0
 
 
+def skip_mode_op_never_submitted(marker_dir):
+    """Skip-negotiate mode: rank 0 runs an allreduce that rank 1 never submits
+    (it sleeps). With BLUEFOG_STALL_CHECK_TIME_SECONDS=1 and
+    BLUEFOG_STALL_SHUTDOWN_TIME_SECONDS=2, rank 0 warns, then its op fails
+    naming it; it does not catch the error, so the job ends."""
+    rank = bf.rank()
+    bf.set_skip_negotiate_stage(True)
+    if rank == 0:
+        try:
+            bf.allreduce(torch.ones(3), name="lonely")
+            print(f"RESULT rank {rank} lonely returned", flush=True)
+        except RuntimeError as e:
+            print(f"RESULT rank {rank} lonely raised: {e}", flush=True)
+            raise
+    time.sleep(60)
+    return 0
+
 def comm_null_split(marker_dir):
     """The usual idiom for "BlueFog on ranks 0 and 1 only": Split with
     MPI.UNDEFINED elsewhere, so ranks 2 and 3 hold MPI.COMM_NULL. (Before: it
@@ -526,7 +543,7 @@ def in_fast_rounds(scenario):
 
 
 SCENARIOS = {f.__name__: f for f in (stall_warning, stall_shutdown, killed_rank, raising_rank,
-                                     skip_mode_unreceived_send, skip_mode_unsent_receive,
+                                     skip_mode_unreceived_send, skip_mode_unsent_receive, skip_mode_op_never_submitted,
                                      in_fast_rounds(stall_warning), in_fast_rounds(stall_shutdown),
                                      comm_null_split, fork_child, interrupted_waits, settings_differ,
                                      unparsable_setting, too_low_thread_level, names_differ, uneven_loops,
@@ -541,3 +558,4 @@ if __name__ == "__main__":
     if sys.argv[1] not in SELF_INIT:
         bf.init()
     sys.exit(SCENARIOS[sys.argv[1]](sys.argv[2]))
+
