@@ -3,12 +3,14 @@ hierarchical neighbor allreduce). Composite handles are negative ints, so
 they never collide with the core's handles.
 
 A composite makes progress in the background, like a single core op: one
-driver thread per process waits for each composite's current step and starts
-the next one, composites in the order they were started (the same order on
-every rank, as their names already require). So ranks may wait for their
-handles in any order, or run other ops meanwhile, without waiting for each
-other's next step (when the caller's wait advanced its own composite only,
-two ranks waiting for two composites in opposite orders hung).
+driver thread per process waits for the current steps of all composites in
+flight at once (the core's wait_any) and starts each one's next step as soon
+as its current step is done. Step names derive from the composite's name, so
+the ranks' steps match however the composites interleave: ranks may start
+composites in different orders, wait for their handles in any order, or run
+other ops meanwhile. (A driver that finished one composite before looking at
+the next hung when two ranks started two composites in opposite orders: each
+waited for the step the other had not started.)
 """
 import collections
 import itertools
@@ -20,7 +22,7 @@ from bluefog.torch import _C
 _counter = itertools.count(1)
 _composites: Dict[int, "Composite"] = {}
 _lock = threading.Condition()
-_queue: Deque["Composite"] = collections.deque()  # started and not finished, in start order
+_queue: Deque["Composite"] = collections.deque()  # started, not yet seen by the driver
 _driver = None
 
 
@@ -38,30 +40,37 @@ class Composite:
         self.error = None
         self.done = threading.Event()
 
-    def run(self):
-        """Runs the remaining steps (on the driver thread); keeps the error, if any."""
+    def advance(self) -> bool:
+        """Called (on the driver thread) once the current step is done: starts
+        the next step, or forms the result (or keeps the error). True when the
+        composite is finished."""
         from bluefog.torch.mpi_ops import synchronize
         try:
             value = synchronize(self.handle)
-            while self.steps:
-                value = synchronize(self.steps.pop(0)(value))
+            if self.steps:
+                self.handle = self.steps.pop(0)(value)
+                return False
             self.result = self.finish(value)
         except BaseException as err:  # noqa: BLE001  (re-raised by the caller's synchronize)
             self.error = err
             if self.label and type(err) in (ValueError, RuntimeError, TypeError):
                 self.error = type(err)(f"{self.label}: {err}")  # the step's message names the step only
         self.done.set()
+        return True
 
 
 def _drive():
+    active: List[Composite] = []
     while True:
         with _lock:
-            while not _queue:
+            while not _queue and not active:
                 _lock.wait()
-            comp = _queue[0]
-        comp.run()
-        with _lock:
-            _queue.popleft()
+            active.extend(_queue)
+            _queue.clear()
+            kicks = _C.kicks()  # a composite started after this wakes wait_any
+        i = _C.wait_any([c.handle for c in active], kicks, 1000)
+        if i >= 0 and active[i].advance():
+            active.pop(i)
 
 
 def start_composite(first_handle: int, steps, finish, label: str = "") -> int:
@@ -77,7 +86,13 @@ def start_composite(first_handle: int, steps, finish, label: str = "") -> int:
             _driver.start()
         _queue.append(comp)
         _lock.notify()
+    _C.kick()
     return h
+
+
+def wait_until_finished(handle: int) -> None:
+    """Blocks until the composite's last step is done (its handle stays valid)."""
+    _composites[handle].done.wait()
 
 
 def poll_composite(handle: int) -> bool:

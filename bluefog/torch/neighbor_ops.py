@@ -16,7 +16,7 @@ import torch
 from bluefog.common import neighbor_weights
 from bluefog.common.basics import get_basics
 from bluefog.torch import _C
-from bluefog.torch.composite import start_composite
+from bluefog.torch.composite import start_composite, wait_until_finished
 from bluefog.torch.mpi_ops import (_name, _prepare, allreduce_nonblocking, check_tensor, label_errors,
                                    register_postprocess, synchronize)
 
@@ -178,7 +178,8 @@ def hierarchical_neighbor_allreduce_nonblocking(tensor: torch.Tensor, *, self_we
                                                 enable_topo_check: bool = False, name: Optional[str] = None,
                                                 **kwargs) -> int:
     """Starts a hierarchical_neighbor_allreduce; returns a handle. Its steps run
-    in the background (one driver thread), whether or not it is polled."""
+    in the background (one driver thread), whether or not it is polled. In
+    skip-negotiate mode it returns only once they have all run."""
     op = "hierarchical_neighbor_allreduce"
     # The steps' names derive from one base fixed now, so ranks agree on them
     # whenever (and on whichever rank) the steps start.
@@ -212,7 +213,13 @@ def hierarchical_neighbor_allreduce_nonblocking(tensor: torch.Tensor, *, self_we
         return exchange(mean)
 
     first = allreduce_nonblocking(x, average=True, is_hierarchical_local=True, name=label("local"))
-    return start_composite(first, [keep_mean, spread], lambda result: result.to(device), label=f"{op} '{base}'")
+    handle = start_composite(first, [keep_mean, spread], lambda result: result.to(device), label=f"{op} '{base}'")
+    if _basics.get_skip_negotiate_stage():
+        # Skip-negotiate mode runs core ops in each rank's submission order:
+        # the later steps must be submitted before whatever this caller
+        # submits next, not whenever the driver gets to them.
+        wait_until_finished(handle)
+    return handle
 
 
 def hierarchical_neighbor_allreduce(tensor: torch.Tensor, *, self_weight: Optional[float] = None,

@@ -83,4 +83,36 @@ Status HandleManager::Wait(int handle, int64_t spin_us, const Helper& help, bool
   return s;
 }
 
+int HandleManager::WaitAny(const std::vector<int>& handles, uint64_t kicks, int timeout_ms) {
+  std::unique_lock<std::mutex> lock(mu_);
+  BlockedWait blocked;
+  int found = -1;
+  auto ready = [&] {
+    if (kicks_ != kicks) return true;
+    for (size_t i = 0; i < handles.size(); ++i) {
+      auto it = slots_.find(handles[i]);
+      if (it == slots_.end() || it->second.done) {
+        found = static_cast<int>(i);
+        return true;
+      }
+    }
+    return false;
+  };
+  if (!cv_.wait_for(lock, std::chrono::milliseconds(timeout_ms), ready)) return -1;
+  return found >= 0 ? found : -2;
+}
+
+void HandleManager::Kick() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++kicks_;
+  }
+  cv_.notify_all();
+}
+
+uint64_t HandleManager::Kicks() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return kicks_;
+}
+
 }  // namespace bluefog

@@ -8,6 +8,7 @@
 #include <functional>
 #include <mutex>
 #include <unordered_map>
+#include <vector>
 
 #include "status.h"
 
@@ -49,6 +50,15 @@ class HandleManager {
   Status Wait(int handle, int64_t spin_us = 0, const Helper& help = nullptr, bool* claimed = nullptr,
               const std::function<bool()>& stop = nullptr);
 
+  // Blocks until one of `handles` is done (or unknown) and returns its index;
+  // returns -1 once `timeout_ms` passes, and -2 as soon as Kick() has been
+  // called since Kicks() returned `kicks`. Forgets nothing (Wait claims).
+  // (One thread drives several multi-step ops this way, each moving on as
+  // soon as its current step is done; the kick tells it of a new one.)
+  int WaitAny(const std::vector<int>& handles, uint64_t kicks, int timeout_ms);
+  void Kick();
+  uint64_t Kicks();
+
  private:
   struct Slot {
     bool done = false;
@@ -58,6 +68,7 @@ class HandleManager {
   std::condition_variable cv_;
   std::unordered_map<int, Slot> slots_;
   int next_ = 0;
+  uint64_t kicks_ = 0;
 };
 
 }  // namespace bluefog

@@ -374,4 +374,13 @@ PYBIND11_MODULE(_C, m) {
   m.def("cached_output_bytes", &CachedOutputBytes);
   m.def("poll", &Poll, py::arg("handle"));
   m.def("wait", &Wait, py::arg("handle"));
+  m.def(
+      "wait_any",
+      [](const std::vector<int>& handles, uint64_t kicks, int timeout_ms) {
+        py::gil_scoped_release release;
+        return Handles().WaitAny(handles, kicks, timeout_ms);
+      },
+      py::arg("handles"), py::arg("kicks"), py::arg("timeout_ms"));
+  m.def("kick", [] { Handles().Kick(); });
+  m.def("kicks", [] { return Handles().Kicks(); });
 }

@@ -377,6 +377,46 @@ def test_hierarchical_nonblocking_progresses_whatever_the_wait_order():
         bf.synchronize(bad)
 
 
+
+def test_hierarchical_ops_started_in_different_orders_complete():
+    """Names are keys: ranks may start hierarchical ops in different orders,
+    as with any other op. (Before: the driver thread ran one composite to the
+    end before looking at the next, so even ranks waited in 'a''s exchange and
+    odd ranks in 'b''s; the deadlock check ended the job after 60 s.)"""
+    G = bf.ExponentialGraph(MACHINES)
+    bf.set_machine_topology(G, is_weighted=True)
+    W = weight_matrix(G)
+    shape = (4,)
+    seeds = {"hier.start.a": 40, "hier.start.b": 41, "hier.start.c": 42}
+    names = list(seeds) if RANK % 2 == 0 else list(reversed(seeds))
+    handles = {n: bf.hierarchical_neighbor_allreduce_nonblocking(rank_input(RANK, shape, seeds[n]), name=n)
+               for n in names}
+    for n in seeds:
+        check(bf.synchronize(handles[n]), combine(W, machine_means(shape, seeds[n]), MACHINE))
+
+
+def test_hierarchical_in_skip_negotiate_mode_with_other_ops_in_between():
+    """Skip-negotiate mode runs core ops in submission order. A nonblocking
+    hierarchical op followed by another op, with rank-dependent compute in
+    between: its later steps must come before that op on every rank. (Before:
+    the driver submitted them whenever the previous step finished, and the
+    skip-mode check failed ops at random: 'ranks disagree on the op'.)"""
+    G = bf.ExponentialGraph(MACHINES)
+    bf.set_machine_topology(G, is_weighted=True)
+    W = weight_matrix(G)
+    shape = (3,)
+    bf.set_skip_negotiate_stage(True)
+    try:
+        for it in range(5):
+            h = bf.hierarchical_neighbor_allreduce_nonblocking(rank_input(RANK, shape, 50 + it), name=f"hier.skip.{it}")
+            if RANK % 2:
+                time.sleep(0.01)
+            s = bf.allreduce(torch.ones(2), average=False, name=f"hier.skip.mid.{it}")
+            check(bf.synchronize(h), combine(W, machine_means(shape, 50 + it), MACHINE))
+            assert s.tolist() == [float(SIZE)] * 2
+    finally:
+        bf.set_skip_negotiate_stage(False)
+
 # ---- errors -------------------------------------------------------------------------------------
 def test_partial_weight_arguments_raise_value_error():
     x = rank_input(RANK, (2,), 40)
