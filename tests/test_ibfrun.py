@@ -112,20 +112,24 @@ def test_ibfrun_start_fails_fast_when_the_launch_fails(ibfrun_env, tmp_path):
     assert not os.path.exists(os.path.join(pdir, ib.PID_FILE))
 
 
-def test_ibfrun_start_interrupted_leaves_nothing_running(ibfrun_env, tmp_path):
-    """Ctrl-C while `start` waits for the engines: what it started is stopped, exit code 130."""
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM", "SIGHUP"])
+def test_ibfrun_start_interrupted_leaves_nothing_running(ibfrun_env, tmp_path, signame):
+    """Ctrl-C (or SIGTERM from `timeout`/kill, or SIGHUP from a closed terminal) while `start`
+    waits for the engines: what it started is stopped, exit code 128 + the signal. (Before,
+    SIGTERM and SIGHUP ended `start` at once and left the controller and engines running.)"""
     import signal  # pylint: disable=import-outside-toplevel
     import subprocess  # pylint: disable=import-outside-toplevel
     from bluefog.run import interactive_run as ib  # pylint: disable=import-outside-toplevel
     pdir = ib.profile_dir(PROFILE)  # (created here, so the record's path is known)
     record = os.path.join(pdir, ib.PID_FILE)
-    # SIGINT as in a terminal, whatever this process inherited (a job started in the
-    # background may have it ignored, and the child would inherit that).
+    # The signals as in a terminal, whatever this process inherited (a job started in the
+    # background, or under nohup, may have them ignored, and the child would inherit that).
     proc = subprocess.Popen([sys.executable, "-m", "bluefog.run.interactive_run", "start", "-np", "2",
                              "--ipython-profile", PROFILE, "--timeout", "100"], env=ibfrun_env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                            preexec_fn=lambda: [signal.signal(s, signal.SIG_DFL)
+                                                for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)])
     try:
         pids = {}
         deadline = time.time() + 60
@@ -137,13 +141,14 @@ def test_ibfrun_start_interrupted_leaves_nothing_running(ibfrun_env, tmp_path):
             except (OSError, ValueError):
                 pids = {}
         assert "bfrun" in pids, "start never recorded bfrun"
-        proc.send_signal(signal.SIGINT)
+        sig = getattr(signal, signame)
+        proc.send_signal(sig)
         out, _ = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    assert proc.returncode == 130, out[-4000:]
+    assert proc.returncode == 128 + sig, out[-4000:]
     deadline = time.time() + 30
     while any(ib._alive(pids[k]) for k in ("bfrun", "controller")) and time.time() < deadline:  # pylint: disable=protected-access
         time.sleep(0.2)

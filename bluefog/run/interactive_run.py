@@ -186,6 +186,14 @@ def hosts_of(args):
     return None
 
 
+class _Interrupted(KeyboardInterrupt):
+    """A signal (SIGINT, SIGTERM, SIGHUP) arrived during `start`."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
 def start(args, hosts) -> int:
     """``ibfrun start``: controller, then engines through bfrun (``hosts``: from
     :func:`hosts_of`); returns an exit code."""
@@ -235,13 +243,19 @@ def start(args, hosts) -> int:
     # e.g. ignored: then it is left alone).
     interrupted = []
 
-    def on_sigint(signum, frame):
+    def on_signal(signum, frame):
         interrupted.append(signum)
-        raise KeyboardInterrupt
+        raise _Interrupted(signum)
 
-    previous_handler = signal.getsignal(signal.SIGINT)
-    if previous_handler is signal.default_int_handler:
-        signal.signal(signal.SIGINT, on_sigint)
+    # Ctrl-C, and also SIGTERM (`timeout ibfrun start ...`, a kill) and SIGHUP
+    # (a closed terminal), whose default action would end this process with
+    # the controller and engines left running.
+    previous_handlers = {}
+    for sig, default in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL),
+                         (signal.SIGHUP, signal.SIG_DFL)):
+        previous_handlers[sig] = signal.getsignal(sig)
+        if previous_handlers[sig] is default:
+            signal.signal(sig, on_signal)
     try:
         controller = spawned("controller", _spawn(ctl_cmd, os.path.join(logdir, "ibfrun-controller.log")))
         deadline = time.monotonic() + args.timeout
@@ -277,16 +291,17 @@ def start(args, hosts) -> int:
             client.close()
         except Exception as exc:  # pylint: disable=broad-except
             if interrupted:
-                raise KeyboardInterrupt from exc
+                raise _Interrupted(interrupted[0]) from exc
             return fail("the engines did not register ({}); see {}".format(exc, logdir))
         if interrupted:
-            raise KeyboardInterrupt
+            raise _Interrupted(interrupted[0])
         _write_pids(pdir, pids)
     except BaseException:  # Ctrl-C: leave nothing running
         abandon()
         raise
     finally:
-        signal.signal(signal.SIGINT, previous_handler)
+        for sig, handler in previous_handlers.items():
+            signal.signal(sig, handler)
     print("ibfrun: {} engines are up. In Python: `import ipyparallel as ipp; "
           "rc = ipp.Client(profile={!r})`; stop with `ibfrun stop --ipython-profile {}`".format(
               args.num_proc, args.profile, args.profile))
@@ -388,9 +403,10 @@ def main(argv=None) -> int:
         return stop(args)
     try:
         return start(args, hosts)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print("ibfrun: interrupted; what this start had launched was stopped", file=sys.stderr)
-        return 130
+        signum = getattr(exc, "signum", signal.SIGINT)
+        return 128 + int(signum)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@ same TCP/shared-memory path everywhere; ``btl ^openib`` silences Open MPI 4's op
 contain UCX (the PyPI wheel does) the osc/ucx component prints "OSC UCX component priority set
 inside component query failed" on every MPI window creation when pml is not ucx; without it,
 osc/rdma serves windows over the btls (checked: Put/Accumulate results correct, stderr clean).
+Each of these defaults (``--bind-to``, ``--map-by``, and every ``--mca NAME``) is left out when the
+extra flags set it themselves: Open MPI 5 refuses an option given twice with different values.
 ``--use-infiniband`` gives ``--mca pml ucx --mca osc ucx`` on Open MPI >= 5, and the original's
 ``--mca pml ob1 --mca btl openib,vader,self`` on Open MPI 4.
 
@@ -76,9 +78,17 @@ class LaunchSpec(NamedTuple):
 
 
 def host_items(spec: str) -> List[str]:
-    """The entries of a ``-H`` list without blanks (none belongs in a host name or a count)."""
-    items = ("".join(item.split()) for item in (spec or "").split(","))
-    return [item for item in items if item]
+    """The entries of a ``-H`` list, without the blanks around them and their ``:``. A blank
+    inside a host name or a count (``"h1 h2"``: a missing comma) is a ValueError."""
+    out = []
+    for raw in (spec or "").split(","):
+        item = re.sub(r"\s*:\s*", ":", raw.strip())
+        if any(c.isspace() for c in item):
+            raise ValueError("bad host entry {!r} in {!r}: a blank inside a host name or a count "
+                             "(separate hosts with commas: h1:n1,h2:n2)".format(raw.strip(), spec))
+        if item:
+            out.append(item)
+    return out
 
 
 def parse_hosts(spec: str) -> HostList:
@@ -209,6 +219,39 @@ def forwardable_env_names(environ: Mapping[str, str], skip: Sequence[str] = ()) 
                   and not n.startswith("BASH_FUNC_") and n not in skip)
 
 
+# Open MPI options that bfrun sets by default, by the names a user may give
+# them in --extra-mpi-flags instead (Open MPI 5 refuses an option listed twice
+# with different values, so a default the user sets is left out).
+_MAPPING_OPTIONS = {"map-by", "npernode", "pernode", "N", "ppr", "rank-by"}
+
+
+def user_openmpi_settings(extra: Sequence[str]):
+    """(options, MCA parameter names) that ``extra`` (the split
+    --extra-mpi-flags) sets: ``--bind-to x`` / ``-bind-to=x`` give "bind-to";
+    ``--mca NAME VALUE`` (also -mca, --gmca, --prtemca, --pmixmca) gives NAME."""
+    options, mca = set(), set()
+    i = 0
+    while i < len(extra):
+        arg = extra[i]
+        if arg.lstrip("-") in ("mca", "gmca", "prtemca", "pmixmca") and arg.startswith("-") and i + 1 < len(extra):
+            mca.add(extra[i + 1])
+            i += 3
+            continue
+        if arg.startswith("-") and arg != "-x":
+            options.add(arg.lstrip("-").split("=", 1)[0])
+        i += 1 + (arg == "-x")
+    return options, mca
+
+
+def _without_user_mca(pairs: List[str], user_mca) -> List[str]:
+    """``pairs`` ("--mca", name, value, ...) minus the names the user sets."""
+    out = []
+    for i in range(0, len(pairs), 3):
+        if pairs[i + 1] not in user_mca:
+            out += pairs[i:i + 3]
+    return out
+
+
 def _openmpi_transport(settings: LaunchSettings, vendor: VendorInfo) -> List[str]:
     if not settings.use_infiniband:
         return ["--mca", "pml", "ob1", "--mca", "btl", "^openib", "--mca", "osc", "^ucx"]
@@ -231,20 +274,26 @@ def build_openmpi_args(launcher: str, vendor: VendorInfo, settings: LaunchSettin
     elif settings.hosts:
         args += ["-H", settings.hosts_arg or ",".join(
             "{}:{}".format(h, s) for h, s in resolve_slots(settings.hosts, facts))]
-    args += ["--bind-to", "none", "--map-by", "slot"]
-    args += _openmpi_transport(settings, vendor)
+    extra = shlex.split(settings.extra_mpi_flags or "")
+    user_options, user_mca = user_openmpi_settings(extra)
+    if "bind-to" not in user_options:
+        args += ["--bind-to", "none"]
+    if not user_options & _MAPPING_OPTIONS:
+        args += ["--map-by", "slot"]
+    mca = _openmpi_transport(settings, vendor)
     if settings.ssh_port:
-        args += ["--mca", "plm_rsh_args", "-p {}".format(settings.ssh_port)]
+        mca += ["--mca", "plm_rsh_args", "-p {}".format(settings.ssh_port)]
     explicit = dict(bluefog_env(settings))
     if settings.network_interface:
-        args += ["--mca", "btl_tcp_if_include", settings.network_interface]
+        mca += ["--mca", "btl_tcp_if_include", settings.network_interface]
         explicit = dict(NCCL_SOCKET_IFNAME=settings.network_interface, **explicit)
+    args += _without_user_mca(mca, user_mca)
     for name in sorted(explicit):
         args += ["-x", "{}={}".format(name, explicit[name])]
     if has_remote_hosts(settings.hosts, facts):
         for name in forwardable_env_names(environ, skip=tuple(explicit)):
             args += ["-x", name]
-    args += shlex.split(settings.extra_mpi_flags or "")
+    args += extra
     return args + list(settings.command)
 
 

@@ -404,7 +404,13 @@ def main(argv=None) -> int:
     if args.verbose:
         changed = ["{}={}".format(k, shlex.quote(v)) for k, v in sorted(spec.env.items())
                    if os.environ.get(k) != v]
-        print("bfrun: " + " ".join(changed + [shlex.quote(a) for a in spec.args]), flush=True)
+        try:
+            print("bfrun: " + " ".join(changed + [shlex.quote(a) for a in spec.args]), flush=True)
+        except BrokenPipeError:  # (`bfrun --verbose ... | true`): nobody reads; end as a pipe writer does
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())  # no second error when Python flushes stdout at exit
+            os.close(devnull)
+            return 128 + signal.SIGPIPE
     status_dir = None
     if RANK_GUARD_FLAG in spec.args:
         status_dir = tempfile.mkdtemp(prefix="bfrun-ranks-")

@@ -114,6 +114,26 @@ def test_success_and_environment(prefix):
     assert "bfrun: " in out  # --verbose prints the command
 
 
+def test_verbose_into_a_closed_pipe_ends_quietly(tmp_path):
+    """`bfrun --verbose ... | true`: printing the command finds nobody reading. bfrun ends
+    with 141 (128 + SIGPIPE, as a pipe writer does) and no traceback, and starts no job."""
+    marker = "bf-" + uuid.uuid4().hex
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    errors = tmp_path / "stderr.txt"
+    full_env = dict(os.environ)
+    full_env["PYTHONPATH"] = ROOT + os.pathsep + full_env.get("PYTHONPATH", "")
+    with open(errors, "w") as err:
+        proc = subprocess.run([sys.executable, "-m", "bluefog.run.run", "-np", "2", "--verbose",
+                               *rank_script(marker, "time.sleep(30)")],
+                              cwd=ROOT, env=full_env, stdout=write_end, stderr=err, timeout=60)
+    os.close(write_end)
+    text = errors.read_text()
+    assert proc.returncode == 128 + signal.SIGPIPE, (proc.returncode, text)
+    assert "Traceback" not in text, text
+    assert not leftovers(marker)
+
+
 def test_exit_code_of_a_failing_rank(prefix):
     marker = "bf-" + uuid.uuid4().hex
     rc, out, secs = finish(bfrun(prefix + ["-np", "2", *rank_script(

@@ -184,6 +184,31 @@ def test_openmpi_extra_flags_quoting_and_env():
     assert "-x" in spec.args and "BLUEFOG_LOG_LEVEL=debug" in spec.args
 
 
+@pytest.mark.parametrize("extra, dropped", [
+    ("--mca btl tcp,self", ["btl"]),
+    ("-mca pml ucx --mca osc rdma", ["pml", "osc"]),
+    ("--map-by node", ["--map-by"]),
+    ("--map-by=ppr:1:node", ["--map-by"]),
+    ("--npernode 1", ["--map-by"]),
+    ("--bind-to core", ["--bind-to"]),
+    ("--mca plm_rsh_args '-p 2200'", ["plm_rsh_args"]),
+    ("-x btl --tag-output", []),  # an environment variable named like an MCA parameter
+])
+def test_openmpi_extra_flags_replace_the_defaults_they_set(extra, dropped):
+    """Open MPI 5 refuses an option listed twice with different values
+    ("an MCA parameter was listed more than once"), so a default bfrun would
+    add is left out when --extra-mpi-flags sets it; the others stay."""
+    args = ompi(settings(2, extra_mpi_flags=extra, ssh_port=2222), facts=USER).args
+    extra_at = len(args) - len(CMD) - len(lc.shlex.split(extra))
+    defaults = args[:extra_at]
+    assert args[extra_at:] == lc.shlex.split(extra) + CMD
+    for name in ("--bind-to", "--map-by"):
+        assert (name in defaults) == (name not in dropped), (name, defaults)
+    for name in ("pml", "btl", "osc", "plm_rsh_args"):
+        given = any(defaults[i] == "--mca" and defaults[i + 1] == name for i in range(len(defaults) - 1))
+        assert given == (name not in dropped), (name, defaults)
+
+
 # ---------------------------------------------------------------- MPICH / Hydra
 def test_mpich_basic_no_root_flags():
     spec = hydra(settings(4))
@@ -238,6 +263,14 @@ def test_blanks_in_the_host_list_do_not_reach_open_mpi():
     assert s.hosts == [("a", 1), ("b", 1)] and s.hosts_arg == "a:1,b:1"
     args = ompi(s, facts=USER).args
     assert args[args.index("-H") + 1] == "a:1,b:1"
+
+
+@pytest.mark.parametrize("spec", ["h1 h2", "h1:2 h2:2", "a:1 2"])
+def test_a_blank_inside_a_host_entry_is_an_error(spec):
+    """(Before, blanks were dropped: "h1 h2" became the host "h1h2", and ssh later failed
+    to resolve it.)"""
+    with pytest.raises(ValueError, match="a blank inside a host name or a count"):
+        lc.parse_hosts(spec)
 
 
 def test_main_requires_np(capsys):
