@@ -258,6 +258,63 @@ def cleanup_leftovers(pgid: int, spare=(), grace: float = 3.0) -> None:
         time.sleep(0.1)
 
 
+# The launchers' own processes (under bfrun's launcher): not the job's.
+_MPI_DAEMONS = frozenset({"mpirun", "mpiexec", "prterun", "prted", "orterun", "orted", "hydra_pmi_proxy",
+                          "mpiexec.hydra"})
+
+
+def _comm_and_state(pid: int):
+    """(command name, state letter) of a process, or None once it is gone."""
+    try:
+        with open("/proc/{}/stat".format(pid)) as f:
+            text = f.read()
+    except OSError:
+        return None
+    name = text[text.index("(") + 1:text.rindex(")")]
+    return name, text.rsplit(")", 1)[1].split()[0]
+
+
+class OrphanWatch:
+    """Ends processes that outlived the job's ranks and hold the launcher up.
+
+    A rank's helper process in a session of its own survives the rank, is adopted by bfrun
+    (the child subreaper), and keeps the rank's output pipe open; the launcher then waits for
+    that pipe, long after every rank is gone (until the helper exits, or for good). Once no job
+    process is left under the launcher (only MPI's own daemons) while bfrun holds such adopted
+    processes for ``grace`` seconds, they are sent SIGTERM, and ``kill_after`` s later SIGKILL."""
+
+    def __init__(self, launcher_pid: int, spare, grace: float = 1.0, kill_after: float = 3.0):
+        self.launcher_pid, self.spare, self.grace, self.kill_after = launcher_pid, frozenset(spare), grace, kill_after
+        self.since = None
+        self.termed_at = None
+
+    def _job_alive(self) -> bool:
+        for pid in descendants(self.launcher_pid):
+            info = _comm_and_state(pid)
+            if info and info[1] != "Z" and info[0] not in _MPI_DAEMONS:
+                return True
+        return False
+
+    def check(self) -> None:
+        adopted = [pid for pid in _children_of().get(os.getpid(), [])
+                   if pid != self.launcher_pid and pid not in self.spare]
+        _reap(adopted)
+        adopted = [pid for pid in adopted if (_comm_and_state(pid) or ("", "Z"))[1] != "Z"]
+        if not adopted or self._job_alive():
+            self.since = self.termed_at = None
+            return
+        now = time.monotonic()
+        self.since = self.since or now
+        if now - self.since < self.grace:
+            return
+        tree = adopted + [pid for root in adopted for pid in descendants(root)]
+        if self.termed_at is None:
+            self.termed_at = now
+            _signal_all(tree, signal.SIGTERM)
+        elif now - self.termed_at > self.kill_after:
+            _signal_all(tree, signal.SIGKILL)
+
+
 def first_rank_failure(status_dir):
     """The exit code (negative: killed by that signal) of the guarded rank on this machine that
     failed first, from the files the rank guards left in ``status_dir``; None if none did."""
@@ -293,12 +350,15 @@ def launch(spec: lc.LaunchSpec, status_dir=None) -> int:
             pass
 
     previous = {sig: signal.signal(sig, forward) for sig in _FORWARDED}
+    orphans = OrphanWatch(proc.pid, spare) if libc is not None else None
     try:
         while proc.poll() is None:
             try:
                 proc.wait(timeout=0.5)
             except subprocess.TimeoutExpired:
                 pass
+            if orphans is not None:
+                orphans.check()
             if received and time.monotonic() - received_at[0] > KILL_GRACE_S:
                 try:  # the launcher ignored our signal
                     os.killpg(proc.pid, signal.SIGKILL)

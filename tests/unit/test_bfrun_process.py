@@ -143,6 +143,26 @@ def test_exit_code_of_a_failing_rank(prefix):
     assert wait_no_leftovers(marker) == []
 
 
+@pytest.mark.parametrize("ignores_term", [False, True], ids=["helper", "stubborn-helper"])
+def test_helpers_in_their_own_session_do_not_hold_the_job(prefix, ignores_term):
+    """Each rank starts a helper in a session of its own (it survives the rank and keeps the
+    rank's output pipe open); rank 1 then fails. The launcher would wait for those pipes until
+    the helpers exit (before: 40 s here, for good with a helper that never exits). bfrun ends
+    them once no rank is left: the job ends within seconds with the rank's code, and nothing
+    is left running."""
+    marker = "bf-" + uuid.uuid4().hex
+    helper = ("import signal, time\n" + ("signal.signal(signal.SIGTERM, signal.SIG_IGN)\n" if ignores_term else "")
+              + "time.sleep(40)")
+    body = ("import subprocess\n"
+            "subprocess.Popen([sys.executable, '-c', '# {}\\n' + {!r}], start_new_session=True)\n"
+            "time.sleep(1)\n"
+            "sys.exit(4) if rank == 1 else time.sleep(120)").format(marker, helper)
+    rc, out, secs = finish(bfrun(prefix + ["-np", "2", *rank_script(marker, body)]), timeout=90)
+    assert rc == 4, out
+    assert secs < 25, (secs, out)
+    assert wait_no_leftovers(marker) == []
+
+
 def test_killed_rank_ends_job(prefix):
     marker = "bf-" + uuid.uuid4().hex
     body = "time.sleep(1)\nif rank == 1:\n    os.kill(os.getpid(), 9)\ntime.sleep(120)"
