@@ -100,7 +100,9 @@ def test_skip_mode_op_never_submitted_elsewhere_fails_instead_of_hanging(tmp_pat
     """Skip mode: rank 0 runs an allreduce rank 1 never submits. Nothing
     negotiates, so the deadlock check cannot see it; the skip-mode agreement
     that precedes each op warns after 1 s and fails the op after 2 s, naming
-    it (before: rank 0 waited forever, silently), and the job ends."""
+    it (before: rank 0 waited forever, silently). Rank 0 catches the error and
+    shuts down; with the collective still pending there, that ends the job
+    (before: rank 1 then hung in its own shutdown)."""
     rc, out, secs = run("skip_mode_op_never_submitted", tmp_path, np=2,
                         env={"BLUEFOG_STALL_CHECK_TIME_SECONDS": "1", "BLUEFOG_STALL_SHUTDOWN_TIME_SECONDS": "2"})
     assert rc != 0, out[-6000:]
@@ -111,7 +113,29 @@ def test_skip_mode_op_never_submitted_elsewhere_fails_instead_of_hanging(tmp_pat
     assert any(re.search(r"'lonely' has waited 1 s", line) and "rank 0" in line for line in out.splitlines()), \
         out[-6000:]
     assert "RESULT rank 0 lonely returned" not in out, out[-6000:]
+    assert "ending the whole job" in out, out[-6000:]
+    assert "RESULT rank 1 shutdown returned" not in out, out[-6000:]
     assert secs < 45, secs
+
+
+def test_skip_mode_shutdown_with_an_op_still_queued(tmp_path):
+    rc, out, secs = run("skip_mode_shutdown_with_an_op_queued", tmp_path, np=2,
+                        env={"BLUEFOG_STALL_CHECK_TIME_SECONDS": "5"})
+    assert rc == 0, out[-6000:]
+    assert "RESULT rank 1 x [2.0, 2.0, 2.0]" in out, out[-6000:]
+    for r in (0, 1):
+        assert f"RESULT rank {r} shutdown returned" in out, out[-6000:]
+    assert "has waited" not in out, out[-6000:]
+
+
+def test_hierarchical_ops_started_seconds_apart_are_not_a_deadlock(tmp_path):
+    rc, out, secs = run("hierarchical_started_apart", tmp_path, np=4,
+                        env={"BLUEFOG_NODES_PER_MACHINE": "2", "BLUEFOG_STALL_CHECK_TIME_SECONDS": "1"})
+    assert rc == 0, out[-6000:]
+    assert "deadlocked" not in out, out[-6000:]
+    for r in range(4):
+        for n in ("h1", "h2"):
+            assert f"RESULT rank {r} {n} [1.5, 1.5, 1.5]" in out, out[-6000:]
 
 
 def test_comm_null_is_refused_and_the_rest_runs_on_the_sub_communicator(tmp_path):

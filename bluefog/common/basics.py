@@ -220,9 +220,11 @@ class BlueFogBasics:
 
     def set_skip_negotiate_stage(self, value: bool):
         """Collective. With True, ops run in each rank's enqueue order without
-        cross-rank agreement (faster; every rank must then enqueue the same ops
-        in the same order, and mismatches are not detected). Call it at the same
-        point on every rank with no op in flight."""
+        negotiation: every rank must enqueue the same ops in the same order.
+        Before each op the ranks compare a digest of it (one small allreduce),
+        so an op in another order, a mismatched tensor or a refused input
+        fails on every rank with ValueError. Call it at the same point on every
+        rank with no op in flight."""
         code = self._lib.bluefog_set_skip_negotiate_stage(1 if value else 0)
         if code != 0:
             _raise_status(self._lib, code, "set_skip_negotiate_stage")

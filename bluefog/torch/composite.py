@@ -92,7 +92,11 @@ def start_composite(first_handle: int, steps, finish, label: str = "") -> int:
 
 def wait_until_finished(handle: int) -> None:
     """Blocks until the composite's last step is done (its handle stays valid)."""
-    _composites[handle].done.wait()
+    blocked = _C.BlockedWait()
+    try:
+        _composites[handle].done.wait()
+    finally:
+        blocked.release()
 
 
 def poll_composite(handle: int) -> bool:
@@ -106,7 +110,11 @@ def synchronize_composite(handle: int):
     comp = _composites.get(handle)
     if comp is None:
         raise ValueError(f"unknown handle {handle} (never returned by a nonblocking op, or already synchronized)")
-    comp.done.wait()  # (Ctrl-C here leaves the handle to be synchronized again)
+    blocked = _C.BlockedWait()  # for the deadlock check (the driver's own wait does not count)
+    try:
+        comp.done.wait()  # (Ctrl-C here leaves the handle to be synchronized again)
+    finally:
+        blocked.release()
     if _composites.pop(handle, None) is None:
         raise ValueError(f"handle {handle} was synchronized by another thread while this one waited for it")
     if comp.error is not None:

@@ -91,7 +91,14 @@ int bluefog_barrier_wait(int handle, int timeout_ms) {
 }
 
 int bluefog_reject(const char* op, const char* name, const char* reason) {
-  return Report(EnqueueReject(op ? op : "", name ? name : "", reason ? reason : ""));
+  const std::string o = op ? op : "", n = name ? name : "", why = reason ? reason : "";
+  if (!SkipNegotiate()) return Report(EnqueueReject(o, n, why));
+  // Skip-negotiate mode runs ops in submission order: the refusal is this
+  // rank's op at this point of its order, so it completes before the frontend
+  // raises (a retry under the same name must come after it, not after
+  // whatever this rank submits while the refusal waits for the peers).
+  Status s = RunBlocking([&](StatusCallback cb) { return EnqueueReject(o, n, why, std::move(cb)); });
+  return Report(s.type() == StatusType::INVALID_ARGUMENT ? Status::OK() : s);  // (the refusal itself failing the op)
 }
 
 int bluefog_set_skip_negotiate_stage(int value) {

@@ -204,9 +204,11 @@ std::string CheckAgreement(const std::vector<Request>& v, int size) {
   }
   if (d.empty() && IsNeighborOp(op)) d = CheckPattern(v);
   if (!d.empty()) return d;
+  return CheckValid(v[0], size);
+}
 
-  // All ranks agree; now check the agreed request is valid.
-  const Request& r = v[0];
+std::string CheckValid(const Request& r, int size) {
+  const OpType op = r.op;
   if (op == OpType::BROADCAST && (r.root_rank < 0 || r.root_rank >= size)) {
     return "root_rank " + std::to_string(r.root_rank) + " is out of range: expected 0 <= root_rank < " +
            std::to_string(size);
@@ -250,24 +252,36 @@ uint64_t SkipModeDigest(const Request& r) {
   MixValue(&h, r.device);
   MixValue(&h, r.root_rank);
   MixValue(&h, static_cast<int32_t>(r.average) * 2 + static_cast<int32_t>(r.hierarchical_local));
-  MixValue(&h, r.int_arg);
+  MixValue(&h, r.op == OpType::WIN_CREATE ? 0 : r.int_arg);  // (zero_init is each rank's own choice)
+  MixValue(&h, r.topo_check);
   MixValue(&h, r.shape.size());
   const bool gather = r.op == OpType::ALLGATHER || r.op == OpType::NEIGHBOR_ALLGATHER;  // dim 0 may differ
   for (size_t i = gather ? 1 : 0; i < r.shape.size(); ++i) MixValue(&h, r.shape[i]);
   return h;
 }
 
+std::string SkipModeInvalid(const Request& r, int size) {
+  std::string why = CheckValid(r, size);
+  if (why.empty()) return why;
+  return "bluefog " + std::string(OpTypeName(r.op)) + " " + ShownName(r.name, false) + ": " + why;
+}
+
 std::string SkipModeDisagreement(const std::vector<Request>& by_rank, int my_rank) {
   const Request& mine = by_rank[my_rank];
   std::string why = CheckAgreement(by_rank, static_cast<int>(by_rank.size()));
+  if (why.empty()) {
+    why = Disagreement(by_rank, "enable_topo_check",
+                       [](const Request& r) { return std::string(r.topo_check ? "True" : "False"); });
+  }
   if (!why.empty()) {
     why += " (skip-negotiate mode)";
   } else {  // the same description: the names differ
     std::vector<std::string> ops;
     for (const Request& r : by_rank) ops.push_back(OpTypeName(r.op) + (" " + ShownName(r.name, false)));
-    why = DisagreementText(ops, "the op to run next") +
-          " (in skip-negotiate mode every rank runs its ops in the order it submitted them: the ranks must "
-          "submit the same ops, under the same names, in the same order)";
+    why = DisagreementText(ops, "the op to run next");
+    if (why.empty()) why = "ranks disagree on this op's settings";  // (not expected: every digested field is compared)
+    why += " (in skip-negotiate mode every rank runs its ops in the order it submitted them: the ranks must "
+           "submit the same ops, under the same names, in the same order)";
   }
   return "bluefog " + std::string(OpTypeName(mine.op)) + " " + ShownName(mine.name, false) + ": " + why;
 }

@@ -39,6 +39,9 @@ std::string CheckPattern(const std::vector<Request>& by_rank);
 // ranks whose frontend refused it. Names are not compared (they are the key
 // the requests were matched by).
 std::string CheckAgreement(const std::vector<Request>& by_rank, int size);
+// "" if the op every rank agrees on is valid (root in range, a summable
+// dtype, ...), else why not.
+std::string CheckValid(const Request& r, int size);
 
 // Skip-negotiate mode, where each rank runs its ops in its own enqueue order
 // with nobody matching them by name: a 64-bit digest of everything every rank
@@ -47,6 +50,9 @@ uint64_t SkipModeDigest(const Request& r);
 // The error every rank reports when the digests differed (or a rank refused
 // the op): `by_rank` holds each rank's request at this point of its order.
 std::string SkipModeDisagreement(const std::vector<Request>& by_rank, int my_rank);
+// When the digests agree: "" if the op is valid (CheckValid), else the error
+// (the same on every rank).
+std::string SkipModeInvalid(const Request& r, int size);
 
 class Coordinator {
  public:

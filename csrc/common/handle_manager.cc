@@ -84,8 +84,9 @@ Status HandleManager::Wait(int handle, int64_t spin_us, const Helper& help, bool
 }
 
 int HandleManager::WaitAny(const std::vector<int>& handles, uint64_t kicks, int timeout_ms) {
+  // (Not a BlockedWait: the driver thread waits here while the callers may
+  // compute; a caller blocked in its composite's wait counts instead.)
   std::unique_lock<std::mutex> lock(mu_);
-  BlockedWait blocked;
   int found = -1;
   auto ready = [&] {
     if (kicks_ != kicks) return true;

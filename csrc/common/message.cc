@@ -14,6 +14,7 @@ constexpr uint8_t kFlagAverage = 1;
 constexpr uint8_t kFlagHierarchical = 2;
 constexpr uint8_t kFlagPayload = 4;
 constexpr uint8_t kFlagRejected = 8;
+constexpr uint8_t kFlagTopoCheck = 16;
 }  // namespace
 
 void EncodeCycleMessage(const CycleMessage& msg, std::string* out) {
@@ -28,7 +29,8 @@ void EncodeCycleMessage(const CycleMessage& msg, std::string* out) {
     for (auto d : r.shape) w.SVarint(d);
     w.SVarint(r.root_rank);
     w.U8((r.average ? kFlagAverage : 0) | (r.hierarchical_local ? kFlagHierarchical : 0) |
-         (r.has_payload ? kFlagPayload : 0) | (r.rejected.empty() ? 0 : kFlagRejected));
+         (r.has_payload ? kFlagPayload : 0) | (r.rejected.empty() ? 0 : kFlagRejected) |
+         (r.topo_check ? kFlagTopoCheck : 0));
     if (!r.rejected.empty()) w.Str(r.rejected);
     w.SVarint(r.device);
     w.SVarint(r.int_arg);
@@ -72,6 +74,7 @@ bool DecodeCycleMessage(const char* data, size_t size, CycleMessage* msg) {
     r.average = flags & kFlagAverage;
     r.hierarchical_local = flags & kFlagHierarchical;
     r.has_payload = flags & kFlagPayload;
+    r.topo_check = flags & kFlagTopoCheck;
     if (flags & kFlagRejected) {
       r.rejected = rd.Str();
       if (r.rejected.empty()) return false;

@@ -27,6 +27,10 @@ struct Request {
   bool hierarchical_local = false;
   int32_t device = kCpuDevice;
   int64_t int_arg = 0;         // control ops (e.g. skip-negotiate value)
+  // Neighbor ops: enable_topo_check. Negotiation checks every pattern and
+  // ignores it; skip-negotiate mode checks the pattern only with it, so there
+  // the ranks must agree on it (SkipModeDigest).
+  bool topo_check = false;
   // Neighbor ops: who this rank receives from and sends to (world ranks), and
   // the weight each sent copy is scaled by (empty: all 1).
   std::vector<int32_t> src_ranks;

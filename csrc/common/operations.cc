@@ -451,7 +451,10 @@ Status SkipModeAgree(GlobalState& g, const Request& r) {
   if (!s.ok()) return s;
   const bool same = words[0] == ~words[1];  // the AND of all digests equals their OR
   const bool refused = (words[2] & 1) == 0;
-  if (same && !refused) return Status::OK();
+  if (same && !refused) {
+    const std::string invalid = SkipModeInvalid(r, g.mpi.size());
+    return invalid.empty() ? Status::OK() : Status::InvalidArgument(invalid);
+  }
   CycleMessage mine;
   mine.requests.push_back(r);
   std::string bytes;
@@ -473,11 +476,10 @@ Status SkipModeAgree(GlobalState& g, const Request& r) {
 // Skip-negotiate mode: run this rank's requests in enqueue order (cycle_mu
 // held; the wait for them comes before).
 bool RunSkipCycle(GlobalState& g) {
-  if (g.shutdown_requested) {
-    // Agree on shutdown through negotiation; every rank gets here eventually.
-    g.skip_negotiate = false;
-    return true;
-  }
+  // Shutting down: the ops already submitted still run in skip mode first
+  // (the peers run them so), then the ranks agree on shutdown through
+  // negotiation; every rank gets there eventually.
+  const bool shutting_down = g.shutdown_requested;
   g.queue.RunDirect();
   std::vector<Request> requests;
   g.queue.PopRequests(&requests);
@@ -495,6 +497,7 @@ bool RunSkipCycle(GlobalState& g) {
     if (s.ok()) s = Perform(g, resp);
     if (!s.ok()) return StopLoop(g, s.reason());
   }
+  if (shutting_down) g.skip_negotiate = false;
   return true;
 }
 
@@ -667,6 +670,15 @@ void Shutdown() {
   g.suspended = false;
   g.queue.Wake();
   if (g.thread.joinable()) g.thread.join();
+  if (g.loop_failed) {
+    // The loop stopped on a communication failure or an op that could not be
+    // cancelled: the other ranks may be waiting for this one in a collective
+    // that never completes, and would wait for good once this process ends.
+    // End the whole job instead (as an uncaught error does).
+    BFLOG(ERROR) << "shutting down after BlueFog's background loop stopped (" << g.loop_error
+                 << "): ending the whole job (MPI_Abort), since the other ranks may be waiting for this one";
+    MPI_Abort(MPI_COMM_WORLD, 1);
+  }
   g.queue.FailDirect(Status::Aborted("BlueFog has shut down"));
   g.queue.FailAll(Status::Aborted("BlueFog has shut down"));
   g.controller.reset();
@@ -758,6 +770,7 @@ Status EnqueueNeighbor(OpType op, std::shared_ptr<Tensor> input, std::shared_ptr
   r.src_ranks = src_ranks;
   r.dst_ranks = dst_ranks;
   r.dst_weights = dst_weights;
+  r.topo_check = topo_check;
   TensorTableEntry e;
   e.name = name;
   e.op = op;
@@ -783,7 +796,8 @@ Status EnqueueBarrier(const std::string& name, StatusCallback callback) {
   return Enqueue(std::move(e), std::move(r));
 }
 
-Status EnqueueReject(const std::string& op, const std::string& name, const std::string& reason) {
+Status EnqueueReject(const std::string& op, const std::string& name, const std::string& reason,
+                     StatusCallback callback) {
   GlobalState& g = State();
   OpType type = OpType::ALLREDUCE;
   bool known = false;
@@ -799,7 +813,8 @@ Status EnqueueReject(const std::string& op, const std::string& name, const std::
   TensorTableEntry e;
   e.name = type == OpType::WIN_CREATE ? kWinCreatePrefix + name : name;  // as EnqueueWinCreate names it
   e.op = type;
-  e.callback = [](const Status&) {};  // the frontend has raised already
+  // (The frontend raises its own error.)
+  e.callback = callback ? std::move(callback) : StatusCallback([](const Status&) {});
   e.refusal = true;
   Request r;
   r.rejected = reason.empty() ? std::string("invalid input") : reason;

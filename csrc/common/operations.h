@@ -73,8 +73,9 @@ Status EnqueueWinFree(const std::string& name, StatusCallback callback);
 // Tells the other ranks that this rank's frontend refused op `name` (of kind
 // `op`, e.g. "neighbor_allreduce"; bad input on this rank) before submitting
 // it: every rank's op of that name fails with `reason` instead of waiting for
-// this rank. Nothing is sent in skip-negotiate mode.
-Status EnqueueReject(const std::string& op, const std::string& name, const std::string& reason);
+// this rank. `callback` (optional) runs once every rank has failed it.
+Status EnqueueReject(const std::string& op, const std::string& name, const std::string& reason,
+                     StatusCallback callback = nullptr);
 
 // One-sided window work, run on the background thread without negotiation
 // (see window_manager.h for the operations). Work that returns IN_PROGRESS

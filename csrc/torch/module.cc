@@ -382,5 +382,13 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("handles"), py::arg("kicks"), py::arg("timeout_ms"));
   m.def("kick", [] { Handles().Kick(); });
+  // Held while a Python thread waits for something only BlueFog ops complete
+  // (a composite op): the deadlock check counts it as a blocked wait.
+  struct BlockedToken {
+    std::shared_ptr<void> token = bluefog::ExternalWait();
+  };
+  py::class_<BlockedToken>(m, "BlockedWait")
+      .def(py::init<>())
+      .def("release", [](BlockedToken& t) { t.token.reset(); });
   m.def("kicks", [] { return Handles().Kicks(); });
 }

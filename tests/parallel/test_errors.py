@@ -299,7 +299,7 @@ def test_a_failure_while_staging_the_input_is_reported_too(op, monkeypatch):
 
 
 @pytest.mark.parametrize("case", ["allreduce.dtype", "neighbor_allreduce.weights"])
-def test_retry_under_the_same_name_after_a_refusal(case):
+def test_retry_under_the_same_name_after_a_refusal(case, mode):
     """The usual reaction to the error: retry the op, same name, good input, on
     every rank. Rank 0 raised at once while its refusal was still in flight
     (the others reach the op later); its retry waits behind the refusal
@@ -308,7 +308,7 @@ def test_retry_under_the_same_name_after_a_refusal(case):
     if SIZE == 1:
         pytest.skip("needs a rank whose input is good")
     says, run = REFUSED[case]
-    name = f"retry.{case}"
+    name = f"retry.{case}.{mode}"
     if RANK != 0:
         time.sleep(0.3)  # rank 0 retries before the others have even submitted
     with pytest.raises(ValueError, match=says):
@@ -348,25 +348,51 @@ def test_unsupported_dtype(dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.int32, torch.int64, torch.uint8], ids=str)
-def test_average_on_integer_tensor(dtype):
+def test_average_on_integer_tensor(dtype, mode):
+    """(In skip-negotiate mode the ranks' digests agree, and the op is still
+    checked: it returned the input unaveraged there.)"""
     x = torch.ones(3, dtype=dtype)
     with pytest.raises(ValueError, match="average"):
-        bf.allreduce(x, average=True, name=f"avg.int.{dtype}")
+        bf.allreduce(x, average=True, name=f"avg.int.{dtype}.{mode}")
     with pytest.raises(ValueError, match="average"):
-        bf.synchronize(bf.allreduce_nonblocking_(x.clone(), name=f"avg.int.inplace.{dtype}"))
-    next_op_works(f"avg.int.{dtype}")
+        bf.synchronize(bf.allreduce_nonblocking_(x.clone(), name=f"avg.int.inplace.{dtype}.{mode}"))
+    next_op_works(f"avg.int.{dtype}.{mode}")
+
+
+def test_bool_allreduce_is_refused(mode):
+    """(In skip-negotiate mode it stopped BlueFog: MPI_ERR_OP in the background loop.)"""
+    with pytest.raises(ValueError, match="dtype bool cannot be summed"):
+        bf.allreduce(torch.ones(3, dtype=torch.bool), average=False, name=f"bool.{mode}")
+    next_op_works(f"bool.{mode}")
 
 
 @pytest.mark.parametrize("root", [SIZE, SIZE + 3, -1])
-def test_broadcast_root_out_of_range(root):
+def test_broadcast_root_out_of_range(root, mode):
+    """(In skip-negotiate mode this stopped BlueFog on every rank: MPI_ERR_ROOT.)"""
     x = rank_input(RANK, (3,))
     with pytest.raises(ValueError, match="root"):
-        bf.broadcast(x, root, name=f"root.range.{root}")
+        bf.broadcast(x, root, name=f"root.range.{root}.{mode}")
     y = x.clone()
     with pytest.raises(ValueError, match="root"):
-        bf.synchronize(bf.broadcast_nonblocking_(y, root, name=f"root.range.inplace.{root}"))
+        bf.synchronize(bf.broadcast_nonblocking_(y, root, name=f"root.range.inplace.{root}.{mode}"))
     check(y, x)  # a failed in-place op leaves the tensor alone
-    next_op_works(f"root.{root}")
+    next_op_works(f"root.{root}.{mode}")
+
+
+def test_skip_mode_enable_topo_check_must_agree():
+    """Skip-negotiate mode checks the send/receive pattern only with
+    enable_topo_check, a collective step: ranks that disagree on the flag hung
+    (one in the check, the other in the exchange). Now a ValueError on every
+    rank names the flag. (Negotiation checks every pattern and ignores it.)"""
+    if SIZE == 1:
+        pytest.skip("needs a rank whose flag differs")
+    bf.set_skip_negotiate_stage(True)
+    try:
+        with pytest.raises(ValueError, match=r"ranks disagree on enable_topo_check: rank \[0\] has True"):
+            bf.neighbor_allreduce(torch.ones(3), enable_topo_check=RANK == 0, name="topo.flag")
+        next_op_works("topo.flag")
+    finally:
+        bf.set_skip_negotiate_stage(False)
 
 
 def test_broadcast_root_not_an_int():

@@ -169,6 +169,21 @@ def test_create_with_rank_dependent_shape_or_dtype_raises_everywhere(skip_negoti
         bf.set_skip_negotiate_stage(False)
 
 
+@pytest.mark.parametrize("skip_negotiate", [False, True], ids=["negotiated", "skip_negotiate"])
+def test_zero_init_may_differ_per_rank(skip_negotiate):
+    """zero_init is each rank's own choice (what its own buffers start as), not
+    something the ranks must agree on: skip-negotiate mode refused it with an
+    empty reason after its per-op check came in."""
+    bf.set_skip_negotiate_stage(skip_negotiate)
+    try:
+        x = torch.full((3,), float(RANK + 1))
+        assert bf.win_create(x, "zi", zero_init=RANK % 2 == 0)
+        bf.barrier()
+        assert bf.win_free("zi")
+    finally:
+        bf.set_skip_negotiate_stage(False)
+
+
 def test_skip_mode_put_to_a_rank_that_does_not_expect_it_raises():
     """Skip-negotiate mode compares only dtype and shape at win_create, so ranks
     whose topologies disagree (here only rank 0 has the edge 0 -> 1) create the

@@ -165,9 +165,11 @@ def skip_mode_unsent_receive(marker_dir):
 
 def skip_mode_op_never_submitted(marker_dir):
     """Skip-negotiate mode: rank 0 runs an allreduce that rank 1 never submits
-    (it sleeps). With BLUEFOG_STALL_CHECK_TIME_SECONDS=1 and
+    (it sleeps, then shuts down). With BLUEFOG_STALL_CHECK_TIME_SECONDS=1 and
     BLUEFOG_STALL_SHUTDOWN_TIME_SECONDS=2, rank 0 warns, then its op fails
-    naming it; it does not catch the error, so the job ends."""
+    naming it. Rank 0 catches the error and shuts down: its loop stopped with
+    the collective still pending, so shutdown ends the whole job (before: rank
+    1 then waited for good in its own shutdown)."""
     rank = bf.rank()
     bf.set_skip_negotiate_stage(True)
     if rank == 0:
@@ -176,9 +178,61 @@ def skip_mode_op_never_submitted(marker_dir):
             print(f"RESULT rank {rank} lonely returned", flush=True)
         except RuntimeError as e:
             print(f"RESULT rank {rank} lonely raised: {e}", flush=True)
-            raise
+    else:
+        time.sleep(4)
+    bf.shutdown()
+    print(f"RESULT rank {rank} shutdown returned", flush=True)
     time.sleep(60)
     return 0
+
+
+def skip_mode_shutdown_with_an_op_queued(marker_dir):
+    """Skip-negotiate mode: rank 0 starts an allreduce and shuts down at once;
+    rank 1 runs the same allreduce a second later, then shuts down. The op
+    completes on both and both shutdowns return (before: rank 0 switched to
+    negotiation with the op still queued, and rank 1 waited for it for good)."""
+    rank = bf.rank()
+    bf.set_skip_negotiate_stage(True)
+    if rank == 0:
+        h = bf.allreduce_nonblocking(torch.full((3,), 1.0), average=False, name="x")
+        bf.shutdown()
+        try:
+            print(f"RESULT rank 0 x {bf.synchronize(h).tolist()}", flush=True)
+        except Exception as e:  # (after shutdown: the result was already delivered, or not)
+            print(f"RESULT rank 0 x after shutdown: {type(e).__name__}", flush=True)
+    else:
+        time.sleep(1)
+        print(f"RESULT rank 1 x {bf.allreduce(torch.full((3,), 1.0), average=False, name='x').tolist()}",
+              flush=True)
+        bf.shutdown()
+    print(f"RESULT rank {rank} shutdown returned", flush=True)
+    return 0
+
+
+def hierarchical_started_apart(marker_dir):
+    """BLUEFOG_NODES_PER_MACHINE=2 on 4 ranks, BLUEFOG_STALL_CHECK_TIME_SECONDS=1:
+    even ranks start hierarchical ops h1, compute 4 s, then h2; odd ranks the
+    reverse. Meanwhile only the composite driver thread waits, and that is not
+    a rank blocked in BlueFog: no deadlock may be declared (before: every rank
+    got 'deadlocked' after the stall time), and both ops complete."""
+    rank = bf.rank()
+    bf.set_machine_topology(bf.ExponentialGraph(bf.machine_size()))
+    names = ["h1", "h2"] if rank % 2 == 0 else ["h2", "h1"]
+    handles = {}
+    for i, n in enumerate(names):
+        handles[n] = bf.hierarchical_neighbor_allreduce_nonblocking(torch.full((3,), float(rank)), name=n)
+        if i == 0:
+            time.sleep(4)
+    ok = True
+    for n in ("h1", "h2"):
+        try:
+            out = bf.synchronize(handles[n])
+            print(f"RESULT rank {rank} {n} {out.tolist()}", flush=True)
+        except Exception as e:
+            ok = False
+            print(f"RESULT rank {rank} {n} raised: {e}", flush=True)
+    return 0 if ok else 1
+
 
 def comm_null_split(marker_dir):
     """The usual idiom for "BlueFog on ranks 0 and 1 only": Split with
@@ -544,6 +598,7 @@ def in_fast_rounds(scenario):
 
 SCENARIOS = {f.__name__: f for f in (stall_warning, stall_shutdown, killed_rank, raising_rank,
                                      skip_mode_unreceived_send, skip_mode_unsent_receive, skip_mode_op_never_submitted,
+                                     skip_mode_shutdown_with_an_op_queued, hierarchical_started_apart,
                                      in_fast_rounds(stall_warning), in_fast_rounds(stall_shutdown),
                                      comm_null_split, fork_child, interrupted_waits, settings_differ,
                                      unparsable_setting, too_low_thread_level, names_differ, uneven_loops,
