@@ -138,6 +138,14 @@ def test_hierarchical_ops_started_seconds_apart_are_not_a_deadlock(tmp_path):
             assert f"RESULT rank {r} {n} [1.5, 1.5, 1.5]" in out, out[-6000:]
 
 
+def test_an_intercommunicator_is_refused(tmp_path):
+    rc, out, _ = run("intercomm_refused", tmp_path, np=2)
+    assert rc == 0, out[-6000:]
+    for r in (0, 1):
+        assert f"RESULT world rank {r} init raised bluefog init failed: init: the communicator is an intercommunicator" in out, out[-6000:]
+        assert f"RESULT world rank {r} after 2.0" in out, out[-6000:]
+
+
 def test_comm_null_is_refused_and_the_rest_runs_on_the_sub_communicator(tmp_path):
     rc, out, _ = run("comm_null_split", tmp_path, np=4)
     assert rc == 0, out[-6000:]

@@ -64,7 +64,7 @@ class BlueFogBasics:
         self._lib.bluefog_last_error.restype = ctypes.c_char_p
         self._lib.bluefog_parse_config.restype = ctypes.c_char_p
         self._lib.bluefog_parse_config.argtypes = [ctypes.c_char_p, ctypes.c_int]
-        self._lib.bluefog_init.argtypes = [ctypes.c_int, ctypes.c_char_p]
+        self._lib.bluefog_init.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p]
         self._lib.bluefog_timeline_start_activity.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
         self._lib.bluefog_timeline_end_activity.argtypes = [ctypes.c_char_p]
         self._lib.bluefog_reject.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p]
@@ -114,7 +114,7 @@ class BlueFogBasics:
             fcomm = comm.py2f()
         overrides = "\n".join(f"{k}={v}" for k, v in (config or {}).items())
         fresh = not self.is_initialized()
-        code = self._lib.bluefog_init(fcomm, overrides.encode())
+        code = self._lib.bluefog_init(1 if comm is not None else 0, fcomm, overrides.encode())
         if code != 0:
             _raise_status(self._lib, code, "bluefog init failed")
         if fresh:

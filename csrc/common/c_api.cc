@@ -42,8 +42,8 @@ int Flag(bool BasicInfo::*field) {
 
 extern "C" {
 
-int bluefog_init(int fortran_comm, const char* overrides) {
-  return Report(Initialize(fortran_comm, overrides ? overrides : ""));
+int bluefog_init(int has_comm, int fortran_comm, const char* overrides) {
+  return Report(Initialize(has_comm != 0, fortran_comm, overrides ? overrides : ""));
 }
 void bluefog_shutdown(void) { Shutdown(); }
 int bluefog_is_initialized(void) { return IsInitialized() ? 1 : 0; }

@@ -8,7 +8,7 @@
 extern "C" {
 #endif
 
-int bluefog_init(int fortran_comm, const char* overrides);
+int bluefog_init(int has_comm, int fortran_comm, const char* overrides);
 void bluefog_shutdown(void);
 int bluefog_is_initialized(void);
 const char* bluefog_last_error(void);

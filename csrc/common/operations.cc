@@ -576,7 +576,7 @@ Status CheckSameSize(const std::string& op, const std::string& name, const Tenso
 // hook's Shutdown, which would wait for that lock forever.
 static thread_local bool tls_starting = false;
 
-Status Initialize(int fortran_comm, const std::string& overrides) {
+Status Initialize(bool has_comm, int fortran_comm, const std::string& overrides) {
   if (InForkedChild()) return NotRunning();  // (before the lock: the parent may have held it)
   GlobalState& g = State();
   std::lock_guard<std::mutex> lock(g.lifecycle_mu);
@@ -602,7 +602,7 @@ Status Initialize(int fortran_comm, const std::string& overrides) {
   SetLogOptions(config.log_level, config.log_hide_time, -1);
 
   MPI_Comm base = MPI_COMM_NULL;
-  if (fortran_comm > 0) {
+  if (has_comm) {  // (not the handle's sign: MPICH's handles of new communicators are negative)
     int initialized = 0;
     MPI_Initialized(&initialized);
     if (!initialized) {
@@ -615,6 +615,12 @@ Status Initialize(int fortran_comm, const std::string& overrides) {
     if (base == MPI_COMM_NULL) {
       return Status::InvalidArgument("init: the communicator is MPI.COMM_NULL (this process is not in the group "
                                      "BlueFog should run on); call init(comm=...) only where the communicator is valid");
+    }
+    int inter = 0;
+    MPI_Comm_test_inter(base, &inter);
+    if (inter) {  // (every rank of it sees the same, so all fail alike)
+      return Status::InvalidArgument("init: the communicator is an intercommunicator; BlueFog needs an "
+                                     "intracommunicator (e.g. merge it first: comm.Merge())");
     }
   }
   Status s = g.mpi.Initialize(base, config, unparsed);

@@ -19,10 +19,10 @@ struct BasicInfo {
   bool homogeneous, threads_multiple, unified_window_model;
 };
 
-// Collective over `fortran_comm` (MPI_Comm_c2f of the communicator; 0 or a
-// negative value means MPI_COMM_WORLD). `overrides`: "BLUEFOG_X=value" lines
+// Collective over `fortran_comm` (MPI_Comm_c2f of the communicator) when
+// `has_comm`, else over MPI_COMM_WORLD. `overrides`: "BLUEFOG_X=value" lines
 // applied over the environment. A second call while running is a cheap no-op.
-Status Initialize(int fortran_comm, const std::string& overrides);
+Status Initialize(bool has_comm, int fortran_comm, const std::string& overrides);
 // Waits until every rank has asked to shut down, then stops the loop. Ops
 // still in flight fail. Re-initializing afterwards is allowed.
 void Shutdown();

@@ -252,6 +252,25 @@ def comm_null_split(marker_dir):
     return 0
 
 
+def intercomm_refused(marker_dir):
+    """bf.init(comm=an intercommunicator): a ValueError on every rank (before:
+    init succeeded with size 1 and allreduce returned the other group's data)."""
+    from mpi4py import MPI
+    world = MPI.COMM_WORLD
+    local = world.Split(world.rank % 2, world.rank)
+    inter = local.Create_intercomm(0, world, 1 - world.rank % 2, tag=7)
+    try:
+        bf.init(comm=inter)
+        print(f"RESULT world rank {world.rank} init returned size {bf.size()}", flush=True)
+        return 1
+    except ValueError as err:
+        print(f"RESULT world rank {world.rank} init raised {err}", flush=True)
+    bf.init(comm=world)  # the right kind of communicator still works
+    out = bf.allreduce(torch.ones(1), average=False, name="after").item()
+    print(f"RESULT world rank {world.rank} after {out}", flush=True)
+    return 0
+
+
 def settings_differ(marker_dir):
     """Rank 1 is given other values of settings every rank must share: init
     raises on every rank, naming the setting and who has which value, and a
@@ -598,7 +617,7 @@ def in_fast_rounds(scenario):
 
 SCENARIOS = {f.__name__: f for f in (stall_warning, stall_shutdown, killed_rank, raising_rank,
                                      skip_mode_unreceived_send, skip_mode_unsent_receive, skip_mode_op_never_submitted,
-                                     skip_mode_shutdown_with_an_op_queued, hierarchical_started_apart,
+                                     skip_mode_shutdown_with_an_op_queued, hierarchical_started_apart, intercomm_refused,
                                      in_fast_rounds(stall_warning), in_fast_rounds(stall_shutdown),
                                      comm_null_split, fork_child, interrupted_waits, settings_differ,
                                      unparsable_setting, too_low_thread_level, names_differ, uneven_loops,
@@ -607,7 +626,7 @@ SCENARIOS = {f.__name__: f for f in (stall_warning, stall_shutdown, killed_rank,
                                      in_fast_rounds(pending_while_ranks_compute), pending_while_ranks_compute,
                                      waits_on_another_thread, window_names_differ, tf_names_differ,
                                      tf_function_names_differ, tf_pending_while_ranks_compute)}
-SELF_INIT = {"comm_null_split", "fork_child", "settings_differ", "unparsable_setting", "too_low_thread_level"}  # these call bf.init() themselves
+SELF_INIT = {"comm_null_split", "intercomm_refused", "fork_child", "settings_differ", "unparsable_setting", "too_low_thread_level"}  # these call bf.init() themselves
 
 if __name__ == "__main__":
     if sys.argv[1] not in SELF_INIT:
