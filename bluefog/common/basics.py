@@ -8,6 +8,7 @@ import ctypes
 import logging
 import numbers
 import sys
+import threading
 from typing import Callable, Dict, List, Optional, Tuple
 
 import networkx as nx
@@ -82,6 +83,8 @@ class BlueFogBasics:
         self._is_machine_topo_weighted = False
         self._atexit_registered = False
         self._pending_barrier = None  # the handle of an interrupted barrier() (see barrier)
+        self._barrier_mu = threading.Lock()
+        self._barrier_thread = None  # the thread inside barrier() now
         self._timeline_warned = False
         # Set by the window module: returns True while windows exist.
         self.windows_exist: Callable[[], bool] = lambda: False
@@ -258,7 +261,22 @@ class BlueFogBasics:
         return int(self._lib.bluefog_win_transfer_calls())
 
     def barrier(self):
-        """Blocks until every rank reaches it. Ctrl-C (SIGINT) interrupts the wait."""
+        """Blocks until every rank reaches it. Ctrl-C (SIGINT) interrupts the wait.
+        One thread of a process at a time: a barrier is a point each rank's
+        process reaches (another thread calling it meanwhile gets a ValueError)."""
+        me = threading.get_ident()
+        with self._barrier_mu:
+            if self._barrier_thread not in (None, me):
+                raise ValueError("barrier: another thread of this process is in barrier() now; a barrier is a "
+                                 "point each rank's process reaches, so call it from one thread at a time")
+            self._barrier_thread = me
+        try:
+            self._barrier()
+        finally:
+            with self._barrier_mu:
+                self._barrier_thread = None
+
+    def _barrier(self):
         code = 0
         if self._pending_barrier is None:
             handle = ctypes.c_int(-1)

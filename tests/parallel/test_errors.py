@@ -8,6 +8,7 @@ on the rank that made them. Every op here has an explicit name: an auto name
 comes from the handle counter, which a rank-local failure may advance on one
 rank only.
 """
+import threading
 import time
 
 import pytest
@@ -180,6 +181,26 @@ def test_mismatch_among_other_ops_in_flight():
 
 
 # ---- local errors --------------------------------------------------------------------
+def test_barrier_from_a_second_thread_while_one_waits_raises():
+    """barrier() is per process: a second thread calling it while another
+    waits gets a clear ValueError (before: random 'unknown handle' errors, or
+    a return without any barrier of its own, from a shared pending handle)."""
+    if SIZE == 1:
+        pytest.skip("a barrier of one rank does not wait")
+    if RANK == 0:
+        t = threading.Thread(target=bf.barrier)
+        t.start()
+        time.sleep(0.3)  # t now waits for the other ranks, which come 1 s late
+        with pytest.raises(ValueError, match="another thread of this process is in barrier"):
+            bf.barrier()
+        t.join(60)
+        assert not t.is_alive()
+    else:
+        time.sleep(1.0)
+        bf.barrier()
+    next_op_works("barrier.threads")
+
+
 def test_duplicate_name_in_flight():
     """Rank 0 enqueues 'dup' twice: the second raises ValueError on rank 0 only,
     and every rank still completes the first one."""
