@@ -291,6 +291,18 @@ def test_a_forked_child_leaves_the_parents_bluefog_alone(tmp_path):
         assert f"RESULT rank {r} child status 0 raising child status 256 after [2.0, 2.0]" in out, out[-6000:]
 
 
+
+def test_interrupted_window_ops_finish_cleanly(tmp_path):
+    rc, out, _ = run("interrupted_window_ops", tmp_path, np=2)
+    assert rc == 0, out[-6000:]
+    assert "RESULT rank 0 win_create interrupted" in out, out[-6000:]
+    assert "RESULT rank 0 windows ['w']" in out and "RESULT rank 1 windows ['w']" in out, out[-6000:]
+    assert "RESULT rank 0 mutex wait interrupted" in out, out[-6000:]
+    line = [x for x in out.splitlines() if x.startswith("RESULT rank 1 mutex put took")]
+    assert line and float(line[0].split()[-2]) < 5, out[-6000:]
+    assert "RESULT rank 0 freed" in out and "RESULT rank 1 freed" in out, out[-6000:]
+
+
 def test_ctrl_c_interrupts_a_wait_for_a_late_peer(tmp_path):
     rc, out, _ = run("interrupted_waits", tmp_path, np=2)
     assert rc == 0, out[-6000:]

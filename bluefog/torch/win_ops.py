@@ -18,6 +18,7 @@ tensor they are given.
 """
 import contextlib
 import logging
+import threading
 from typing import Dict, List, Optional
 
 import torch
@@ -87,6 +88,29 @@ def _weights(weights, default_ranks: List[int], allowed: List[int], what: str, o
     return ranks, [weights[r] for r in ranks]
 
 
+def _wait_or_finish_later(handle: int, done=None, late=None):
+    """Waits for a window lifecycle op (create, mutex or lock acquire), then
+    runs `done()`. Ctrl-C interrupts the wait but not the op, which goes on and
+    completes when the peers get there: a daemon thread then waits for it and
+    runs `late()` (so that a window the peers created is known here, and a
+    lock the op takes is released again instead of being held by nobody for
+    good)."""
+    try:
+        _C.wait(handle)
+    except KeyboardInterrupt:
+        def finish():
+            try:
+                _C.wait(handle)
+            except Exception:  # noqa: BLE001  (the op failed: nothing to record or release)
+                return
+            if late is not None:
+                late()
+        threading.Thread(target=finish, name="bluefog-finish-interrupted-window-op", daemon=True).start()
+        raise
+    if done is not None:
+        done()
+
+
 def _check_tensor(tensor, name: str, op: str):
     check_tensor(tensor, f"{op} '{name}'")
     window = _win_map[name]
@@ -109,9 +133,10 @@ def win_create(tensor: torch.Tensor, name: str, zero_init: bool = False) -> bool
         core = _prepare(tensor, f"win_create '{name}'")  # itself, or a contiguous CPU copy (GPU, strided)
         handle = _C.win_create_async(core, name, bool(zero_init), _basics.in_neighbor_ranks(),
                                      _basics.out_neighbor_ranks())
-    _C.wait(handle)
-    _win_map[name] = tensor
-    _win_core[name] = core
+    def record():
+        _win_map[name] = tensor
+        _win_core[name] = core
+    _wait_or_finish_later(handle, done=record, late=record)
     return True
 
 
@@ -288,7 +313,8 @@ def win_mutex(name: str, for_self: bool = False, ranks: Optional[List[int]] = No
     for compatibility; the lock is never narrower than asked)."""
     _check_name(name, "win_mutex")
     targets = [_basics.rank()] if for_self else (list(ranks) if ranks is not None else _basics.out_neighbor_ranks())
-    _C.wait(_C.win_mutex_async(name, targets, True))
+    _wait_or_finish_later(_C.win_mutex_async(name, targets, True),
+                          late=lambda: _C.wait(_C.win_mutex_async(name, targets, False)))
     try:
         yield
     finally:
@@ -302,7 +328,7 @@ def win_lock(name: str):
     buffers themselves: inside the block they raise ValueError (call them
     after it); win_lock is not re-entrant."""
     _check_name(name, "win_lock")
-    _C.wait(_C.win_lock_async(name, True))
+    _wait_or_finish_later(_C.win_lock_async(name, True), late=lambda: _C.wait(_C.win_lock_async(name, False)))
     try:
         yield
     finally:

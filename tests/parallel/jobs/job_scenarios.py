@@ -595,6 +595,59 @@ def interrupted_waits(marker_dir):
     return 0
 
 
+def interrupted_window_ops(marker_dir):
+    """Ctrl-C while rank 0 waits in win_create (rank 1 comes late) and while it
+    waits for its own window mutex (rank 1 holds it). The ops go on: the window
+    is then known on rank 0 too (before: 'already exists' to win_create and
+    'unknown window' to everything else), and the mutex the interrupted acquire
+    took is released again (before: held by nobody for good, and rank 1's next
+    mutex-protected put hung)."""
+    import signal
+    import threading
+    rank = bf.rank()
+    go = os.path.join(marker_dir, "go")
+
+    def interrupt_after(seconds):
+        threading.Timer(seconds, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+
+    if rank == 0:
+        interrupt_after(1.0)
+        try:
+            bf.win_create(torch.ones(4), "w")
+            print("RESULT rank 0 win_create returned", flush=True)
+        except KeyboardInterrupt:
+            print("RESULT rank 0 win_create interrupted", flush=True)
+        touch(go)
+    else:
+        wait_for_file(go)
+        bf.win_create(torch.ones(4), "w")
+    bf.barrier()
+    time.sleep(0.5)  # (rank 0's daemon thread records the window)
+    print(f"RESULT rank {rank} windows {bf.get_current_created_window_names()}", flush=True)
+    if rank == 1:
+        with bf.win_mutex("w", ranks=[0]):  # holds rank 0's mutex for 3 s
+            touch(go + "2")
+            time.sleep(3)
+    else:
+        wait_for_file(go + "2")
+        interrupt_after(1.0)
+        try:
+            with bf.win_mutex("w", for_self=True):
+                print("RESULT rank 0 mutex taken", flush=True)
+        except KeyboardInterrupt:
+            print("RESULT rank 0 mutex wait interrupted", flush=True)
+    bf.barrier()
+    time.sleep(0.5)  # (rank 0's daemon thread releases the mutex it got)
+    if rank == 1:
+        start = time.time()
+        bf.win_put(torch.ones(4), "w", require_mutex=True)
+        print(f"RESULT rank 1 mutex put took {time.time() - start:.1f} s", flush=True)
+    bf.barrier()
+    bf.win_free("w")
+    print(f"RESULT rank {rank} freed", flush=True)
+    return 0
+
+
 def in_fast_rounds(scenario):
     """`scenario` entered with fast rounds on (BLUEFOG_FAST_ROUNDS): a few small
     allreduces of the stalled op's size first, so that rank 0 offers the stalled
@@ -624,7 +677,7 @@ SCENARIOS = {f.__name__: f for f in (stall_warning, stall_shutdown, killed_rank,
                                      busy_while_op_pending, in_fast_rounds(names_differ),
                                      in_fast_rounds(names_differ_nonblocking), names_differ_nonblocking,
                                      in_fast_rounds(pending_while_ranks_compute), pending_while_ranks_compute,
-                                     waits_on_another_thread, window_names_differ, tf_names_differ,
+                                     waits_on_another_thread, interrupted_window_ops, window_names_differ, tf_names_differ,
                                      tf_function_names_differ, tf_pending_while_ranks_compute)}
 SELF_INIT = {"comm_null_split", "intercomm_refused", "fork_child", "settings_differ", "unparsable_setting", "too_low_thread_level"}  # these call bf.init() themselves
 
