@@ -82,6 +82,9 @@ def _finish(handle: int, target: Optional[torch.Tensor], device: Optional[torch.
 
 
 _auto_counts = {}
+# A fresh init starts the counts again on every rank (an unnamed call that
+# failed before init, on one rank only, must not shift that rank's names).
+_basics.reset_hooks.append(_auto_counts.clear)
 
 
 def _name(name: Optional[str], op: str) -> str:
@@ -206,10 +209,12 @@ def allgather(tensor: torch.Tensor, name: Optional[str] = None) -> torch.Tensor:
 
 # ---- handles ------------------------------------------------------------------
 def _check_handle(handle, op: str):
-    if type(handle) is int:  # the usual case, without the ABC check below (about 0.3 us)
+    if type(handle) is int and -2**31 <= handle < 2**31:  # the usual case, without the ABC check below (0.3 us)
         return
     if isinstance(handle, bool) or not isinstance(handle, numbers.Integral):
         raise ValueError(f"{op}: expected a handle (an int returned by a nonblocking op), got {handle!r}")
+    if not -2**31 <= handle < 2**31:  # (no handle is that large; pybind11 would raise a TypeError)
+        raise ValueError(f"{op}: unknown handle {handle} (never returned by a nonblocking op)")
 
 
 def poll(handle: int) -> bool:

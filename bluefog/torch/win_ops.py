@@ -26,7 +26,7 @@ import torch
 from bluefog.common.basics import get_basics
 from bluefog.common.neighbor_weights import check_ranks, check_weight, check_weight_dict
 from bluefog.torch import _C
-from bluefog.torch.mpi_ops import _prepare, check_tensor
+from bluefog.torch.mpi_ops import _check_handle, _prepare, check_tensor
 
 _basics = get_basics()
 logger = logging.getLogger("bluefog")
@@ -52,6 +52,8 @@ _basics.reset_hooks.append(_forget_windows)
 
 
 def _check_name(name, op: str) -> str:
+    if not _basics.is_initialized():  # (not "unknown window": that is not the cause)
+        raise ValueError(f"{op}: BlueFog is not initialized: call bf.init() first")
     if not isinstance(name, str) or not name:
         raise ValueError(f"{op}: the window name must be a non-empty str, got {name!r}")
     if name not in _win_map:
@@ -233,6 +235,7 @@ def win_poll(handle: int) -> bool:
     """True once the window op behind `handle` has finished (a finished put or
     accumulate has then scaled its tensor by self_weight; a staged tensor, on
     a GPU or not contiguous, was scaled when the op started)."""
+    _check_handle(handle, "win_poll")
     return _C.poll(handle)
 
 
@@ -240,6 +243,7 @@ def win_wait(handle: int) -> bool:
     """Waits for a window op; raises if it failed. Returns True, or False (with a
     warning) for a handle that is unknown or was already waited for."""
     try:
+        _check_handle(handle, "win_wait")
         _C.poll(handle)
     except ValueError as e:
         logger.warning("win_wait: %s", e)

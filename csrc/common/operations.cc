@@ -83,15 +83,17 @@ GlobalState& State() {
   return *state;
 }
 
-Status NotRunning() {
+// Why no op can be submitted now; `what` (e.g. "allreduce 'x'") leads the message.
+Status NotRunning(const std::string& what = std::string()) {
+  const std::string lead = what.empty() ? what : what + ": ";
   GlobalState& g = State();
   if (InForkedChild()) {
-    return Status::PreconditionError("BlueFog ops cannot run in a process forked from a BlueFog rank (e.g. a "
+    return Status::PreconditionError(lead + "BlueFog ops cannot run in a process forked from a BlueFog rank (e.g. a "
                                      "DataLoader worker): communicate from the rank's own process");
   }
-  if (g.loop_failed) return Status::Aborted("BlueFog's background loop stopped after an error: " + g.loop_error);
-  if (g.shutdown_requested) return Status::PreconditionError("BlueFog is shutting down; no new ops are accepted");
-  return Status::PreconditionError("BlueFog is not initialized: call bf.init() first");
+  if (g.loop_failed) return Status::Aborted(lead + "BlueFog's background loop stopped after an error: " + g.loop_error);
+  if (g.shutdown_requested) return Status::PreconditionError(lead + "BlueFog is shutting down; no new ops are accepted");
+  return Status::PreconditionError(lead + "BlueFog is not initialized: call bf.init() first");
 }
 
 std::chrono::microseconds IdleTick(const Config& c) {
@@ -541,7 +543,15 @@ void BackgroundLoop() {
 
 Status Enqueue(TensorTableEntry entry, Request request) {
   GlobalState& g = State();
-  if (!g.running || g.shutdown_requested || g.loop_failed || InForkedChild()) return NotRunning();
+  if (!g.running || g.shutdown_requested || g.loop_failed || InForkedChild()) {
+    // (Control ops, e.g. barrier, carry the core's own name: the caller names them.)
+    const OpType op = entry.op;
+    const bool user_named = op == OpType::ALLREDUCE || op == OpType::BROADCAST || op == OpType::ALLGATHER ||
+                            op == OpType::NEIGHBOR_ALLREDUCE || op == OpType::NEIGHBOR_ALLGATHER;
+    std::string what = user_named ? std::string(OpTypeName(op)) + " '" + entry.name + "'" : std::string();
+    if (op == OpType::WIN_CREATE) what = "win_create '" + entry.name.substr(kWinCreatePrefix.size()) + "'";
+    return NotRunning(what);
+  }
   request.name = entry.name;
   request.op = entry.op;
   const bool timed = g.timeline.enabled();

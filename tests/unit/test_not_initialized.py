@@ -37,11 +37,22 @@ expect_value_error("barrier", lambda: bf.barrier())
 expect_value_error("size", lambda: bf.size())
 expect_value_error("rank", lambda: bf.rank())
 expect_value_error("local_rank", lambda: bf.local_rank())
+expect_value_error("neighbor_allgather", lambda: bf.neighbor_allgather(x, name="nag"))
+expect_value_error("win_create", lambda: bf.win_create(x, "w"))
+expect_value_error("win_put", lambda: bf.win_put(x, "w"))
+expect_value_error("win_update", lambda: bf.win_update("w"))
+expect_value_error("win_mutex", lambda: bf.win_mutex("w").__enter__())
 print("unchanged", x.tolist())
 """
 
 LABELS = ["allreduce", "allreduce_nonblocking", "allreduce_", "broadcast", "broadcast_nonblocking_", "allgather",
-          "barrier", "size", "rank", "local_rank"]
+          "barrier", "size", "rank", "local_rank", "neighbor_allgather", "win_create", "win_put", "win_update",
+          "win_mutex"]
+# The op named in the message (window ops said "unknown window 'w' ... create it with win_create first").
+NAMED = {"allreduce": "allreduce 'x'", "allreduce_nonblocking": "allreduce 'allreduce.noname.",
+         "broadcast": "broadcast 'broadcast.noname.", "allgather": "allgather 'allgather.noname.",
+         "neighbor_allgather": "neighbor_allgather 'nag'", "win_create": "win_create 'w'", "win_put": "win_put:",
+         "win_update": "win_update:", "win_mutex": "win_mutex:"}
 
 
 def _clean_env():
@@ -64,6 +75,11 @@ def test_raises_value_error_asking_for_init(output, label):
     result = output[label]
     assert result.startswith("ValueError:"), result
     assert "bf.init()" in result, result
+
+
+@pytest.mark.parametrize("label", sorted(NAMED))
+def test_the_message_names_the_op(output, label):
+    assert NAMED[label] in output[label] and "unknown window" not in output[label], output[label]
 
 
 def test_input_untouched(output):
