@@ -204,11 +204,12 @@ def _children_of() -> dict:
     return table
 
 
-def descendants(pid: int, prune=()) -> list:
-    """All live descendants of ``pid`` (Linux /proc; empty elsewhere), not entering ``prune``."""
+def descendants(pid: int, prune=(), table=None) -> list:
+    """All live descendants of ``pid`` (Linux /proc; empty elsewhere), not entering ``prune``;
+    ``table``: a :func:`_children_of` result to use instead of reading /proc again."""
     if not os.path.isdir("/proc"):
         return []
-    table, out, todo = _children_of(), [], [pid]
+    table, out, todo = table if table is not None else _children_of(), [], [pid]
     while todo:
         for child in table.get(todo.pop(), []):
             if child in prune:
@@ -288,26 +289,27 @@ class OrphanWatch:
         self.since = None
         self.termed_at = None
 
-    def _job_alive(self) -> bool:
-        for pid in descendants(self.launcher_pid):
+    def _job_alive(self, table) -> bool:
+        for pid in descendants(self.launcher_pid, table=table):
             info = _comm_and_state(pid)
             if info and info[1] != "Z" and info[0] not in _MPI_DAEMONS:
                 return True
         return False
 
     def check(self) -> None:
-        adopted = [pid for pid in _children_of().get(os.getpid(), [])
+        table = _children_of()  # (one read of /proc per check)
+        adopted = [pid for pid in table.get(os.getpid(), [])
                    if pid != self.launcher_pid and pid not in self.spare]
         _reap(adopted)
         adopted = [pid for pid in adopted if (_comm_and_state(pid) or ("", "Z"))[1] != "Z"]
-        if not adopted or self._job_alive():
+        if not adopted or self._job_alive(table):
             self.since = self.termed_at = None
             return
         now = time.monotonic()
         self.since = self.since or now
         if now - self.since < self.grace:
             return
-        tree = adopted + [pid for root in adopted for pid in descendants(root)]
+        tree = adopted + [pid for root in adopted for pid in descendants(root, table=table)]
         if self.termed_at is None:
             self.termed_at = now
             _signal_all(tree, signal.SIGTERM)

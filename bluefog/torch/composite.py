@@ -90,13 +90,20 @@ def start_composite(first_handle: int, steps, finish, label: str = "") -> int:
     return h
 
 
-def wait_until_finished(handle: int) -> None:
-    """Blocks until the composite's last step is done (its handle stays valid)."""
+def _wait_done(comp: Composite) -> None:
+    """Blocks until `comp`'s last step is done, counted as a blocked wait for
+    the deadlock check (the driver's own wait is not). Ctrl-C here leaves the
+    handle to be synchronized again."""
     blocked = _C.BlockedWait()
     try:
-        _composites[handle].done.wait()
+        comp.done.wait()
     finally:
         blocked.release()
+
+
+def wait_until_finished(handle: int) -> None:
+    """Blocks until the composite's last step is done (its handle stays valid)."""
+    _wait_done(_composites[handle])
 
 
 def poll_composite(handle: int) -> bool:
@@ -110,11 +117,7 @@ def synchronize_composite(handle: int):
     comp = _composites.get(handle)
     if comp is None:
         raise ValueError(f"unknown handle {handle} (never returned by a nonblocking op, or already synchronized)")
-    blocked = _C.BlockedWait()  # for the deadlock check (the driver's own wait does not count)
-    try:
-        comp.done.wait()  # (Ctrl-C here leaves the handle to be synchronized again)
-    finally:
-        blocked.release()
+    _wait_done(comp)
     if _composites.pop(handle, None) is None:
         raise ValueError(f"handle {handle} was synchronized by another thread while this one waited for it")
     if comp.error is not None:

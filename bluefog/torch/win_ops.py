@@ -26,7 +26,7 @@ import torch
 from bluefog.common.basics import get_basics
 from bluefog.common.neighbor_weights import check_ranks, check_weight, check_weight_dict
 from bluefog.torch import _C
-from bluefog.torch.mpi_ops import _check_handle, _prepare, check_tensor
+from bluefog.torch.mpi_ops import _check_handle, _prepare, _still_pending, check_tensor
 
 _basics = get_basics()
 logger = logging.getLogger("bluefog")
@@ -92,14 +92,16 @@ def _weights(weights, default_ranks: List[int], allowed: List[int], what: str, o
 
 def _wait_or_finish_later(handle: int, done=None, late=None):
     """Waits for a window lifecycle op (create, mutex or lock acquire), then
-    runs `done()`. Ctrl-C interrupts the wait but not the op, which goes on and
-    completes when the peers get there: a daemon thread then waits for it and
-    runs `late()` (so that a window the peers created is known here, and a
-    lock the op takes is released again instead of being held by nobody for
-    good)."""
+    runs `done()`. Ctrl-C (or whatever a signal handler raises) interrupts the
+    wait but not the op, which goes on and completes when the peers get there:
+    a daemon thread then waits for it and runs `late()` (so that a window the
+    peers created is known here, and a lock the op takes is released again
+    instead of being held by nobody for good)."""
     try:
         _C.wait(handle)
-    except KeyboardInterrupt:
+    except BaseException:
+        if not _still_pending(handle):
+            raise  # the op's own error
         def finish():
             try:
                 _C.wait(handle)
@@ -317,12 +319,12 @@ def win_mutex(name: str, for_self: bool = False, ranks: Optional[List[int]] = No
     for compatibility; the lock is never narrower than asked)."""
     _check_name(name, "win_mutex")
     targets = [_basics.rank()] if for_self else (list(ranks) if ranks is not None else _basics.out_neighbor_ranks())
-    _wait_or_finish_later(_C.win_mutex_async(name, targets, True),
-                          late=lambda: _C.wait(_C.win_mutex_async(name, targets, False)))
+    release = lambda: _C.wait(_C.win_mutex_async(name, targets, False))  # noqa: E731
+    _wait_or_finish_later(_C.win_mutex_async(name, targets, True), late=release)
     try:
         yield
     finally:
-        _C.wait(_C.win_mutex_async(name, targets, False))
+        release()
 
 
 @contextlib.contextmanager
@@ -332,11 +334,12 @@ def win_lock(name: str):
     buffers themselves: inside the block they raise ValueError (call them
     after it); win_lock is not re-entrant."""
     _check_name(name, "win_lock")
-    _wait_or_finish_later(_C.win_lock_async(name, True), late=lambda: _C.wait(_C.win_lock_async(name, False)))
+    release = lambda: _C.wait(_C.win_lock_async(name, False))  # noqa: E731
+    _wait_or_finish_later(_C.win_lock_async(name, True), late=release)
     try:
         yield
     finally:
-        _C.wait(_C.win_lock_async(name, False))
+        release()
 
 
 def win_associated_p(name: str) -> float:

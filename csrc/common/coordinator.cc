@@ -123,8 +123,8 @@ struct WindowOpName {
 };
 const WindowOpName kWindowOpNames[] = {{&kWinCreatePrefix, "win_create"}, {&kWinFreePrefix, "win_free"}};
 
-// How messages show an op's name: the name the user gave, quoted; for a
-// window op with the op in front ("win_create 'w'") where `with_op`.
+}  // namespace
+
 std::string ShownName(const std::string& name, bool with_op) {
   for (const auto& w : kWindowOpNames) {
     if (name.rfind(*w.prefix, 0) == 0) {
@@ -134,6 +134,11 @@ std::string ShownName(const std::string& name, bool with_op) {
   return "'" + name + "'";
 }
 
+namespace {
+// An op's error message: "bluefog <op> '<name>': <why>".
+std::string OpError(const Request& r, const std::string& why) {
+  return "bluefog " + std::string(OpTypeName(r.op)) + " " + ShownName(r.name, false) + ": " + why;
+}
 }  // namespace
 
 void Coordinator::Reset(int size) {
@@ -150,7 +155,7 @@ Response Coordinator::Error(const Request& r, std::string message) {
   Response resp;
   resp.op = r.op;
   resp.names = {r.name};
-  resp.error = "bluefog " + std::string(OpTypeName(r.op)) + " " + ShownName(r.name, false) + ": " + message;
+  resp.error = OpError(r, message);
   return resp;
 }
 
@@ -261,9 +266,8 @@ uint64_t SkipModeDigest(const Request& r) {
 }
 
 std::string SkipModeInvalid(const Request& r, int size) {
-  std::string why = CheckValid(r, size);
-  if (why.empty()) return why;
-  return "bluefog " + std::string(OpTypeName(r.op)) + " " + ShownName(r.name, false) + ": " + why;
+  const std::string why = CheckValid(r, size);
+  return why.empty() ? why : OpError(r, why);
 }
 
 std::string SkipModeDisagreement(const std::vector<Request>& by_rank, int my_rank) {
@@ -283,7 +287,7 @@ std::string SkipModeDisagreement(const std::vector<Request>& by_rank, int my_ran
     why += " (in skip-negotiate mode every rank runs its ops in the order it submitted them: the ranks must "
            "submit the same ops, under the same names, in the same order)";
   }
-  return "bluefog " + std::string(OpTypeName(mine.op)) + " " + ShownName(mine.name, false) + ": " + why;
+  return OpError(mine, why);
 }
 
 void Coordinator::Ingest(std::vector<CycleMessage>& messages, Clock::time_point now,

@@ -34,6 +34,11 @@ struct StallReport {
 // else a description of the mismatch (used without negotiation too).
 std::string CheckPattern(const std::vector<Request>& by_rank);
 
+// How messages show an op's name: the name the user gave, quoted; for a
+// window op (negotiated under the core's own 'bluefog.win_create.<name>')
+// the window's name, with the op in front ("win_create 'w'") where `with_op`.
+std::string ShownName(const std::string& name, bool with_op);
+
 // "" if every rank's request (index = rank) for one op describes the same
 // valid op, else why not: the fields that differ and who has what, or the
 // ranks whose frontend refused it. Names are not compared (they are the key

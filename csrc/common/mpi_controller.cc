@@ -31,6 +31,9 @@ Status CheckRc(int rc, const char* call) {
   return Status::Aborted(MpiErrorText(call, rc));
 }
 
+// Ends the message of a watched wait that failed.
+constexpr const char* kStallFailed = " (BLUEFOG_STALL_SHUTDOWN_TIME_SECONDS passed)";
+
 size_t RoundUpToSlot(size_t n) { return (n + kSlotBytes - 1) / kSlotBytes * kSlotBytes; }
 
 }  // namespace
@@ -75,8 +78,8 @@ Status MpiController::Wait(MPI_Request* request, const char* what,
   int done = 0;
   auto start = std::chrono::steady_clock::now();
   int64_t sleep_us = 0;
-  const bool watched = stalled && (watch_warn_seconds_ > 0 || watch_fail_seconds_ > 0);
-  double next_warn = watch_warn_seconds_ > 0 ? watch_warn_seconds_ : 1e300;
+  const bool watched = stalled && Watching();
+  double next_warn = watch_warn_seconds_;
   while (true) {
     int rc = MPI_Test(request, &done, MPI_STATUS_IGNORE);
     if (rc != MPI_SUCCESS) return Status::Aborted(MpiErrorText(what, rc));
@@ -90,12 +93,11 @@ Status MpiController::Wait(MPI_Request* request, const char* what,
     }
     if (watched) {
       const double secs = std::chrono::duration<double>(waited).count();
-      const bool fail = watch_fail_seconds_ > 0 && secs >= watch_fail_seconds_;
-      if (fail || secs >= next_warn) {
-        next_warn = secs + watch_warn_seconds_;
+      const Stall verdict = CheckStall(secs, &next_warn);
+      if (verdict != Stall::kQuiet) {
         std::string text = stalled(static_cast<int>(secs));
         // A collective cannot be cancelled: the loop stops after this error.
-        if (fail) return Status::Aborted(text + " (BLUEFOG_STALL_SHUTDOWN_TIME_SECONDS passed)");
+        if (verdict == Stall::kFail) return Status::Aborted(text + kStallFailed);
         BFLOG(WARNING) << text;
       }
     }
@@ -418,14 +420,21 @@ int MpiController::NextNeighborTag() {
   return 100 + 2 * static_cast<int>(neighbor_exchanges_++ % kTags);
 }
 
+MpiController::Stall MpiController::CheckStall(double seconds, double* next_warn) const {
+  if (watch_fail_seconds_ > 0 && seconds >= watch_fail_seconds_) return Stall::kFail;
+  if (watch_warn_seconds_ <= 0 || seconds < *next_warn) return Stall::kQuiet;
+  *next_warn = seconds + watch_warn_seconds_;
+  return Stall::kWarn;
+}
+
 Status MpiController::WaitNeighbors(const std::string& name, OpType op, std::vector<MPI_Request>& reqs,
                                     const std::vector<int32_t>& src, const std::vector<int32_t>& dst) {
   const int n = static_cast<int>(reqs.size());
-  if (!watch_neighbors_ || (watch_warn_seconds_ <= 0 && watch_fail_seconds_ <= 0)) {
+  if (!watch_neighbors_ || !Watching()) {
     return CheckRc(MPI_Waitall(n, reqs.data(), MPI_STATUSES_IGNORE), "MPI_Waitall");
   }
   const auto start = std::chrono::steady_clock::now();
-  double next_warn = watch_warn_seconds_ > 0 ? watch_warn_seconds_ : 1e300;
+  double next_warn = watch_warn_seconds_;
   while (true) {
     int done = 0;
     int rc = MPI_Testall(n, reqs.data(), &done, MPI_STATUSES_IGNORE);
@@ -435,9 +444,8 @@ Status MpiController::WaitNeighbors(const std::string& name, OpType op, std::vec
     std::this_thread::yield();  // MPICH's MPI_Test does not yield (see Wait)
 #endif
     const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    const bool fail = watch_fail_seconds_ > 0 && waited >= watch_fail_seconds_;
-    if (waited < next_warn && !fail) continue;
-    next_warn = waited + watch_warn_seconds_;
+    const Stall verdict = CheckStall(waited, &next_warn);
+    if (verdict == Stall::kQuiet) continue;
     std::string from, to;  // the peers whose messages are still pending
     for (int i = 0; i < n; ++i) {
       int one = 0;
@@ -452,7 +460,7 @@ Status MpiController::WaitNeighbors(const std::string& name, OpType op, std::vec
     if (!to.empty()) what += "; not yet received by ranks [" + to + "]";
     what += ". In skip-negotiate mode the send/receive pattern is not checked (enable_topo_check=False): "
             "does every rank that this rank receives from send to it, and the other way round?";
-    if (fail) {
+    if (verdict == Stall::kFail) {
       // The op fails and its tensors go: a late message must not land in a
       // freed output. Receives still posted are cancelled (sends only read).
       for (int i = 0; i < static_cast<int>(src.size()) && i < n; ++i) {
@@ -462,7 +470,7 @@ Status MpiController::WaitNeighbors(const std::string& name, OpType op, std::vec
       }
       for (int i = static_cast<int>(src.size()); i < n; ++i)
         if (reqs[i] != MPI_REQUEST_NULL) MPI_Request_free(&reqs[i]);
-      return Status::Aborted(what + " (BLUEFOG_STALL_SHUTDOWN_TIME_SECONDS passed)");
+      return Status::Aborted(what + kStallFailed);
     }
     BFLOG(WARNING) << what;
   }

@@ -92,6 +92,13 @@ class MpiController {
   // `stalled(seconds waited)` as the message.
   Status Wait(MPI_Request* request, const char* what,
               const std::function<std::string(int)>& stalled = nullptr);
+  // Watched waits (see set_stall_times): whether stall times are set, and
+  // what a wait that has lasted `seconds` must do now: nothing, warn (once
+  // per warning interval; `next_warn`, first the warning time, says when),
+  // or fail.
+  enum class Stall { kQuiet, kWarn, kFail };
+  bool Watching() const { return watch_warn_seconds_ > 0 || watch_fail_seconds_ > 0; }
+  Stall CheckStall(double seconds, double* next_warn) const;
   // Each neighbor exchange's own pair of tags (data, data + 1 for sizes). All
   // ranks run the same neighbor exchanges in the same order, so the counters
   // agree; a message a peer sent that this rank never receives (a mismatched

@@ -548,9 +548,9 @@ Status Enqueue(TensorTableEntry entry, Request request) {
     const OpType op = entry.op;
     const bool user_named = op == OpType::ALLREDUCE || op == OpType::BROADCAST || op == OpType::ALLGATHER ||
                             op == OpType::NEIGHBOR_ALLREDUCE || op == OpType::NEIGHBOR_ALLGATHER;
-    std::string what = user_named ? std::string(OpTypeName(op)) + " '" + entry.name + "'" : std::string();
-    if (op == OpType::WIN_CREATE) what = "win_create '" + entry.name.substr(kWinCreatePrefix.size()) + "'";
-    return NotRunning(what);
+    return NotRunning(user_named               ? OpTypeName(op) + (" " + ShownName(entry.name, false))
+                      : op == OpType::WIN_CREATE ? ShownName(entry.name, true)
+                                                 : std::string());
   }
   request.name = entry.name;
   request.op = entry.op;
