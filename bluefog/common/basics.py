@@ -26,6 +26,18 @@ _IN_PROGRESS = 5
 NOT_INITIALIZED = "BlueFog has not been initialized; use bf.init()."
 
 
+class NotInitializedError(ValueError):
+    """A BlueFog call made before init() (or after shutdown()): a ValueError,
+    as in BlueFog 0.3."""
+
+
+def not_initialized(op: str, name: Optional[str] = None) -> NotInitializedError:
+    """The error for op `op` (named `name`) called before init(), worded as
+    the core words it."""
+    what = op if name is None else f"{op} '{name}'"
+    return NotInitializedError(f"{what}: BlueFog is not initialized: call bf.init() first")
+
+
 def _raise_status(lib, code: int, what: str):
     message = lib.bluefog_last_error().decode("utf-8", "replace")
     if code in (_INVALID_ARGUMENT, _PRECONDITION_ERROR):
@@ -171,7 +183,7 @@ class BlueFogBasics:
     def _int(self, fn) -> int:
         value = fn()
         if value < 0:
-            raise ValueError(NOT_INITIALIZED)
+            raise NotInitializedError(NOT_INITIALIZED)
         return value
 
     def size(self) -> int:
@@ -306,8 +318,17 @@ class BlueFogBasics:
         staging, e.g. a GPU-to-CPU copy, raised for op `name`), before the
         caller re-raises it.
         The ops that run most often call it from a plain try/except (no
-        per-op cost) instead of entering refusal_reported()."""
+        per-op cost) instead of entering refusal_reported().
+        A bare not-initialized error (from rank() / size()) is raised again
+        naming the op, in the core's words."""
+        if type(err) is NotInitializedError and str(err) == NOT_INITIALIZED:
+            raise not_initialized(op, name) from None
         self.reject(op, name, f"{type(err).__name__}: {err}")
+
+    def require_initialized(self, op: str, name: Optional[str] = None) -> None:
+        """NotInitializedError naming `op` unless BlueFog is initialized."""
+        if not self.is_initialized():
+            raise not_initialized(op, name)
 
     def refusal_reported(self, op: str, name: str) -> "_RefusalReported":
         """A context for the block that checks an op's input and submits it

@@ -109,6 +109,7 @@ def neighbor_allgather(tensor, *, src_ranks: Optional[List[int]] = None, dst_ran
     sizes, offsets, gradients)."""
     op = "neighbor_allgather"
     name = op_name(name, op)
+    _basics.require_initialized(op, name)
     with refusal(op, name):
         if (src_ranks is None) != (dst_ranks is None):
             raise ValueError(f"{op}: give src_ranks and dst_ranks together (or neither, for the topology)")
@@ -159,6 +160,7 @@ def hierarchical_neighbor_allreduce(tensor, *, self_weight: Optional[float] = No
     differentiable steps)."""
     op = "hierarchical_neighbor_allreduce"
     base = op_name(name, op)
+    _basics.require_initialized(op, base)
     with refusal("allreduce", base + ".local"):  # the first step: a machine-local allreduce
         tensor = as_tensor(tensor, op)
         _check_float(tensor, op)

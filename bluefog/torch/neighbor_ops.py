@@ -137,6 +137,7 @@ def neighbor_allgather(tensor: torch.Tensor, *, src_ranks: Optional[List[int]] =
 
 def _pair_gossip_async(tensor, target_rank, self_weight, pair_weight, name, blocking=False):
     full_name = _name(name, "pair_gossip")
+    _basics.require_initialized("pair_gossip", full_name)
     with _basics.refusal_reported("neighbor_allreduce", full_name):  # the core's kind of exchange
         _check_float(tensor, "pair_gossip")
         if isinstance(target_rank, bool) or not isinstance(target_rank, numbers.Integral):
@@ -184,6 +185,7 @@ def hierarchical_neighbor_allreduce_nonblocking(tensor: torch.Tensor, *, self_we
     # The steps' names derive from one base fixed now, so ranks agree on them
     # whenever (and on whichever rank) the steps start.
     base = _name(name, op)
+    _basics.require_initialized(op, base)
     label = lambda step: f"{base}.{step}"  # noqa: E731
     # The first step is the machine-local allreduce: a refusal here fails it everywhere.
     with _basics.refusal_reported("allreduce", label("local")):

@@ -639,7 +639,12 @@ def _optimizer_bookkeeping():
     return _BOOKKEEPING[0]
 
 
+# The public name of each wrapper, for errors raised while wrapping.
+_PUBLIC_NAMES = {}
+
+
 def _wrap(impl, optimizer, *args):
+    _basics.require_initialized(_PUBLIC_NAMES.get(impl, "a BlueFog distributed optimizer"))
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise ValueError(f"expected a torch.optim.Optimizer, got {type(optimizer).__name__}")
     if isinstance(optimizer, _Distributed):
@@ -722,6 +727,12 @@ def DistributedPushSumOptimizer(optimizer, model, num_steps_per_communication=1,
     """Push-sum over windows (works on directed graphs): each rank accumulates
     shares of (x * w, w) into its out-neighbors and uses x = z / w."""
     return _wrap(_PushSum, optimizer, model, num_steps_per_communication, window_prefix)
+
+
+_PUBLIC_NAMES.update({
+    _AdaptWithCombine: "DistributedAdaptWithCombineOptimizer", _AdaptThenCombine: "DistributedAdaptThenCombineOptimizer",
+    _GradientAllreduce: "DistributedGradientAllreduceOptimizer", _WinPut: "DistributedWinPutOptimizer",
+    _PullGet: "DistributedPullGetOptimizer", _PushSum: "DistributedPushSumOptimizer"})
 
 
 def _deprecated(old, communication_type):
