@@ -5,6 +5,7 @@ import atexit
 import contextlib
 import copy
 import ctypes
+import difflib
 import logging
 import numbers
 import sys
@@ -77,6 +78,7 @@ class BlueFogBasics:
         self._lib.bluefog_last_error.restype = ctypes.c_char_p
         self._lib.bluefog_parse_config.restype = ctypes.c_char_p
         self._lib.bluefog_parse_config.argtypes = [ctypes.c_char_p, ctypes.c_int]
+        self._lib.bluefog_config_keys.restype = ctypes.c_char_p
         self._lib.bluefog_init.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p]
         self._lib.bluefog_timeline_start_activity.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
         self._lib.bluefog_timeline_end_activity.argtypes = [ctypes.c_char_p]
@@ -127,7 +129,7 @@ class BlueFogBasics:
                 raise ValueError("init: comm is MPI.COMM_NULL (this process is not in the group BlueFog should "
                                  "run on); call init(comm=...) only on the ranks where the communicator is valid")
             fcomm = comm.py2f()
-        overrides = "\n".join(f"{k}={v}" for k, v in (config or {}).items())
+        overrides = self._config_lines(config)
         fresh = not self.is_initialized()
         code = self._lib.bluefog_init(1 if comm is not None else 0, fcomm, overrides.encode())
         if code != 0:
@@ -171,6 +173,32 @@ class BlueFogBasics:
         self._topo_cache = {}
         self._machine_topology = None
         self._run_reset_hooks()
+
+    def config_keys(self) -> List[str]:
+        """The names of the BLUEFOG_* settings init(config=...) accepts."""
+        return self._lib.bluefog_config_keys().decode().split("\n")
+
+    def _config_lines(self, config) -> str:
+        """init's config overrides as the core reads them ("KEY=VALUE" lines);
+        ValueError for a setting the core does not have (a typo would
+        otherwise be ignored) or a value that cannot be written on one line."""
+        if config is None:
+            return ""
+        if not isinstance(config, dict):
+            raise TypeError(f"init: config must be a dict {{'BLUEFOG_...': value}}, got {type(config).__name__}")
+        known = self.config_keys()
+        lines = []
+        for key, value in config.items():
+            if key not in known:
+                close = difflib.get_close_matches(str(key), known, n=1)
+                hint = f" (did you mean {close[0]}?)" if close else ""
+                raise ValueError(f"init: unknown setting {key!r} in config{hint}; the settings are: "
+                                 + ", ".join(known))
+            text = str(value)
+            if "\n" in text or "\r" in text:
+                raise ValueError(f"init: the value of {key} in config must fit on one line, got {text!r}")
+            lines.append(f"{key}={text}")
+        return "\n".join(lines)
 
     def _run_reset_hooks(self):
         for hook in self.reset_hooks:

@@ -140,4 +140,6 @@ const char* bluefog_parse_config(const char* text, int use_env) {
   return t_config_json.c_str();
 }
 
+const char* bluefog_config_keys(void) { return ConfigKeys(); }
+
 }  // extern "C"

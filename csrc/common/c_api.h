@@ -53,6 +53,9 @@ int bluefog_timeline_end_activity(const char* name);
 // Returns a JSON object, or NULL with bluefog_last_error() set.
 const char* bluefog_parse_config(const char* text, int use_env);
 
+// The names of the runtime's BLUEFOG_* settings, one per line.
+const char* bluefog_config_keys(void);
+
 #ifdef __cplusplus
 }
 #endif

@@ -103,6 +103,7 @@ bool ParseConfig(const std::map<std::string, std::string>& env, Config* config, 
       if (disable) c.stall_check_seconds = 0;
     }
     // Other BLUEFOG_* variables belong to other layers (build, launcher).
+    // (Every key read here is listed in ConfigKeys().)
   }
   if (c.stall_shutdown_seconds > 0 && c.stall_check_seconds > 0 &&
       c.stall_shutdown_seconds < c.stall_check_seconds) {
@@ -111,6 +112,15 @@ bool ParseConfig(const std::map<std::string, std::string>& env, Config* config, 
   }
   *config = c;
   return true;
+}
+
+const char* ConfigKeys() {
+  return "BLUEFOG_CYCLE_TIME\nBLUEFOG_FUSION_THRESHOLD\nBLUEFOG_LOG_LEVEL\nBLUEFOG_LOG_HIDE_TIME\n"
+         "BLUEFOG_TIMELINE\nBLUEFOG_MPI_THREAD_LEVEL\nBLUEFOG_NODES_PER_MACHINE\n"
+         "BLUEFOG_STALL_CHECK_TIME_SECONDS\nBLUEFOG_STALL_SHUTDOWN_TIME_SECONDS\nBLUEFOG_SPIN_TIME_US\n"
+         "BLUEFOG_INLINE_BYTES\nBLUEFOG_OUTPUT_CACHE_BYTES\nBLUEFOG_CALLER_RUNS\nBLUEFOG_FAST_ROUNDS\n"
+         "BLUEFOG_DEADLOCK_CHECK\nBLUEFOG_RING_ALLREDUCE_BYTES\nBLUEFOG_MAX_WIN_SENT_LENGTH\n"
+         "BLUEFOG_STALL_CHECK_DISABLE";
 }
 
 std::map<std::string, std::string> ReadBluefogEnvironment() {

@@ -62,6 +62,10 @@ struct Config {
 // Returns false and sets `error` for a malformed value (naming the variable).
 bool ParseConfig(const std::map<std::string, std::string>& env, Config* config, std::string* error);
 
+// The BLUEFOG_* settings ParseConfig reads (the runtime's; other BLUEFOG_*
+// variables belong to the build or the launcher), "\n"-separated.
+const char* ConfigKeys();
+
 // The BLUEFOG_* variables of the process environment.
 std::map<std::string, std::string> ReadBluefogEnvironment();
 

@@ -106,3 +106,43 @@ def test_environment_is_read_and_overrides_win(monkeypatch):
     assert c["cycle_time_ms"] == 3
     assert c["fusion_threshold_bytes"] == 99
     assert parse_config("", use_env=False)["cycle_time_ms"] == 0.5
+
+
+def _keys():
+    from bluefog.common.basics import get_basics
+    return get_basics().config_keys()
+
+
+def test_listed_settings_are_the_ones_the_parser_reads():
+    import os
+    import re
+    src = open(os.path.join(os.path.dirname(__file__), "..", "..", "csrc", "common", "config.cc")).read()
+    read = set(re.findall(r'key == "(BLUEFOG_[A-Z_]+)"', src))
+    assert read and set(_keys()) == read
+    # and the parser really acts on each (a malformed value is refused, naming it)
+    for key in _keys():
+        if key == "BLUEFOG_TIMELINE":  # any text is a prefix
+            assert parse_config(f"{key}=/tmp/x")["timeline_prefix"] == "/tmp/x"
+            continue
+        with pytest.raises(ValueError, match=key):
+            parse_config(f"{key}=@@")
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"BLUEFOG_CYCLE_TIM": 1}, "unknown setting 'BLUEFOG_CYCLE_TIM' in config (did you mean BLUEFOG_CYCLE_TIME?)"),
+    ({"fusion_threshold": 1}, "unknown setting 'fusion_threshold' in config; the settings are: BLUEFOG_CYCLE_TIME"),
+    ({"BLUEFOG_TIMELINE": "a\nb"}, "the value of BLUEFOG_TIMELINE in config must fit on one line"),
+])
+def test_init_refuses_unknown_settings_before_starting(config, message):
+    import bluefog.torch as bf
+    was = bf.is_initialized()  # (False unless another test of this process started BlueFog)
+    with pytest.raises(ValueError) as info:
+        bf.init(config=config)
+    assert message in str(info.value)
+    assert bf.is_initialized() == was
+
+
+def test_init_config_must_be_a_dict():
+    import bluefog.torch as bf
+    with pytest.raises(TypeError, match="config must be a dict"):
+        bf.init(config=[("BLUEFOG_CYCLE_TIME", 1)])
