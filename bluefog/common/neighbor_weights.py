@@ -54,6 +54,13 @@ def dst_dict(dst_weights, op: str) -> Dict[int, float]:
     return check_weight_dict(dst_weights, "dst_weights", op)
 
 
+def check_root(root_rank, op: str) -> int:
+    """A root rank as a Python int (numpy integers accepted, as in 0.3); else ValueError."""
+    if isinstance(root_rank, bool) or not isinstance(root_rank, numbers.Integral):
+        raise ValueError(f"{op}: root_rank must be an int, got {root_rank!r}")
+    return int(root_rank)
+
+
 def check_ranks(ranks, what: str, op: str) -> List[int]:
     """A list of int ranks, else ValueError."""
     if not isinstance(ranks, (list, tuple)) or not all(

@@ -24,6 +24,7 @@ from typing import Optional
 import tensorflow as tf
 
 from bluefog.common.basics import get_basics
+from bluefog.common.neighbor_weights import check_root
 from bluefog.common.native import find_library
 
 _basics = get_basics()
@@ -107,12 +108,6 @@ def _check_device(device, op: str):
         raise TypeError(f"{op}: device must be a str (it is accepted and ignored), got {device!r}")
 
 
-def _check_root(root_rank, op: str) -> int:
-    if isinstance(root_rank, bool) or not isinstance(root_rank, int):
-        raise ValueError(f"{op}: root_rank must be an int, got {root_rank!r}")
-    return root_rank
-
-
 # ---- allreduce ----------------------------------------------------------------
 def allreduce(tensor, average: bool = True, name: Optional[str] = None, device: str = "", *,
               is_hierarchical_local: bool = False):
@@ -186,7 +181,7 @@ def broadcast(tensor, root_rank: int, name: Optional[str] = None):
     Gradient: the sum of the gradients over ranks on the root, zero elsewhere."""
     full_name = op_name(name, "broadcast")
     with refusal("broadcast", full_name):
-        _check_root(root_rank, "broadcast")
+        root_rank = check_root(root_rank, "broadcast")
         tensor = as_tensor(tensor, "broadcast")
     return _ops.bluefog_broadcast(tensor, full_name, root_rank=root_rank)
 

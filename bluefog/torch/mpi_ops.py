@@ -12,6 +12,7 @@ from typing import Optional
 import torch
 
 from bluefog.common.basics import export_basics, get_basics
+from bluefog.common.neighbor_weights import check_root
 from bluefog.torch import _C
 
 _basics = get_basics()
@@ -148,15 +149,10 @@ def allreduce_(tensor: torch.Tensor, average: bool = True, is_hierarchical_local
 
 
 # ---- broadcast --------------------------------------------------------------
-def _check_root(root_rank, op):
-    if isinstance(root_rank, bool) or not isinstance(root_rank, int):
-        raise ValueError(f"{op}: root_rank must be an int, got {root_rank!r}")
-
-
 def _broadcast_async(tensor, root_rank, name, op, inplace, blocking=False):
     full_name = _name(name, "broadcast")
     try:
-        _check_root(root_rank, op)
+        root_rank = check_root(root_rank, op)
         src = _prepare(tensor, op)
         out = src if inplace else _C.empty_output_like(src)
         target = tensor if inplace and src is not tensor else None

@@ -256,6 +256,14 @@ def test_broadcast(dtype, shape):
         check(x, rank_input(RANK, shape, dtype))
 
 
+def test_broadcast_numpy_integer_root():
+    """A numpy integer root (e.g. from np.argmax) works, as in BlueFog 0.3."""
+    import numpy as np
+    root = np.int64(SIZE - 1)
+    check(bf.broadcast(rank_input(RANK, (3,), torch.float32), root, name="bc.np_root"),
+          rank_input(SIZE - 1, (3,), torch.float32))
+
+
 @pytest.mark.parametrize("dtype", MOVE_DTYPES, ids=str)
 def test_broadcast_inplace(dtype):
     shape = (2, 7)

@@ -78,6 +78,23 @@ def test_broadcast_global_variables(with_input, dropout):
             np.testing.assert_array_equal(w, ref)
 
 
+def test_broadcast_when_only_the_root_built_the_model_before_fit():
+    """A lazily built model that the root alone builds before fit (to restore
+    weights, say): every rank must broadcast at the same moment (after the
+    first batch). Before, the root broadcast at train begin while the others
+    waited in their first step's gradient allreduce: a hang until the stall
+    check aborted the job."""
+    root = 0
+    model = make_model(seed=RANK, with_input=False)
+    if RANK == root:
+        model(tf.zeros((1, 3)))
+    fit(model, [bfc.BroadcastGlobalVariablesCallback(root)], lr=0.01)
+    for w in model.get_weights():
+        g = gathered(w)
+        for r in range(SIZE):
+            np.testing.assert_array_equal(g[r], w)
+
+
 def test_resume_with_optimizer_state_restored_on_root_only(tmp_path):
     """Horovod's resume recipe: the root loads a checkpoint (its optimizer is
     built, with state), the others start fresh. Every rank must end with the

@@ -386,6 +386,13 @@ def test_bad_root_rank():
         bf.broadcast(tf.constant([1.0]), "0")
 
 
+def test_numpy_integer_root():
+    """A numpy integer root (e.g. from np.argmax) works, as in BlueFog 0.3."""
+    root = np.int64(SIZE - 1)
+    out = bf.broadcast(rank_input(RANK, (2,), tf.float32), root, name="tf.test.np_root")
+    assert_equal(out, rank_input(SIZE - 1, (2,), tf.float32))
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_shape_mismatch_raises_on_every_rank(mode):
     if SIZE == 1:

@@ -21,12 +21,13 @@ _basics = get_basics()
 class BroadcastGlobalVariablesCallback(keras.callbacks.Callback):
     """Makes every rank start from root_rank's model and optimizer state.
 
-    At the start of training, if every layer of the model is built, it builds
-    the optimizer where it is not built yet (so that a rank that restored a
+    At the start of training, if every layer of the model is built on every
+    rank, it builds the optimizer where it is not built yet (so that a rank that restored a
     checkpoint, whose optimizer is built, and a fresh rank broadcast the same
     variables) and broadcasts the model's and the optimizer's variables. A
     model built lazily by its first step (no Input) is broadcast after the
-    first batch instead, when every rank has built it. Runs once per callback
+    first batch instead, when every rank has built it (so is a model that only
+    some ranks built before fit, e.g. to restore weights). Runs once per callback
     object.
     """
 
@@ -53,8 +54,17 @@ class BroadcastGlobalVariablesCallback(keras.callbacks.Callback):
             return bool(getattr(self.model, "built", False))
         return all(getattr(layer, "built", True) for layer in layers())
 
+    def _built_everywhere(self) -> bool:
+        # Ranks must choose the same moment: a root that built its model before
+        # fit (e.g. to restore weights) while the others build it lazily would
+        # otherwise broadcast while they wait in their first step's allreduce.
+        built = 1.0 if self._model_built() else 0.0
+        count = allreduce(tf.constant(built, tf.float64), average=False,
+                          name="bluefog.keras.broadcast_global_variables.built")
+        return float(count.numpy()) == _basics.size()
+
     def on_train_begin(self, logs=None):
-        if not self.broadcast_done and self._model_built():
+        if not self.broadcast_done and self._built_everywhere():
             self._broadcast()
 
     def on_train_batch_end(self, batch, logs=None):
