@@ -71,7 +71,7 @@ def allreduce_gradients(gradients, average: bool = True, sparse_as_dense: bool =
     return tf.nest.pack_sequence_as(gradients, out, expand_composites=False)
 
 
-class DistributedGradientTape:
+class DistributedGradientTape(tf.GradientTape):
     """Wraps a tf.GradientTape so that gradient() returns gradients averaged
     (or summed, average=False) over all ranks.
 
@@ -81,36 +81,58 @@ class DistributedGradientTape:
         grads = tape.gradient(loss, model.trainable_variables)
 
     It can also be entered itself: `with bf.DistributedGradientTape(tf.GradientTape()) as tape:`.
-    Every other attribute (watch, stop_recording, jacobian, ...) is the tape's.
+    It is a tf.GradientTape (isinstance holds, as in BlueFog 0.3); every method
+    but gradient() (watch, stop_recording, reset, jacobian, ...) is the wrapped
+    tape's own.
     """
 
     def __init__(self, gradtape: tf.GradientTape, device: str = "", *, average: bool = True,
                  sparse_as_dense: bool = False):
+        # (tf.GradientTape.__init__ is not run: the wrapped tape holds the state.)
         _check_device(device, "DistributedGradientTape")  # accepted for BlueFog 0.3 scripts, ignored
         if not isinstance(gradtape, tf.GradientTape):
             raise TypeError(f"DistributedGradientTape expects a tf.GradientTape, got {type(gradtape).__name__}")
-        self._tape = gradtape
+        self._bf_tape = gradtape
         self._average = average
         self._sparse_as_dense = sparse_as_dense
 
     def __enter__(self):
-        self._tape.__enter__()
+        self._bf_tape.__enter__()
         return self
 
     def __exit__(self, *exc):
-        return self._tape.__exit__(*exc)
+        return self._bf_tape.__exit__(*exc)
 
     def __getattr__(self, attr):
-        if attr == "_tape":  # not set yet: copy.copy and pickle build the object without __init__
+        # Only for attributes this object lacks (the tape's state, e.g. _persistent).
+        if attr == "_bf_tape":  # not set yet: copy.copy and pickle build the object without __init__
             raise AttributeError(attr)
-        return getattr(self._tape, attr)
+        return getattr(self._bf_tape, attr)
+
+    def watch(self, tensor):
+        return self._bf_tape.watch(tensor)
+
+    def stop_recording(self):
+        return self._bf_tape.stop_recording()
+
+    def reset(self):
+        return self._bf_tape.reset()
+
+    def watched_variables(self):
+        return self._bf_tape.watched_variables()
+
+    def jacobian(self, *args, **kwargs):
+        return self._bf_tape.jacobian(*args, **kwargs)
+
+    def batch_jacobian(self, *args, **kwargs):
+        return self._bf_tape.batch_jacobian(*args, **kwargs)
 
     def gradient(self, target, sources, output_gradients=None,
                  unconnected_gradients=tf.UnconnectedGradients.NONE):
         """The tape's gradients, allreduced across ranks (see allreduce_gradients:
         a source without a gradient on this rank takes part as zeros, so it
         comes back as a tensor)."""
-        grads = self._tape.gradient(target, sources, output_gradients=output_gradients,
+        grads = self._bf_tape.gradient(target, sources, output_gradients=output_gradients,
                                     unconnected_gradients=unconnected_gradients)
         return allreduce_gradients(grads, average=self._average, sparse_as_dense=self._sparse_as_dense,
                                    sources=sources)

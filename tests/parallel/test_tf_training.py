@@ -179,6 +179,29 @@ def test_distributed_gradient_tape_type_check_and_copy():
     np.testing.assert_allclose(tape.gradient(loss, w).numpy(), [(SIZE + 1) / 2.0], rtol=1e-6)
 
 
+def test_distributed_gradient_tape_is_a_tape():
+    """A tf.GradientTape, as in 0.3 (isinstance checks in user code hold), whose
+    other methods are the wrapped tape's: watch, stop_recording, jacobian,
+    watched_variables, reset."""
+    x = tf.constant([1.0, 2.0])
+    v = tf.Variable([3.0])
+    with bf.DistributedGradientTape(tf.GradientTape(persistent=True)) as tape:
+        assert isinstance(tape, tf.GradientTape)
+        tape.watch(x)
+        y = x * x * float(RANK + 1) + v
+        with tape.stop_recording():
+            z = x * v  # not recorded
+    assert [u.name for u in tape.watched_variables()] == [v.name]
+    np.testing.assert_allclose(tape.jacobian(y, x).numpy(), np.diag(2 * x.numpy() * (RANK + 1)))  # local
+    np.testing.assert_allclose(tape.gradient(y, x).numpy(), 2 * x.numpy() * (SIZE + 1) / 2.0, rtol=1e-6)
+    assert tape.gradient(z, v) is None or float(tf.reduce_sum(tape.gradient(z, v))) == 0.0
+    with tape:
+        tape.reset()  # (inside the recording block, as TensorFlow requires)
+        assert not tape.watched_variables()
+        y2 = tf.reduce_sum(v * float(RANK + 1))
+    np.testing.assert_allclose(tape.gradient(y2, v).numpy(), [(SIZE + 1) / 2.0], rtol=1e-6)
+
+
 # ---- Keras 3 optimizers ------------------------------------------------------------------
 def test_keras_optimizer_wrapper_keeps_class_and_config():
     opt = bf.DistributedOptimizer(keras.optimizers.Adam(learning_rate=0.01, beta_1=0.8))
