@@ -133,6 +133,6 @@ class DistributedGradientTape(tf.GradientTape):
         a source without a gradient on this rank takes part as zeros, so it
         comes back as a tensor)."""
         grads = self._bf_tape.gradient(target, sources, output_gradients=output_gradients,
-                                    unconnected_gradients=unconnected_gradients)
+                                       unconnected_gradients=unconnected_gradients)
         return allreduce_gradients(grads, average=self._average, sparse_as_dense=self._sparse_as_dense,
                                    sources=sources)
