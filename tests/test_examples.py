@@ -114,7 +114,11 @@ def test_digits_other_optimizers_run(flags):
 def test_benchmark():
     out = run_example("pytorch_benchmark.py", "--num-iters", "2", "--num-batches-per-iter", "2",
                       "--num-warmup-batches", "1", "--batch-size", "8", "--dist-optimizer", "win_put")
-    assert len(re.findall(r"rank \d: " + FLOAT + r" \+-" + FLOAT + " img/sec", out)) == NP
+    ranks = [float(mean) for mean, _ in re.findall(r"rank \d: " + FLOAT + r" \+-" + FLOAT + " img/sec", out)]
+    assert len(ranks) == NP, out[-3000:]
     per_rank = parse(r"Img/sec per rank: " + FLOAT, out)
     total = parse(r"Total img/sec on 4 rank\(s\): " + FLOAT, out)
-    assert per_rank > 0 and total == pytest.approx(NP * per_rank, rel=1e-3)
+    # Every figure is printed rounded to 0.1, so each carries up to 0.05 of rounding error.
+    assert per_rank > 0
+    assert abs(total - NP * per_rank) <= 0.05 * (NP + 1) + 1e-9, (total, per_rank)
+    assert abs(total - sum(ranks)) <= 0.05 * (NP + 1) + 1e-9, (total, ranks)
