@@ -89,8 +89,6 @@ bool ParseConfig(const std::map<std::string, std::string>& env, Config* config, 
       if (!ParseBool(value, &c.caller_runs)) { *error = Bad(key, value, "a boolean (0/1/true/false)"); return false; }
     } else if (key == "BLUEFOG_FAST_ROUNDS") {
       if (!ParseBool(value, &c.fast_rounds)) { *error = Bad(key, value, "a boolean (0/1/true/false)"); return false; }
-    } else if (key == "BLUEFOG_BATCH_NONBLOCKING") {
-      if (!ParseBool(value, &c.batch_nonblocking)) { *error = Bad(key, value, "a boolean (0/1/true/false)"); return false; }
     } else if (key == "BLUEFOG_DEADLOCK_CHECK") {
       if (!ParseBool(value, &c.deadlock_check)) { *error = Bad(key, value, "a boolean (0/1/true/false)"); return false; }
     } else if (key == "BLUEFOG_RING_ALLREDUCE_BYTES") {
@@ -121,7 +119,6 @@ const char* ConfigKeys() {
          "BLUEFOG_TIMELINE\nBLUEFOG_MPI_THREAD_LEVEL\nBLUEFOG_NODES_PER_MACHINE\n"
          "BLUEFOG_STALL_CHECK_TIME_SECONDS\nBLUEFOG_STALL_SHUTDOWN_TIME_SECONDS\nBLUEFOG_SPIN_TIME_US\n"
          "BLUEFOG_INLINE_BYTES\nBLUEFOG_OUTPUT_CACHE_BYTES\nBLUEFOG_CALLER_RUNS\nBLUEFOG_FAST_ROUNDS\n"
-         "BLUEFOG_BATCH_NONBLOCKING\n"
          "BLUEFOG_DEADLOCK_CHECK\nBLUEFOG_RING_ALLREDUCE_BYTES\nBLUEFOG_MAX_WIN_SENT_LENGTH\n"
          "BLUEFOG_STALL_CHECK_DISABLE";
 }
@@ -167,7 +164,6 @@ std::string ConfigToJson(const Config& c) {
      << ", \"output_cache_bytes\": " << c.output_cache_bytes
      << ", \"caller_runs\": " << (c.caller_runs ? "true" : "false")
      << ", \"fast_rounds\": " << (c.fast_rounds ? "true" : "false")
-     << ", \"batch_nonblocking\": " << (c.batch_nonblocking ? "true" : "false")
      << ", \"deadlock_check\": " << (c.deadlock_check ? "true" : "false")
      << ", \"ring_allreduce_bytes\": " << c.ring_allreduce_bytes
      << ", \"max_win_sent_length\": " << c.max_win_sent_length << "}";

@@ -45,12 +45,6 @@ struct Config {
   // rank each time) is agreed on and summed in one MPI allreduce instead of
   // the allgather negotiation (see fast_round.h). Needs inline_bytes > 0.
   bool fast_rounds = true;
-  // A burst of nonblocking submissions from a handle-based frontend (torch's
-  // *_nonblocking) is negotiated as one: the background thread waits while
-  // they keep coming (each within cycle_time_ms of the last, at most ten
-  // cycle times) unless a thread waits for a handle first, which then runs the
-  // cycle itself at once. Off: the first submission starts a negotiation.
-  bool batch_nonblocking = true;
   // Ops that can certainly never complete (every rank blocked in a BlueFog
   // wait, nothing moving anywhere for stall_check_seconds) fail on every rank
   // instead of hanging (Coordinator::Stalls). Decided by rank 0's setting.

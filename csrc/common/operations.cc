@@ -71,7 +71,6 @@ struct GlobalState {
 thread_local bool tls_in_cycle = false;      // this thread holds cycle_mu (callbacks run in it)
 thread_local bool tls_caller_waits = false;  // see CallerWaitsScope
 thread_local bool tls_enqueued_owned = false;  // the last op this thread enqueued is owned
-thread_local bool tls_batchable = false;  // see CallerWaitsScope
 
 struct InCycle {
   InCycle() { tls_in_cycle = true; }
@@ -284,18 +283,6 @@ void AwaitExchange(GlobalState& g) {
                   ? std::chrono::microseconds(static_cast<int64_t>(g.config.cycle_time_ms * 1000))
                   : IdleTick(g.config);
   g.queue.WaitForWork(wait, std::chrono::microseconds(helped ? 0 : g.config.spin_time_us), /*count_owned=*/false);
-}
-
-// Before the background thread negotiates a burst of nonblocking submissions
-// (Config::batch_nonblocking): the rest of the burst goes into the same
-// negotiation, so that every rank offers all of it at once. (A rank's first
-// submission alone made a batch of 64 go in three negotiations, each waiting
-// for the slowest rank.) A thread that waits for a handle meanwhile runs the
-// cycle itself, at once.
-void AwaitBurst(GlobalState& g) {
-  if (!g.config.batch_nonblocking || g.helpers > 0 || g.shutdown_requested) return;
-  const auto gap = std::chrono::microseconds(static_cast<int64_t>(g.config.cycle_time_ms * 1000));
-  g.queue.AwaitBatch(gap, gap * 10);
 }
 
 // Records why the loop must stop (every thread sees loop_failed); returns false.
@@ -528,7 +515,6 @@ void BackgroundLoop() {
     const uint64_t seen = g.exchanges;
     if (!skip) {
       AwaitExchange(g);
-      AwaitBurst(g);
     } else if (!g.shutdown_requested && !g.queue.HasNewRequests()) {
       g.queue.WaitForWork(std::chrono::milliseconds(100), std::chrono::microseconds(g.config.spin_time_us));
     }
@@ -573,7 +559,7 @@ Status Enqueue(TensorTableEntry entry, Request request) {
   std::string name = timed ? entry.name : std::string();
   const bool owned = tls_caller_waits && HelpingAllowed(g);
   tls_enqueued_owned = owned;
-  Status s = g.queue.Add(std::move(entry), std::move(request), owned, !owned && tls_batchable);
+  Status s = g.queue.Add(std::move(entry), std::move(request), owned);
   if (timed) g.timeline.End(name);
   return s;
 }
@@ -926,15 +912,8 @@ Status EnqueueDirect(std::function<Status(WindowManager&)> work, StatusCallback 
   return Status::OK();
 }
 
-CallerWaitsScope::CallerWaitsScope(bool on, bool batchable)
-    : previous_(tls_caller_waits), previous_batchable_(tls_batchable) {
-  tls_caller_waits = on;
-  tls_batchable = batchable;
-}
-CallerWaitsScope::~CallerWaitsScope() {
-  tls_caller_waits = previous_;
-  tls_batchable = previous_batchable_;
-}
+CallerWaitsScope::CallerWaitsScope(bool on) : previous_(tls_caller_waits) { tls_caller_waits = on; }
+CallerWaitsScope::~CallerWaitsScope() { tls_caller_waits = previous_; }
 
 void HelpUntil(const std::function<bool()>& done) {
   GlobalState& g = State();

@@ -97,19 +97,16 @@ std::shared_ptr<void> ExternalWait();
 // While alive, ops this thread enqueues are marked as waited for at once by
 // this thread (a blocking call): they do not wake the background thread, and
 // the caller's HelpUntil runs their cycle. Should it not, the background
-// thread still takes them at its next cycle. `batchable` (with on = false):
-// nonblocking ops whose handles the caller waits for later; a burst of them
-// is negotiated as one (Config::batch_nonblocking).
+// thread still takes them at its next cycle.
 class CallerWaitsScope {
  public:
-  explicit CallerWaitsScope(bool on, bool batchable = false);
+  explicit CallerWaitsScope(bool on);
   ~CallerWaitsScope();
   CallerWaitsScope(const CallerWaitsScope&) = delete;
   CallerWaitsScope& operator=(const CallerWaitsScope&) = delete;
 
  private:
   bool previous_;
-  bool previous_batchable_;
 };
 
 // Called by a thread about to block until `done()` (no interpreter lock

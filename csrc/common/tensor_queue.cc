@@ -14,8 +14,7 @@ void CompleteEntry(TensorTableEntry& entry, const Status& status) {
   if (callback) callback(status);
 }
 
-Status TensorQueue::Add(TensorTableEntry entry, Request request, bool owned, bool batchable) {
-  bool wake = !owned;
+Status TensorQueue::Add(TensorTableEntry entry, Request request, bool owned) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = table_.find(entry.name);
@@ -33,13 +32,8 @@ Status TensorQueue::Add(TensorTableEntry entry, Request request, bool owned, boo
     table_.emplace(std::move(name), std::move(entry));
     pending_.push_back(std::move(request));
     if (owned) ++owned_pending_;
-    if (batchable) {
-      last_batchable_at_ = std::chrono::steady_clock::now();
-      // Only the first of a burst wakes the loop (which then waits for the rest).
-      wake = ++batchable_pending_ == 1;
-    }
   }
-  if (wake) cv_.notify_one();  // the owner runs it; a sleeping loop stays asleep
+  if (!owned) cv_.notify_one();  // the owner runs it; a sleeping loop stays asleep
   return Status::OK();
 }
 
@@ -50,7 +44,6 @@ void TensorQueue::PopRequests(std::vector<Request>* out) {
     pending_.pop_front();
   }
   owned_pending_ = 0;
-  batchable_pending_ = 0;
 }
 
 bool TensorQueue::HasNewRequests(bool count_owned) {
@@ -95,7 +88,6 @@ void TensorQueue::FailAll(const Status& status) {
     behind_refusal_.clear();
     pending_.clear();
     owned_pending_ = 0;
-    batchable_pending_ = 0;
   }
   for (auto& kv : failed) CompleteEntry(kv.second, status);
 }
@@ -175,17 +167,6 @@ void TensorQueue::WaitForWork(std::chrono::microseconds timeout, std::chrono::mi
   auto left = timeout - std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - start);
   if (left.count() > 0) cv_.wait_for(lock, left, has_work);
   woken_ = false;
-}
-
-void TensorQueue::AwaitBatch(std::chrono::microseconds gap, std::chrono::microseconds cap) {
-  const auto end = std::chrono::steady_clock::now() + cap;
-  std::unique_lock<std::mutex> lock(mu_);
-  while (batchable_pending_ > 0 && pending_.size() == owned_pending_ + batchable_pending_ && !DirectDue() &&
-         !woken_) {
-    const auto until = std::min(last_batchable_at_ + gap, end);
-    if (std::chrono::steady_clock::now() >= until) break;
-    cv_.wait_until(lock, until);
-  }
 }
 
 void TensorQueue::Wake() {

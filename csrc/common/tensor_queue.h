@@ -53,9 +53,7 @@ class TensorQueue {
   // `owned`: the enqueuing thread will wait for this op next and run the
   // cycle itself, so the request does not wake a thread in WaitForWork(...,
   // /*count_owned=*/false) (any cycle still takes it).
-  // `batchable`: a nonblocking submission whose handle will be waited on
-  // later; while only such requests are new, AwaitBatch may wait for more.
-  Status Add(TensorTableEntry entry, Request request, bool owned = false, bool batchable = false);
+  Status Add(TensorTableEntry entry, Request request, bool owned = false);
   // Moves the requests added since the last call into `out` (in enqueue order).
   void PopRequests(std::vector<Request>* out);
   bool HasNewRequests(bool count_owned = true);
@@ -90,10 +88,6 @@ class TensorQueue {
   void WaitForWork(std::chrono::microseconds timeout, std::chrono::microseconds spin = {},
                    bool count_owned = true);
   void Wake();
-  // While the only new requests are batchable ones that keep arriving (the
-  // latest less than `gap` ago), waits for more, at most `cap` in all. Ends at
-  // once on any other new request, due direct work or Wake().
-  void AwaitBatch(std::chrono::microseconds gap, std::chrono::microseconds cap);
 
  private:
   std::atomic<uint64_t> direct_completed_{0};
@@ -113,8 +107,6 @@ class TensorQueue {
   std::chrono::steady_clock::time_point direct_retry_at_{};  // while the first one waits
   std::chrono::microseconds direct_pause_{0};
   size_t owned_pending_ = 0;  // how many of pending_ are owned
-  size_t batchable_pending_ = 0;  // how many of pending_ are batchable
-  std::chrono::steady_clock::time_point last_batchable_at_{};
 };
 
 }  // namespace bluefog

@@ -78,7 +78,7 @@ int Submit(const char* op, const std::string& given_name, std::shared_ptr<Handle
   }
   Status s;
   {
-    CallerWaitsScope waits(blocking, /*batchable=*/!blocking);
+    CallerWaitsScope waits(blocking);
     s = enqueue(name, [handle](const Status& st) { Handles().MarkDone(handle, st); });
   }
   if (!s.ok()) {

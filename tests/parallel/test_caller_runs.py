@@ -99,29 +99,6 @@ def test_a_caller_that_waits_late_is_served_by_the_background_thread():
     assert torch.equal(bf.synchronize(handle), full_sum(64))
 
 
-@pytest.mark.parametrize("kind", ["allreduce", "neighbor_allreduce"])
-def test_a_nonblocking_burst_nobody_waits_for_still_runs(kind):
-    # A burst of nonblocking submissions is held back while it keeps coming
-    # (BLUEFOG_BATCH_NONBLOCKING), so that it is negotiated as one; when the
-    # burst ends and nobody waits for a handle, the background thread must
-    # still run it. Only poll() here, which never runs a cycle itself.
-    xs = [torch.full((512,), float(RANK + 1 + i)) for i in range(24)]
-    if kind == "allreduce":
-        handles = [bf.allreduce_nonblocking(x, average=False, name=f"burst.ar.{i}") for i, x in enumerate(xs)]
-        expected = [full_sum(512, offset=i) for i in range(24)]
-    else:
-        handles = [bf.neighbor_allreduce_nonblocking(x, name=f"burst.nar.{i}") for i, x in enumerate(xs)]
-        in_nbrs = bf.in_neighbor_ranks()
-        expected = [torch.full((512,), (RANK + 1 + i + sum(r + 1 + i for r in in_nbrs)) / (len(in_nbrs) + 1))
-                    for i in range(24)]
-    deadline = time.time() + 30
-    while not all(bf.poll(h) for h in handles):
-        assert time.time() < deadline, "a nonblocking burst that nobody waited for did not run"
-        time.sleep(0.002)
-    for i, (h, want) in enumerate(zip(handles, expected)):
-        assert torch.allclose(bf.synchronize(h), want), f"op {i}"
-
-
 def test_threads_blocking_at_the_same_time():
     errors = []
 

@@ -21,7 +21,6 @@ def test_defaults():
     assert c["output_cache_bytes"] == 256 * 1024 * 1024
     assert c["caller_runs"] is True
     assert c["fast_rounds"] is True
-    assert c["batch_nonblocking"] is True
     assert c["deadlock_check"] is True
     assert c["max_win_sent_length"] == 0
     assert c["ring_allreduce_bytes"] == 1024 * 1024
@@ -43,7 +42,6 @@ def test_every_setting_is_read():
         "BLUEFOG_OUTPUT_CACHE_BYTES=5",
         "BLUEFOG_CALLER_RUNS=0",
         "BLUEFOG_FAST_ROUNDS=0",
-        "BLUEFOG_BATCH_NONBLOCKING=0",
         "BLUEFOG_DEADLOCK_CHECK=0",
         "BLUEFOG_MAX_WIN_SENT_LENGTH=1000",
         "BLUEFOG_RING_ALLREDUCE_BYTES=0",
@@ -53,7 +51,7 @@ def test_every_setting_is_read():
         "timeline_prefix": "/tmp/trace_", "mpi_thread_level": 2, "nodes_per_machine": 2,
         "stall_check_seconds": 5, "stall_shutdown_seconds": 30, "spin_time_us": 0,
         "inline_bytes": 0, "output_cache_bytes": 5, "caller_runs": False, "fast_rounds": False,
-        "batch_nonblocking": False, "deadlock_check": False, "max_win_sent_length": 1000, "ring_allreduce_bytes": 0,
+        "deadlock_check": False, "max_win_sent_length": 1000, "ring_allreduce_bytes": 0,
     }
 
 
@@ -84,7 +82,6 @@ def test_unrelated_variables_are_ignored():
     ("BLUEFOG_OUTPUT_CACHE_BYTES=-2", "BLUEFOG_OUTPUT_CACHE_BYTES"),
     ("BLUEFOG_CALLER_RUNS=sometimes", "BLUEFOG_CALLER_RUNS"),
     ("BLUEFOG_FAST_ROUNDS=often", "BLUEFOG_FAST_ROUNDS"),
-    ("BLUEFOG_BATCH_NONBLOCKING=maybe", "BLUEFOG_BATCH_NONBLOCKING"),
     ("BLUEFOG_DEADLOCK_CHECK=perhaps", "BLUEFOG_DEADLOCK_CHECK"),
     ("BLUEFOG_MAX_WIN_SENT_LENGTH=-1", "BLUEFOG_MAX_WIN_SENT_LENGTH"),
     ("BLUEFOG_RING_ALLREDUCE_BYTES=-5", "BLUEFOG_RING_ALLREDUCE_BYTES"),
