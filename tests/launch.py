@@ -9,7 +9,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Hard limit for one run of a parallel test file.
-PARALLEL_TIMEOUT = int(os.environ.get("BLUEFOG_TEST_TIMEOUT", "240"))
+PARALLEL_TIMEOUT = int(os.environ.get("BLUEFOG_TEST_TIMEOUT", "600"))
 
 
 def run(cmd, timeout, env, cwd=ROOT):

@@ -190,13 +190,13 @@ def test_barrier_from_a_second_thread_while_one_waits_raises():
     if RANK == 0:
         t = threading.Thread(target=bf.barrier)
         t.start()
-        time.sleep(0.3)  # t now waits for the other ranks, which come 1 s late
+        time.sleep(1.5)  # t now waits for the other ranks, which come 3 s late
         with pytest.raises(ValueError, match="another thread of this process is in barrier"):
             bf.barrier()
         t.join(60)
         assert not t.is_alive()
     else:
-        time.sleep(1.0)
+        time.sleep(3.0)
         bf.barrier()
     next_op_works("barrier.threads")
 

@@ -622,7 +622,9 @@ def interrupted_window_ops(marker_dir):
         wait_for_file(go)
         bf.win_create(torch.ones(4), "w")
     bf.barrier()
-    time.sleep(0.5)  # (rank 0's daemon thread records the window)
+    deadline = time.time() + 30  # (rank 0's daemon thread records the window)
+    while "w" not in bf.get_current_created_window_names() and time.time() < deadline:
+        time.sleep(0.05)
     print(f"RESULT rank {rank} windows {bf.get_current_created_window_names()}", flush=True)
     if rank == 1:
         with bf.win_mutex("w", ranks=[0]):  # holds rank 0's mutex for 3 s
