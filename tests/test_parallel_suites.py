@@ -41,3 +41,11 @@ def test_parallel_file(path, np):
 def test_parallel_file_with_fast_path_off(variable, value, name, np):
     path = os.path.join(ROOT, "tests", "parallel", name)
     run_parallel_file(path, np, f"{name} on {np} ranks ({variable}={value})", env={variable: value})
+
+
+def test_fast_rounds_on_three_ranks():
+    """A fast round's message allreduce is BlueFog's own recursive doubling;
+    on a rank count that is not a power of two, rank 0 hands its message to
+    rank 1 and gets the result back (the suite's 1, 2 and 4 ranks never do)."""
+    path = os.path.join(ROOT, "tests", "parallel", "test_fast_rounds.py")
+    run_parallel_file(path, 3, "test_fast_rounds.py on 3 ranks")

@@ -42,7 +42,7 @@ struct Config {
   // thread hand-offs fewer per op. Off: only the background thread communicates.
   bool caller_runs = true;
   // A small allreduce repeated exchange after exchange (the same op on every
-  // rank each time) is agreed on and summed in one MPI allreduce instead of
+  // rank each time) is agreed on and summed in one message allreduce instead of
   // the allgather negotiation (see fast_round.h). Needs inline_bytes > 0.
   bool fast_rounds = true;
   // Ops that can certainly never complete (every rank blocked in a BlueFog

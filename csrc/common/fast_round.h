@@ -1,4 +1,4 @@
-// A repeated small allreduce agreed on and summed by ONE MPI allreduce.
+// A repeated small allreduce agreed on and summed by ONE allreduce of a message.
 //
 // The usual exchange gathers every rank's requests (an allgather), and a small
 // allreduce travels inside it (inline_ops.h): the op costs an allgather of
@@ -7,7 +7,8 @@
 // from what was agreed before: when the last two exchanges each ran exactly
 // one op, an inline allreduce, the next exchange starts with a "fast round".
 //
-// In a fast round every rank allreduces one fixed-size message: a header that
+// In a fast round every rank allreduces one fixed-size message (BlueFog's own
+// recursive doubling, MpiController::AllreduceMessage): a header that
 // holds the exact description of the one allreduce it offers (its first new
 // request: name, dtype, shape, average flag, size), then that op's input.
 // BlueFog's own reduction compares the descriptions and, where they are equal,

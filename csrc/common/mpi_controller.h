@@ -51,9 +51,7 @@ class MpiController {
   void set_max_slot_bytes(size_t bytes);
   // In place, on the control communicator: `buf` on every rank (the same
   // length everywhere) combined by `reduce`, which sees the whole message as
-  // one element (so MPI never splits it). `reduce` must be the same function
-  // on every call; `buf` is set up as a persistent operation until its size
-  // or address changes.
+  // one element of a contiguous type and must be commutative.
   Status AllreduceMessage(std::vector<char>* buf, MPI_User_function* reduce);
 
   // Allreduces of at least `bytes` (and at least 128 KiB per rank) run as
@@ -123,11 +121,10 @@ class MpiController {
   uint32_t neighbor_exchanges_ = 0;  // NextNeighborTag's counter
   bool watch_neighbors_ = false;
   double watch_warn_seconds_ = 0, watch_fail_seconds_ = 0;
-  MPI_Op message_op_ = MPI_OP_NULL;  // AllreduceMessage's reduction (one function per controller)
-  MPI_Datatype message_type_ = MPI_DATATYPE_NULL;  // ... and its element type
+  MPI_Datatype message_type_ = MPI_DATATYPE_NULL;  // AllreduceMessage's message as one element
   size_t message_type_bytes_ = 0;
-  const void* message_buf_ = nullptr;             // ... the buffer it was set up for
-  MPI_Request message_req_ = MPI_REQUEST_NULL;     // ... and the persistent allreduce (MPI 4)
+  std::vector<char> message_in_;  // ... a partner's message
+  std::vector<MPI_Request> message_reqs_;  // ... its pieces' requests
   std::function<void()> wait_hook_;
 };
 

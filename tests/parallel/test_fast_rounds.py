@@ -94,9 +94,17 @@ def test_integer_sums_wrap_in_fast_rounds():
     assert (agreed() - before >= 6) == FAST
 
 
+# A fast round's message travels in pieces that fit an eager MPI message when
+# it is small (4000 bytes a piece, at most 8), as one message otherwise: 1028
+# bytes is one piece, 6000 two, and the largest input that can run in a fast
+# round (PER_RANK: 16 KiB on 4 ranks, 32 KiB on 2) five or six pieces, or one
+# message on 2 ranks.
+@pytest.mark.parametrize("nbytes", [1028, 6000, PER_RANK], ids=["1028B", "6000B", "largest"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
-def test_average_of_random_data_is_close_and_identical_on_every_rank(dtype):
-    n = 257
+def test_average_of_random_data_is_close_and_identical_on_every_rank(dtype, nbytes):
+    n = nbytes // dtype.itemsize
+    warm_up(nbytes=n * dtype.itemsize)
+    before = agreed()
     for it in range(6):
         g = torch.Generator().manual_seed(100 * it + RANK)
         x = torch.randn(n, generator=g, dtype=torch.float64).to(dtype)
@@ -106,6 +114,8 @@ def test_average_of_random_data_is_close_and_identical_on_every_rank(dtype):
         tol = 2e-2 if dtype == torch.bfloat16 else 1e-5
         torch.testing.assert_close(out.double(), ref, rtol=tol, atol=tol)
     same_on_every_rank(out)
+    if FAST and SIZE > 1:
+        assert agreed() - before >= 2, "the averages did not run in fast rounds"
 
 
 def test_unnamed_ops_run_in_fast_rounds():
