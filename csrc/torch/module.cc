@@ -106,6 +106,20 @@ int AllreduceAsync(at::Tensor input, at::Tensor output, bool average, bool hiera
   }, blocking);
 }
 
+// The blocking allreduces' short path (bluefog.torch.mpi_ops): submits a
+// contiguous dense CPU tensor, in place or into a new output, for the caller
+// to wait on at once; -1 (nothing submitted) for anything else, which takes
+// the general path with its checks and staging. Checking here instead of in
+// Python saves about 0.3 us per op, and on 4 ranks sharing 2 cores every
+// microsecond of Python costs about two of latency.
+int AllreducePlain(py::handle tensor, bool inplace, bool average, bool hierarchical_local, const std::string& name) {
+  if (!THPVariable_Check(tensor.ptr())) return -1;
+  const at::Tensor& input = THPVariable_Unpack(tensor.ptr());
+  if (!input.is_cpu() || input.layout() != c10::kStrided || !input.is_contiguous()) return -1;
+  at::Tensor output = inplace ? input : EmptyOutput(input.sizes(), input.options(), input.data_ptr());
+  return AllreduceAsync(input, output, average, hierarchical_local, name, /*blocking=*/true);
+}
+
 int BroadcastAsync(at::Tensor input, at::Tensor output, int root_rank, const std::string& name, bool blocking) {
   CheckContiguous(input, "broadcast");
   CheckContiguous(output, "broadcast");
@@ -351,6 +365,7 @@ PYBIND11_MODULE(_C, m) {
   // wait then runs the op's cycle on the calling thread (CallerWaitsScope).
   m.def("allreduce_async", &AllreduceAsync, py::arg("input"), py::arg("output"), py::arg("average"),
         py::arg("hierarchical_local"), py::arg("name"), py::arg("blocking") = false);
+  m.def("allreduce_plain", &AllreducePlain);
   m.def("broadcast_async", &BroadcastAsync, py::arg("input"), py::arg("output"), py::arg("root_rank"),
         py::arg("name"), py::arg("blocking") = false);
   m.def("allgather_async", &AllgatherAsync, py::arg("input"), py::arg("name"), py::arg("blocking") = false);

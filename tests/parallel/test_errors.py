@@ -306,7 +306,9 @@ def test_a_failure_while_staging_the_input_is_reported_too(op, monkeypatch):
             raise RuntimeError("CUDA out of memory (simulated)")
         monkeypatch.setattr(mpi_ops, "_prepare", fail)
         monkeypatch.setattr(neighbor_ops, "_prepare", fail)
-    run = {"allreduce": lambda: bf.allreduce(torch.ones(3), name=name),
+    # (A contiguous CPU tensor needs no staging: the blocking allreduces' short
+    # path never calls _prepare, so this one is transposed.)
+    run = {"allreduce": lambda: bf.allreduce(torch.ones(2, 3).t(), name=name),
            "broadcast": lambda: bf.broadcast(torch.ones(3), 0, name=name),
            "neighbor_allreduce": lambda: bf.neighbor_allreduce(torch.ones(3), name=name)}[op]
     with pytest.raises((RuntimeError, ValueError)) as info:
