@@ -48,6 +48,9 @@ class MpiController {
   // slot adapts to recent message sizes (identically on every rank, since all
   // see all sizes), up to `max_slot_bytes`.
   Status AllgatherBytes(const std::string& mine, std::vector<std::string>* all);
+  // AllgatherBytes' first round on up to kPointToPointGatherRanks ranks:
+  // `send` (`slot` bytes) to every rank, every rank's into slots_.
+  Status GatherSlots(const char* send, size_t slot);
   void set_max_slot_bytes(size_t bytes);
   // In place, on the control communicator: `buf` on every rank (the same
   // length everywhere) combined by `reduce`, which sees the whole message as
