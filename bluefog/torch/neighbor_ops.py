@@ -17,8 +17,8 @@ from bluefog.common import neighbor_weights
 from bluefog.common.basics import get_basics
 from bluefog.torch import _C
 from bluefog.torch.composite import start_composite, wait_until_finished
-from bluefog.torch.mpi_ops import (_name, _prepare, allreduce_nonblocking, check_tensor, label_errors,
-                                   register_postprocess, synchronize)
+from bluefog.torch.mpi_ops import (_name, _prepare, _wait_failed, allreduce_nonblocking, check_tensor,
+                                   label_errors, register_postprocess, synchronize)
 
 _basics = get_basics()
 _FLOAT_TYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -97,8 +97,30 @@ def neighbor_allreduce(tensor: torch.Tensor, *, self_weight: Optional[float] = N
     skip-negotiate mode when enable_topo_check is True: a mismatch raises
     ValueError on every rank and nothing is exchanged.
     """
-    return synchronize(_neighbor_allreduce_async(tensor, self_weight, src_weights, dst_weights, enable_topo_check,
-                                                 name, kwargs, True))
+    if kwargs:
+        return synchronize(_neighbor_allreduce_async(tensor, self_weight, src_weights, dst_weights,
+                                                     enable_topo_check, name, kwargs, True))
+    # The short path for a contiguous CPU tensor of a floating-point type (see
+    # mpi_ops._allreduce_blocking; a 4 KiB static exchange on 4 ranks sharing 2
+    # cores took 64-68 us through the general path, 45-49 with the core calls
+    # alone). Anything it does not handle, bad weights included, takes the
+    # general path, which checks in its own order and reports the refusal.
+    if name.__class__ is not str or not name:
+        name = _name(name, "neighbor_allreduce")
+    try:
+        ex = neighbor_weights.resolve(_basics, "neighbor_allreduce", self_weight, src_weights, dst_weights)
+        handle = _C.neighbor_allreduce_plain(tensor, ex.src_ranks, ex.dst_ranks, ex.dst_weights, name,
+                                             bool(enable_topo_check), ex.self_weight, ex.src_weights)
+    except Exception:
+        handle = -1
+    if handle < 0:
+        return synchronize(_neighbor_allreduce_async(tensor, self_weight, src_weights, dst_weights,
+                                                     enable_topo_check, name, kwargs, True))
+    try:
+        return _C.wait(handle)
+    except BaseException as err:
+        _wait_failed(handle, err)
+        raise
 
 
 def _neighbor_allgather_async(tensor, src_ranks, dst_ranks, enable_topo_check, name, blocking=False):

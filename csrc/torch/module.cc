@@ -173,6 +173,24 @@ int NeighborAsync(at::Tensor input, bool gather, std::vector<int32_t> src_ranks,
   }, blocking);
 }
 
+// The blocking neighbor_allreduce's short path (bluefog.torch.neighbor_ops),
+// like AllreducePlain: a contiguous dense CPU tensor of a floating-point type
+// is submitted for the caller to wait on at once (the weights already
+// resolved); -1 (nothing submitted) for anything else.
+int NeighborAllreducePlain(py::handle tensor, std::vector<int32_t> src_ranks, std::vector<int32_t> dst_ranks,
+                           std::vector<double> dst_weights, const std::string& name, bool topo_check,
+                           double self_weight, std::vector<double> src_weights) {
+  if (!THPVariable_Check(tensor.ptr())) return -1;
+  const at::Tensor& input = THPVariable_Unpack(tensor.ptr());
+  const at::ScalarType t = input.scalar_type();
+  if (!input.is_cpu() || input.layout() != c10::kStrided || !input.is_contiguous() ||
+      (t != at::kFloat && t != at::kDouble && t != at::kHalf && t != at::kBFloat16)) {
+    return -1;
+  }
+  return NeighborAsync(input, /*gather=*/false, std::move(src_ranks), std::move(dst_ranks), std::move(dst_weights),
+                       name, topo_check, std::make_pair(self_weight, std::move(src_weights)), /*blocking=*/true);
+}
+
 // ---- windows -------------------------------------------------------------
 int WinCreateAsync(at::Tensor tensor, const std::string& name, bool zero_init, std::vector<int32_t> src_ranks,
                    std::vector<int32_t> dst_ranks) {
@@ -366,6 +384,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("allreduce_async", &AllreduceAsync, py::arg("input"), py::arg("output"), py::arg("average"),
         py::arg("hierarchical_local"), py::arg("name"), py::arg("blocking") = false);
   m.def("allreduce_plain", &AllreducePlain);
+  m.def("neighbor_allreduce_plain", &NeighborAllreducePlain);
   m.def("broadcast_async", &BroadcastAsync, py::arg("input"), py::arg("output"), py::arg("root_rank"),
         py::arg("name"), py::arg("blocking") = false);
   m.def("allgather_async", &AllgatherAsync, py::arg("input"), py::arg("name"), py::arg("blocking") = false);

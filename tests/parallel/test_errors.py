@@ -306,11 +306,11 @@ def test_a_failure_while_staging_the_input_is_reported_too(op, monkeypatch):
             raise RuntimeError("CUDA out of memory (simulated)")
         monkeypatch.setattr(mpi_ops, "_prepare", fail)
         monkeypatch.setattr(neighbor_ops, "_prepare", fail)
-    # (A contiguous CPU tensor needs no staging: the blocking allreduces' short
-    # path never calls _prepare, so this one is transposed.)
+    # (A contiguous CPU tensor needs no staging: the short paths of the blocking
+    # allreduce and neighbor_allreduce never call _prepare, so theirs is transposed.)
     run = {"allreduce": lambda: bf.allreduce(torch.ones(2, 3).t(), name=name),
            "broadcast": lambda: bf.broadcast(torch.ones(3), 0, name=name),
-           "neighbor_allreduce": lambda: bf.neighbor_allreduce(torch.ones(3), name=name)}[op]
+           "neighbor_allreduce": lambda: bf.neighbor_allreduce(torch.ones(2, 3).t(), name=name)}[op]
     with pytest.raises((RuntimeError, ValueError)) as info:
         run()
     text = str(info.value)
