@@ -79,6 +79,11 @@ def neighbor_allreduce_nonblocking(tensor: torch.Tensor, *, self_weight: Optiona
                                    enable_topo_check: bool = True, name: Optional[str] = None,
                                    **kwargs) -> int:
     """Starts a neighbor_allreduce; returns a handle (see neighbor_allreduce)."""
+    if not kwargs:
+        name, handle = _neighbor_allreduce_plain(tensor, self_weight, src_weights, dst_weights, enable_topo_check,
+                                                 name, False)
+        if handle >= 0:
+            return handle
     return _neighbor_allreduce_async(tensor, self_weight, src_weights, dst_weights, enable_topo_check, name, kwargs)
 
 
@@ -97,30 +102,34 @@ def neighbor_allreduce(tensor: torch.Tensor, *, self_weight: Optional[float] = N
     skip-negotiate mode when enable_topo_check is True: a mismatch raises
     ValueError on every rank and nothing is exchanged.
     """
-    if kwargs:
-        return synchronize(_neighbor_allreduce_async(tensor, self_weight, src_weights, dst_weights,
-                                                     enable_topo_check, name, kwargs, True))
-    # The short path for a contiguous CPU tensor of a floating-point type (see
-    # mpi_ops._allreduce_blocking; a 4 KiB static exchange on 4 ranks sharing 2
-    # cores took 64-68 us through the general path, 45-49 with the core calls
-    # alone). Anything it does not handle, bad weights included, takes the
-    # general path, which checks in its own order and reports the refusal.
+    if not kwargs:
+        name, handle = _neighbor_allreduce_plain(tensor, self_weight, src_weights, dst_weights, enable_topo_check,
+                                                 name, True)
+        if handle >= 0:
+            try:
+                return _C.wait(handle)
+            except BaseException as err:
+                _wait_failed(handle, err)
+                raise
+    return synchronize(_neighbor_allreduce_async(tensor, self_weight, src_weights, dst_weights, enable_topo_check,
+                                                 name, kwargs, True))
+
+
+def _neighbor_allreduce_plain(tensor, self_weight, src_weights, dst_weights, enable_topo_check, name, blocking):
+    """The short path for a contiguous CPU tensor of a floating-point type (see
+    mpi_ops._allreduce_blocking; a 4 KiB static exchange on 4 ranks sharing 2
+    cores took 64-68 us through the general path, 45-49 with the core calls
+    alone): (the op's name, its handle), or handle -1 when nothing was
+    submitted. Anything it does not handle, bad weights included, is left to
+    the general path, which checks in its own order and reports the refusal."""
     if name.__class__ is not str or not name:
         name = _name(name, "neighbor_allreduce")
     try:
         ex = neighbor_weights.resolve(_basics, "neighbor_allreduce", self_weight, src_weights, dst_weights)
-        handle = _C.neighbor_allreduce_plain(tensor, ex.src_ranks, ex.dst_ranks, ex.dst_weights, name,
-                                             bool(enable_topo_check), ex.self_weight, ex.src_weights)
+        return name, _C.neighbor_allreduce_plain(tensor, ex.src_ranks, ex.dst_ranks, ex.dst_weights, name,
+                                                 bool(enable_topo_check), ex.self_weight, ex.src_weights, blocking)
     except Exception:
-        handle = -1
-    if handle < 0:
-        return synchronize(_neighbor_allreduce_async(tensor, self_weight, src_weights, dst_weights,
-                                                     enable_topo_check, name, kwargs, True))
-    try:
-        return _C.wait(handle)
-    except BaseException as err:
-        _wait_failed(handle, err)
-        raise
+        return name, -1
 
 
 def _neighbor_allgather_async(tensor, src_ranks, dst_ranks, enable_topo_check, name, blocking=False):

@@ -173,13 +173,13 @@ int NeighborAsync(at::Tensor input, bool gather, std::vector<int32_t> src_ranks,
   }, blocking);
 }
 
-// The blocking neighbor_allreduce's short path (bluefog.torch.neighbor_ops),
-// like AllreducePlain: a contiguous dense CPU tensor of a floating-point type
-// is submitted for the caller to wait on at once (the weights already
-// resolved); -1 (nothing submitted) for anything else.
+// neighbor_allreduce's short path (bluefog.torch.neighbor_ops), like
+// AllreducePlain: a contiguous dense CPU tensor of a floating-point type is
+// submitted (the weights already resolved; `blocking`: the caller waits for it
+// at once); -1 (nothing submitted) for anything else.
 int NeighborAllreducePlain(py::handle tensor, std::vector<int32_t> src_ranks, std::vector<int32_t> dst_ranks,
                            std::vector<double> dst_weights, const std::string& name, bool topo_check,
-                           double self_weight, std::vector<double> src_weights) {
+                           double self_weight, std::vector<double> src_weights, bool blocking) {
   if (!THPVariable_Check(tensor.ptr())) return -1;
   const at::Tensor& input = THPVariable_Unpack(tensor.ptr());
   const at::ScalarType t = input.scalar_type();
@@ -188,7 +188,7 @@ int NeighborAllreducePlain(py::handle tensor, std::vector<int32_t> src_ranks, st
     return -1;
   }
   return NeighborAsync(input, /*gather=*/false, std::move(src_ranks), std::move(dst_ranks), std::move(dst_weights),
-                       name, topo_check, std::make_pair(self_weight, std::move(src_weights)), /*blocking=*/true);
+                       name, topo_check, std::make_pair(self_weight, std::move(src_weights)), blocking);
 }
 
 // ---- windows -------------------------------------------------------------
