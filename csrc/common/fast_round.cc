@@ -103,26 +103,20 @@ void FastRound::Update(int64_t worthy_bytes) {
   last_worthy_ = worthy_bytes;
 }
 
-void FastRound::Reduce(void* in, void* inout, int* len, MPI_Datatype* type) {
-  int size = 0;
-  MPI_Type_size(*type, &size);
-  for (int k = 0; k < *len; ++k) {
-    const char* a = static_cast<const char*>(in) + static_cast<size_t>(k) * size;
-    char* b = static_cast<char*>(inout) + static_cast<size_t>(k) * size;
-    StoreU32(b + kFlagsAt, LoadU32(b + kFlagsAt) | LoadU32(a + kFlagsAt));
-    uint32_t conflict = LoadU32(b + kConflictAt) | LoadU32(a + kConflictAt);
-    if (std::memcmp(a + kDescAt, b + kDescAt, kDescBytes) != 0) conflict = 1;
-    const uint32_t bytes = LoadU32(b + kDescAt + 4);
-    if (!conflict && b[kDescAt] == 1) {
-      const auto dtype = static_cast<DataType>(static_cast<uint8_t>(b[kDescAt + 1]));
-      if (kHeaderBytes + bytes > static_cast<size_t>(size)) {
-        conflict = 1;  // cannot happen: every rank sized its message alike
-      } else {
-        SumInto(dtype, b + kHeaderBytes, a + kHeaderBytes, bytes / DataTypeSize(dtype));
-      }
+void FastRound::Reduce(const char* a, char* b, size_t size) {
+  StoreU32(b + kFlagsAt, LoadU32(b + kFlagsAt) | LoadU32(a + kFlagsAt));
+  uint32_t conflict = LoadU32(b + kConflictAt) | LoadU32(a + kConflictAt);
+  if (std::memcmp(a + kDescAt, b + kDescAt, kDescBytes) != 0) conflict = 1;
+  const uint32_t bytes = LoadU32(b + kDescAt + 4);
+  if (!conflict && b[kDescAt] == 1) {
+    const auto dtype = static_cast<DataType>(static_cast<uint8_t>(b[kDescAt + 1]));
+    if (kHeaderBytes + bytes > size) {
+      conflict = 1;  // cannot happen: every rank sized its message alike
+    } else {
+      SumInto(dtype, b + kHeaderBytes, a + kHeaderBytes, bytes / DataTypeSize(dtype));
     }
-    StoreU32(b + kConflictAt, conflict);
   }
+  StoreU32(b + kConflictAt, conflict);
 }
 
 }  // namespace bluefog

@@ -26,8 +26,6 @@
 #include <string_view>
 #include <vector>
 
-#include <mpi.h>
-
 #include "message.h"
 
 namespace bluefog {
@@ -78,10 +76,10 @@ class FastRound {
   // from the agreed request alone).
   static bool Fits(const Request& r);
 
-  // The MPI reduction for fast-round messages (one element of a contiguous
-  // type as long as the message): ORs the flags, marks differing
-  // descriptions, and sums the inputs where the descriptions agree.
-  static void Reduce(void* in, void* inout, int* len, MPI_Datatype* type);
+  // The reduction of two fast-round messages of `size` bytes, `in` into
+  // `inout` (commutative): ORs the flags, marks differing descriptions, and
+  // sums the inputs where the descriptions agree.
+  static void Reduce(const char* in, char* inout, size_t size);
 
  private:
   bool active_ = false;

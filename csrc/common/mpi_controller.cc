@@ -46,13 +46,6 @@ size_t RoundUpToSlot(size_t n) { return (n + kSlotBytes - 1) / kSlotBytes * kSlo
 MpiController::MpiController(MpiContext* mpi, Timeline* timeline)
     : mpi_(mpi), timeline_(timeline), slot_bytes_(kSlotBytes), max_slot_bytes_(kSlotBytes) {}
 
-MpiController::~MpiController() {
-  int finalized = 0;
-  MPI_Finalized(&finalized);
-  if (finalized) return;
-  if (message_type_ != MPI_DATATYPE_NULL) MPI_Type_free(&message_type_);
-}
-
 void MpiController::set_max_slot_bytes(size_t bytes) {
   max_slot_bytes_ = std::max(kSlotBytes, RoundUpToSlot(bytes));
   slot_bytes_ = kSlotBytes;
@@ -175,95 +168,81 @@ Status MpiController::AllgatherBytes(const std::string& mine, std::vector<std::s
   return Status::OK();
 }
 
-Status MpiController::GatherSlots(const char* send, size_t slot) {
-  // Every rank's slot straight to every other rank, in pieces that fit an
-  // eager message (see AllreduceMessage). Against Open MPI's MPI_Iallgather
-  // (libnbc: the same messages, but whole, so a slot over 4 KiB takes the
-  // rendezvous path, and run by its schedule engine): 10-16 us against 18-31
-  // for 4224-byte slots on 4 ranks sharing 2 cores, 1.6 against 3.2 us on 2
-  // ranks (C loops).
-  const int size = mpi_->size();
-  const int rank = mpi_->rank();
-  const int bytes = static_cast<int>(slot);
-  const int piece = bytes <= kMessagePiece * kMessagePieces ? kMessagePiece : bytes;
-  MPI_Comm comm = mpi_->control_comm();
-  message_reqs_.clear();
-  int rc = MPI_SUCCESS;
-  for (int k = 1; k < size && rc == MPI_SUCCESS; ++k) {
-    const int peer = (rank + k) % size;
-    char* into = slots_.data() + slot * peer;
-    for (int at = 0; at < bytes && rc == MPI_SUCCESS; at += piece) {
-      message_reqs_.emplace_back();
-      rc = MPI_Irecv(into + at, std::min(piece, bytes - at), MPI_BYTE, peer, kGatherTag, comm, &message_reqs_.back());
-    }
-  }
-  for (int k = 1; k < size && rc == MPI_SUCCESS; ++k) {
-    const int peer = (rank + size - k) % size;
-    for (int at = 0; at < bytes && rc == MPI_SUCCESS; at += piece) {
-      message_reqs_.emplace_back();
-      rc = MPI_Isend(send + at, std::min(piece, bytes - at), MPI_BYTE, peer, kGatherTag, comm, &message_reqs_.back());
-    }
-  }
-  if (rc != MPI_SUCCESS) return Status::Aborted(MpiErrorText("MPI_Isend/MPI_Irecv (negotiation)", rc));
-  std::memcpy(slots_.data() + slot * rank, send, slot);
-  for (MPI_Request& req : message_reqs_) {
-    Status s = Wait(&req, "MPI_Isend/MPI_Irecv (negotiation)");
-    if (!s.ok()) return s;
-  }
-  return Status::OK();
-}
-
-Status MpiController::AllreduceMessage(std::vector<char>* buf, MPI_User_function* reduce) {
-  // Recursive doubling over point-to-point messages, combined here with
-  // `reduce`. Open MPI's nonblocking and persistent allreduce (libnbc)
-  // reduces a small in-place message to rank 0 and broadcasts it back (twice
-  // the steps): 6.6 us a round against 3.0 for this on 2 ranks (4 KiB plus
-  // the header, in a C loop). MPI's blocking allreduce is no option: this
-  // thread runs BlueFog's direct ops while it waits. Both partners of a step
-  // compute `reduce` of the same two messages, commutative, so every rank
-  // ends with the same bytes.
-  const int size = mpi_->size();
-  if (size == 1) return Status::OK();
-  if (message_type_bytes_ != buf->size()) {
-    if (message_type_ != MPI_DATATYPE_NULL) MPI_Type_free(&message_type_);
-    message_type_bytes_ = 0;
-    Status s = CheckRc(MPI_Type_contiguous(static_cast<int>(buf->size()), MPI_BYTE, &message_type_),
-                       "MPI_Type_contiguous");
-    if (s.ok()) s = CheckRc(MPI_Type_commit(&message_type_), "MPI_Type_commit");
-    if (!s.ok()) return s;
-    message_type_bytes_ = buf->size();
-  }
-  message_in_.resize(buf->size());
-  const int rank = mpi_->rank();
-  const int bytes = static_cast<int>(buf->size());
-  MPI_Comm comm = mpi_->control_comm();
-  char* mine = buf->data();
-  char* theirs = message_in_.data();
-  // Sends `send` (or nothing) to `peer` while receiving into `recv` (or not)
-  // from it. A small message goes as pieces that each fit an eager message
-  // (Open MPI's shared-memory eager limit is 4 KiB, its header included): a
-  // 4 KiB op's 4224 bytes as one message took the rendezvous path, a
+Status MpiController::PostPieces(const char* send, char* recv, int bytes, int peer, int tag) {
+  // A small message goes as pieces that each fit an eager message (Open MPI's
+  // shared-memory eager limit is 4 KiB, its header included): a 4 KiB op's
+  // 4224-byte fast-round message as one message took the rendezvous path, a
   // process_vm_readv and an acknowledgement, 4.2 us a round on 2 ranks
   // against 2.3 us in two pieces (C loops).
   const int piece = bytes <= kMessagePiece * kMessagePieces ? kMessagePiece : bytes;
-  const int pieces = (bytes + piece - 1) / piece;
-  message_reqs_.resize(2 * static_cast<size_t>(pieces));
+  MPI_Comm comm = mpi_->control_comm();
+  int rc = MPI_SUCCESS;
+  for (int at = 0; recv && at < bytes && rc == MPI_SUCCESS; at += piece) {
+    pieces_.emplace_back();
+    rc = MPI_Irecv(recv + at, std::min(piece, bytes - at), MPI_BYTE, peer, tag, comm, &pieces_.back());
+  }
+  for (int at = 0; send && at < bytes && rc == MPI_SUCCESS; at += piece) {
+    pieces_.emplace_back();
+    rc = MPI_Isend(send + at, std::min(piece, bytes - at), MPI_BYTE, peer, tag, comm, &pieces_.back());
+  }
+  if (rc == MPI_SUCCESS) return Status::OK();
+  pieces_.clear();  // (the loop stops: nothing waits for the pieces posted so far)
+  return Status::Aborted(MpiErrorText("MPI_Isend/MPI_Irecv (negotiation)", rc));
+}
+
+Status MpiController::WaitPieces() {
+  Status s = Status::OK();
+  for (MPI_Request& req : pieces_) {
+    s = Wait(&req, "MPI_Isend/MPI_Irecv (negotiation)");
+    if (!s.ok()) break;
+  }
+  pieces_.clear();
+  return s;
+}
+
+Status MpiController::GatherSlots(const char* send, size_t slot) {
+  // Every rank's slot straight to every other rank (PostPieces). Against Open
+  // MPI's MPI_Iallgather (libnbc: the same messages, but whole, so a slot over
+  // 4 KiB takes the rendezvous path, and run by its schedule engine): 10-16 us
+  // against 18-31 for 4224-byte slots on 4 ranks sharing 2 cores, 1.6 against
+  // 3.2 us on 2 ranks (C loops).
+  const int size = mpi_->size();
+  const int rank = mpi_->rank();
+  const int bytes = static_cast<int>(slot);
+  Status s = Status::OK();
+  for (int k = 1; k < size && s.ok(); ++k) {
+    const int peer = (rank + k) % size;
+    s = PostPieces(nullptr, slots_.data() + slot * peer, bytes, peer, kGatherTag);
+  }
+  for (int k = 1; k < size && s.ok(); ++k) {
+    s = PostPieces(send, nullptr, bytes, (rank + size - k) % size, kGatherTag);
+  }
+  if (!s.ok()) return s;
+  std::memcpy(slots_.data() + slot * rank, send, slot);
+  return WaitPieces();
+}
+
+Status MpiController::AllreduceMessage(std::vector<char>* buf, void (*reduce)(const char*, char*, size_t)) {
+  // Recursive doubling over point-to-point messages (PostPieces), combined
+  // here with `reduce`. Open MPI's nonblocking and persistent allreduce
+  // (libnbc) reduces a small in-place message to rank 0 and broadcasts it
+  // back (twice the steps): 6.6 us a round against 3.0 for this on 2 ranks
+  // (4 KiB plus the header, in a C loop). MPI's blocking allreduce is no
+  // option: this thread runs BlueFog's direct ops while it waits. Both
+  // partners of a step compute `reduce` of the same two messages,
+  // commutative, so every rank ends with the same bytes.
+  const int size = mpi_->size();
+  if (size == 1) return Status::OK();
+  message_in_.resize(buf->size());
+  const int rank = mpi_->rank();
+  const size_t bytes = buf->size();
+  char* mine = buf->data();
+  char* theirs = message_in_.data();
+  // Sends `send` (or nothing) to `peer` while receiving into `recv` (or not).
   auto exchange = [&](const char* send, char* recv, int peer) -> Status {
-    int n = 0, rc = MPI_SUCCESS;
-    for (int at = 0; recv && at < bytes && rc == MPI_SUCCESS; at += piece) {
-      rc = MPI_Irecv(recv + at, std::min(piece, bytes - at), MPI_BYTE, peer, kMessageTag, comm, &message_reqs_[n++]);
-    }
-    for (int at = 0; send && at < bytes && rc == MPI_SUCCESS; at += piece) {
-      rc = MPI_Isend(send + at, std::min(piece, bytes - at), MPI_BYTE, peer, kMessageTag, comm, &message_reqs_[n++]);
-    }
-    if (rc != MPI_SUCCESS) return Status::Aborted(MpiErrorText("MPI_Isend/MPI_Irecv (negotiation)", rc));
-    for (int i = 0; i < n; ++i) {
-      Status s = Wait(&message_reqs_[i], "MPI_Isend/MPI_Irecv (negotiation)");
-      if (!s.ok()) return s;
-    }
-    return Status::OK();
+    Status s = PostPieces(send, recv, static_cast<int>(bytes), peer, kMessageTag);
+    return s.ok() ? WaitPieces() : s;
   };
-  int one = 1;
   // Beyond the largest power of two `pof2`: the first 2 * extra ranks pair
   // up; the even one hands its message to the odd one, which takes part in
   // the doubling, and gets the result back at the end.
@@ -277,7 +256,7 @@ Status MpiController::AllreduceMessage(std::vector<char>* buf, MPI_User_function
   if (rank < 2 * extra) {
     Status s = exchange(nullptr, theirs, rank - 1);
     if (!s.ok()) return s;
-    reduce(theirs, mine, &one, &message_type_);
+    reduce(theirs, mine, bytes);
   }
   const int vrank = rank < 2 * extra ? rank / 2 : rank - extra;
   for (int mask = 1; mask < pof2; mask <<= 1) {
@@ -285,7 +264,7 @@ Status MpiController::AllreduceMessage(std::vector<char>* buf, MPI_User_function
     const int peer = vpeer < extra ? vpeer * 2 + 1 : vpeer + extra;
     Status s = exchange(mine, theirs, peer);
     if (!s.ok()) return s;
-    reduce(theirs, mine, &one, &message_type_);
+    reduce(theirs, mine, bytes);
   }
   if (rank < 2 * extra) return exchange(mine, nullptr, rank - 1);
   return Status::OK();

@@ -17,7 +17,6 @@ namespace bluefog {
 class MpiController {
  public:
   MpiController(MpiContext* mpi, Timeline* timeline);
-  ~MpiController();
 
   // All entries share dtype, average and hierarchical flag; more than one is fused.
   Status Allreduce(std::vector<TensorTableEntry>& entries);
@@ -48,14 +47,11 @@ class MpiController {
   // slot adapts to recent message sizes (identically on every rank, since all
   // see all sizes), up to `max_slot_bytes`.
   Status AllgatherBytes(const std::string& mine, std::vector<std::string>* all);
-  // AllgatherBytes' first round on up to kPointToPointGatherRanks ranks:
-  // `send` (`slot` bytes) to every rank, every rank's into slots_.
-  Status GatherSlots(const char* send, size_t slot);
   void set_max_slot_bytes(size_t bytes);
   // In place, on the control communicator: `buf` on every rank (the same
-  // length everywhere) combined by `reduce`, which sees the whole message as
-  // one element of a contiguous type and must be commutative.
-  Status AllreduceMessage(std::vector<char>* buf, MPI_User_function* reduce);
+  // length everywhere) combined by `reduce(in, inout, size)`, which must be
+  // commutative.
+  Status AllreduceMessage(std::vector<char>* buf, void (*reduce)(const char*, char*, size_t));
 
   // Allreduces of at least `bytes` (and at least 128 KiB per rank) run as
   // BlueFog's own ring of point-to-point messages; 0: always MPI's allreduce.
@@ -108,6 +104,15 @@ class MpiController {
   int NextNeighborTag();
   // Waits for a neighbor exchange's requests: the receives from `src`, then
   // the sends to `dst`, in that order in `reqs`.
+  // AllgatherBytes' first round on up to kPointToPointGatherRanks ranks:
+  // `send` (`slot` bytes) to every rank, every rank's into slots_.
+  Status GatherSlots(const char* send, size_t slot);
+  // The control communicator's point-to-point messages: `bytes` from `send`
+  // to `peer` and/or from `peer` into `recv` (either may be null), under
+  // `tag`, in pieces that fit an eager message when there are few of them;
+  // their requests wait in pieces_ for WaitPieces.
+  Status PostPieces(const char* send, char* recv, int bytes, int peer, int tag);
+  Status WaitPieces();
   Status WaitNeighbors(const std::string& name, OpType op, std::vector<MPI_Request>& reqs,
                        const std::vector<int32_t>& src, const std::vector<int32_t>& dst);
 
@@ -124,10 +129,8 @@ class MpiController {
   uint32_t neighbor_exchanges_ = 0;  // NextNeighborTag's counter
   bool watch_neighbors_ = false;
   double watch_warn_seconds_ = 0, watch_fail_seconds_ = 0;
-  MPI_Datatype message_type_ = MPI_DATATYPE_NULL;  // AllreduceMessage's message as one element
-  size_t message_type_bytes_ = 0;
-  std::vector<char> message_in_;  // ... a partner's message
-  std::vector<MPI_Request> message_reqs_;  // ... its pieces' requests
+  std::vector<char> message_in_;  // AllreduceMessage's partner's message
+  std::vector<MPI_Request> pieces_;  // PostPieces' requests, until WaitPieces
   std::function<void()> wait_hook_;
 };
 
