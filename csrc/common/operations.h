@@ -80,7 +80,8 @@ Status EnqueueReject(const std::string& op, const std::string& name, const std::
 // One-sided window work, run on the background thread without negotiation
 // (see window_manager.h for the operations). Work that returns IN_PROGRESS
 // (a window mutex held elsewhere) is run again later, before any direct work
-// queued after it; the callback gets the final status.
+// the same thread queued after it (other threads' direct work goes on); the
+// callback gets the final status.
 class WindowManager;
 Status EnqueueDirect(std::function<Status(WindowManager&)> work, StatusCallback callback);
 

@@ -100,13 +100,14 @@ size_t TensorQueue::InFlight() {
 void TensorQueue::AddDirect(std::function<Status()> work, StatusCallback callback) {
   {
     std::lock_guard<std::mutex> lock(mu_);
-    direct_.push_back({std::move(work), std::move(callback)});
+    direct_.push_back({std::move(work), std::move(callback), std::this_thread::get_id()});
   }
   cv_.notify_one();
 }
 
 bool TensorQueue::DirectDue() const {
-  return !direct_.empty() && (direct_pause_.count() == 0 || std::chrono::steady_clock::now() >= direct_retry_at_);
+  return !direct_.empty() && (direct_pause_.count() == 0 || direct_.size() > direct_waiting_ ||
+                              std::chrono::steady_clock::now() >= direct_retry_at_);
 }
 
 size_t TensorQueue::RunDirect(bool force) {
@@ -119,22 +120,36 @@ size_t TensorQueue::RunDirect(bool force) {
   ops.swap(direct_);
   lock.unlock();
   size_t done = 0;
-  for (; !ops.empty(); ops.pop_front(), ++done) {
-    Status s = ops.front().work();
-    if (s.in_progress()) break;
-    if (ops.front().callback) ops.front().callback(s);
+  // Threads whose op must wait: their later ops wait behind it (few threads:
+  // a vector). The others' ops go on, a mutex release among them.
+  std::vector<std::thread::id> waiting_threads;
+  std::deque<DirectOp> waiting;
+  for (; !ops.empty(); ops.pop_front()) {
+    DirectOp& op = ops.front();
+    if (std::find(waiting_threads.begin(), waiting_threads.end(), op.thread) != waiting_threads.end()) {
+      waiting.push_back(std::move(op));
+      continue;
+    }
+    Status s = op.work();
+    if (s.in_progress()) {
+      waiting_threads.push_back(op.thread);
+      waiting.push_back(std::move(op));
+      continue;
+    }
+    if (op.callback) op.callback(s);
+    ++done;
   }
   direct_completed_.fetch_add(done, std::memory_order_relaxed);
   lock.lock();
-  if (ops.empty()) {
+  direct_waiting_ = waiting.size();
+  if (waiting.empty()) {
     direct_pause_ = std::chrono::microseconds(0);
     return done;
   }
-  // The first one must wait: it and those behind it go back in front of any
-  // added meanwhile, in order.
-  while (!ops.empty()) {
-    direct_.push_front(std::move(ops.back()));
-    ops.pop_back();
+  // Those left go back in front of any added meanwhile, in order.
+  while (!waiting.empty()) {
+    direct_.push_front(std::move(waiting.back()));
+    waiting.pop_back();
   }
   direct_pause_ = direct_pause_.count() == 0 ? kFirstPause : std::min(direct_pause_ * 2, kLongestPause);
   direct_retry_at_ = std::chrono::steady_clock::now() + direct_pause_;
@@ -147,6 +162,7 @@ void TensorQueue::FailDirect(const Status& status) {
     std::lock_guard<std::mutex> lock(mu_);
     ops.swap(direct_);
     direct_pause_ = std::chrono::microseconds(0);
+    direct_waiting_ = 0;
   }
   for (auto& op : ops)
     if (op.callback) op.callback(status);

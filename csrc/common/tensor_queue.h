@@ -11,6 +11,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <unordered_map>
 #include <vector>
 
@@ -68,14 +69,18 @@ class TensorQueue {
   size_t InFlight();
 
   // Direct ops (one-sided window ops): run by the background thread as soon
-  // as it can, in order, without negotiation. `work` may return IN_PROGRESS
-  // (a window mutex held elsewhere): it then stays first in line and is tried
-  // again later, with a growing pause, while the thread goes on with other
-  // work; otherwise `callback` gets its status.
+  // as it can, without negotiation, in the order each submitting thread
+  // added them. `work` may return IN_PROGRESS (a window mutex held
+  // elsewhere): it then stays first in line among its thread's ops and is
+  // tried again later, with a growing pause, while the background thread goes
+  // on with other work, the other threads' direct ops included (so that a
+  // mutex release from one thread never waits behind another thread's op
+  // that waits for a mutex); otherwise `callback` gets its status.
   void AddDirect(std::function<Status()> work, StatusCallback callback);
-  // Runs the direct ops queued so far, in order, up to one that must wait
-  // (nothing while the pause after such a one lasts, unless `force`);
-  // returns how many completed.
+  // Runs the direct ops queued so far, in order, except those behind an op
+  // of their own thread that must wait (while the pause after such a one
+  // lasts, only when new ops arrived, unless `force`); returns how many
+  // completed.
   size_t RunDirect(bool force = false);
   // Direct ops completed so far (a rank that completes them is not stuck).
   uint64_t DirectCompleted() const { return direct_completed_.load(std::memory_order_relaxed); }
@@ -101,11 +106,13 @@ class TensorQueue {
   struct DirectOp {
     std::function<Status()> work;
     StatusCallback callback;
+    std::thread::id thread;  // the submitter's: its ops run in its order
   };
   bool DirectDue() const;  // mu_ held
   std::deque<DirectOp> direct_;
   std::chrono::steady_clock::time_point direct_retry_at_{};  // while the first one waits
   std::chrono::microseconds direct_pause_{0};
+  size_t direct_waiting_ = 0;  // how many of direct_ (at its front) were left waiting by the last run
   size_t owned_pending_ = 0;  // how many of pending_ are owned
 };
 

@@ -11,6 +11,7 @@ the same order; the one-sided ops in between differ per rank. Timestamps from
 time.time() are compared across ranks: the ranks of a test job share a host.
 """
 import gc
+import threading
 import time
 
 import numpy as np
@@ -354,6 +355,53 @@ def test_mutex_wait_does_not_block_collectives():
         assert bf.get_win_version("coll") == {i: 1 for i in range(1, SIZE)}
         out = bf.win_update("coll", 0.0, {i: 1.0 for i in range(1, SIZE)}, require_mutex=True)
         assert torch.equal(out, torch.full((3,), float(sum(range(1, SIZE))), dtype=torch.float64))
+
+
+def test_mutex_release_passes_another_threads_waiting_op():
+    """Rank 1's main thread holds rank 1's mutex; a second thread's put into
+    rank 0 with require_mutex=True waits for rank 0's mutex, which rank 0
+    holds while its own put into rank 1 waits for rank 1's. The main thread's
+    release used to wait behind the second thread's put (window ops ran in
+    submission order across threads): all three waited for good. Window ops
+    now keep each thread's order only, so the release goes on."""
+    if SIZE == 1:
+        pytest.skip("needs a peer holding a mutex")
+    assert bf.set_topology(bf.FullyConnectedGraph(SIZE))
+    x = torch.full((2,), float(RANK), dtype=torch.float64)
+    bf.win_create(x, "xthread", zero_init=True)
+    if RANK == 0:
+        with bf.win_mutex("xthread", for_self=True):
+            bf.barrier()
+            bf.win_put(x, "xthread", dst_weights={1: 1.0}, require_mutex=True)  # waits for rank 1's
+    elif RANK == 1:
+        submitted = threading.Event()
+        handles, errors = [], []
+
+        def put_from_another_thread():
+            try:
+                handles.append(bf.win_put_nonblocking(x, "xthread", dst_weights={0: 1.0}, require_mutex=True))
+                submitted.set()
+                assert bf.win_wait(handles[0])
+            except BaseException as err:  # reported by the main thread
+                errors.append(err)
+                submitted.set()
+
+        with bf.win_mutex("xthread", for_self=True):
+            bf.barrier()
+            worker = threading.Thread(target=put_from_another_thread, daemon=True)
+            worker.start()
+            assert submitted.wait(PROMPT) and not errors, errors
+            time.sleep(HOLD / 3)
+            assert not bf.win_poll(handles[0]), "the put finished while rank 0 held its mutex"
+        worker.join(PROMPT)
+        assert not worker.is_alive(), "the second thread's put never finished"
+        assert not errors, errors
+    else:
+        bf.barrier()
+    bf.barrier()
+    if RANK in (0, 1):
+        assert bf.get_win_version("xthread")[1 - RANK] == 1
+    bf.barrier()
 
 
 def _f(i, j):
