@@ -243,12 +243,20 @@ def win_poll(handle: int) -> bool:
 
 def win_wait(handle: int) -> bool:
     """Waits for a window op; raises if it failed. Returns True, or False (with a
-    warning) for a handle that is unknown or was already waited for."""
+    warning) for a handle that is unknown, was already waited for, or belongs
+    to an op that is not a window op (that handle is left alone: wait for it
+    with synchronize)."""
     try:
         _check_handle(handle, "win_wait")
-        _C.poll(handle)
+        kind = _C.handle_kind(handle)
     except ValueError as e:
         logger.warning("win_wait: %s", e)
+        return False
+    if kind < 0:
+        logger.warning("win_wait: unknown handle %d (never returned by a window op, or already waited for)", handle)
+        return False
+    if kind == 0:
+        logger.warning("win_wait: handle %d is not a window op's (it is left for synchronize to wait for)", handle)
         return False
     _C.wait(handle)
     return True

@@ -50,6 +50,8 @@ struct HandleRecord {
   // saved for backward and then overwritten makes backward() raise instead
   // of computing with the new values. (A new output needs no bump.)
   bool wrote_output = false;
+  // A window op's handle (win_wait takes only these, as in 0.3).
+  bool window = false;
 };
 
 // self_weight * x + sum_k src_weights[k] * received[k]. float32/float64 CPU

@@ -199,6 +199,7 @@ int WinCreateAsync(at::Tensor tensor, const std::string& name, bool zero_init, s
   auto record = std::make_shared<HandleRecord>();
   record->input = tensor;
   record->output = tensor;  // (the buffers are set up; the tensor is not written)
+  record->window = true;
   return Submit("win_create", "win_create." + name, record, [&](const std::string&, StatusCallback cb) {
     return EnqueueWinCreate(t, name, zero_init, std::move(src_ranks), std::move(dst_ranks), std::move(cb));
   });
@@ -206,12 +207,14 @@ int WinCreateAsync(at::Tensor tensor, const std::string& name, bool zero_init, s
 
 int WinFreeAsync(const std::string& name) {
   auto record = std::make_shared<HandleRecord>();
+  record->window = true;
   return Submit("win_free", "win_free." + name, record,
                 [&](const std::string&, StatusCallback cb) { return EnqueueWinFree(name, std::move(cb)); });
 }
 
 // A direct (non-negotiated) window op: `work` runs on the background thread.
 int SubmitDirect(std::shared_ptr<HandleRecord> record, std::function<Status(WindowManager&)> work) {
+  record->window = true;
   int handle = Handles().Allocate();
   {
     std::lock_guard<std::mutex> lock(g_records_mu);
@@ -321,6 +324,14 @@ std::vector<std::string> WinNames() {
   return names;
 }
 
+// 1 for a window op's handle, 0 for another op's, -1 for a handle that is
+// unknown or already waited for.
+int HandleKind(int handle) {
+  std::lock_guard<std::mutex> lock(g_records_mu);
+  auto it = Records().find(handle);
+  return it == Records().end() ? -1 : it->second->window ? 1 : 0;
+}
+
 bool Poll(int handle) {
   bool known = false;
   bool done = Handles().Poll(handle, &known);
@@ -407,6 +418,7 @@ PYBIND11_MODULE(_C, m) {
         py::arg("like"), "An uninitialized tensor like `like` for an op's output (large ones from the output pool).");
   m.def("cached_output_bytes", &CachedOutputBytes);
   m.def("poll", &Poll, py::arg("handle"));
+  m.def("handle_kind", &HandleKind, py::arg("handle"));
   m.def("wait", &Wait, py::arg("handle"));
   m.def(
       "wait_any",

@@ -605,6 +605,17 @@ def test_win_wait_on_unknown_or_finished_handle_warns_and_returns_false(caplog):
     bf.barrier()
 
 
+def test_win_wait_on_another_ops_handle_leaves_it_alone(caplog):
+    """win_wait on an allreduce's handle: a warning and False, as in 0.3 (it
+    used to wait for the allreduce and drop its result); synchronize then
+    returns that result."""
+    h = bf.allreduce_nonblocking(torch.full((3,), float(RANK + 1)), average=False, name="ww.ar")
+    with caplog.at_level(logging.WARNING, logger="bluefog"):
+        assert bf.win_wait(h) is False
+    assert f"handle {h} is not a window op's" in caplog.text
+    assert bf.synchronize(h).tolist() == [SIZE * (SIZE + 1) / 2] * 3
+
+
 def test_shutdown_forgets_windows_and_next_init_sets_its_topology():
     """shutdown() frees every window in the core; their names must go too, so
     that the next init() sets its topology again (windows would have frozen
