@@ -15,12 +15,14 @@ from launch import ROOT, run_parallel_file
 # path it replaces stays covered for every op and dtype: small-op data kept out
 # of the negotiation exchange, blocking ops left to the background thread, and
 # repeated small allreduces negotiated by the allgather exchange every time, and
-# large allreduces left to MPI's own algorithms instead of BlueFog's ring.
+# large allreduces left to MPI's own algorithms instead of BlueFog's ring, and
+# the negotiation gathered by MPI_Iallgather (as on more than 32 ranks).
 VARIANTS = [
     ("BLUEFOG_INLINE_BYTES", "0", ["test_collectives.py", "test_neighbor_ops.py", "test_hierarchical.py"]),
     ("BLUEFOG_CALLER_RUNS", "0", ["test_caller_runs.py", "test_collectives.py", "test_win_ops.py"]),
     ("BLUEFOG_FAST_ROUNDS", "0", ["test_fast_rounds.py", "test_inline_ops.py"]),
     ("BLUEFOG_RING_ALLREDUCE_BYTES", "0", ["test_collectives.py"]),
+    ("BLUEFOG_P2P_GATHER_RANKS", "0", ["test_errors.py", "test_neighbor_ops.py"]),
 ]
 FILES = sorted(glob.glob(os.path.join(ROOT, "tests", "parallel", "test_*.py")))
 RANKS = (1, 2, 4)

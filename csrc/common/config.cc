@@ -94,6 +94,9 @@ bool ParseConfig(const std::map<std::string, std::string>& env, Config* config, 
     } else if (key == "BLUEFOG_RING_ALLREDUCE_BYTES") {
       if (!ParseInt(value, &i) || i < 0) { *error = Bad(key, value, "a non-negative number of bytes (0 disables)"); return false; }
       c.ring_allreduce_bytes = i;
+    } else if (key == "BLUEFOG_P2P_GATHER_RANKS") {
+      if (!ParseInt(value, &i) || i < 0) { *error = Bad(key, value, "a non-negative number of ranks (0: always MPI_Iallgather)"); return false; }
+      c.p2p_gather_ranks = i;
     } else if (key == "BLUEFOG_MAX_WIN_SENT_LENGTH") {
       if (!ParseInt(value, &i) || i < 0) { *error = Bad(key, value, "a non-negative number of elements (0: no limit)"); return false; }
       c.max_win_sent_length = i;
@@ -120,7 +123,7 @@ const char* ConfigKeys() {
          "BLUEFOG_STALL_CHECK_TIME_SECONDS\nBLUEFOG_STALL_SHUTDOWN_TIME_SECONDS\nBLUEFOG_SPIN_TIME_US\n"
          "BLUEFOG_INLINE_BYTES\nBLUEFOG_OUTPUT_CACHE_BYTES\nBLUEFOG_CALLER_RUNS\nBLUEFOG_FAST_ROUNDS\n"
          "BLUEFOG_DEADLOCK_CHECK\nBLUEFOG_RING_ALLREDUCE_BYTES\nBLUEFOG_MAX_WIN_SENT_LENGTH\n"
-         "BLUEFOG_STALL_CHECK_DISABLE";
+         "BLUEFOG_STALL_CHECK_DISABLE\nBLUEFOG_P2P_GATHER_RANKS";
 }
 
 std::map<std::string, std::string> ReadBluefogEnvironment() {
@@ -166,6 +169,7 @@ std::string ConfigToJson(const Config& c) {
      << ", \"fast_rounds\": " << (c.fast_rounds ? "true" : "false")
      << ", \"deadlock_check\": " << (c.deadlock_check ? "true" : "false")
      << ", \"ring_allreduce_bytes\": " << c.ring_allreduce_bytes
+     << ", \"p2p_gather_ranks\": " << c.p2p_gather_ranks
      << ", \"max_win_sent_length\": " << c.max_win_sent_length << "}";
   return os.str();
 }

@@ -53,6 +53,10 @@ struct Config {
   // run as BlueFog's own ring (reduce-scatter then allgather, point to point),
   // which needs no extra pass over memory out of place. 0: MPI's allreduce.
   int64_t ring_allreduce_bytes = 1024 * 1024;
+  // BLUEFOG_P2P_GATHER_RANKS: the negotiation exchange gathers every rank's
+  // message as point-to-point messages on up to this many ranks, and with
+  // MPI_Iallgather on more (0: always MPI_Iallgather).
+  int64_t p2p_gather_ranks = 32;
   // Window put / get / accumulate: the most elements one MPI call moves (a
   // larger window goes in several calls). 0: as many as an MPI count allows.
   int64_t max_win_sent_length = 0;

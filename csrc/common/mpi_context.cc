@@ -227,6 +227,7 @@ Status MpiContext::CheckStartAgree(const Config& config, const Status& mine_fail
       {"BLUEFOG_INLINE_BYTES", config.inline_bytes},
       {"BLUEFOG_FAST_ROUNDS", config.fast_rounds ? 1 : 0},
       {"BLUEFOG_RING_ALLREDUCE_BYTES", config.ring_allreduce_bytes},
+      {"BLUEFOG_P2P_GATHER_RANKS", config.p2p_gather_ranks},
       {"BLUEFOG_NODES_PER_MACHINE", config.nodes_per_machine},
   };
   constexpr int kCount = sizeof(mine) / sizeof(mine[0]);

@@ -21,7 +21,6 @@ constexpr int kMessageTag = 1;  // AllreduceMessage's point-to-point messages (t
 constexpr int kMessagePiece = 4000;  // ... sent in pieces of at most this many bytes
 constexpr int kMessagePieces = 8;    // ... when there are at most this many
 constexpr int kGatherTag = 2;   // AllgatherBytes' point-to-point messages
-constexpr int kPointToPointGatherRanks = 32;  // ... up to this many ranks (beyond: MPI_Iallgather)
 // The ring allreduce's smallest chunk (bytes per rank): below, its 2 (size - 1)
 // steps cost more latency than MPI's own algorithms.
 constexpr int64_t kRingMinChunkBytes = 128 * 1024;
@@ -114,7 +113,7 @@ Status MpiController::AllgatherBytes(const std::string& mine, std::vector<std::s
   MPI_Request req;
   int rc = MPI_SUCCESS;
   Status s = Status::OK();
-  if (size <= kPointToPointGatherRanks) {
+  if (size <= p2p_gather_ranks_) {
     s = GatherSlots(send, slot);
   } else {
     rc = MPI_Iallgather(send, static_cast<int>(slot), MPI_BYTE, slots_.data(), static_cast<int>(slot), MPI_BYTE,

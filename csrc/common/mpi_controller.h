@@ -56,6 +56,9 @@ class MpiController {
   // Allreduces of at least `bytes` (and at least 128 KiB per rank) run as
   // BlueFog's own ring of point-to-point messages; 0: always MPI's allreduce.
   void set_ring_bytes(int64_t bytes) { ring_bytes_ = bytes; }
+  // AllgatherBytes' first round as point-to-point messages on up to this many
+  // ranks (BLUEFOG_P2P_GATHER_RANKS), MPI_Iallgather on more.
+  void set_p2p_gather_ranks(int64_t ranks) { p2p_gather_ranks_ = ranks; }
 
   // Called while the controller waits for peers (e.g. to run direct ops).
   void set_wait_hook(std::function<void()> hook) { wait_hook_ = std::move(hook); }
@@ -104,7 +107,7 @@ class MpiController {
   int NextNeighborTag();
   // Waits for a neighbor exchange's requests: the receives from `src`, then
   // the sends to `dst`, in that order in `reqs`.
-  // AllgatherBytes' first round on up to kPointToPointGatherRanks ranks:
+  // AllgatherBytes' first round on up to p2p_gather_ranks_ ranks:
   // `send` (`slot` bytes) to every rank, every rank's into slots_.
   Status GatherSlots(const char* send, size_t slot);
   // The control communicator's point-to-point messages: `bytes` from `send`
@@ -126,6 +129,7 @@ class MpiController {
   size_t max_slot_bytes_;
   int small_rounds_ = 0;     // consecutive rounds that would fit a quarter slot
   int64_t ring_bytes_ = 0;   // set_ring_bytes
+  int64_t p2p_gather_ranks_ = 32;  // set_p2p_gather_ranks
   uint32_t neighbor_exchanges_ = 0;  // NextNeighborTag's counter
   bool watch_neighbors_ = false;
   double watch_warn_seconds_ = 0, watch_fail_seconds_ = 0;

@@ -659,6 +659,7 @@ Status Initialize(bool has_comm, int fortran_comm, const std::string& overrides)
   // Room for a cycle's requests plus the inline inputs they may carry.
   g.controller->set_max_slot_bytes(1024 + static_cast<size_t>(InlineBudget(g)));
   g.controller->set_ring_bytes(g.config.ring_allreduce_bytes);
+  g.controller->set_p2p_gather_ranks(g.config.p2p_gather_ranks);
   g.windows.reset(new WindowManager(&g.mpi, &g.timeline));
   g.windows->set_max_sent_elements(g.config.max_win_sent_length);
   g.coordinator.Reset(g.mpi.size());

@@ -24,6 +24,7 @@ def test_defaults():
     assert c["deadlock_check"] is True
     assert c["max_win_sent_length"] == 0
     assert c["ring_allreduce_bytes"] == 1024 * 1024
+    assert c["p2p_gather_ranks"] == 32
 
 
 def test_every_setting_is_read():
@@ -45,6 +46,7 @@ def test_every_setting_is_read():
         "BLUEFOG_DEADLOCK_CHECK=0",
         "BLUEFOG_MAX_WIN_SENT_LENGTH=1000",
         "BLUEFOG_RING_ALLREDUCE_BYTES=0",
+        "BLUEFOG_P2P_GATHER_RANKS=0",
     ]))
     assert c == {
         "cycle_time_ms": 2.5, "fusion_threshold_bytes": 1024, "log_level": "debug", "log_hide_time": True,
@@ -52,6 +54,7 @@ def test_every_setting_is_read():
         "stall_check_seconds": 5, "stall_shutdown_seconds": 30, "spin_time_us": 0,
         "inline_bytes": 0, "output_cache_bytes": 5, "caller_runs": False, "fast_rounds": False,
         "deadlock_check": False, "max_win_sent_length": 1000, "ring_allreduce_bytes": 0,
+        "p2p_gather_ranks": 0,
     }
 
 
@@ -86,6 +89,7 @@ def test_unrelated_variables_are_ignored():
     ("BLUEFOG_MAX_WIN_SENT_LENGTH=-1", "BLUEFOG_MAX_WIN_SENT_LENGTH"),
     ("BLUEFOG_RING_ALLREDUCE_BYTES=-5", "BLUEFOG_RING_ALLREDUCE_BYTES"),
     ("BLUEFOG_RING_ALLREDUCE_BYTES=1M", "BLUEFOG_RING_ALLREDUCE_BYTES"),
+    ("BLUEFOG_P2P_GATHER_RANKS=-1", "BLUEFOG_P2P_GATHER_RANKS"),
 ])
 def test_malformed_values_name_the_variable(line, variable):
     with pytest.raises(ValueError) as info:
@@ -117,7 +121,7 @@ def test_listed_settings_are_the_ones_the_parser_reads():
     import os
     import re
     src = open(os.path.join(os.path.dirname(__file__), "..", "..", "csrc", "common", "config.cc")).read()
-    read = set(re.findall(r'key == "(BLUEFOG_[A-Z_]+)"', src))
+    read = set(re.findall(r'key == "(BLUEFOG_[A-Z0-9_]+)"', src))
     assert read and set(_keys()) == read
     # and the parser really acts on each (a malformed value is refused, naming it)
     for key in _keys():
