@@ -1,7 +1,9 @@
 #include "output_pool.h"
 
+#include <ATen/EmptyTensor.h>
 #include <torch/version.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <map>
@@ -22,6 +24,7 @@ constexpr size_t kPage = 4096;
 constexpr size_t kGranule = 64 * 1024;  // size classes: multiples of 64 KiB
 constexpr size_t kHugePage = 2 * 1024 * 1024;
 constexpr size_t kHugeFrom = 4 * 1024 * 1024;
+constexpr size_t kSmallClass = 256;  // size classes below kMinPooledBytes
 
 #if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 3)
 #define BLUEFOG_ALLOCATE_CONST
@@ -42,9 +45,17 @@ class PooledAllocator final : public c10::Allocator {
   // `offset` (a multiple of 64, below one page) is where the data starts
   // within the block's first page.
   c10::DataPtr Allocate(size_t n, size_t offset) BLUEFOG_ALLOCATE_CONST {
-    // Room for the offset; page-sized classes for small outputs, 64 KiB ones above.
-    size_t capacity = n + kPage < kGranule ? (n + 2 * kPage - 1) / kPage * kPage
-                                           : (n + kPage + kGranule - 1) / kGranule * kGranule;
+    // Below kMinPooledBytes: 256-byte classes, at offset 0 (such copies are
+    // too short for 4K aliasing to matter). Above: room for the offset;
+    // page-sized classes, and 64 KiB ones from 64 KiB.
+    size_t capacity;
+    if (n < kMinPooledBytes) {
+      capacity = std::max<size_t>(kSmallClass, (n + kSmallClass - 1) / kSmallClass * kSmallClass);
+      offset = 0;
+    } else {
+      capacity = n + kPage < kGranule ? (n + 2 * kPage - 1) / kPage * kPage
+                                      : (n + kPage + kGranule - 1) / kGranule * kGranule;
+    }
     if (capacity >= kHugeFrom) capacity = (capacity + kHugePage - 1) / kHugePage * kHugePage;
     Block* block = nullptr;
     {
@@ -60,7 +71,7 @@ class PooledAllocator final : public c10::Allocator {
       // Large blocks: 2 MiB aligned and advised for transparent huge pages
       // (fewer TLB misses while MPI streams through them; numpy does the same).
       const bool huge = capacity >= kHugeFrom;
-      void* base = std::aligned_alloc(huge ? kHugePage : kPage, capacity);
+      void* base = std::aligned_alloc(huge ? kHugePage : capacity < kMinPooledBytes ? 64 : kPage, capacity);
       if (!base) throw std::bad_alloc();
 #ifdef MADV_HUGEPAGE
       if (huge) madvise(base, capacity, MADV_HUGEPAGE);
@@ -117,10 +128,9 @@ void PooledAllocator::Release(void* context) {
 at::Tensor EmptyOutput(at::IntArrayRef shape, const at::TensorOptions& options, const void* near) {
   const int64_t numel = c10::multiply_integers(shape);
   const size_t nbytes = static_cast<size_t>(numel) * c10::elementSize(c10::typeMetaToScalarType(options.dtype()));
-  if (options.device().type() != c10::kCPU || options.layout() != c10::kStrided || nbytes < kMinPooledBytes ||
-      OutputCacheBytes() <= 0) {
-    return at::empty(shape, options);
-  }
+  const bool cpu = options.device().type() == c10::kCPU && options.layout() == c10::kStrided;
+  if (!cpu || options.pinned_memory() || nbytes == 0) return at::empty(shape, options);
+  if (OutputCacheBytes() <= 0) return at::detail::empty_cpu(shape, c10::typeMetaToScalarType(options.dtype()));
   // Half a page away from the source's offset, keeping 64-byte alignment.
   const size_t near_offset = reinterpret_cast<uintptr_t>(near) % kPage;
   const size_t offset = ((near_offset + kPage / 2) % kPage) / 64 * 64;

@@ -683,6 +683,26 @@ def test_large_outputs_come_from_the_output_cache_and_behave_like_tensors():
     assert again.grad_fn is None and not again.requires_grad
 
 
+@pytest.mark.parametrize("nbytes", [4, 1000, 4096, 8188])
+def test_small_outputs_come_from_the_output_cache(nbytes):
+    """Below 8 KiB too (256-byte size classes): a dropped output's memory is
+    reused by the next output of its class, not given back to malloc."""
+    from bluefog.torch import _C
+    x = torch.full((nbytes // 4,), float(RANK + 1))
+    expected = torch.full((nbytes // 4,), float(sum(range(1, SIZE + 1))))
+    first = bf.allreduce(x, average=False, name=f"small.pool.{nbytes}.a")
+    assert torch.equal(first, expected) and first.data_ptr() % 64 == 0
+    ptr = first.data_ptr()
+    cached = _C.cached_output_bytes()
+    del first
+    assert _C.cached_output_bytes() >= cached + nbytes
+    again = bf.allreduce(x, average=False, name=f"small.pool.{nbytes}.b")
+    assert again.data_ptr() == ptr and torch.equal(again, expected)
+    again.resize_(3 * nbytes // 4)  # an ordinary resizable tensor
+    again[nbytes // 4:] = 5
+    assert torch.equal(again[:nbytes // 4], expected) and again[nbytes // 4:].eq(5).all()
+
+
 @pytest.mark.parametrize("op", ["allreduce_", "broadcast_", "allreduce_nonblocking_", "broadcast_nonblocking_"])
 def test_in_place_ops_bump_the_autograd_version(op):
     """An in-place collective counts as an in-place op for autograd (as torch's
