@@ -110,30 +110,41 @@ bool TensorQueue::DirectDue() const {
                               std::chrono::steady_clock::now() >= direct_retry_at_);
 }
 
+namespace {
+thread_local std::thread::id tls_direct_submitter;
+bool Among(const std::vector<std::thread::id>& threads, std::thread::id t) {
+  return std::find(threads.begin(), threads.end(), t) != threads.end();
+}
+}  // namespace
+
+std::thread::id DirectSubmitter() { return tls_direct_submitter; }
+
 size_t TensorQueue::RunDirect(bool force) {
   constexpr std::chrono::microseconds kFirstPause{5}, kLongestPause{100};
   std::unique_lock<std::mutex> lock(mu_);
-  // The usual case, checked before building a deque (which allocates): this
-  // runs on every poll of every MPI wait.
+  // The usual case, checked first: this runs on every poll of every MPI wait.
   if (direct_.empty() || (!force && !DirectDue())) return 0;
-  std::deque<DirectOp> ops;
+  // Ops that waited are tried again only once the pause has passed; before,
+  // only ops of other threads (added meanwhile) run.
+  const bool retry = force || direct_pause_.count() == 0 || std::chrono::steady_clock::now() >= direct_retry_at_;
+  std::vector<std::thread::id> waiting_threads;  // threads whose next op must wait
+  if (!retry) waiting_threads = direct_waiting_threads_;
+  std::deque<DirectOp> ops, kept;
   ops.swap(direct_);
   lock.unlock();
   size_t done = 0;
-  // Threads whose op must wait: their later ops wait behind it (few threads:
-  // a vector). The others' ops go on, a mutex release among them.
-  std::vector<std::thread::id> waiting_threads;
-  std::deque<DirectOp> waiting;
   for (; !ops.empty(); ops.pop_front()) {
     DirectOp& op = ops.front();
-    if (std::find(waiting_threads.begin(), waiting_threads.end(), op.thread) != waiting_threads.end()) {
-      waiting.push_back(std::move(op));
+    if (Among(waiting_threads, op.thread)) {
+      kept.push_back(std::move(op));
       continue;
     }
+    tls_direct_submitter = op.thread;
     Status s = op.work();
+    tls_direct_submitter = std::thread::id();
     if (s.in_progress()) {
       waiting_threads.push_back(op.thread);
-      waiting.push_back(std::move(op));
+      kept.push_back(std::move(op));
       continue;
     }
     if (op.callback) op.callback(s);
@@ -141,18 +152,22 @@ size_t TensorQueue::RunDirect(bool force) {
   }
   direct_completed_.fetch_add(done, std::memory_order_relaxed);
   lock.lock();
-  direct_waiting_ = waiting.size();
-  if (waiting.empty()) {
+  direct_waiting_ = kept.size();
+  direct_waiting_threads_.swap(waiting_threads);
+  if (kept.empty()) {
     direct_pause_ = std::chrono::microseconds(0);
     return done;
   }
   // Those left go back in front of any added meanwhile, in order.
-  while (!waiting.empty()) {
-    direct_.push_front(std::move(waiting.back()));
-    waiting.pop_back();
+  while (!kept.empty()) {
+    direct_.push_front(std::move(kept.back()));
+    kept.pop_back();
   }
-  direct_pause_ = direct_pause_.count() == 0 ? kFirstPause : std::min(direct_pause_ * 2, kLongestPause);
-  direct_retry_at_ = std::chrono::steady_clock::now() + direct_pause_;
+  // Only a retry moves the pause on (each waiting op was tried once more).
+  if (retry) {
+    direct_pause_ = direct_pause_.count() == 0 ? kFirstPause : std::min(direct_pause_ * 2, kLongestPause);
+    direct_retry_at_ = std::chrono::steady_clock::now() + direct_pause_;
+  }
   return done;
 }
 
@@ -163,6 +178,7 @@ void TensorQueue::FailDirect(const Status& status) {
     ops.swap(direct_);
     direct_pause_ = std::chrono::microseconds(0);
     direct_waiting_ = 0;
+    direct_waiting_threads_.clear();
   }
   for (auto& op : ops)
     if (op.callback) op.callback(status);

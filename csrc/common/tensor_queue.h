@@ -72,15 +72,15 @@ class TensorQueue {
   // as it can, without negotiation, in the order each submitting thread
   // added them. `work` may return IN_PROGRESS (a window mutex held
   // elsewhere): it then stays first in line among its thread's ops and is
-  // tried again later, with a growing pause, while the background thread goes
-  // on with other work, the other threads' direct ops included (so that a
-  // mutex release from one thread never waits behind another thread's op
+  // tried again once a growing pause has passed, while the background thread
+  // goes on with other work, the other threads' direct ops included (so that
+  // a mutex release from one thread never waits behind another thread's op
   // that waits for a mutex); otherwise `callback` gets its status.
   void AddDirect(std::function<Status()> work, StatusCallback callback);
-  // Runs the direct ops queued so far, in order, except those behind an op
-  // of their own thread that must wait (while the pause after such a one
-  // lasts, only when new ops arrived, unless `force`); returns how many
-  // completed.
+  // Runs the direct ops queued so far, in each thread's order: a thread whose
+  // op must wait has its later ops wait too. Ops that wait are tried again
+  // only once the pause has passed (or with `force`); ops of other threads
+  // added meanwhile run at once. Returns how many completed.
   size_t RunDirect(bool force = false);
   // Direct ops completed so far (a rank that completes them is not stuck).
   uint64_t DirectCompleted() const { return direct_completed_.load(std::memory_order_relaxed); }
@@ -110,11 +110,16 @@ class TensorQueue {
   };
   bool DirectDue() const;  // mu_ held
   std::deque<DirectOp> direct_;
-  std::chrono::steady_clock::time_point direct_retry_at_{};  // while the first one waits
+  std::chrono::steady_clock::time_point direct_retry_at_{};  // while some wait: when they are tried again
   std::chrono::microseconds direct_pause_{0};
   size_t direct_waiting_ = 0;  // how many of direct_ (at its front) were left waiting by the last run
+  std::vector<std::thread::id> direct_waiting_threads_;  // ... and whose (few threads: a vector)
   size_t owned_pending_ = 0;  // how many of pending_ are owned
 };
+
+// The thread that submitted the direct op whose work is running on this
+// thread now (see TensorQueue::RunDirect); a default id outside of one.
+std::thread::id DirectSubmitter();
 
 }  // namespace bluefog
 

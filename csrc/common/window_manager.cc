@@ -7,6 +7,7 @@
 #include <type_traits>
 
 #include "half.h"
+#include "tensor_queue.h"
 
 namespace bluefog {
 
@@ -416,19 +417,24 @@ Status WindowManager::MutexAcquire(const std::string& name, std::vector<int32_t>
   std::sort(ranks.begin(), ranks.end());
   ranks.erase(std::unique(ranks.begin(), ranks.end()), ranks.end());
   const int size = mpi_->size();
-  if (w->held.size() != static_cast<size_t>(size)) w->held.assign(size, false);
+  if (w->held.size() != static_cast<size_t>(size)) w->held.assign(size, std::thread::id());
+  const std::thread::id me_thread = DirectSubmitter();
+  bool other_thread = false;  // holds one of them: wait for its release, as for a peer
   for (int32_t r : ranks) {  // checked before any is taken
     if (r < 0 || r >= size) {
       return Status::InvalidArgument(std::string(op) + " '" + name + "': mutex rank " + std::to_string(r) +
                                      " out of range [0, " + std::to_string(size) + ")");
     }
-    if (w->held[r]) {
+    if (w->held[r] != std::thread::id() && w->held[r] != me_thread) {
+      other_thread = true;
+    } else if (w->held[r] != std::thread::id()) {
       return Status::InvalidArgument(
           std::string(op) + " '" + name + "': this process already holds the window mutex of rank " +
           std::to_string(r) + " (win_mutex is not re-entrant: a window op with require_mutex=True inside `with "
           "win_mutex(...)` on the same ranks would wait for itself)");
     }
   }
+  if (other_thread) return Status::InProgress();
   const int32_t one = 1, zero = 0;
   std::vector<int32_t> taken;
   for (int32_t r : ranks) {
@@ -444,7 +450,7 @@ Status WindowManager::MutexAcquire(const std::string& name, std::vector<int32_t>
       MutexRelease(name, taken);
       return s.ok() ? Status::InProgress() : s;
     }
-    w->held[r] = true;
+    w->held[r] = me_thread;
     taken.push_back(r);
   }
   return Status::OK();  // all held now; the caller releases them
@@ -466,7 +472,7 @@ Status WindowManager::MutexRelease(const std::string& name, std::vector<int32_t>
     Status one = Rc(MPI_Accumulate(&zero, 1, MPI_INT32_T, r, 0, 1, MPI_INT32_T, MPI_REPLACE, w->mutex_win),
                     "MPI_Accumulate");
     MPI_Win_unlock(r, w->mutex_win);
-    if (static_cast<size_t>(r) < w->held.size()) w->held[r] = false;
+    if (static_cast<size_t>(r) < w->held.size()) w->held[r] = std::thread::id();
     if (s.ok()) s = one;
   }
   return s;

@@ -8,6 +8,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "fusion_buffer.h"
@@ -66,8 +67,10 @@ class WindowManager {
   // waiting, so a win_mutex block that holds rank 1's mutex and wants rank
   // 0's for its own window op gets it from a put that needs both. (The
   // background thread never spins on a peer, which may itself be waiting for
-  // this rank in a collective.) A mutex this process already holds otherwise
-  // is an error (win_mutex is not re-entrant), not a deadlock. On OK every
+  // this rank in a collective.) A mutex another thread of this process holds
+  // (its win_mutex) is waited for like a peer's; one the submitting thread
+  // holds itself is an error (win_mutex is not re-entrant), not a deadlock
+  // (the thread is DirectSubmitter(): these run as direct ops). On OK every
   // rank's mutex is held (release them with MutexRelease); on an error none.
   // `op` names the caller in errors.
   Status MutexAcquire(const std::string& name, std::vector<int32_t> ranks, const char* op);
@@ -95,7 +98,7 @@ class WindowManager {
     double* p = nullptr;       // [self p, one per in-neighbor slot]
     int32_t* versions = nullptr;
     int32_t* mutex = nullptr;  // this rank's lock word
-    std::vector<bool> held;    // per rank: this process holds that rank's mutex
+    std::vector<std::thread::id> held;  // per rank: the thread of this process holding its mutex (none: default id)
     bool self_locked = false;  // win_lock holds this process's receive buffers
     MPI_Win buf_win = MPI_WIN_NULL, self_win = MPI_WIN_NULL, p_win = MPI_WIN_NULL;
     MPI_Win version_win = MPI_WIN_NULL, mutex_win = MPI_WIN_NULL;

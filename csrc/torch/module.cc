@@ -415,7 +415,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("set_win_associated_p", &SetWinAssociatedP);
   m.def("win_names", &WinNames);
   m.def("empty_output_like", [](const at::Tensor& like) { return EmptyOutput(like.sizes(), like.options(), like.data_ptr()); },
-        py::arg("like"), "An uninitialized tensor like `like` for an op's output (large ones from the output pool).");
+        py::arg("like"), "An uninitialized tensor like `like` for an op's output (CPU ones from the output pool).");
   m.def("cached_output_bytes", &CachedOutputBytes);
   m.def("poll", &Poll, py::arg("handle"));
   m.def("handle_kind", &HandleKind, py::arg("handle"));

@@ -130,6 +130,8 @@ at::Tensor EmptyOutput(at::IntArrayRef shape, const at::TensorOptions& options, 
   const size_t nbytes = static_cast<size_t>(numel) * c10::elementSize(c10::typeMetaToScalarType(options.dtype()));
   const bool cpu = options.device().type() == c10::kCPU && options.layout() == c10::kStrided;
   if (!cpu || options.pinned_memory() || nbytes == 0) return at::empty(shape, options);
+  // (Neither this nor the pool fills new memory under torch's deterministic
+  // mode, as at::empty would: every op writes its whole output.)
   if (OutputCacheBytes() <= 0) return at::detail::empty_cpu(shape, c10::typeMetaToScalarType(options.dtype()));
   // Half a page away from the source's offset, keeping 64-byte alignment.
   const size_t near_offset = reinterpret_cast<uintptr_t>(near) % kPage;

@@ -404,6 +404,48 @@ def test_mutex_release_passes_another_threads_waiting_op():
     bf.barrier()
 
 
+def test_mutex_held_by_another_thread_is_waited_for():
+    """One thread holds this rank's mutex (win_mutex); another thread's
+    win_update with require_mutex=True waits for its release (it used to
+    raise "already holds", as if the thread held it itself), and a third
+    thread's win_mutex on it waits too. The holder's own require_mutex op
+    still raises (not re-entrant)."""
+    x = torch.ones(2, dtype=torch.float64)
+    bf.win_create(x, "thr.hold")
+    bf.barrier()
+    done, errors = {}, []
+
+    def in_thread(key, fn):
+        def run():
+            try:
+                fn()
+                done[key] = time.time()
+            except BaseException as err:  # reported by the main thread
+                errors.append(err)
+        t = threading.Thread(target=run, daemon=True)
+        t.start()
+        return t
+
+    def other_mutex():
+        with bf.win_mutex("thr.hold", for_self=True):
+            pass
+
+    with bf.win_mutex("thr.hold", for_self=True):
+        workers = [in_thread("update", lambda: bf.win_update("thr.hold", require_mutex=True)),
+                   in_thread("mutex", other_mutex)]
+        time.sleep(HOLD)
+        assert not done and not errors, (done, errors)  # both wait for this thread's release
+        with pytest.raises(ValueError, match="this process already holds the window mutex"):
+            bf.win_update("thr.hold", require_mutex=True)  # this thread holds it itself
+        released = time.time()
+    for t in workers:
+        t.join(PROMPT)
+        assert not t.is_alive(), "a thread waiting for the mutex never got it"
+    assert not errors, errors
+    assert all(released <= t_done < released + PROMPT for t_done in done.values()), (released, done)
+    bf.barrier()
+
+
 def _f(i, j):
     return 0.5 + 0.25 * i + 0.125 * j
 
