@@ -425,9 +425,11 @@ Status WindowManager::MutexAcquire(const std::string& name, std::vector<int32_t>
       return Status::InvalidArgument(std::string(op) + " '" + name + "': mutex rank " + std::to_string(r) +
                                      " out of range [0, " + std::to_string(size) + ")");
     }
-    if (w->held[r] != std::thread::id() && w->held[r] != me_thread) {
+    const std::thread::id holder = w->held[r];
+    if (holder == std::thread::id()) continue;  // not held in this process
+    if (holder != me_thread) {
       other_thread = true;
-    } else if (w->held[r] != std::thread::id()) {
+    } else {
       return Status::InvalidArgument(
           std::string(op) + " '" + name + "': this process already holds the window mutex of rank " +
           std::to_string(r) + " (win_mutex is not re-entrant: a window op with require_mutex=True inside `with "
