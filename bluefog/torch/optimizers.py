@@ -63,6 +63,7 @@ def _named_parameters(model, optimizer) -> Dict[torch.nn.Parameter, str]:
 # ranks (whenever a program's own reference cycles hold it), the order in which
 # wrappers are built cannot (their ops need that already).
 _PREFIX_COUNTS: Dict[str, int] = {}
+_BARE_WINDOWS = "#bare windows"  # its key there for window wrappers built without a window_prefix
 
 
 def _next_prefix(prefix: str) -> str:
@@ -520,6 +521,16 @@ class _WindowOptimizer(_Distributed):
     def __init__(self, params, model, num_steps_per_communication, window_prefix, default_prefix):
         super().__init__(params)
         self._bf_setup(model, num_steps_per_communication, window_prefix or default_prefix)
+        # Window names as in BlueFog 0.3: "<window_prefix>.<parameter>", or the bare
+        # parameter name without a prefix. Bare names are shared by all window
+        # wrappers built without a prefix, so only the first gets them; the n-th
+        # gets "<kind>#n.<parameter>" (two windows cannot share a name).
+        if window_prefix:
+            self._bf_window_prefix = self._bf_prefix + "."
+        else:
+            n = _PREFIX_COUNTS.get(_BARE_WINDOWS, 0)
+            _PREFIX_COUNTS[_BARE_WINDOWS] = n + 1
+            self._bf_window_prefix = "" if n == 0 else f"{default_prefix}#{n}."
         self.force_barrier = False
         self._bf_windows: Dict[torch.nn.Parameter, str] = {}
         self._bf_buffers: Dict[torch.nn.Parameter, torch.Tensor] = {}
@@ -532,6 +543,9 @@ class _WindowOptimizer(_Distributed):
                     self._bf_windows[p] = name
                     self._bf_buffers[p] = buf
             self._bf_register_forward_hooks()
+
+    def _bf_name(self, p) -> str:
+        return self._bf_window_prefix + self._bf_names[p]
 
     def _bf_window_tensor(self, p):
         return p.data  # the parameter itself is the window
@@ -714,7 +728,13 @@ def DistributedGradientAllreduceOptimizer(optimizer, model, num_steps_per_commun
 
 def DistributedWinPutOptimizer(optimizer, model, num_steps_per_communication=1, window_prefix=None):
     """Asynchronous gossip with one window per parameter: forward passes put the
-    parameters into the out-neighbors' windows; step() mixes what arrived."""
+    parameters into the out-neighbors' windows; step() mixes what arrived.
+
+    The windows are named after the parameters (``model.named_parameters()``),
+    as in BlueFog 0.3: ``"<window_prefix>.<name>"``, or the bare name without a
+    window_prefix. (Only one wrapper at a time can have the bare names: a later
+    one without a prefix gets ``"<kind>#n.<name>"``.) The same holds for the
+    pull-get and push-sum wrappers."""
     return _wrap(_WinPut, optimizer, model, num_steps_per_communication, window_prefix)
 
 
