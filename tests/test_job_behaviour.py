@@ -292,6 +292,17 @@ def test_a_forked_child_leaves_the_parents_bluefog_alone(tmp_path):
 
 
 
+def test_interrupted_shutdown_waits_again(tmp_path):
+    rc, out, _ = run("interrupted_shutdown", tmp_path, np=2)
+    assert rc == 0, out[-6000:]
+    line = [x for x in out.splitlines() if x.startswith("RESULT rank 0 shutdown interrupted after")]
+    assert line, out[-6000:]
+    assert float(line[0].split()[-2]) < 10, line[0]  # (the peer only comes after it)
+    assert "RESULT rank 0 op refused:" in out and "shutting down" in out, out[-6000:]
+    assert "RESULT rank 0 shut down, initialized False" in out, out[-6000:]
+    assert "RESULT rank 1 shut down, initialized False" in out, out[-6000:]
+
+
 def test_interrupted_window_ops_finish_cleanly(tmp_path):
     rc, out, _ = run("interrupted_window_ops", tmp_path, np=2)
     assert rc == 0, out[-6000:]

@@ -166,8 +166,13 @@ class BlueFogBasics:
 
     def shutdown(self):
         """Stops BlueFog on this rank once every rank has asked to; ops still in
-        flight fail. BlueFog may be initialized again afterwards."""
-        self._lib.bluefog_shutdown()
+        flight fail. BlueFog may be initialized again afterwards.
+
+        Ctrl-C ends the wait for the other ranks (KeyboardInterrupt); the
+        shutdown stays requested (new ops are refused) and a later shutdown()
+        waits again."""
+        while not self._lib.bluefog_shutdown_wait(100):  # slices: Python sees signals between them
+            pass
         self._pending_barrier = None  # (failed by the shutdown)
         self._topology = self._topology_used = None
         self._topo_cache = {}

@@ -46,6 +46,7 @@ int bluefog_init(int has_comm, int fortran_comm, const char* overrides) {
   return Report(Initialize(has_comm != 0, fortran_comm, overrides ? overrides : ""));
 }
 void bluefog_shutdown(void) { Shutdown(); }
+int bluefog_shutdown_wait(int timeout_ms) { return ShutdownWithin(std::chrono::milliseconds(timeout_ms)) ? 1 : 0; }
 int bluefog_is_initialized(void) { return IsInitialized() ? 1 : 0; }
 const char* bluefog_last_error(void) { return t_last_error.c_str(); }
 int bluefog_last_error_type(void) { return t_last_error_type; }

@@ -10,6 +10,9 @@ extern "C" {
 
 int bluefog_init(int has_comm, int fortran_comm, const char* overrides);
 void bluefog_shutdown(void);
+// The shutdown in slices (see barrier below): 1 once shut down, 0 while the
+// other ranks have not all asked for it after timeout_ms.
+int bluefog_shutdown_wait(int timeout_ms);
 int bluefog_is_initialized(void);
 const char* bluefog_last_error(void);
 int bluefog_last_error_type(void);

@@ -706,6 +706,28 @@ void Shutdown() {
   g.shutdown_requested = false;
 }
 
+bool ShutdownWithin(std::chrono::milliseconds timeout) {
+  if (InForkedChild()) return true;
+  GlobalState& g = State();
+  {
+    std::lock_guard<std::mutex> lock(g.lifecycle_mu);
+    if (!g.running) return true;
+    if (!g.shutdown_requested) {
+      g.shutdown_requested = true;
+      g.suspended = false;
+      g.queue.Wake();
+    }
+  }
+  // The loop ends once every rank has asked (or it failed); joining it is then quick.
+  const auto until = std::chrono::steady_clock::now() + timeout;
+  while (!g.loop_done) {
+    if (std::chrono::steady_clock::now() >= until) return false;
+    std::this_thread::sleep_for(std::chrono::microseconds(500));
+  }
+  Shutdown();
+  return true;
+}
+
 // (Not in a forked child: BlueFog there is the parent's; rank() and size() still answer.)
 bool IsInitialized() { return State().running && !InForkedChild(); }
 

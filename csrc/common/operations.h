@@ -3,6 +3,7 @@
 #ifndef BLUEFOG_COMMON_OPERATIONS_H
 #define BLUEFOG_COMMON_OPERATIONS_H
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -26,6 +27,12 @@ Status Initialize(bool has_comm, int fortran_comm, const std::string& overrides)
 // Waits until every rank has asked to shut down, then stops the loop. Ops
 // still in flight fail. Re-initializing afterwards is allowed.
 void Shutdown();
+// Shutdown in steps, so that a frontend can wait in slices and see Ctrl-C:
+// asks for the shutdown (once), waits up to `timeout` for every rank to agree,
+// and then shuts down; true once this rank is shut down (or was not running).
+// After false the shutdown stays requested (new ops are refused) and a later
+// call waits again.
+bool ShutdownWithin(std::chrono::milliseconds timeout);
 bool IsInitialized();
 Status GetBasicInfo(BasicInfo* info);
 

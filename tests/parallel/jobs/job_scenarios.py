@@ -526,18 +526,33 @@ def fork_child(marker_dir):
     return 0
 
 
+def _interrupt_after(seconds):
+    """SIGINT to this process after `seconds` (as Ctrl-C in a terminal)."""
+    import signal
+    import threading
+    threading.Timer(seconds, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+
+
+def _call_interrupted(what, call):
+    """Rank 0 runs call() with a SIGINT after 1 s, and says whether it returned
+    or was interrupted (after how long)."""
+    _interrupt_after(1.0)
+    start = time.time()
+    try:
+        call()
+        print(f"RESULT rank 0 {what} returned", flush=True)
+    except KeyboardInterrupt:
+        print(f"RESULT rank 0 {what} interrupted after {time.time() - start:.1f} s", flush=True)
+
+
 def interrupted_waits(marker_dir):
     """Ctrl-C (SIGINT) reaches a rank waiting in synchronize() or barrier()
     for a peer that is late: KeyboardInterrupt within about a second (before:
     only when the peer arrived, or never). The interrupted op goes on, and
     its handle may be synchronized again."""
     import signal
-    import threading
     rank = bf.rank()
     go = os.path.join(marker_dir, "go")
-
-    def interrupt_after(seconds):
-        threading.Timer(seconds, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
 
     # An in-place op on a non-contiguous tensor (its result is copied back at
     # synchronize), and a composite op (hierarchical, run by a driver thread).
@@ -547,24 +562,12 @@ def interrupted_waits(marker_dir):
         h = bf.allreduce_nonblocking_(strided, average=False, name="late.op")
         hc = bf.hierarchical_neighbor_allreduce_nonblocking(torch.ones(3), name="late.composite", **no_machines)
         for what, handle in (("synchronize", h), ("composite", hc)):
-            interrupt_after(1.0)
-            start = time.time()
-            try:
-                bf.synchronize(handle)
-                print(f"RESULT rank 0 {what} returned", flush=True)
-            except KeyboardInterrupt:
-                print(f"RESULT rank 0 {what} interrupted after {time.time() - start:.1f} s", flush=True)
+            _call_interrupted(what, lambda: bf.synchronize(handle))
         touch(go)
         bf.synchronize(h)
         print(f"RESULT rank 0 late.op {strided.flatten().tolist()}", flush=True)
         print(f"RESULT rank 0 late.composite {bf.synchronize(hc).tolist()}", flush=True)
-        interrupt_after(1.0)
-        start = time.time()
-        try:
-            bf.barrier()
-            print("RESULT rank 0 barrier returned", flush=True)
-        except KeyboardInterrupt:
-            print(f"RESULT rank 0 barrier interrupted after {time.time() - start:.1f} s", flush=True)
+        _call_interrupted("barrier", bf.barrier)
         touch(go + "2")
         bf.barrier()  # resumes the interrupted one (re-running an interrupted cell)
         print("RESULT rank 0 barrier resumed", flush=True)
@@ -595,6 +598,30 @@ def interrupted_waits(marker_dir):
     return 0
 
 
+def interrupted_shutdown(marker_dir):
+    """Ctrl-C reaches a rank waiting in shutdown() for a peer that is late
+    (before: only once the peer shut down too). The shutdown stays requested:
+    a new op is refused, and shutdown() again finishes it once the peer comes."""
+    rank = bf.rank()
+    go = os.path.join(marker_dir, "go")
+    if rank == 0:
+        bf.allreduce(torch.ones(1), average=False, name="before")
+        _call_interrupted("shutdown", bf.shutdown)
+        try:
+            bf.allreduce(torch.ones(1), name="refused")
+            print("RESULT rank 0 op after the interrupted shutdown ran", flush=True)
+        except (RuntimeError, ValueError) as err:
+            print(f"RESULT rank 0 op refused: {err}", flush=True)
+        touch(go)
+        bf.shutdown()
+    else:
+        bf.allreduce(torch.ones(1), average=False, name="before")
+        wait_for_file(go)
+        bf.shutdown()
+    print(f"RESULT rank {rank} shut down, initialized {bf.is_initialized()}", flush=True)
+    return 0
+
+
 def interrupted_window_ops(marker_dir):
     """Ctrl-C while rank 0 waits in win_create (rank 1 comes late) and while it
     waits for its own window mutex (rank 1 holds it). The ops go on: the window
@@ -602,16 +629,10 @@ def interrupted_window_ops(marker_dir):
     'unknown window' to everything else), and the mutex the interrupted acquire
     took is released again (before: held by nobody for good, and rank 1's next
     mutex-protected put hung)."""
-    import signal
-    import threading
     rank = bf.rank()
     go = os.path.join(marker_dir, "go")
-
-    def interrupt_after(seconds):
-        threading.Timer(seconds, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
-
     if rank == 0:
-        interrupt_after(1.0)
+        _interrupt_after(1.0)
         try:
             bf.win_create(torch.ones(4), "w")
             print("RESULT rank 0 win_create returned", flush=True)
@@ -632,7 +653,7 @@ def interrupted_window_ops(marker_dir):
             time.sleep(3)
     else:
         wait_for_file(go + "2")
-        interrupt_after(1.0)
+        _interrupt_after(1.0)
         try:
             with bf.win_mutex("w", for_self=True):
                 print("RESULT rank 0 mutex taken", flush=True)
@@ -674,7 +695,7 @@ SCENARIOS = {f.__name__: f for f in (stall_warning, stall_shutdown, killed_rank,
                                      skip_mode_unreceived_send, skip_mode_unsent_receive, skip_mode_op_never_submitted,
                                      skip_mode_shutdown_with_an_op_queued, hierarchical_started_apart, intercomm_refused,
                                      in_fast_rounds(stall_warning), in_fast_rounds(stall_shutdown),
-                                     comm_null_split, fork_child, interrupted_waits, settings_differ,
+                                     comm_null_split, fork_child, interrupted_waits, interrupted_shutdown, settings_differ,
                                      unparsable_setting, too_low_thread_level, names_differ, uneven_loops,
                                      busy_while_op_pending, in_fast_rounds(names_differ),
                                      in_fast_rounds(names_differ_nonblocking), names_differ_nonblocking,
