@@ -292,15 +292,29 @@ def test_a_forked_child_leaves_the_parents_bluefog_alone(tmp_path):
 
 
 
+def assert_interrupted_soon(out, what):
+    """Rank 0 said its `what` was interrupted, well before the late peer came."""
+    line = [x for x in out.splitlines() if x.startswith(f"RESULT rank 0 {what} interrupted after")]
+    assert line, out[-6000:]
+    assert float(line[0].split()[-2]) < 10, line[0]  # (the peer only comes after it)
+
+
 def test_interrupted_shutdown_waits_again(tmp_path):
     rc, out, _ = run("interrupted_shutdown", tmp_path, np=2)
     assert rc == 0, out[-6000:]
-    line = [x for x in out.splitlines() if x.startswith("RESULT rank 0 shutdown interrupted after")]
-    assert line, out[-6000:]
-    assert float(line[0].split()[-2]) < 10, line[0]  # (the peer only comes after it)
+    assert_interrupted_soon(out, "shutdown")
     assert "RESULT rank 0 op refused:" in out and "shutting down" in out, out[-6000:]
+    assert "RESULT rank 0 init refused:" in out and "call shutdown() again" in out, out[-6000:]
     assert "RESULT rank 0 shut down, initialized False" in out, out[-6000:]
     assert "RESULT rank 1 shut down, initialized False" in out, out[-6000:]
+
+
+def test_interrupted_skip_mode_switch_is_resumed(tmp_path):
+    rc, out, _ = run("interrupted_skip_mode_switch", tmp_path, np=2)
+    assert rc == 0, out[-6000:]
+    assert_interrupted_soon(out, "set_skip")
+    for r in (0, 1):
+        assert f"RESULT rank {r} skip True in.skip [2.0, 2.0] then skip False after 2.0" in out, out[-6000:]
 
 
 def test_interrupted_window_ops_finish_cleanly(tmp_path):
@@ -318,9 +332,7 @@ def test_ctrl_c_interrupts_a_wait_for_a_late_peer(tmp_path):
     rc, out, _ = run("interrupted_waits", tmp_path, np=2)
     assert rc == 0, out[-6000:]
     for what in ("synchronize", "composite", "barrier"):
-        line = [x for x in out.splitlines() if x.startswith(f"RESULT rank 0 {what} interrupted after")]
-        assert line, out[-6000:]
-        assert float(line[0].split()[-2]) < 10, line[0]  # (the peer only comes after it)
+        assert_interrupted_soon(out, what)
     # the in-place result reached the strided tensor after the second synchronize
     assert "RESULT rank 0 late.op [2.0, 2.0, 2.0, 2.0, 2.0, 2.0]" in out, out[-6000:]
     assert "RESULT rank 1 late.op [2.0, 2.0, 2.0, 2.0, 2.0, 2.0]" in out, out[-6000:]

@@ -97,6 +97,7 @@ class BlueFogBasics:
         self._is_machine_topo_weighted = False
         self._atexit_registered = False
         self._pending_barrier = None  # the handle of an interrupted barrier() (see barrier)
+        self._pending_skip = None  # (handle, value) of an interrupted set_skip_negotiate_stage()
         self._barrier_mu = threading.Lock()
         self._barrier_thread = None  # the thread inside barrier() now
         self._timeline_warned = False
@@ -136,6 +137,7 @@ class BlueFogBasics:
             _raise_status(self._lib, code, "bluefog init failed")
         if fresh:
             self._pending_barrier = None  # (one from before a core that stopped after an error)
+            self._pending_skip = None
             self._run_reset_hooks()  # e.g. windows of a core that stopped after an error
         if not self._atexit_registered:
             atexit.register(self.shutdown)
@@ -173,7 +175,7 @@ class BlueFogBasics:
         waits again."""
         while not self._lib.bluefog_shutdown_wait(100):  # slices: Python sees signals between them
             pass
-        self._pending_barrier = None  # (failed by the shutdown)
+        self._pending_barrier = self._pending_skip = None  # (failed by the shutdown)
         self._topology = self._topology_used = None
         self._topo_cache = {}
         self._machine_topology = None
@@ -272,10 +274,37 @@ class BlueFogBasics:
         Before each op the ranks compare a digest of it (one small allreduce),
         so an op in another order, a mismatched tensor or a refused input
         fails on every rank with ValueError. Call it at the same point on every
-        rank with no op in flight."""
-        code = self._lib.bluefog_set_skip_negotiate_stage(1 if value else 0)
+        rank with no op in flight. Ctrl-C (SIGINT) interrupts the wait for late
+        peers, as in barrier(); the switch goes on, and the next call waits for it.
+        """
+        # Ctrl-C (SIGINT) interrupts the wait for late peers, as in barrier():
+        # the switch stays pending, and the next call waits for it first (a
+        # call with the same value then returns: it re-runs the interrupted one).
+        value = bool(value)
+        if self._pending_skip is not None:
+            handle, pending_value = self._pending_skip
+            code = self._wait_control(handle)
+            self._pending_skip = None
+            if code != 0:
+                _raise_status(self._lib, code, "set_skip_negotiate_stage")
+            if pending_value == value:
+                return
+        handle = ctypes.c_int(-1)
+        code = self._lib.bluefog_set_skip_negotiate_start(1 if value else 0, ctypes.byref(handle))
+        if code == 0:
+            self._pending_skip = (handle.value, value)
+            code = self._wait_control(handle.value)
+            self._pending_skip = None
         if code != 0:
             _raise_status(self._lib, code, "set_skip_negotiate_stage")
+
+    def _wait_control(self, handle: int) -> int:
+        """Waits for a barrier or skip-mode switch in slices (Python runs its
+        signal handlers in between); returns its status code."""
+        code = _IN_PROGRESS
+        while code == _IN_PROGRESS:
+            code = self._lib.bluefog_barrier_wait(handle, 200)
+        return code
 
     def get_skip_negotiate_stage(self) -> bool:
         """Whether skip-negotiate mode is on."""
@@ -331,9 +360,7 @@ class BlueFogBasics:
         if code == 0:
             # An interrupted barrier stays pending: the next call waits for it
             # (re-running the interrupted cell meets the peers' barrier).
-            code = _IN_PROGRESS
-            while code == _IN_PROGRESS:  # in slices: Python runs its signal handlers in between
-                code = self._lib.bluefog_barrier_wait(self._pending_barrier, 200)
+            code = self._wait_control(self._pending_barrier)
             self._pending_barrier = None
         if code != 0:
             _raise_status(self._lib, code, "barrier")

@@ -522,15 +522,15 @@ class _WindowOptimizer(_Distributed):
         super().__init__(params)
         self._bf_setup(model, num_steps_per_communication, window_prefix or default_prefix)
         # Window names as in BlueFog 0.3: "<window_prefix>.<parameter>", or the bare
-        # parameter name without a prefix. Bare names are shared by all window
-        # wrappers built without a prefix, so only the first gets them; the n-th
-        # gets "<kind>#n.<parameter>" (two windows cannot share a name).
-        if window_prefix:
-            self._bf_window_prefix = self._bf_prefix + "."
-        else:
-            n = _PREFIX_COUNTS.get(_BARE_WINDOWS, 0)
-            _PREFIX_COUNTS[_BARE_WINDOWS] = n + 1
-            self._bf_window_prefix = "" if n == 0 else f"{default_prefix}#{n}."
+        # parameter name without a prefix. Bare names would be shared by every
+        # window wrapper built without a prefix, so only the first one built in
+        # the process gets them; a later one gets its op-name prefix ("win_put",
+        # "push_sum#1", ...: unique, since one counter hands out all of them).
+        bare = False
+        if not window_prefix:
+            bare = _PREFIX_COUNTS.get(_BARE_WINDOWS, 0) == 0
+            _PREFIX_COUNTS[_BARE_WINDOWS] = _PREFIX_COUNTS.get(_BARE_WINDOWS, 0) + 1
+        self._bf_window_prefix = "" if bare else self._bf_prefix + "."
         self.force_barrier = False
         self._bf_windows: Dict[torch.nn.Parameter, str] = {}
         self._bf_buffers: Dict[torch.nn.Parameter, torch.Tensor] = {}
@@ -732,9 +732,12 @@ def DistributedWinPutOptimizer(optimizer, model, num_steps_per_communication=1, 
 
     The windows are named after the parameters (``model.named_parameters()``),
     as in BlueFog 0.3: ``"<window_prefix>.<name>"``, or the bare name without a
-    window_prefix. (Only one wrapper at a time can have the bare names: a later
-    one without a prefix gets ``"<kind>#n.<name>"``.) The same holds for the
-    pull-get and push-sum wrappers."""
+    window_prefix. Only the first window wrapper built without a window_prefix
+    in the process gets the bare names (even after it is released: when that
+    happens may differ between ranks); a later one gets ``"<kind>.<name>"`` or
+    ``"<kind>#n.<name>"`` (kind: win_put, pull_get, push_sum), so pass a
+    window_prefix to a wrapper built again whose windows you address by name.
+    The same holds for the pull-get and push-sum wrappers."""
     return _wrap(_WinPut, optimizer, model, num_steps_per_communication, window_prefix)
 
 

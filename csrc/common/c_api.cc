@@ -1,6 +1,7 @@
 #include "c_api.h"
 
 #include <chrono>
+#include <functional>
 #include <string>
 
 #include "config.h"
@@ -21,7 +22,8 @@ int Report(const Status& s) {
   return static_cast<int>(s.type());
 }
 
-// Barriers started from Python, which waits for them in slices (see basics.barrier).
+// Barriers and skip-mode switches started from Python, which waits for them in
+// slices (see basics.barrier).
 HandleManager& BarrierHandles() {
   static HandleManager* handles = new HandleManager();  // never destroyed: safe at exit
   return *handles;
@@ -68,12 +70,15 @@ int bluefog_nccl_built(void) {
 #endif
 }
 
-int bluefog_barrier_start(int* handle) {
+namespace {
+// Starts a collective control op whose caller waits for it in slices
+// (bluefog_barrier_wait): `enqueue` submits it with the completion callback.
+int StartControlOp(const std::function<Status(StatusCallback)>& enqueue, int* handle) {
   const int h = BarrierHandles().Allocate();
   Status s;
   {
     CallerWaitsScope waits(true);  // the waits below run its cycle, as RunBlocking does
-    s = EnqueueBarrier("bluefog.barrier", [h](const Status& st) { BarrierHandles().MarkDone(h, st); });
+    s = enqueue([h](const Status& st) { BarrierHandles().MarkDone(h, st); });
   }
   if (!s.ok()) {
     BarrierHandles().MarkDone(h, s);
@@ -82,6 +87,11 @@ int bluefog_barrier_start(int* handle) {
   }
   *handle = h;
   return 0;
+}
+}  // namespace
+
+int bluefog_barrier_start(int* handle) {
+  return StartControlOp([](StatusCallback cb) { return EnqueueBarrier("bluefog.barrier", std::move(cb)); }, handle);
 }
 
 int bluefog_barrier_wait(int handle, int timeout_ms) {
@@ -102,8 +112,9 @@ int bluefog_reject(const char* op, const char* name, const char* reason) {
   return Report(s.type() == StatusType::INVALID_ARGUMENT ? Status::OK() : s);  // (the refusal itself failing the op)
 }
 
-int bluefog_set_skip_negotiate_stage(int value) {
-  return Report(RunBlocking([value](StatusCallback cb) { return EnqueueSetSkipNegotiate(value != 0, std::move(cb)); }));
+int bluefog_set_skip_negotiate_start(int value, int* handle) {
+  return StartControlOp([value](StatusCallback cb) { return EnqueueSetSkipNegotiate(value != 0, std::move(cb)); },
+                        handle);
 }
 int bluefog_get_skip_negotiate_stage(void) { return SkipNegotiate() ? 1 : 0; }
 void bluefog_exchange_counts(long long* total, long long* by_callers) {

@@ -33,9 +33,11 @@ int bluefog_nccl_built(void);
 // wait returns 5 (in progress) while it is not done, then its status code.
 int bluefog_barrier_start(int* handle);
 int bluefog_barrier_wait(int handle, int timeout_ms);
+// Switching skip-negotiate mode on (value 1) or off, in the same two steps
+// (its wait is bluefog_barrier_wait).
+int bluefog_set_skip_negotiate_start(int value, int* handle);
 // See EnqueueReject (operations.h): this rank refused op `name` of kind `op`.
 int bluefog_reject(const char* op, const char* name, const char* reason);
-int bluefog_set_skip_negotiate_stage(int value);
 int bluefog_get_skip_negotiate_stage(void);
 // Negotiation exchanges so far, and how many a caller waiting for its op ran.
 void bluefog_exchange_counts(long long* total, long long* by_callers);

@@ -28,6 +28,7 @@ namespace {
 struct GlobalState {
   std::mutex lifecycle_mu;
   std::atomic<bool> running{false};
+  std::atomic<uint64_t> generation{0};  // counts inits that started the core (changed under lifecycle_mu)
   std::atomic<bool> shutdown_requested{false};
   std::atomic<bool> loop_failed{false};
   std::atomic<bool> skip_negotiate{false};
@@ -594,8 +595,15 @@ Status Initialize(bool has_comm, int fortran_comm, const std::string& overrides)
   struct Started {
     ~Started() { tls_starting = false; }
   } started;
+  if (g.running && g.shutdown_requested) {
+    // The peers may already have counted this rank's request: it cannot be taken back.
+    return Status::PreconditionError(
+        "init: an interrupted shutdown() is still waiting for the other ranks; call shutdown() again to finish "
+        "it, then init()");
+  }
   if (g.running) return Status::OK();
   if (g.thread.joinable()) g.thread.join();  // a loop that stopped after an error
+  ++g.generation;
 
   auto env = ReadBluefogEnvironment();
   for (const auto& kv : ParseKeyValueLines(overrides)) env[kv.first] = kv.second;
@@ -678,11 +686,19 @@ Status Initialize(bool has_comm, int fortran_comm, const std::string& overrides)
   return Status::OK();
 }
 
+namespace {
+void ShutdownLocked(GlobalState& g);  // lifecycle_mu held, running
+}  // namespace
+
 void Shutdown() {
   if (InForkedChild()) return;  // the parent's BlueFog (its locks may even be held there)
   GlobalState& g = State();
   std::lock_guard<std::mutex> lock(g.lifecycle_mu);
-  if (!g.running) return;
+  if (g.running) ShutdownLocked(g);
+}
+
+namespace {
+void ShutdownLocked(GlobalState& g) {
   g.shutdown_requested = true;
   g.suspended = false;
   g.queue.Wake();
@@ -705,13 +721,16 @@ void Shutdown() {
   g.running = false;
   g.shutdown_requested = false;
 }
+}  // namespace
 
 bool ShutdownWithin(std::chrono::milliseconds timeout) {
   if (InForkedChild()) return true;
   GlobalState& g = State();
+  uint64_t generation = 0;
   {
     std::lock_guard<std::mutex> lock(g.lifecycle_mu);
     if (!g.running) return true;
+    generation = g.generation;
     if (!g.shutdown_requested) {
       g.shutdown_requested = true;
       g.suspended = false;
@@ -720,11 +739,13 @@ bool ShutdownWithin(std::chrono::milliseconds timeout) {
   }
   // The loop ends once every rank has asked (or it failed); joining it is then quick.
   const auto until = std::chrono::steady_clock::now() + timeout;
-  while (!g.loop_done) {
+  while (!g.loop_done && g.generation == generation) {
     if (std::chrono::steady_clock::now() >= until) return false;
     std::this_thread::sleep_for(std::chrono::microseconds(500));
   }
-  Shutdown();
+  std::lock_guard<std::mutex> lock(g.lifecycle_mu);
+  // (Another thread may have finished this shutdown meanwhile, and even started anew.)
+  if (g.running && g.generation == generation) ShutdownLocked(g);
   return true;
 }
 

@@ -1180,19 +1180,26 @@ def test_awc_with_lbfgs_and_a_closure():
 def test_window_names_are_bluefog_03s():
     """The window wrappers name their windows as BlueFog 0.3 did: the bare
     parameter name without a window_prefix, "<window_prefix>.<name>" with one.
-    A second wrapper without a prefix, whose bare names would clash with the
-    first's, gets "<kind>#n.<name>"."""
+    A later wrapper without a prefix, whose bare names would clash with the
+    first's, gets its kind ("push_sum.<name>", "win_put#2.<name>"), which no
+    window_prefix can clash with either."""
     from bluefog.torch import optimizers as wrappers
     assert bf.get_current_created_window_names() == []
-    wrappers._PREFIX_COUNTS.pop(wrappers._BARE_WINDOWS, None)  # as in a fresh process (on every rank)
-    model1 = make_model(seed=1)
-    first = bf.DistributedWinPutOptimizer(torch.optim.SGD(model1.parameters(), lr=0.1), model1)
-    model = make_model(seed=2)
-    second = bf.DistributedPushSumOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), model)
-    model3 = make_model(seed=3)
-    third = bf.DistributedWinPutOptimizer(torch.optim.SGD(model3.parameters(), lr=0.1), model3, window_prefix="wp")
-    expected = ["0.bias", "0.weight", "push_sum#1.0.bias", "push_sum#1.0.weight", "wp.0.bias", "wp.0.weight"]
-    assert bf.get_current_created_window_names() == (expected if SIZE > 1 else [])
-    for opt in (first, second, third):
-        release(opt)
-    assert bf.get_current_created_window_names() == []
+    saved = dict(wrappers._PREFIX_COUNTS)
+    wrappers._PREFIX_COUNTS.clear()  # as in a fresh process (on every rank alike)
+    try:
+        built = []
+        for make, prefix in ((bf.DistributedWinPutOptimizer, None), (bf.DistributedPushSumOptimizer, None),
+                             (bf.DistributedWinPutOptimizer, "wp"), (bf.DistributedWinPutOptimizer, "win_put"),
+                             (bf.DistributedWinPutOptimizer, None)):
+            model = make_model(seed=len(built))
+            built.append(make(torch.optim.SGD(model.parameters(), lr=0.1), model, window_prefix=prefix))
+        expected = sorted(f"{p}{n}" for p in ("", "push_sum.", "wp.", "win_put#1.", "win_put#2.")
+                          for n in ("0.bias", "0.weight"))
+        assert bf.get_current_created_window_names() == (expected if SIZE > 1 else [])
+        for opt in built:
+            release(opt)
+        assert bf.get_current_created_window_names() == []
+    finally:
+        for key, count in saved.items():
+            wrappers._PREFIX_COUNTS[key] = max(count, wrappers._PREFIX_COUNTS.get(key, 0))

@@ -601,7 +601,8 @@ def interrupted_waits(marker_dir):
 def interrupted_shutdown(marker_dir):
     """Ctrl-C reaches a rank waiting in shutdown() for a peer that is late
     (before: only once the peer shut down too). The shutdown stays requested:
-    a new op is refused, and shutdown() again finishes it once the peer comes."""
+    a new op and init() are refused, and shutdown() again finishes it once the
+    peer comes."""
     rank = bf.rank()
     go = os.path.join(marker_dir, "go")
     if rank == 0:
@@ -612,6 +613,11 @@ def interrupted_shutdown(marker_dir):
             print("RESULT rank 0 op after the interrupted shutdown ran", flush=True)
         except (RuntimeError, ValueError) as err:
             print(f"RESULT rank 0 op refused: {err}", flush=True)
+        try:  # (an init that said yes would leave a BlueFog that refuses every op)
+            bf.init()
+            print("RESULT rank 0 init after the interrupted shutdown returned", flush=True)
+        except (RuntimeError, ValueError) as err:
+            print(f"RESULT rank 0 init refused: {err}", flush=True)
         touch(go)
         bf.shutdown()
     else:
@@ -619,6 +625,31 @@ def interrupted_shutdown(marker_dir):
         wait_for_file(go)
         bf.shutdown()
     print(f"RESULT rank {rank} shut down, initialized {bf.is_initialized()}", flush=True)
+    return 0
+
+
+def interrupted_skip_mode_switch(marker_dir):
+    """Ctrl-C reaches a rank waiting in set_skip_negotiate_stage() for a late
+    peer (before: only once the peer came). The switch goes on; calling it
+    again with the same value waits for it and returns (re-running the cell),
+    and skip mode then works, and so does leaving it."""
+    rank = bf.rank()
+    go = os.path.join(marker_dir, "go")
+    if rank == 0:
+        bf.allreduce(torch.ones(1), average=False, name="before")
+        _call_interrupted("set_skip", lambda: bf.set_skip_negotiate_stage(True))
+        touch(go)
+        bf.set_skip_negotiate_stage(True)  # waits for the interrupted switch
+    else:
+        bf.allreduce(torch.ones(1), average=False, name="before")
+        wait_for_file(go)
+        bf.set_skip_negotiate_stage(True)
+    on = bf.get_skip_negotiate_stage()
+    out = bf.allreduce(torch.ones(2), average=False, name="in.skip")
+    bf.set_skip_negotiate_stage(False)
+    after = bf.allreduce(torch.ones(1), average=False, name="after")
+    print(f"RESULT rank {rank} skip {on} in.skip {out.tolist()} then skip {bf.get_skip_negotiate_stage()} "
+          f"after {after.item()}", flush=True)
     return 0
 
 
@@ -695,7 +726,8 @@ SCENARIOS = {f.__name__: f for f in (stall_warning, stall_shutdown, killed_rank,
                                      skip_mode_unreceived_send, skip_mode_unsent_receive, skip_mode_op_never_submitted,
                                      skip_mode_shutdown_with_an_op_queued, hierarchical_started_apart, intercomm_refused,
                                      in_fast_rounds(stall_warning), in_fast_rounds(stall_shutdown),
-                                     comm_null_split, fork_child, interrupted_waits, interrupted_shutdown, settings_differ,
+                                     comm_null_split, fork_child, interrupted_waits, interrupted_shutdown,
+                                     interrupted_skip_mode_switch, settings_differ,
                                      unparsable_setting, too_low_thread_level, names_differ, uneven_loops,
                                      busy_while_op_pending, in_fast_rounds(names_differ),
                                      in_fast_rounds(names_differ_nonblocking), names_differ_nonblocking,
