@@ -313,6 +313,9 @@ def test_interrupted_skip_mode_switch_is_resumed(tmp_path):
     rc, out, _ = run("interrupted_skip_mode_switch", tmp_path, np=2)
     assert rc == 0, out[-6000:]
     assert_interrupted_soon(out, "set_skip")
+    for what in ("barrier", "allreduce"):
+        line = [x for x in out.splitlines() if x.startswith(f"RESULT rank 0 {what} while switching refused:")]
+        assert line and "set_skip_negotiate_stage() on this rank has not completed" in line[0], out[-6000:]
     for r in (0, 1):
         assert f"RESULT rank {r} skip True in.skip [2.0, 2.0] then skip False after 2.0" in out, out[-6000:]
 

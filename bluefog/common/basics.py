@@ -24,6 +24,18 @@ _INVALID_ARGUMENT = 4
 _PRECONDITION_ERROR = 2
 _IN_PROGRESS = 5
 
+
+class _ControlOp:
+    """A barrier or skip-mode switch that Python starts and then waits for in
+    slices. The core writes its handle and, once done, its status here, so a
+    KeyboardInterrupt right after either call loses neither."""
+    __slots__ = ("handle", "status", "value")
+
+    def __init__(self, value=None):
+        self.handle = ctypes.c_int(-1)  # set when started
+        self.status = ctypes.c_int(_IN_PROGRESS)  # the final status code, once done
+        self.value = value  # a switch's new value
+
 NOT_INITIALIZED = "BlueFog has not been initialized; use bf.init()."
 
 
@@ -96,10 +108,10 @@ class BlueFogBasics:
         self._machine_topology: Optional[nx.DiGraph] = None
         self._is_machine_topo_weighted = False
         self._atexit_registered = False
-        self._pending_barrier = None  # the handle of an interrupted barrier() (see barrier)
-        self._pending_skip = None  # (handle, value) of an interrupted set_skip_negotiate_stage()
+        self._pending_barrier = None  # the _ControlOp of an interrupted barrier() (see barrier)
+        self._pending_skip = None  # the _ControlOp of an interrupted set_skip_negotiate_stage()
         self._barrier_mu = threading.Lock()
-        self._barrier_thread = None  # the thread inside barrier() now
+        self._barrier_thread = None  # the thread inside barrier() or set_skip_negotiate_stage() now
         self._timeline_warned = False
         # Set by the window module: returns True while windows exist.
         self.windows_exist: Callable[[], bool] = lambda: False
@@ -171,10 +183,13 @@ class BlueFogBasics:
         flight fail. BlueFog may be initialized again afterwards.
 
         Ctrl-C ends the wait for the other ranks (KeyboardInterrupt); the
-        shutdown stays requested (new ops are refused) and a later shutdown()
-        waits again."""
-        while not self._lib.bluefog_shutdown_wait(100):  # slices: Python sees signals between them
-            pass
+        shutdown stays requested (new ops and init() are refused) and a later
+        shutdown() waits again."""
+        code = 0
+        while code == 0:  # slices: Python sees signals between them
+            code = self._lib.bluefog_shutdown_wait(100)
+        if code == 2:  # another thread finished it meanwhile, and started BlueFog again: leave that be
+            return
         self._pending_barrier = self._pending_skip = None  # (failed by the shutdown)
         self._topology = self._topology_used = None
         self._topo_cache = {}
@@ -277,34 +292,50 @@ class BlueFogBasics:
         rank with no op in flight. Ctrl-C (SIGINT) interrupts the wait for late
         peers, as in barrier(); the switch goes on, and the next call waits for it.
         """
-        # Ctrl-C (SIGINT) interrupts the wait for late peers, as in barrier():
-        # the switch stays pending, and the next call waits for it first (a
-        # call with the same value then returns: it re-runs the interrupted one).
         value = bool(value)
-        if self._pending_skip is not None:
-            handle, pending_value = self._pending_skip
-            code = self._wait_control(handle)
+        with self._one_control_thread("set_skip_negotiate_stage"):
+            pending = self._pending_skip
+            if pending is not None:  # an interrupted call's switch: finish it first
+                code = self._run_control(pending, self._lib.bluefog_set_skip_negotiate_start, int(pending.value))
+                self._pending_skip = None
+                if code != 0:
+                    _raise_status(self._lib, code,
+                                  f"set_skip_negotiate_stage: the interrupted switch to {pending.value}")
+                if pending.value == value:  # (this call re-runs the interrupted one)
+                    return
+            op = self._pending_skip = _ControlOp(value)
+            code = self._run_control(op, self._lib.bluefog_set_skip_negotiate_start, int(value))
             self._pending_skip = None
             if code != 0:
                 _raise_status(self._lib, code, "set_skip_negotiate_stage")
-            if pending_value == value:
-                return
-        handle = ctypes.c_int(-1)
-        code = self._lib.bluefog_set_skip_negotiate_start(1 if value else 0, ctypes.byref(handle))
-        if code == 0:
-            self._pending_skip = (handle.value, value)
-            code = self._wait_control(handle.value)
-            self._pending_skip = None
-        if code != 0:
-            _raise_status(self._lib, code, "set_skip_negotiate_stage")
 
-    def _wait_control(self, handle: int) -> int:
-        """Waits for a barrier or skip-mode switch in slices (Python runs its
-        signal handlers in between); returns its status code."""
-        code = _IN_PROGRESS
-        while code == _IN_PROGRESS:
-            code = self._lib.bluefog_barrier_wait(handle, 200)
-        return code
+    def _run_control(self, op: "_ControlOp", start, *args) -> int:
+        """Starts a barrier or skip-mode switch (unless `op` has been started)
+        and waits for it in slices, so that Python runs its signal handlers in
+        between; returns its status code. A KeyboardInterrupt at any point
+        leaves `op` in a state from which this call resumes it."""
+        if op.handle.value < 0:
+            code = start(*args, ctypes.byref(op.handle))
+            if code != 0:
+                return code
+        while op.status.value == _IN_PROGRESS:
+            self._lib.bluefog_barrier_wait(op.handle.value, 200, ctypes.byref(op.status))
+        return op.status.value
+
+    @contextlib.contextmanager
+    def _one_control_thread(self, what: str):
+        me = threading.get_ident()
+        with self._barrier_mu:
+            if self._barrier_thread not in (None, me):
+                raise ValueError(f"{what}: another thread of this process is in barrier() or "
+                                 "set_skip_negotiate_stage() now; each is a point every rank's process reaches, "
+                                 "so call them from one thread at a time")
+            self._barrier_thread = me
+        try:
+            yield
+        finally:
+            with self._barrier_mu:
+                self._barrier_thread = None
 
     def get_skip_negotiate_stage(self) -> bool:
         """Whether skip-negotiate mode is on."""
@@ -335,35 +366,18 @@ class BlueFogBasics:
         return int(self._lib.bluefog_win_transfer_calls())
 
     def barrier(self):
-        """Blocks until every rank reaches it. Ctrl-C (SIGINT) interrupts the wait.
-        One thread of a process at a time: a barrier is a point each rank's
-        process reaches (another thread calling it meanwhile gets a ValueError)."""
-        me = threading.get_ident()
-        with self._barrier_mu:
-            if self._barrier_thread not in (None, me):
-                raise ValueError("barrier: another thread of this process is in barrier() now; a barrier is a "
-                                 "point each rank's process reaches, so call it from one thread at a time")
-            self._barrier_thread = me
-        try:
-            self._barrier()
-        finally:
-            with self._barrier_mu:
-                self._barrier_thread = None
-
-    def _barrier(self):
-        code = 0
-        if self._pending_barrier is None:
-            handle = ctypes.c_int(-1)
-            code = self._lib.bluefog_barrier_start(ctypes.byref(handle))
-            if code == 0:
-                self._pending_barrier = handle.value
-        if code == 0:
-            # An interrupted barrier stays pending: the next call waits for it
-            # (re-running the interrupted cell meets the peers' barrier).
-            code = self._wait_control(self._pending_barrier)
+        """Blocks until every rank reaches it. Ctrl-C (SIGINT) interrupts the wait;
+        the barrier goes on, and the next call waits for it (re-running an
+        interrupted cell meets the peers' barrier). One thread of a process at a
+        time: a barrier is a point each rank's process reaches (another thread
+        calling it meanwhile gets a ValueError)."""
+        with self._one_control_thread("barrier"):
+            if self._pending_barrier is None:
+                self._pending_barrier = _ControlOp()
+            code = self._run_control(self._pending_barrier, self._lib.bluefog_barrier_start)
             self._pending_barrier = None
-        if code != 0:
-            _raise_status(self._lib, code, "barrier")
+            if code != 0:
+                _raise_status(self._lib, code, "barrier")
 
     def reject(self, op: str, name: str, reason: str) -> None:
         """Tells the other ranks that this rank refused op `name` (core kind

@@ -525,7 +525,9 @@ class _WindowOptimizer(_Distributed):
         # parameter name without a prefix. Bare names would be shared by every
         # window wrapper built without a prefix, so only the first one built in
         # the process gets them; a later one gets its op-name prefix ("win_put",
-        # "push_sum#1", ...: unique, since one counter hands out all of them).
+        # "push_sum#1", ...: one counter hands these out, so no two are equal).
+        # (A bare name can still equal a prefixed one, e.g. for a submodule named
+        # "push_sum": win_create then refuses the duplicate name.)
         bare = False
         if not window_prefix:
             bare = _PREFIX_COUNTS.get(_BARE_WINDOWS, 0) == 0

@@ -48,7 +48,11 @@ int bluefog_init(int has_comm, int fortran_comm, const char* overrides) {
   return Report(Initialize(has_comm != 0, fortran_comm, overrides ? overrides : ""));
 }
 void bluefog_shutdown(void) { Shutdown(); }
-int bluefog_shutdown_wait(int timeout_ms) { return ShutdownWithin(std::chrono::milliseconds(timeout_ms)) ? 1 : 0; }
+int bluefog_shutdown_wait(int timeout_ms) {
+  bool superseded = false;
+  if (!ShutdownWithin(std::chrono::milliseconds(timeout_ms), &superseded)) return 0;
+  return superseded ? 2 : 1;
+}
 int bluefog_is_initialized(void) { return IsInitialized() ? 1 : 0; }
 const char* bluefog_last_error(void) { return t_last_error.c_str(); }
 int bluefog_last_error_type(void) { return t_last_error_type; }
@@ -94,11 +98,13 @@ int bluefog_barrier_start(int* handle) {
   return StartControlOp([](StatusCallback cb) { return EnqueueBarrier("bluefog.barrier", std::move(cb)); }, handle);
 }
 
-int bluefog_barrier_wait(int handle, int timeout_ms) {
+int bluefog_barrier_wait(int handle, int timeout_ms, int* final_status) {
   const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
   Status s = BarrierHandles().Wait(handle, SpinMicros(), HelpUntil, nullptr,
                                    [until] { return std::chrono::steady_clock::now() >= until; });
-  return Report(s);
+  const int code = Report(s);
+  if (!s.in_progress() && final_status) *final_status = code;
+  return code;
 }
 
 int bluefog_reject(const char* op, const char* name, const char* reason) {

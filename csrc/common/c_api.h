@@ -11,7 +11,8 @@ extern "C" {
 int bluefog_init(int has_comm, int fortran_comm, const char* overrides);
 void bluefog_shutdown(void);
 // The shutdown in slices (see barrier below): 1 once shut down, 0 while the
-// other ranks have not all asked for it after timeout_ms.
+// other ranks have not all asked for it after timeout_ms, 2 if another thread
+// finished it meanwhile and started BlueFog again (that one is left running).
 int bluefog_shutdown_wait(int timeout_ms);
 int bluefog_is_initialized(void);
 const char* bluefog_last_error(void);
@@ -30,9 +31,11 @@ int bluefog_nccl_built(void);
 
 // A barrier in two steps, so that Python can wait in slices and see Ctrl-C:
 // start it (0, or an error code), then wait up to timeout_ms at a time; the
-// wait returns 5 (in progress) while it is not done, then its status code.
+// wait returns 5 (in progress) while it is not done, then its status code,
+// which it also stores in *final_status (if given): the handle is gone then,
+// and a caller interrupted right after the wait still finds the outcome.
 int bluefog_barrier_start(int* handle);
-int bluefog_barrier_wait(int handle, int timeout_ms);
+int bluefog_barrier_wait(int handle, int timeout_ms, int* final_status);
 // Switching skip-negotiate mode on (value 1) or off, in the same two steps
 // (its wait is bluefog_barrier_wait).
 int bluefog_set_skip_negotiate_start(int value, int* handle);

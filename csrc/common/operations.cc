@@ -28,7 +28,11 @@ namespace {
 struct GlobalState {
   std::mutex lifecycle_mu;
   std::atomic<bool> running{false};
-  std::atomic<uint64_t> generation{0};  // counts inits that started the core (changed under lifecycle_mu)
+  std::atomic<uint64_t> generation{0};
+  // set_skip_negotiate_stage switches submitted here and not completed yet: other
+  // ops are refused meanwhile (a rank whose peers submit theirs after the switch
+  // would negotiate them in the other mode, and the two would never meet).
+  std::atomic<int> switches_pending{0};  // counts inits that started the core (changed under lifecycle_mu)
   std::atomic<bool> shutdown_requested{false};
   std::atomic<bool> loop_failed{false};
   std::atomic<bool> skip_negotiate{false};
@@ -553,6 +557,12 @@ Status Enqueue(TensorTableEntry entry, Request request) {
                       : op == OpType::WIN_CREATE ? ShownName(entry.name, true)
                                                  : std::string());
   }
+  if (g.switches_pending > 0 && entry.op != OpType::SET_SKIP_NEGOTIATE) {
+    return Status::PreconditionError(
+        std::string(OpTypeName(entry.op)) + " " + ShownName(entry.name, false) +
+        ": set_skip_negotiate_stage() on this rank has not completed (interrupted, or still waiting for the other "
+        "ranks in another thread); no other op may start before it does (call it again to finish it)");
+  }
   request.name = entry.name;
   request.op = entry.op;
   const bool timed = g.timeline.enabled();
@@ -598,8 +608,7 @@ Status Initialize(bool has_comm, int fortran_comm, const std::string& overrides)
   if (g.running && g.shutdown_requested) {
     // The peers may already have counted this rank's request: it cannot be taken back.
     return Status::PreconditionError(
-        "init: an interrupted shutdown() is still waiting for the other ranks; call shutdown() again to finish "
-        "it, then init()");
+        "init: an interrupted shutdown() is pending on this rank; call shutdown() again to finish it, then init()");
   }
   if (g.running) return Status::OK();
   if (g.thread.joinable()) g.thread.join();  // a loop that stopped after an error
@@ -680,6 +689,7 @@ Status Initialize(bool has_comm, int fortran_comm, const std::string& overrides)
   g.skip_negotiate = false;
   g.suspended = false;
   g.loop_done = false;
+  g.switches_pending = 0;
   g.last_cycle_moved = false;
   g.running = true;
   g.thread = std::thread(BackgroundLoop);
@@ -723,7 +733,8 @@ void ShutdownLocked(GlobalState& g) {
 }
 }  // namespace
 
-bool ShutdownWithin(std::chrono::milliseconds timeout) {
+bool ShutdownWithin(std::chrono::milliseconds timeout, bool* superseded) {
+  *superseded = false;
   if (InForkedChild()) return true;
   GlobalState& g = State();
   uint64_t generation = 0;
@@ -746,6 +757,7 @@ bool ShutdownWithin(std::chrono::milliseconds timeout) {
   std::lock_guard<std::mutex> lock(g.lifecycle_mu);
   // (Another thread may have finished this shutdown meanwhile, and even started anew.)
   if (g.running && g.generation == generation) ShutdownLocked(g);
+  *superseded = g.running;
   return true;
 }
 
@@ -886,11 +898,18 @@ Status EnqueueSetSkipNegotiate(bool value, StatusCallback callback) {
   e.name = "bluefog.set_skip_negotiate_stage";
   e.op = OpType::SET_SKIP_NEGOTIATE;
   e.int_arg = value ? 1 : 0;
-  e.callback = std::move(callback);
+  e.callback = [callback = std::move(callback)](const Status& s) {
+    --State().switches_pending;
+    if (callback) callback(s);
+  };
   Request r;
   r.dtype = DataType::UINT8;
   r.int_arg = e.int_arg;
-  return Enqueue(std::move(e), std::move(r));
+  GlobalState& g = State();
+  ++g.switches_pending;
+  Status s = Enqueue(std::move(e), std::move(r));
+  if (!s.ok()) --g.switches_pending;  // (refused: the callback never runs)
+  return s;
 }
 
 bool SkipNegotiate() { return State().skip_negotiate; }

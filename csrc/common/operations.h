@@ -30,9 +30,10 @@ void Shutdown();
 // Shutdown in steps, so that a frontend can wait in slices and see Ctrl-C:
 // asks for the shutdown (once), waits up to `timeout` for every rank to agree,
 // and then shuts down; true once this rank is shut down (or was not running).
-// After false the shutdown stays requested (new ops are refused) and a later
-// call waits again.
-bool ShutdownWithin(std::chrono::milliseconds timeout);
+// After false the shutdown stays requested (new ops and init are refused) and
+// a later call waits again. `*superseded`: another thread finished this
+// shutdown meanwhile and initialized again (the new run is left alone).
+bool ShutdownWithin(std::chrono::milliseconds timeout, bool* superseded);
 bool IsInitialized();
 Status GetBasicInfo(BasicInfo* info);
 

@@ -630,14 +630,23 @@ def interrupted_shutdown(marker_dir):
 
 def interrupted_skip_mode_switch(marker_dir):
     """Ctrl-C reaches a rank waiting in set_skip_negotiate_stage() for a late
-    peer (before: only once the peer came). The switch goes on; calling it
-    again with the same value waits for it and returns (re-running the cell),
-    and skip mode then works, and so does leaving it."""
+    peer (before: only once the peer came). The switch goes on, other ops are
+    refused until it completes; calling it again with the same value waits for
+    it and returns (re-running the cell), and skip mode then works, and so does
+    leaving it."""
     rank = bf.rank()
     go = os.path.join(marker_dir, "go")
     if rank == 0:
         bf.allreduce(torch.ones(1), average=False, name="before")
         _call_interrupted("set_skip", lambda: bf.set_skip_negotiate_stage(True))
+        # Until the switch completes, other ops are refused (they would meet the
+        # peers' in the other mode, and never complete).
+        for what, call in (("barrier", bf.barrier), ("allreduce", lambda: bf.allreduce(torch.ones(1), name="x"))):
+            try:
+                call()
+                print(f"RESULT rank 0 {what} while switching ran", flush=True)
+            except ValueError as err:
+                print(f"RESULT rank 0 {what} while switching refused: {err}", flush=True)
         touch(go)
         bf.set_skip_negotiate_stage(True)  # waits for the interrupted switch
     else:
