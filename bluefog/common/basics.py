@@ -23,18 +23,26 @@ logger = logging.getLogger("bluefog")
 _INVALID_ARGUMENT = 4
 _PRECONDITION_ERROR = 2
 _IN_PROGRESS = 5
+# The core's refusal of an op submitted during this rank's skip-mode switch
+# (kSwitchPending in csrc/common/operations.h).
+SWITCH_PENDING = "set_skip_negotiate_stage() on this rank has not completed"
 
 
 class _ControlOp:
     """A barrier or skip-mode switch that Python starts and then waits for in
     slices. The core writes its handle and, once done, its status here, so a
     KeyboardInterrupt right after either call loses neither."""
-    __slots__ = ("handle", "status", "value")
+    __slots__ = ("handle", "status", "reason", "value")
 
     def __init__(self, value=None):
         self.handle = ctypes.c_int(-1)  # set when started
         self.status = ctypes.c_int(_IN_PROGRESS)  # the final status code, once done
+        self.reason = ctypes.create_string_buffer(2048)  # its error text, once done
         self.value = value  # a switch's new value
+
+    def fail(self, lib, what: str):
+        """Raises the error this op ended with."""
+        _raise_status(lib, self.status.value, what, self.reason.value.decode("utf-8", "replace"))
 
 NOT_INITIALIZED = "BlueFog has not been initialized; use bf.init()."
 
@@ -51,8 +59,11 @@ def not_initialized(op: str, name: Optional[str] = None) -> NotInitializedError:
     return NotInitializedError(f"{what}: BlueFog is not initialized: call bf.init() first")
 
 
-def _raise_status(lib, code: int, what: str):
-    message = lib.bluefog_last_error().decode("utf-8", "replace")
+def _raise_status(lib, code: int, what: str, message: Optional[str] = None):
+    """ValueError or RuntimeError for a failed core call: `message`, or the
+    core's last error text on this thread."""
+    if message is None:
+        message = lib.bluefog_last_error().decode("utf-8", "replace")
     if code in (_INVALID_ARGUMENT, _PRECONDITION_ERROR):
         raise ValueError(f"{what}: {message}")
     raise RuntimeError(f"{what}: {message}")
@@ -289,8 +300,10 @@ class BlueFogBasics:
         Before each op the ranks compare a digest of it (one small allreduce),
         so an op in another order, a mismatched tensor or a refused input
         fails on every rank with ValueError. Call it at the same point on every
-        rank with no op in flight. Ctrl-C (SIGINT) interrupts the wait for late
-        peers, as in barrier(); the switch goes on, and the next call waits for it.
+        rank with no op in flight: until the switch completes, other ops on this
+        rank (from any thread) raise ValueError. Ctrl-C (SIGINT) interrupts the
+        wait for late peers, as in barrier(); the switch goes on, and the next
+        call waits for it.
         """
         value = bool(value)
         with self._one_control_thread("set_skip_negotiate_stage"):
@@ -299,15 +312,14 @@ class BlueFogBasics:
                 code = self._run_control(pending, self._lib.bluefog_set_skip_negotiate_start, int(pending.value))
                 self._pending_skip = None
                 if code != 0:
-                    _raise_status(self._lib, code,
-                                  f"set_skip_negotiate_stage: the interrupted switch to {pending.value}")
+                    pending.fail(self._lib, f"set_skip_negotiate_stage: the interrupted switch to {pending.value}")
                 if pending.value == value:  # (this call re-runs the interrupted one)
                     return
             op = self._pending_skip = _ControlOp(value)
             code = self._run_control(op, self._lib.bluefog_set_skip_negotiate_start, int(value))
             self._pending_skip = None
             if code != 0:
-                _raise_status(self._lib, code, "set_skip_negotiate_stage")
+                op.fail(self._lib, "set_skip_negotiate_stage")
 
     def _run_control(self, op: "_ControlOp", start, *args) -> int:
         """Starts a barrier or skip-mode switch (unless `op` has been started)
@@ -317,9 +329,14 @@ class BlueFogBasics:
         if op.handle.value < 0:
             code = start(*args, ctypes.byref(op.handle))
             if code != 0:
+                op.status.value = code
+                op.reason.value = self._lib.bluefog_last_error()[:len(op.reason) - 1]
                 return code
         while op.status.value == _IN_PROGRESS:
-            self._lib.bluefog_barrier_wait(op.handle.value, 200, ctypes.byref(op.status))
+            code = self._lib.bluefog_barrier_wait(op.handle.value, 200, ctypes.byref(op.status), op.reason,
+                                                  len(op.reason))
+            if code != _IN_PROGRESS and op.status.value == _IN_PROGRESS:  # (a core that does not write it)
+                op.status.value = code
         return op.status.value
 
     @contextlib.contextmanager
@@ -374,10 +391,11 @@ class BlueFogBasics:
         with self._one_control_thread("barrier"):
             if self._pending_barrier is None:
                 self._pending_barrier = _ControlOp()
-            code = self._run_control(self._pending_barrier, self._lib.bluefog_barrier_start)
+            op = self._pending_barrier
+            code = self._run_control(op, self._lib.bluefog_barrier_start)
             self._pending_barrier = None
             if code != 0:
-                _raise_status(self._lib, code, "barrier")
+                op.fail(self._lib, "barrier")
 
     def reject(self, op: str, name: str, reason: str) -> None:
         """Tells the other ranks that this rank refused op `name` (core kind
@@ -397,6 +415,8 @@ class BlueFogBasics:
         naming the op, in the core's words."""
         if type(err) is NotInitializedError and str(err) == NOT_INITIALIZED:
             raise not_initialized(op, name) from None
+        if SWITCH_PENDING in str(err):
+            return  # the core refused it during this rank's skip-mode switch: the peers need not know
         self.reject(op, name, f"{type(err).__name__}: {err}")
 
     def require_initialized(self, op: str, name: Optional[str] = None) -> None:

@@ -1,6 +1,8 @@
 #include "c_api.h"
 
+#include <algorithm>
 #include <chrono>
+#include <cstring>
 #include <functional>
 #include <string>
 
@@ -98,12 +100,18 @@ int bluefog_barrier_start(int* handle) {
   return StartControlOp([](StatusCallback cb) { return EnqueueBarrier("bluefog.barrier", std::move(cb)); }, handle);
 }
 
-int bluefog_barrier_wait(int handle, int timeout_ms, int* final_status) {
+int bluefog_barrier_wait(int handle, int timeout_ms, int* final_status, char* reason, int reason_size) {
   const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
   Status s = BarrierHandles().Wait(handle, SpinMicros(), HelpUntil, nullptr,
                                    [until] { return std::chrono::steady_clock::now() >= until; });
   const int code = Report(s);
-  if (!s.in_progress() && final_status) *final_status = code;
+  if (s.in_progress()) return code;
+  if (reason && reason_size > 0) {  // (first, so that the status marks the whole outcome as written)
+    const size_t n = std::min(s.reason().size(), static_cast<size_t>(reason_size - 1));
+    std::memcpy(reason, s.reason().data(), n);
+    reason[n] = '\0';
+  }
+  if (final_status) *final_status = code;
   return code;
 }
 

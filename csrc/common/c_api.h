@@ -32,10 +32,11 @@ int bluefog_nccl_built(void);
 // A barrier in two steps, so that Python can wait in slices and see Ctrl-C:
 // start it (0, or an error code), then wait up to timeout_ms at a time; the
 // wait returns 5 (in progress) while it is not done, then its status code,
-// which it also stores in *final_status (if given): the handle is gone then,
-// and a caller interrupted right after the wait still finds the outcome.
+// which it also stores in *final_status (if given), with the error text in
+// `reason` (reason_size bytes, NUL-terminated): the handle is gone then, and a
+// caller interrupted right after the wait still finds the outcome.
 int bluefog_barrier_start(int* handle);
-int bluefog_barrier_wait(int handle, int timeout_ms, int* final_status);
+int bluefog_barrier_wait(int handle, int timeout_ms, int* final_status, char* reason, int reason_size);
 // Switching skip-negotiate mode on (value 1) or off, in the same two steps
 // (its wait is bluefog_barrier_wait).
 int bluefog_set_skip_negotiate_start(int value, int* handle);

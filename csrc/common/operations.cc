@@ -28,11 +28,11 @@ namespace {
 struct GlobalState {
   std::mutex lifecycle_mu;
   std::atomic<bool> running{false};
-  std::atomic<uint64_t> generation{0};
+  std::atomic<uint64_t> generation{0};  // counts inits that started the core (changed under lifecycle_mu)
   // set_skip_negotiate_stage switches submitted here and not completed yet: other
   // ops are refused meanwhile (a rank whose peers submit theirs after the switch
   // would negotiate them in the other mode, and the two would never meet).
-  std::atomic<int> switches_pending{0};  // counts inits that started the core (changed under lifecycle_mu)
+  std::atomic<int> switches_pending{0};
   std::atomic<bool> shutdown_requested{false};
   std::atomic<bool> loop_failed{false};
   std::atomic<bool> skip_negotiate{false};
@@ -560,8 +560,9 @@ Status Enqueue(TensorTableEntry entry, Request request) {
   if (g.switches_pending > 0 && entry.op != OpType::SET_SKIP_NEGOTIATE) {
     return Status::PreconditionError(
         std::string(OpTypeName(entry.op)) + " " + ShownName(entry.name, false) +
-        ": set_skip_negotiate_stage() on this rank has not completed (interrupted, or still waiting for the other "
-        "ranks in another thread); no other op may start before it does (call it again to finish it)");
+        ": " + kSwitchPending +
+        " (interrupted, or still waiting for the other ranks in another thread); no other op may start before it "
+        "does (call it again to finish it)");
   }
   request.name = entry.name;
   request.op = entry.op;

@@ -15,6 +15,10 @@
 
 namespace bluefog {
 
+// What an op submitted while a set_skip_negotiate_stage switch of this rank is
+// pending is refused with (frontends recognize it: see basics.report_refusal).
+inline const std::string kSwitchPending = "set_skip_negotiate_stage() on this rank has not completed";
+
 struct BasicInfo {
   int rank, size, local_rank, local_size, machine_rank, machine_size;
   bool homogeneous, threads_multiple, unified_window_model;
