@@ -37,12 +37,8 @@ class _ControlOp:
     def __init__(self, value=None):
         self.handle = ctypes.c_int(-1)  # set when started
         self.status = ctypes.c_int(_IN_PROGRESS)  # the final status code, once done
-        self.reason = ctypes.create_string_buffer(2048)  # its error text, once done
+        self.reason = ctypes.create_string_buffer(16384)  # its error text, once done
         self.value = value  # a switch's new value
-
-    def fail(self, lib, what: str):
-        """Raises the error this op ended with."""
-        _raise_status(lib, self.status.value, what, self.reason.value.decode("utf-8", "replace"))
 
 NOT_INITIALIZED = "BlueFog has not been initialized; use bf.init()."
 
@@ -309,35 +305,37 @@ class BlueFogBasics:
         with self._one_control_thread("set_skip_negotiate_stage"):
             pending = self._pending_skip
             if pending is not None:  # an interrupted call's switch: finish it first
-                code = self._run_control(pending, self._lib.bluefog_set_skip_negotiate_start, int(pending.value))
-                self._pending_skip = None
-                if code != 0:
-                    pending.fail(self._lib, f"set_skip_negotiate_stage: the interrupted switch to {pending.value}")
+                self._run_pending("_pending_skip", f"set_skip_negotiate_stage: the interrupted switch to "
+                                  f"{pending.value}", self._lib.bluefog_set_skip_negotiate_start, int(pending.value))
                 if pending.value == value:  # (this call re-runs the interrupted one)
                     return
-            op = self._pending_skip = _ControlOp(value)
-            code = self._run_control(op, self._lib.bluefog_set_skip_negotiate_start, int(value))
-            self._pending_skip = None
-            if code != 0:
-                op.fail(self._lib, "set_skip_negotiate_stage")
+            self._pending_skip = _ControlOp(value)
+            self._run_pending("_pending_skip", "set_skip_negotiate_stage", self._lib.bluefog_set_skip_negotiate_start,
+                              int(value))
 
-    def _run_control(self, op: "_ControlOp", start, *args) -> int:
-        """Starts a barrier or skip-mode switch (unless `op` has been started)
-        and waits for it in slices, so that Python runs its signal handlers in
-        between; returns its status code. A KeyboardInterrupt at any point
-        leaves `op` in a state from which this call resumes it."""
-        if op.handle.value < 0:
-            code = start(*args, ctypes.byref(op.handle))
-            if code != 0:
-                op.status.value = code
-                op.reason.value = self._lib.bluefog_last_error()[:len(op.reason) - 1]
-                return code
-        while op.status.value == _IN_PROGRESS:
-            code = self._lib.bluefog_barrier_wait(op.handle.value, 200, ctypes.byref(op.status), op.reason,
-                                                  len(op.reason))
-            if code != _IN_PROGRESS and op.status.value == _IN_PROGRESS:  # (a core that does not write it)
-                op.status.value = code
-        return op.status.value
+    def _run_pending(self, attr: str, what: str, start, *args) -> None:
+        """Starts the barrier or skip-mode switch kept in `self.<attr>` (unless
+        it has been started) and waits for it in slices, so that Python runs its
+        signal handlers in between; raises its error. It stays there for the
+        next call only when interrupted (KeyboardInterrupt or another
+        BaseException at any point: its state lets that call resume it)."""
+        op = getattr(self, attr)
+        try:
+            if op.handle.value < 0:
+                code = start(*args, ctypes.byref(op.handle))
+                if code != 0:  # nothing started
+                    _raise_status(self._lib, code, what)
+            while op.status.value == _IN_PROGRESS:
+                code = self._lib.bluefog_barrier_wait(op.handle.value, 200, ctypes.byref(op.status), op.reason,
+                                                      len(op.reason))
+                if code != _IN_PROGRESS and op.status.value == _IN_PROGRESS:  # (a core that does not write it)
+                    op.status.value = code
+            if op.status.value != 0:
+                _raise_status(self._lib, op.status.value, what, op.reason.value.decode("utf-8", "replace"))
+        except Exception:
+            setattr(self, attr, None)
+            raise
+        setattr(self, attr, None)
 
     @contextlib.contextmanager
     def _one_control_thread(self, what: str):
@@ -391,11 +389,7 @@ class BlueFogBasics:
         with self._one_control_thread("barrier"):
             if self._pending_barrier is None:
                 self._pending_barrier = _ControlOp()
-            op = self._pending_barrier
-            code = self._run_control(op, self._lib.bluefog_barrier_start)
-            self._pending_barrier = None
-            if code != 0:
-                op.fail(self._lib, "barrier")
+            self._run_pending("_pending_barrier", "barrier", self._lib.bluefog_barrier_start)
 
     def reject(self, op: str, name: str, reason: str) -> None:
         """Tells the other ranks that this rank refused op `name` (core kind
