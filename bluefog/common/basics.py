@@ -325,11 +325,9 @@ class BlueFogBasics:
                 code = start(*args, ctypes.byref(op.handle))
                 if code != 0:  # nothing started
                     _raise_status(self._lib, code, what)
-            while op.status.value == _IN_PROGRESS:
-                code = self._lib.bluefog_barrier_wait(op.handle.value, 200, ctypes.byref(op.status), op.reason,
-                                                      len(op.reason))
-                if code != _IN_PROGRESS and op.status.value == _IN_PROGRESS:  # (a core that does not write it)
-                    op.status.value = code
+            while op.status.value == _IN_PROGRESS:  # (the core writes the status and reason once done)
+                self._lib.bluefog_barrier_wait(op.handle.value, 200, ctypes.byref(op.status), op.reason,
+                                               len(op.reason))
             if op.status.value != 0:
                 _raise_status(self._lib, op.status.value, what, op.reason.value.decode("utf-8", "replace"))
         except Exception:

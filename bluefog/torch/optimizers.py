@@ -528,10 +528,7 @@ class _WindowOptimizer(_Distributed):
         # "push_sum#1", ...: one counter hands these out, so no two are equal).
         # (A bare name can still equal a prefixed one, e.g. for a submodule named
         # "push_sum": win_create then refuses the duplicate name.)
-        bare = False
-        if not window_prefix:
-            bare = _PREFIX_COUNTS.get(_BARE_WINDOWS, 0) == 0
-            _PREFIX_COUNTS[_BARE_WINDOWS] = _PREFIX_COUNTS.get(_BARE_WINDOWS, 0) + 1
+        bare = not window_prefix and _next_prefix(_BARE_WINDOWS) == _BARE_WINDOWS  # (the first one only)
         self._bf_window_prefix = "" if bare else self._bf_prefix + "."
         self.force_barrier = False
         self._bf_windows: Dict[torch.nn.Parameter, str] = {}

@@ -698,6 +698,13 @@ Status Initialize(bool has_comm, int fortran_comm, const std::string& overrides)
 }
 
 namespace {
+// Asks the loop to agree a shutdown with the other ranks (lifecycle_mu held).
+void RequestShutdown(GlobalState& g) {
+  g.shutdown_requested = true;
+  g.suspended = false;
+  g.queue.Wake();
+}
+
 void ShutdownLocked(GlobalState& g);  // lifecycle_mu held, running
 }  // namespace
 
@@ -710,9 +717,7 @@ void Shutdown() {
 
 namespace {
 void ShutdownLocked(GlobalState& g) {
-  g.shutdown_requested = true;
-  g.suspended = false;
-  g.queue.Wake();
+  RequestShutdown(g);
   if (g.thread.joinable()) g.thread.join();
   if (g.loop_failed) {
     // The loop stopped on a communication failure or an op that could not be
@@ -743,11 +748,7 @@ bool ShutdownWithin(std::chrono::milliseconds timeout, bool* superseded) {
     std::lock_guard<std::mutex> lock(g.lifecycle_mu);
     if (!g.running) return true;
     generation = g.generation;
-    if (!g.shutdown_requested) {
-      g.shutdown_requested = true;
-      g.suspended = false;
-      g.queue.Wake();
-    }
+    if (!g.shutdown_requested) RequestShutdown(g);
   }
   // The loop ends once every rank has asked (or it failed); joining it is then quick.
   const auto until = std::chrono::steady_clock::now() + timeout;
