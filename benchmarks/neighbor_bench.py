@@ -27,6 +27,11 @@ and, for fusion (--fusion-count tensors of --fusion-size each, default 64 x 16 K
   bf.one_by_one  the same N bf.neighbor_allreduce(...) issued one at a time (each blocking)
   mpi4py.one_by_one / mpi4py.nonblocking   context: N Neighbor_allgather+average one at a
                  time, and N Ineighbor_allgather started together then Waitall + average
+  mpi4py.fused   context: fusion written by hand in raw MPI: the N tensors packed into one
+                 buffer (torch.cat), one Neighbor_allgather, one average over the whole
+                 batch (a few large torch ops); each output is a slice of it. bf.one_by_one /
+                 mpi4py.fused is the fusion ratio BlueFog would reach if its fused batch cost
+                 no more than this hand-written one
 
 Launch (either):
   .venv/bin/bfrun -np 4 .venv/bin/python benchmarks/neighbor_bench.py
@@ -70,7 +75,7 @@ measure, summarize = ab.measure, ab.summarize
 TARGETS = ab.TARGETS          # {4 KiB: 1.3, 16 MiB: 1.1}: bluefog / raw MPI
 FUSION_TARGET = 3.0           # bf.one_by_one / bf.fused
 SIZE_CONTENDERS = ("bf.static", "mpi4py.static", "bf.dyn1", "mpi4py.dyn1", "gloo")
-FUSION_CONTENDERS = ("bf.fused", "bf.one_by_one", "mpi4py.one_by_one", "mpi4py.nonblocking")
+FUSION_CONTENDERS = ("bf.fused", "bf.one_by_one", "mpi4py.one_by_one", "mpi4py.nonblocking", "mpi4py.fused")
 RTOL = 2e-6                   # float32 results against a float64 reference
 
 
@@ -280,6 +285,9 @@ class Batch:
             self.x_nps = [x.numpy() for x in self.xs]
             self.recvs = [torch.empty(len(ctx.in_nbrs), nelem, dtype=torch.float32) for _ in range(count)]
             self.weights = [ctx.uniform] * len(ctx.in_nbrs)
+            # mpi4py.fused: every tensor packed into one buffer, one exchange into one receive buffer
+            self.packed = torch.empty(count * nelem, dtype=torch.float32)
+            self.recv_all = torch.empty(len(ctx.in_nbrs), count * nelem, dtype=torch.float32)
 
     def op(self):
         c, label = self.ctx, self.label
@@ -294,6 +302,11 @@ class Batch:
                 c.graph_comm.Neighbor_allgather(xn, recv.numpy())
                 outs.append(combine(x, recv, c.uniform, self.weights))
             self.outs = outs
+        elif label == "mpi4py.fused":
+            torch.cat(self.xs, out=self.packed)
+            c.graph_comm.Neighbor_allgather(self.packed.numpy(), self.recv_all.numpy())
+            # one average over the whole packed batch; the outputs are its slices
+            self.outs = list(combine(self.packed, self.recv_all, c.uniform, self.weights).split(self.nelem))
         else:  # mpi4py.nonblocking
             reqs = [c.graph_comm.Ineighbor_allgather(xn, recv.numpy()) for xn, recv in zip(self.x_nps, self.recvs)]
             MPI.Request.Waitall(reqs)
@@ -493,6 +506,9 @@ def report(args, labels, results, fusion, env, elapsed):
         print(f"Target fusion speed-up >= {FUSION_TARGET:.0f}x ({fusion['count']} x "
               f"{fmt_size(fusion['size_bytes'])}): {sp:.2f}x -> {'MET' if met else 'NOT MET'} "
               f"(block-time view: {fusion['block_speedup_fused']:.2f}x)")
+        floor = c["bf.one_by_one"]["median_us"] / c["mpi4py.fused"]["median_us"]
+        print(f"  context: the same ratio with the batch fused by hand in raw MPI (bf.one_by_one / mpi4py.fused): "
+              f"{floor:.2f}x; bf.fused / mpi4py.fused: {c['bf.fused']['median_us'] / c['mpi4py.fused']['median_us']:.2f}x")
     print(f"Total benchmark time {elapsed:.0f} s; load average (1/5/15 min) at start "
           f"{fmt_load(env['loadavg_at_start'])}, at end {fmt_load(env['loadavg_at_end'])} on "
           f"{env['cpu_count']} cores (the {env['world_size']} benchmark ranks alone account for about "
