@@ -16,13 +16,16 @@ from launch import ROOT, run_parallel_file
 # of the negotiation exchange, blocking ops left to the background thread, and
 # repeated small allreduces negotiated by the allgather exchange every time, and
 # large allreduces left to MPI's own algorithms instead of BlueFog's ring, and
-# the negotiation gathered by MPI_Iallgather (as on more than 32 ranks).
+# the negotiation gathered by MPI_Iallgather (as on more than 32 ranks), and
+# skip-negotiate mode's pattern check done by gathering the lists (as on more
+# than 64 ranks).
 VARIANTS = [
     ("BLUEFOG_INLINE_BYTES", "0", ["test_collectives.py", "test_neighbor_ops.py", "test_hierarchical.py"]),
     ("BLUEFOG_CALLER_RUNS", "0", ["test_caller_runs.py", "test_collectives.py", "test_win_ops.py"]),
     ("BLUEFOG_FAST_ROUNDS", "0", ["test_fast_rounds.py", "test_inline_ops.py"]),
     ("BLUEFOG_RING_ALLREDUCE_BYTES", "0", ["test_collectives.py"]),
     ("BLUEFOG_P2P_GATHER_RANKS", "0", ["test_errors.py", "test_neighbor_ops.py"]),
+    ("BLUEFOG_SKIP_PATTERN_MATRIX_RANKS", "0", ["test_neighbor_ops.py"]),
 ]
 FILES = sorted(glob.glob(os.path.join(ROOT, "tests", "parallel", "test_*.py")))
 RANKS = (1, 2, 4)

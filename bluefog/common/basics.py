@@ -362,6 +362,14 @@ class BlueFogBasics:
         self._lib.bluefog_exchange_counts(ctypes.byref(total), ctypes.byref(by_callers))
         return total.value, by_callers.value
 
+    def skip_mode_counts(self) -> Tuple[int, int]:
+        """(batches skip-negotiate mode has agreed on, each a single op or a
+        fused run of ops; the ops that ran in fused runs of several). Counts
+        since the process started; for diagnostics."""
+        batches, fused = ctypes.c_longlong(0), ctypes.c_longlong(0)
+        self._lib.bluefog_skip_mode_counts(ctypes.byref(batches), ctypes.byref(fused))
+        return batches.value, fused.value
+
     def fast_round_counts(self) -> Tuple[int, int]:
         """(exchanges that began with a fast round, how many of those completed
         an op in it): a small allreduce repeated exchange after exchange is
@@ -598,6 +606,31 @@ def parse_config(text: str = "", use_env: bool = False) -> dict:
     if out is None:
         raise ValueError(lib.bluefog_last_error().decode())
     return json.loads(out.decode())
+
+
+def pattern_matrix_check(src_lists, dst_lists):
+    """For tests (no MPI): skip-negotiate mode's check of every rank's send and
+    receive lists (index = rank) through the bit matrices the agreement
+    allreduce carries. The problem text ("" if the lists mirror each other),
+    or None when some rank's lists do not fit the matrices (the check then
+    gathers the lists instead)."""
+    size = len(src_lists)
+    if size != len(dst_lists):
+        raise ValueError("one source list and one destination list per rank")
+
+    def flat(lists):
+        values = [int(v) for x in lists for v in x]
+        return (ctypes.c_int * max(1, len(values)))(*values)
+
+    def counts(lists):
+        return (ctypes.c_int * size)(*[len(x) for x in lists])
+
+    out = ctypes.create_string_buffer(1 << 16)
+    rc = _BASICS._lib.bluefog_pattern_matrix_check(size, counts(src_lists), flat(src_lists), counts(dst_lists),
+                                                   flat(dst_lists), out, len(out))
+    if rc < 0:
+        raise ValueError(f"the matrices hold 1 to 1024 ranks, not {size}")
+    return out.value.decode() if rc == 1 else None
 
 
 _BASICS = BlueFogBasics()

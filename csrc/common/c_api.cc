@@ -5,8 +5,10 @@
 #include <cstring>
 #include <functional>
 #include <string>
+#include <vector>
 
 #include "config.h"
+#include "coordinator.h"
 #include "handle_manager.h"
 #include "operations.h"
 #include "window_manager.h"
@@ -136,6 +138,39 @@ void bluefog_exchange_counts(long long* total, long long* by_callers) {
   ExchangeCounts(&t, &c);
   *total = static_cast<long long>(t);
   *by_callers = static_cast<long long>(c);
+}
+void bluefog_skip_mode_counts(long long* batches, long long* fused_ops) {
+  uint64_t b = 0, f = 0;
+  SkipModeCounts(&b, &f);
+  *batches = static_cast<long long>(b);
+  *fused_ops = static_cast<long long>(f);
+}
+int bluefog_pattern_matrix_check(int size, const int* src_counts, const int* srcs, const int* dst_counts,
+                                 const int* dsts, char* out, int out_size) {
+  const int n = PatternWords(size, 1024);
+  if (n == 0) return -1;
+  std::vector<uint64_t> all(n, ~uint64_t{0}), mine(n);
+  const int* s = srcs;
+  const int* d = dsts;
+  for (int rank = 0; rank < size; ++rank) {
+    Request r;
+    r.op = OpType::NEIGHBOR_ALLREDUCE;
+    r.topo_check = true;
+    r.src_ranks.assign(s, s + src_counts[rank]);
+    r.dst_ranks.assign(d, d + dst_counts[rank]);
+    s += src_counts[rank];
+    d += dst_counts[rank];
+    FillPatternWords(r, rank, size, n, mine.data());
+    for (int i = 0; i < n; ++i) all[i] &= mine[i];
+  }
+  std::string problem;
+  if (!PatternFromWords(all.data(), n, size, &problem)) return 0;
+  if (out && out_size > 0) {
+    const size_t k = std::min(problem.size(), static_cast<size_t>(out_size - 1));
+    std::memcpy(out, problem.data(), k);
+    out[k] = '\0';
+  }
+  return 1;
 }
 void bluefog_fast_round_counts(long long* rounds, long long* agreed) {
   uint64_t r = 0, a = 0;

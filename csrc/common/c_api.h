@@ -45,6 +45,16 @@ int bluefog_reject(const char* op, const char* name, const char* reason);
 int bluefog_get_skip_negotiate_stage(void);
 // Negotiation exchanges so far, and how many a caller waiting for its op ran.
 void bluefog_exchange_counts(long long* total, long long* by_callers);
+void bluefog_skip_mode_counts(long long* batches, long long* fused_ops);
+// For tests (no MPI): skip-negotiate mode's pattern check of `size` ranks'
+// lists (rank r's sources: src_counts[r] entries of `srcs`, ranks in order;
+// the same for destinations) through the bit matrices, every rank's words
+// ANDed as the agreement allreduce does. Returns 1 with the problem text in
+// `out` ("" if the lists mirror each other), 0 when some rank's lists do not
+// fit the matrices (the check then gathers the lists), -1 if size is not in
+// [1, 1024].
+int bluefog_pattern_matrix_check(int size, const int* src_counts, const int* srcs, const int* dst_counts,
+                                 const int* dsts, char* out, int out_size);
 // Fast rounds so far (see fast_round.h), and how many agreed on an op.
 void bluefog_fast_round_counts(long long* rounds, long long* agreed);
 // MPI put / get / accumulate calls that moved window data in this process.

@@ -97,6 +97,9 @@ bool ParseConfig(const std::map<std::string, std::string>& env, Config* config, 
     } else if (key == "BLUEFOG_P2P_GATHER_RANKS") {
       if (!ParseInt(value, &i) || i < 0) { *error = Bad(key, value, "a non-negative number of ranks (0: always MPI_Iallgather)"); return false; }
       c.p2p_gather_ranks = i;
+    } else if (key == "BLUEFOG_SKIP_PATTERN_MATRIX_RANKS") {
+      if (!ParseInt(value, &i) || i < 0 || i > 1024) { *error = Bad(key, value, "a number of ranks from 0 (always gather the lists) to 1024"); return false; }
+      c.skip_pattern_matrix_ranks = i;
     } else if (key == "BLUEFOG_MAX_WIN_SENT_LENGTH") {
       if (!ParseInt(value, &i) || i < 0) { *error = Bad(key, value, "a non-negative number of elements (0: no limit)"); return false; }
       c.max_win_sent_length = i;
@@ -123,7 +126,7 @@ const char* ConfigKeys() {
          "BLUEFOG_STALL_CHECK_TIME_SECONDS\nBLUEFOG_STALL_SHUTDOWN_TIME_SECONDS\nBLUEFOG_SPIN_TIME_US\n"
          "BLUEFOG_INLINE_BYTES\nBLUEFOG_OUTPUT_CACHE_BYTES\nBLUEFOG_CALLER_RUNS\nBLUEFOG_FAST_ROUNDS\n"
          "BLUEFOG_DEADLOCK_CHECK\nBLUEFOG_RING_ALLREDUCE_BYTES\nBLUEFOG_MAX_WIN_SENT_LENGTH\n"
-         "BLUEFOG_STALL_CHECK_DISABLE\nBLUEFOG_P2P_GATHER_RANKS";
+         "BLUEFOG_STALL_CHECK_DISABLE\nBLUEFOG_P2P_GATHER_RANKS\nBLUEFOG_SKIP_PATTERN_MATRIX_RANKS";
 }
 
 std::map<std::string, std::string> ReadBluefogEnvironment() {
@@ -170,6 +173,7 @@ std::string ConfigToJson(const Config& c) {
      << ", \"deadlock_check\": " << (c.deadlock_check ? "true" : "false")
      << ", \"ring_allreduce_bytes\": " << c.ring_allreduce_bytes
      << ", \"p2p_gather_ranks\": " << c.p2p_gather_ranks
+     << ", \"skip_pattern_matrix_ranks\": " << c.skip_pattern_matrix_ranks
      << ", \"max_win_sent_length\": " << c.max_win_sent_length << "}";
   return os.str();
 }

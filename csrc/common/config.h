@@ -57,6 +57,11 @@ struct Config {
   // message as point-to-point messages on up to this many ranks, and with
   // MPI_Iallgather on more (0: always MPI_Iallgather).
   int64_t p2p_gather_ranks = 32;
+  // BLUEFOG_SKIP_PATTERN_MATRIX_RANKS: in skip-negotiate mode, on up to this
+  // many ranks a neighbor op's send/receive pattern is checked inside the op's
+  // agreement allreduce (two size x size bit matrices); on more, by gathering
+  // every rank's lists (0: always gather; at most 1024).
+  int64_t skip_pattern_matrix_ranks = 64;
   // Window put / get / accumulate: the most elements one MPI call moves (a
   // larger window goes in several calls). 0: as many as an MPI count allows.
   int64_t max_win_sent_length = 0;

@@ -94,17 +94,18 @@ namespace {
 // and (for neighbor ops) the same send/receive lists and weights on EVERY rank.
 // (Compared for equality only: a few bytes, which for allreduce fit in the
 // string itself without a heap allocation.)
-std::string FusionKey(const std::vector<Request>& by_rank) {
+std::string FusionKey(const Request* by_rank, size_t n) {
   const Request& r = by_rank[0];
   std::string key;
-  if (r.op == OpType::NEIGHBOR_ALLREDUCE) key.reserve(8 + 32 * by_rank.size());
+  if (r.op == OpType::NEIGHBOR_ALLREDUCE) key.reserve(8 + 32 * n);
   ByteWriter w(&key);
   w.U8(static_cast<uint8_t>(r.op));
   w.U8(static_cast<uint8_t>(r.dtype));
   w.U8((r.average ? 1 : 0) | (r.hierarchical_local ? 2 : 0));
   w.SVarint(r.device);
   if (r.op != OpType::NEIGHBOR_ALLREDUCE) return key;
-  for (const Request& q : by_rank) {
+  for (size_t i = 0; i < n; ++i) {
+    const Request& q = by_rank[i];
     w.Varint(q.src_ranks.size());
     for (auto v : q.src_ranks) w.Varint(static_cast<uint64_t>(v));
     w.Varint(q.dst_ranks.size());
@@ -270,6 +271,86 @@ std::string SkipModeInvalid(const Request& r, int size) {
   return why.empty() ? why : OpError(r, why);
 }
 
+int PatternWords(int size, int64_t max_ranks) {
+  if (size < 1 || size > max_ranks) return 0;
+  return 1 + 2 * ((size * size + 63) / 64);
+}
+
+namespace {
+void ClearBit(uint64_t* bits, int index) { bits[index / 64] &= ~(uint64_t{1} << (index % 64)); }
+bool TestBit(const uint64_t* bits, int index) { return (bits[index / 64] >> (index % 64)) & 1; }
+
+// Whether this rank's lists fit the matrices (CheckPattern's validity checks).
+bool PatternFits(const Request& r, int rank, int size) {
+  for (const auto* list : {&r.src_ranks, &r.dst_ranks}) {
+    std::vector<bool> seen(size, false);
+    for (int32_t x : *list) {
+      if (x < 0 || x >= size || x == rank || seen[x]) return false;
+      seen[x] = true;
+    }
+  }
+  return r.dst_weights.empty() || r.dst_weights.size() == r.dst_ranks.size();
+}
+}  // namespace
+
+void FillPatternWords(const Request& r, int rank, int size, int n, uint64_t* words) {
+  std::fill(words, words + n, ~uint64_t{0});
+  const bool checked = r.topo_check && (r.op == OpType::NEIGHBOR_ALLREDUCE || r.op == OpType::NEIGHBOR_ALLGATHER);
+  if (n == 0 || !checked) return;
+  if (!PatternFits(r, rank, size)) {
+    words[0] = 0;
+    return;
+  }
+  const int matrix = (n - 1) / 2;
+  uint64_t* sends = words + 1;          // bit s*size+d: rank s sends to d
+  uint64_t* recvs = words + 1 + matrix;  // bit d*size+s: rank d receives from s
+  std::vector<bool> dst(size, false), src(size, false);
+  for (int32_t d : r.dst_ranks) dst[d] = true;
+  for (int32_t s : r.src_ranks) src[s] = true;
+  for (int x = 0; x < size; ++x) {
+    if (!dst[x]) ClearBit(sends, rank * size + x);
+    if (!src[x]) ClearBit(recvs, rank * size + x);
+  }
+}
+
+bool PatternFromWords(const uint64_t* words, int n, int size, std::string* problem) {
+  if (n == 0 || words[0] != ~uint64_t{0}) return false;
+  const int matrix = (n - 1) / 2;
+  std::vector<Request> by_rank(size);
+  for (int r = 0; r < size; ++r) {
+    for (int x = 0; x < size; ++x) {
+      if (TestBit(words + 1, r * size + x)) by_rank[r].dst_ranks.push_back(x);
+      if (TestBit(words + 1 + matrix, r * size + x)) by_rank[r].src_ranks.push_back(x);
+    }
+  }
+  *problem = CheckPattern(by_rank);
+  return true;
+}
+
+int SkipModeFusiblePrefix(const std::vector<Request>& queue, size_t start, int most, int64_t threshold) {
+  const Request& first = queue[start];
+  const auto fusible = [&first](const Request& r) {
+    return r.rejected.empty() && r.op == first.op && r.topo_check == first.topo_check &&
+           (r.op == OpType::NEIGHBOR_ALLREDUCE || (r.op == OpType::ALLREDUCE && r.int_arg == 0));
+  };
+  if (!fusible(first)) return 1;
+  const std::string key = FusionKey(&first, 1);
+  int64_t bytes = InputBytes(first);
+  int n = 1;
+  for (size_t i = start + 1; i < queue.size() && n < most; ++i, ++n) {
+    const Request& r = queue[i];
+    bytes += InputBytes(r);
+    if (!fusible(r) || bytes > threshold || FusionKey(&r, 1) != key) break;
+  }
+  return n;
+}
+
+uint64_t SkipModePrefixDigest(const std::vector<Request>& queue, size_t start, int n) {
+  uint64_t h = 14695981039346656037ull;
+  for (int i = 0; i < n; ++i) MixValue(&h, SkipModeDigest(queue[start + i]));
+  return h;
+}
+
 std::string SkipModeDisagreement(const std::vector<Request>& by_rank, int my_rank) {
   const Request& mine = by_rank[my_rank];
   std::string why = CheckAgreement(by_rank, static_cast<int>(by_rank.size()));
@@ -353,7 +434,7 @@ void Coordinator::Ingest(std::vector<CycleMessage>& messages, Clock::time_point 
           resp.inline_by_rank = std::move(p.by_rank);  // not fused: its data has already travelled
         } else {
           ready_[req.name] = ReadyInfo{InputBytes(req),
-                                       FusionKey(p.by_rank)};
+                                       FusionKey(p.by_rank.data(), p.by_rank.size())};
         }
       }
       out->push_back(std::move(resp));

@@ -59,6 +59,34 @@ std::string SkipModeDisagreement(const std::vector<Request>& by_rank, int my_ran
 // (the same on every rank).
 std::string SkipModeInvalid(const Request& r, int size);
 
+// Skip-negotiate mode fuses runs of small ops too. How many requests from
+// queue[start] on (at most `most`) this rank could run fused: the same kind of
+// fusible op (allreduce, neighbor_allreduce) with the same fusion key (dtype,
+// flags; and this rank's lists and weights for neighbor ops), none refused,
+// at most `threshold` bytes together; 1 if queue[start] cannot be fused. The
+// ranks fuse the shortest such run any of them has.
+int SkipModeFusiblePrefix(const std::vector<Request>& queue, size_t start, int most, int64_t threshold);
+// A digest of the n requests from queue[start] on (their SkipModeDigests).
+uint64_t SkipModePrefixDigest(const std::vector<Request>& queue, size_t start, int n);
+
+// Skip-negotiate mode checks a neighbor op's send/receive pattern (with
+// enable_topo_check) in the same AND-allreduce that compares the digests, on
+// worlds of up to BLUEFOG_SKIP_PATTERN_MATRIX_RANKS ranks: each rank
+// contributes its own row of the send matrix and of the receive matrix (one
+// bit per rank, every other bit set), so the AND holds both matrices whole.
+// (Before: two more list gathers, four collectives, per op.)
+// The words the pattern adds to the agreement (the same on every rank; 0
+// above `max_ranks`): a flag word, then the two matrices.
+int PatternWords(int size, int64_t max_ranks);
+// This rank's `n` pattern words for `r`: every bit set when `r` has no
+// pattern to check, and the flag word 0 when its lists do not fit the
+// matrices (a rank out of range or this rank itself, a rank listed twice,
+// weights that do not match the destinations).
+void FillPatternWords(const Request& r, int rank, int size, int n, uint64_t* words);
+// After the AND: false when some rank's lists did not fit (gather them
+// instead); else true, with *problem CheckPattern's text ("" if they mirror).
+bool PatternFromWords(const uint64_t* words, int n, int size, std::string* problem);
+
 class Coordinator {
  public:
   void Reset(int size);

@@ -228,6 +228,7 @@ Status MpiContext::CheckStartAgree(const Config& config, const Status& mine_fail
       {"BLUEFOG_FAST_ROUNDS", config.fast_rounds ? 1 : 0},
       {"BLUEFOG_RING_ALLREDUCE_BYTES", config.ring_allreduce_bytes},
       {"BLUEFOG_P2P_GATHER_RANKS", config.p2p_gather_ranks},
+      {"BLUEFOG_SKIP_PATTERN_MATRIX_RANKS", config.skip_pattern_matrix_ranks},
       {"BLUEFOG_NODES_PER_MACHINE", config.nodes_per_machine},
   };
   constexpr int kCount = sizeof(mine) / sizeof(mine[0]);

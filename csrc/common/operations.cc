@@ -54,6 +54,8 @@ struct GlobalState {
   std::atomic<uint64_t> caller_exchanges{0};  // of `exchanges`, those run by callers
   std::atomic<uint64_t> fast_rounds{0};       // exchanges that began with a fast round
   std::atomic<uint64_t> fast_agreed{0};       // ... and completed an op in it
+  std::atomic<uint64_t> skip_batches{0};      // skip-mode agreements on a first op (one batch each)
+  std::atomic<uint64_t> skip_fused_ops{0};    // ops that ran in a skip-mode batch of several
   std::atomic<bool> loop_done{false};       // the background loop has ended
   std::atomic<bool> last_cycle_moved{false};
   std::vector<std::string> my_timed_out;  // under cycle_mu
@@ -71,6 +73,8 @@ struct GlobalState {
   std::vector<Response> responses;
   FastRound fast;               // under cycle_mu
   std::vector<char> fast_buf;   // a fast round's message, reused
+  std::vector<uint64_t> agree_words;  // a skip-mode agreement's words, reused (under cycle_mu)
+  std::vector<Request> skip_queue;    // a skip-mode cycle's requests, reused (under cycle_mu)
 };
 
 thread_local bool tls_in_cycle = false;      // this thread holds cycle_mu (callbacks run in it)
@@ -127,19 +131,32 @@ void WaitReady(const TensorTableEntry& e) {
 
 // Skip-negotiate mode: with the topology check on, every rank shares its
 // send/receive lists and all fail alike on a mismatch (nothing is exchanged).
-Status SkipModePatternCheck(GlobalState& g, const TensorTableEntry& e) {
-  std::vector<std::vector<int32_t>> srcs, dsts;
-  Status s = g.controller->AllgatherLists(e.src_ranks, &srcs);
-  if (s.ok()) s = g.controller->AllgatherLists(e.dst_ranks, &dsts);
-  if (!s.ok()) return s;
-  std::vector<Request> by_rank(srcs.size());
-  for (size_t r = 0; r < srcs.size(); ++r) {
-    by_rank[r].src_ranks = srcs[r];
-    by_rank[r].dst_ranks = dsts[r];
-  }
-  std::string problem = CheckPattern(by_rank);
+// (Up to BLUEFOG_SKIP_PATTERN_MATRIX_RANKS ranks with lists that fit, the
+// agreement's own allreduce decides it.) Here the lists travel in one list
+// gather (two collectives): the source count, the sources, the destinations.
+Status PatternError(OpType op, const std::string& name, const std::string& problem) {
   if (problem.empty()) return Status::OK();
-  return Status::InvalidArgument("bluefog " + std::string(OpTypeName(e.op)) + " '" + e.name + "': " + problem);
+  return Status::InvalidArgument("bluefog " + std::string(OpTypeName(op)) + " '" + name + "': " + problem);
+}
+
+Status SkipModePatternCheck(GlobalState& g, const Request& e) {
+  std::vector<int32_t> mine;
+  mine.reserve(1 + e.src_ranks.size() + e.dst_ranks.size());
+  mine.push_back(static_cast<int32_t>(e.src_ranks.size()));
+  mine.insert(mine.end(), e.src_ranks.begin(), e.src_ranks.end());
+  mine.insert(mine.end(), e.dst_ranks.begin(), e.dst_ranks.end());
+  std::vector<std::vector<int32_t>> all;
+  Status s = g.controller->AllgatherLists(mine, &all);
+  if (!s.ok()) return s;
+  std::vector<Request> by_rank(all.size());
+  for (size_t r = 0; r < all.size(); ++r) {
+    const auto& l = all[r];
+    if (l.empty()) continue;
+    const size_t n_src = std::min<size_t>(static_cast<size_t>(std::max(0, l[0])), l.size() - 1);
+    by_rank[r].src_ranks.assign(l.begin() + 1, l.begin() + 1 + n_src);
+    by_rank[r].dst_ranks.assign(l.begin() + 1 + n_src, l.end());
+  }
+  return PatternError(e.op, e.name, CheckPattern(by_rank));
 }
 
 int64_t InlineBudget(const GlobalState& g) { return g.config.inline_bytes / std::max(1, g.mpi.size()); }
@@ -202,14 +219,10 @@ Status Perform(GlobalState& g, const Response& resp) {
       s = g.controller->Allgather(entries[0], resp.first_dims.empty() ? std::vector<int64_t>() : resp.first_dims[0]);
       break;
     case OpType::NEIGHBOR_ALLREDUCE:
-      if (g.skip_negotiate && entries[0].int_arg) s = SkipModePatternCheck(g, entries[0]);
-      if (!s.ok()) break;
       s = entries.size() > 1 ? g.controller->NeighborAllreduceFused(entries)
                              : g.controller->NeighborExchange(entries[0], {});
       break;
     case OpType::NEIGHBOR_ALLGATHER:
-      if (g.skip_negotiate && entries[0].int_arg) s = SkipModePatternCheck(g, entries[0]);
-      if (!s.ok()) break;
       s = g.controller->NeighborExchange(entries[0], resp.first_dims.empty() ? std::vector<int64_t>()
                                                                             : resp.first_dims[0]);
       break;
@@ -252,9 +265,12 @@ Status Perform(GlobalState& g, const Response& resp) {
   return s.type() == StatusType::ABORTED ? s : Status::OK();
 }
 
+void StartNegotiation(GlobalState& g, const Request& r) {
+  if (g.timeline.enabled()) g.timeline.Start(r.name, "NEGOTIATE_" + OpTypeUpper(r.op));
+}
+
 void StartNegotiation(GlobalState& g, const std::vector<Request>& requests) {
-  if (!g.timeline.enabled()) return;
-  for (const auto& r : requests) g.timeline.Start(r.name, "NEGOTIATE_" + OpTypeUpper(r.op));
+  for (const auto& r : requests) StartNegotiation(g, r);
 }
 
 bool HelpingAllowed(const GlobalState& g) {
@@ -446,21 +462,67 @@ bool Exchange(GlobalState& g) {
 }
 
 // Skip-negotiate mode: before each op the ranks compare digests of what they
-// are about to run (one 24-byte allreduce), so an op submitted in another
+// are about to run (one small allreduce), so an op submitted in another
 // order, under another name, with another shape, dtype, root, ..., or refused
 // by a rank's frontend fails on every rank (InvalidArgument) instead of
 // exchanging mismatched data. Only then are the requests gathered, to say
-// what differs.
-Status SkipModeAgree(GlobalState& g, const Request& r) {
+// what differs. The same allreduce carries a neighbor op's send/receive
+// pattern (PatternWords; lists that do not fit, or too many ranks: gathered
+// by SkipModePatternCheck), and how many of the next requests each rank could
+// fuse with the first (SkipModeFusiblePrefix, as a run of set bits: the AND
+// is the shortest run). When that is more than one, a second allreduce
+// compares a digest of the whole run; *fused is then how many requests from
+// queue[start] run as one (a fused run of neighbor ops has the first one's
+// lists on every rank, so its pattern is checked once).
+constexpr int kSkipFuseMost = 64;  // the bits of one word
+
+Status SkipModeAgree(GlobalState& g, const std::vector<Request>& queue, size_t start, int* fused) {
+  const Request& r = queue[start];
+  *fused = 1;
   const uint64_t digest = SkipModeDigest(r);
-  uint64_t words[3] = {digest, ~digest, r.rejected.empty() ? ~uint64_t{0} : ~uint64_t{1}};
-  Status s = g.controller->SkipModeAgreement(words, 3, r.op, r.name);
+  const int size = g.mpi.size();
+  std::vector<uint64_t>& words = g.agree_words;
+  const int n_pattern = PatternWords(size, g.config.skip_pattern_matrix_ranks);
+  words.assign(4 + n_pattern, 0);
+  words[0] = digest;
+  words[1] = ~digest;
+  words[2] = r.rejected.empty() ? ~uint64_t{0} : ~uint64_t{1};
+  const int run = SkipModeFusiblePrefix(queue, start, kSkipFuseMost, g.config.fusion_threshold_bytes);
+  words[3] = run >= 64 ? ~uint64_t{0} : (uint64_t{1} << run) - 1;
+  FillPatternWords(r, g.mpi.rank(), size, n_pattern, words.data() + 4);
+  Status s = g.controller->SkipModeAgreement(words.data(), static_cast<int>(words.size()), r.op, r.name);
   if (!s.ok()) return s;
   const bool same = words[0] == ~words[1];  // the AND of all digests equals their OR
   const bool refused = (words[2] & 1) == 0;
   if (same && !refused) {
-    const std::string invalid = SkipModeInvalid(r, g.mpi.size());
-    return invalid.empty() ? Status::OK() : Status::InvalidArgument(invalid);
+    const std::string invalid = SkipModeInvalid(r, size);
+    if (!invalid.empty()) return Status::InvalidArgument(invalid);
+    const bool checked = r.topo_check && (r.op == OpType::NEIGHBOR_ALLREDUCE || r.op == OpType::NEIGHBOR_ALLGATHER);
+    std::string problem;
+    if (checked) {
+      // (Every rank takes the same branch: the flag word is ANDed.)
+      if (PatternFromWords(words.data() + 4, n_pattern, size, &problem)) {
+        if (!problem.empty()) return PatternError(r.op, r.name, problem);
+      } else {
+        s = SkipModePatternCheck(g, r);
+        if (!s.ok()) return s;
+      }
+    }
+    const int shortest = words[3] == ~uint64_t{0} ? 64 : __builtin_ctzll(~words[3]);
+    if (shortest > 1) {
+      // (The same decision on every rank: it follows from the AND alone.)
+      const uint64_t run_digest = SkipModePrefixDigest(queue, start, shortest);
+      uint64_t pair[2] = {run_digest, ~run_digest};
+      s = g.controller->SkipModeAgreement(pair, 2, r.op, r.name);
+      if (!s.ok()) return s;
+      if (pair[0] == ~pair[1]) {
+        // The same ops everywhere: each is valid or not on every rank alike.
+        int n = 1;
+        while (n < shortest && SkipModeInvalid(queue[start + n], size).empty()) ++n;
+        *fused = n;
+      }  // else: the first op alone; the next agreement finds what differs
+    }
+    return Status::OK();
   }
   CycleMessage mine;
   mine.requests.push_back(r);
@@ -481,21 +543,46 @@ Status SkipModeAgree(GlobalState& g, const Request& r) {
 }
 
 // Skip-negotiate mode: run this rank's requests in enqueue order (cycle_mu
-// held; the wait for them comes before).
+// held; the wait for them comes before), fusing runs of small ops the ranks
+// agree on. Requests submitted meanwhile join the queue before an agreement
+// (up to kSkipCycleMost requests a cycle), so that a batch submitted back to
+// back can run as one.
+constexpr size_t kSkipCycleMost = 4 * kSkipFuseMost;
+
 bool RunSkipCycle(GlobalState& g) {
   // Shutting down: the ops already submitted still run in skip mode first
   // (the peers run them so), then the ranks agree on shutdown through
   // negotiation; every rank gets there eventually.
   const bool shutting_down = g.shutdown_requested;
   g.queue.RunDirect();
-  std::vector<Request> requests;
-  g.queue.PopRequests(&requests);
-  for (const auto& r : requests) {
-    StartNegotiation(g, {r});
+  std::vector<Request>& queue = g.skip_queue;
+  queue.clear();
+  g.queue.PopRequests(&queue);
+  // Suspended since the loop looked: nothing now. (Checked after the pop:
+  // a suspend() that came before an op this pop took is seen here.)
+  if (g.suspended && !shutting_down) {
+    g.queue.Unpop(queue.begin(), queue.end());
+    queue.clear();
+    return true;
+  }
+  size_t next = 0;
+  while (next < queue.size()) {
+    if (queue.size() - next < static_cast<size_t>(kSkipFuseMost) && queue.size() < kSkipCycleMost &&
+        !g.suspended) {
+      g.queue.PopRequests(&queue);
+    }
+    StartNegotiation(g, queue[next]);
     Response resp;
-    resp.op = r.op;
-    resp.names = {r.name};
-    Status s = SkipModeAgree(g, r);
+    int fused = 1;
+    Status s = SkipModeAgree(g, queue, next, &fused);
+    ++g.skip_batches;
+    if (fused > 1) g.skip_fused_ops += static_cast<uint64_t>(fused);
+    resp.op = queue[next].op;
+    for (int i = 0; i < fused; ++i) {
+      resp.names.push_back(queue[next + i].name);
+      if (i > 0) StartNegotiation(g, queue[next + i]);
+    }
+    next += fused;
     if (s.type() == StatusType::INVALID_ARGUMENT) {
       resp.error = s.reason();
       FailResponse(g, resp);
@@ -503,7 +590,11 @@ bool RunSkipCycle(GlobalState& g) {
     }
     if (s.ok()) s = Perform(g, resp);
     if (!s.ok()) return StopLoop(g, s.reason());
+    // Out of skip mode: what was taken after the switch is negotiated.
+    if (!g.skip_negotiate) break;
   }
+  g.queue.Unpop(queue.begin() + static_cast<std::ptrdiff_t>(next), queue.end());
+  queue.clear();
   if (shutting_down) g.skip_negotiate = false;
   return true;
 }
@@ -919,6 +1010,11 @@ bool SkipNegotiate() { return State().skip_negotiate; }
 void ExchangeCounts(uint64_t* total, uint64_t* by_callers) {
   *total = State().exchanges;
   *by_callers = State().caller_exchanges;
+}
+
+void SkipModeCounts(uint64_t* batches, uint64_t* fused_ops) {
+  *batches = State().skip_batches;
+  *fused_ops = State().skip_fused_ops;
 }
 
 void FastRoundCounts(uint64_t* rounds, uint64_t* agreed) {

@@ -69,6 +69,9 @@ bool SkipNegotiate();
 // Negotiation exchanges run since the process started, and how many of them
 // callers ran in HelpUntil (diagnostics and tests).
 void ExchangeCounts(uint64_t* total, uint64_t* by_callers);
+// Skip-negotiate mode: batches agreed on (each one op, or a fused run), and
+// the ops that ran in fused runs of several. Since the process started.
+void SkipModeCounts(uint64_t* batches, uint64_t* fused_ops);
 void FastRoundCounts(uint64_t* rounds, uint64_t* agreed);
 // BLUEFOG_SPIN_TIME_US: how long a frontend polls for an op before it sleeps.
 int64_t SpinMicros();

@@ -46,6 +46,15 @@ void TensorQueue::PopRequests(std::vector<Request>* out) {
   owned_pending_ = 0;
 }
 
+void TensorQueue::Unpop(std::vector<Request>::iterator begin, std::vector<Request>::iterator end) {
+  if (begin == end) return;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    pending_.insert(pending_.begin(), std::make_move_iterator(begin), std::make_move_iterator(end));
+  }
+  cv_.notify_one();
+}
+
 bool TensorQueue::HasNewRequests(bool count_owned) {
   std::lock_guard<std::mutex> lock(mu_);
   return pending_.size() > (count_owned ? 0 : owned_pending_);

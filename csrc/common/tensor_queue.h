@@ -57,6 +57,9 @@ class TensorQueue {
   Status Add(TensorTableEntry entry, Request request, bool owned = false);
   // Moves the requests added since the last call into `out` (in enqueue order).
   void PopRequests(std::vector<Request>* out);
+  // Puts requests taken by PopRequests and not run back in front of the ones
+  // added since, in their order (for the next cycle, e.g. in the other mode).
+  void Unpop(std::vector<Request>::iterator begin, std::vector<Request>::iterator end);
   bool HasNewRequests(bool count_owned = true);
   // Points *out at the input bytes of entry `name` if they are in CPU memory,
   // at most `max_bytes` long and ready now (never waits). False otherwise. The

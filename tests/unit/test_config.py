@@ -25,6 +25,7 @@ def test_defaults():
     assert c["max_win_sent_length"] == 0
     assert c["ring_allreduce_bytes"] == 1024 * 1024
     assert c["p2p_gather_ranks"] == 32
+    assert c["skip_pattern_matrix_ranks"] == 64
 
 
 def test_every_setting_is_read():
@@ -47,6 +48,7 @@ def test_every_setting_is_read():
         "BLUEFOG_MAX_WIN_SENT_LENGTH=1000",
         "BLUEFOG_RING_ALLREDUCE_BYTES=0",
         "BLUEFOG_P2P_GATHER_RANKS=0",
+        "BLUEFOG_SKIP_PATTERN_MATRIX_RANKS=0",
     ]))
     assert c == {
         "cycle_time_ms": 2.5, "fusion_threshold_bytes": 1024, "log_level": "debug", "log_hide_time": True,
@@ -54,7 +56,7 @@ def test_every_setting_is_read():
         "stall_check_seconds": 5, "stall_shutdown_seconds": 30, "spin_time_us": 0,
         "inline_bytes": 0, "output_cache_bytes": 5, "caller_runs": False, "fast_rounds": False,
         "deadlock_check": False, "max_win_sent_length": 1000, "ring_allreduce_bytes": 0,
-        "p2p_gather_ranks": 0,
+        "p2p_gather_ranks": 0, "skip_pattern_matrix_ranks": 0,
     }
 
 
@@ -90,6 +92,9 @@ def test_unrelated_variables_are_ignored():
     ("BLUEFOG_RING_ALLREDUCE_BYTES=-5", "BLUEFOG_RING_ALLREDUCE_BYTES"),
     ("BLUEFOG_RING_ALLREDUCE_BYTES=1M", "BLUEFOG_RING_ALLREDUCE_BYTES"),
     ("BLUEFOG_P2P_GATHER_RANKS=-1", "BLUEFOG_P2P_GATHER_RANKS"),
+    ("BLUEFOG_SKIP_PATTERN_MATRIX_RANKS=-1", "BLUEFOG_SKIP_PATTERN_MATRIX_RANKS"),
+    ("BLUEFOG_SKIP_PATTERN_MATRIX_RANKS=many", "BLUEFOG_SKIP_PATTERN_MATRIX_RANKS"),
+    ("BLUEFOG_SKIP_PATTERN_MATRIX_RANKS=1025", "BLUEFOG_SKIP_PATTERN_MATRIX_RANKS"),
 ])
 def test_malformed_values_name_the_variable(line, variable):
     with pytest.raises(ValueError) as info:
