@@ -825,6 +825,77 @@ def test_skip_negotiate_mode_fuses_ops_queued_together(monkeypatch):
         bf.set_skip_negotiate_stage(False)
 
 
+def test_skip_negotiate_mode_random_mixed_queues_give_exact_results():
+    """Skip-negotiate mode, about 160 ops of mixed kinds, shapes and dtypes (the same
+    sequence on every rank), submitted nonblocking in chunks whose sizes and
+    pauses differ by rank: each rank's queue holds a different part of the
+    sequence when the ranks agree, so fused runs start and end at different
+    places. Every result must be exact and nothing may hang (a run fused
+    differently on two ranks would exchange mismatched messages)."""
+    import random
+    plan = random.Random(4242)  # the same op sequence everywhere
+    local = random.Random(RANK)  # this rank's own chunking and pauses
+    U = uniform_matrix(weight_matrix(bf.load_topology()))
+    ops = []
+    while len(ops) < 160:  # runs of one kind and dtype (fusible), of random lengths
+        kind = plan.choice(["nar", "nar", "nar", "dyn", "ar", "ar_sum", "ag", "bc"])
+        dtype = plan.choice([torch.float32, torch.float64])
+        k = plan.randint(1, max(1, SIZE - 1))
+        for _ in range(plan.randint(1, 12)):
+            ops.append((len(ops), kind, dtype, plan.randint(1, 300), k, plan.randrange(SIZE)))
+
+    def start(i, kind, dtype, n, k, root):
+        name = f"skip.random.{i}"
+        x = rank_input(RANK, (n,), 2000 + i, dtype)
+        if kind == "nar":
+            return bf.neighbor_allreduce_nonblocking(x, name=name)
+        if kind == "dyn":
+            if SIZE == 1:
+                return bf.neighbor_allreduce_nonblocking(x, self_weight=1.0, src_weights={}, dst_weights={},
+                                                         name=name)
+            return bf.neighbor_allreduce_nonblocking(x, self_weight=0.5, src_weights={(RANK - k) % SIZE: 0.5},
+                                                     dst_weights={(RANK + k) % SIZE: 1.0}, name=name)
+        if kind == "ar":
+            return bf.allreduce_nonblocking(x, name=name)
+        if kind == "ar_sum":
+            return bf.allreduce_nonblocking(x, average=False, name=name)
+        if kind == "ag":
+            return bf.allgather_nonblocking(rank_input(RANK, (RANK + 1, n), 2000 + i, dtype), name=name)
+        return bf.broadcast_nonblocking(x, root, name=name)
+
+    def expected(i, kind, dtype, n, k, root):
+        X = all_inputs((n,), 2000 + i, dtype)
+        if kind == "nar":
+            return mix(U, X, RANK)
+        if kind == "dyn":
+            return X[RANK] if SIZE == 1 else 0.5 * X[RANK] + 0.5 * X[(RANK - k) % SIZE]
+        if kind == "ar":
+            return X.mean(axis=0)
+        if kind == "ar_sum":
+            return X.sum(axis=0)
+        if kind == "ag":
+            return np.concatenate([all_inputs((r + 1, n), 2000 + i, dtype)[r] for r in range(SIZE)])
+        return X[root]
+
+    bf.set_skip_negotiate_stage(True)
+    try:
+        handles, pos = [], 0
+        while pos < len(ops):
+            chunk = local.randint(1, 24)
+            handles += [(op, start(*op)) for op in ops[pos:pos + chunk]]
+            pos += chunk
+            time.sleep(local.choice([0, 0, 0.0005, 0.002]))
+        for op, h in handles:
+            wait_done(h)
+            out = bf.synchronize(h)
+            try:
+                check(out, expected(*op), op[2])
+            except AssertionError as e:
+                raise AssertionError(f"op {op}: {e}") from None
+    finally:
+        bf.set_skip_negotiate_stage(False)
+
+
 def test_pair_gossip_non_mutual_targets_raise_on_every_rank():
     # Every rank targets r+1: mutual on 2 ranks (legal), not on more (r+1 targets r+2).
     x = rank_input(RANK, (2,), 35)
