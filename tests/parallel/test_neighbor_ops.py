@@ -727,33 +727,33 @@ def test_skip_negotiate_mode_checks_the_pattern_and_gives_exact_results():
     x = rank_input(RANK, shape, seed)
     others = [r for r in range(SIZE) if r != RANK]
     U = uniform_matrix(weight_matrix(bf.load_topology()))
+    # No try/finally: a rank that fails here must not switch modes (a collective the others
+    # are not in: a hang); with -x it leaves, and the launcher ends the job.
     bf.set_skip_negotiate_stage(True)
-    try:
-        # Static topology, blocking and a batch of nonblocking ones.
-        check(bf.neighbor_allreduce(x, name="skip.static"), mix(U, X, RANK))
-        handles = [bf.neighbor_allreduce_nonblocking(x * (i + 1), name=f"skip.static.nb.{i}") for i in range(8)]
-        for i, h in enumerate(handles):
-            check(bf.synchronize(h), (i + 1) * mix(U, X, RANK))
-        # Dynamic: every rank sends to every other one.
-        M = np.full((SIZE, SIZE), 1.0 / SIZE)
-        check(bf.neighbor_allreduce(x, self_weight=1.0 / SIZE, src_weights={r: 1.0 / SIZE for r in others},
-                                    dst_weights=others, name="skip.dyn"), mix(M, X, RANK))
-        gathered = bf.neighbor_allgather(x.reshape(1, 3), src_ranks=others, dst_ranks=others, name="skip.gather")
-        check(gathered, X[others].reshape(len(others), 3))
-        if SIZE > 1:
-            # Every rank sends to r+1 but receives from nobody: refused on every rank.
-            with pytest.raises(ValueError, match="pattern mismatch") as info:
-                bf.neighbor_allreduce(x, self_weight=0.5, src_weights={}, dst_weights={(RANK + 1) % SIZE: 1.0},
-                                      name="skip.mismatch")
-            assert "'skip.mismatch'" in str(info.value)
-            assert f"rank {RANK} sends to rank {(RANK + 1) % SIZE}" in str(info.value) or SIZE > 4
-            with pytest.raises(ValueError, match="pattern mismatch"):
-                bf.synchronize(bf.neighbor_allgather_nonblocking(x.reshape(1, 3), src_ranks=[],
-                                                                 dst_ranks=[(RANK + 1) % SIZE],
-                                                                 name="skip.mismatch.gather"))
-        check(bf.neighbor_allreduce(x, name="skip.after"), mix(U, X, RANK))
-    finally:
-        bf.set_skip_negotiate_stage(False)
+    # Static topology, blocking and a batch of nonblocking ones.
+    check(bf.neighbor_allreduce(x, name="skip.static"), mix(U, X, RANK))
+    handles = [bf.neighbor_allreduce_nonblocking(x * (i + 1), name=f"skip.static.nb.{i}") for i in range(8)]
+    for i, h in enumerate(handles):
+        check(bf.synchronize(h), (i + 1) * mix(U, X, RANK))
+    # Dynamic: every rank sends to every other one.
+    M = np.full((SIZE, SIZE), 1.0 / SIZE)
+    check(bf.neighbor_allreduce(x, self_weight=1.0 / SIZE, src_weights={r: 1.0 / SIZE for r in others},
+                                dst_weights=others, name="skip.dyn"), mix(M, X, RANK))
+    gathered = bf.neighbor_allgather(x.reshape(1, 3), src_ranks=others, dst_ranks=others, name="skip.gather")
+    check(gathered, X[others].reshape(len(others), 3))
+    if SIZE > 1:
+        # Every rank sends to r+1 but receives from nobody: refused on every rank.
+        with pytest.raises(ValueError, match="pattern mismatch") as info:
+            bf.neighbor_allreduce(x, self_weight=0.5, src_weights={}, dst_weights={(RANK + 1) % SIZE: 1.0},
+                                  name="skip.mismatch")
+        assert "'skip.mismatch'" in str(info.value)
+        assert f"rank {RANK} sends to rank {(RANK + 1) % SIZE}" in str(info.value) or SIZE > 4
+        with pytest.raises(ValueError, match="pattern mismatch"):
+            bf.synchronize(bf.neighbor_allgather_nonblocking(x.reshape(1, 3), src_ranks=[],
+                                                             dst_ranks=[(RANK + 1) % SIZE],
+                                                             name="skip.mismatch.gather"))
+    check(bf.neighbor_allreduce(x, name="skip.after"), mix(U, X, RANK))
+    bf.set_skip_negotiate_stage(False)
 
 
 def test_skip_negotiate_mode_fuses_ops_queued_together(monkeypatch):
@@ -780,49 +780,49 @@ def test_skip_negotiate_mode_fuses_ops_queued_together(monkeypatch):
         finally:
             bf.resume()
 
+    # No try/finally: a rank that fails here must not switch modes (a collective the others
+    # are not in: a hang); with -x it leaves, and the launcher ends the job.
     bf.set_skip_negotiate_stage(True)
+    before, handles = submit_suspended([f"skip.fuse.{i}" for i in range(8)])
+    for i, h in enumerate(handles):
+        check(bf.synchronize(h), (i + 1) * mix(U, X, RANK))
+    batches, fused = (a - b for a, b in zip(basics.skip_mode_counts(), before))
+    assert (batches, fused) == (1, 8), "the 8 ops did not run as one fused batch"
+    # Runs of different kinds stay apart: 3 float64 neighbor_allreduce, 2 float32 ones,
+    # 2 without the topology check, then 3 averaging allreduce.
+    bf.barrier()
+    before = basics.skip_mode_counts()
+    bf.suspend()
     try:
-        before, handles = submit_suspended([f"skip.fuse.{i}" for i in range(8)])
-        for i, h in enumerate(handles):
-            check(bf.synchronize(h), (i + 1) * mix(U, X, RANK))
-        batches, fused = (a - b for a, b in zip(basics.skip_mode_counts(), before))
-        assert (batches, fused) == (1, 8), "the 8 ops did not run as one fused batch"
-        # Runs of different kinds stay apart: 3 float64 neighbor_allreduce, 2 float32 ones,
-        # 2 without the topology check, then 3 averaging allreduce.
-        bf.barrier()
-        before = basics.skip_mode_counts()
-        bf.suspend()
-        try:
-            handles = [bf.neighbor_allreduce_nonblocking(x * (i + 1), name=f"skip.kinds.64.{i}") for i in range(3)]
-            handles += [bf.neighbor_allreduce_nonblocking(x.float() * (i + 1), name=f"skip.kinds.32.{i}")
-                        for i in range(2)]
-            handles += [bf.neighbor_allreduce_nonblocking(x * (i + 1), name=f"skip.kinds.nocheck.{i}",
-                                                          enable_topo_check=False) for i in range(2)]
-            handles += [bf.allreduce_nonblocking(x * (i + 1), name=f"skip.kinds.ar.{i}") for i in range(3)]
-        finally:
-            bf.resume()
-        results = [bf.synchronize(h) for h in handles]
-        for i in range(3):
-            check(results[i], (i + 1) * mix(U, X, RANK))
-        for i in range(2):
-            check(results[3 + i], (i + 1) * mix(U, X.astype(np.float32), RANK), torch.float32)
-            check(results[5 + i], (i + 1) * mix(U, X, RANK))
-        for i in range(3):
-            check(results[7 + i], (i + 1) * X.mean(axis=0))
-        batches, fused = (a - b for a, b in zip(basics.skip_mode_counts(), before))
-        assert (batches, fused) == (4, 10), (batches, fused)
-        if SIZE > 1:
-            names = [f"skip.fuse.odd.{i}" + (".rank0" if i == 3 and RANK == 0 else "") for i in range(8)]
-            _, handles = submit_suspended(names)
-            for i, h in enumerate(handles):
-                if i == 3:
-                    with pytest.raises(ValueError, match=r"skip\.fuse\.odd\.3\.rank0.*skip\.fuse\.odd\.3'") as info:
-                        bf.synchronize(h)
-                    assert "same order" in str(info.value)
-                else:
-                    check(bf.synchronize(h), (i + 1) * mix(U, X, RANK))
+        handles = [bf.neighbor_allreduce_nonblocking(x * (i + 1), name=f"skip.kinds.64.{i}") for i in range(3)]
+        handles += [bf.neighbor_allreduce_nonblocking(x.float() * (i + 1), name=f"skip.kinds.32.{i}")
+                    for i in range(2)]
+        handles += [bf.neighbor_allreduce_nonblocking(x * (i + 1), name=f"skip.kinds.nocheck.{i}",
+                                                      enable_topo_check=False) for i in range(2)]
+        handles += [bf.allreduce_nonblocking(x * (i + 1), name=f"skip.kinds.ar.{i}") for i in range(3)]
     finally:
-        bf.set_skip_negotiate_stage(False)
+        bf.resume()
+    results = [bf.synchronize(h) for h in handles]
+    for i in range(3):
+        check(results[i], (i + 1) * mix(U, X, RANK))
+    for i in range(2):
+        check(results[3 + i], (i + 1) * mix(U, X.astype(np.float32), RANK), torch.float32)
+        check(results[5 + i], (i + 1) * mix(U, X, RANK))
+    for i in range(3):
+        check(results[7 + i], (i + 1) * X.mean(axis=0))
+    batches, fused = (a - b for a, b in zip(basics.skip_mode_counts(), before))
+    assert (batches, fused) == (4, 10), (batches, fused)
+    if SIZE > 1:
+        names = [f"skip.fuse.odd.{i}" + (".rank0" if i == 3 and RANK == 0 else "") for i in range(8)]
+        _, handles = submit_suspended(names)
+        for i, h in enumerate(handles):
+            if i == 3:
+                with pytest.raises(ValueError, match=r"skip\.fuse\.odd\.3\.rank0.*skip\.fuse\.odd\.3'") as info:
+                    bf.synchronize(h)
+                assert "same order" in str(info.value)
+            else:
+                check(bf.synchronize(h), (i + 1) * mix(U, X, RANK))
+    bf.set_skip_negotiate_stage(False)
 
 
 def test_skip_negotiate_mode_random_mixed_queues_give_exact_results():
@@ -877,23 +877,23 @@ def test_skip_negotiate_mode_random_mixed_queues_give_exact_results():
             return np.concatenate([all_inputs((r + 1, n), 2000 + i, dtype)[r] for r in range(SIZE)])
         return X[root]
 
+    # No try/finally: a rank that fails here must not switch modes (a collective the others
+    # are not in: a hang); with -x it leaves, and the launcher ends the job.
     bf.set_skip_negotiate_stage(True)
-    try:
-        handles, pos = [], 0
-        while pos < len(ops):
-            chunk = local.randint(1, 24)
-            handles += [(op, start(*op)) for op in ops[pos:pos + chunk]]
-            pos += chunk
-            time.sleep(local.choice([0, 0, 0.0005, 0.002]))
-        for op, h in handles:
-            wait_done(h)
-            out = bf.synchronize(h)
-            try:
-                check(out, expected(*op), op[2])
-            except AssertionError as e:
-                raise AssertionError(f"op {op}: {e}") from None
-    finally:
-        bf.set_skip_negotiate_stage(False)
+    handles, pos = [], 0
+    while pos < len(ops):
+        chunk = local.randint(1, 24)
+        handles += [(op, start(*op)) for op in ops[pos:pos + chunk]]
+        pos += chunk
+        time.sleep(local.choice([0, 0, 0.0005, 0.002]))
+    for op, h in handles:
+        wait_done(h)
+        out = bf.synchronize(h)
+        try:
+            check(out, expected(*op), op[2])
+        except AssertionError as e:
+            raise AssertionError(f"op {op}: {e}") from None
+    bf.set_skip_negotiate_stage(False)
 
 
 def test_pair_gossip_non_mutual_targets_raise_on_every_rank():
