@@ -147,7 +147,7 @@ void bluefog_skip_mode_counts(long long* batches, long long* fused_ops) {
 }
 int bluefog_pattern_matrix_check(int size, const int* src_counts, const int* srcs, const int* dst_counts,
                                  const int* dsts, char* out, int out_size) {
-  const int n = PatternWords(size, 1024);
+  const int n = PatternWords(size, kSkipPatternMatrixMostRanks);
   if (n == 0) return -1;
   std::vector<uint64_t> all(n, ~uint64_t{0}), mine(n);
   const int* s = srcs;

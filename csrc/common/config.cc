@@ -98,7 +98,11 @@ bool ParseConfig(const std::map<std::string, std::string>& env, Config* config, 
       if (!ParseInt(value, &i) || i < 0) { *error = Bad(key, value, "a non-negative number of ranks (0: always MPI_Iallgather)"); return false; }
       c.p2p_gather_ranks = i;
     } else if (key == "BLUEFOG_SKIP_PATTERN_MATRIX_RANKS") {
-      if (!ParseInt(value, &i) || i < 0 || i > 1024) { *error = Bad(key, value, "a number of ranks from 0 (always gather the lists) to 1024"); return false; }
+      if (!ParseInt(value, &i) || i < 0 || i > kSkipPatternMatrixMostRanks) {
+        *error = Bad(key, value, "a number of ranks from 0 (always gather the lists) to " +
+                                     std::to_string(kSkipPatternMatrixMostRanks));
+        return false;
+      }
       c.skip_pattern_matrix_ranks = i;
     } else if (key == "BLUEFOG_MAX_WIN_SENT_LENGTH") {
       if (!ParseInt(value, &i) || i < 0) { *error = Bad(key, value, "a non-negative number of elements (0: no limit)"); return false; }

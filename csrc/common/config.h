@@ -11,6 +11,10 @@
 
 namespace bluefog {
 
+// The largest BLUEFOG_SKIP_PATTERN_MATRIX_RANKS: its matrices are 2 x size^2
+// bits (256 KiB in every skip-mode agreement at this size).
+constexpr int64_t kSkipPatternMatrixMostRanks = 1024;
+
 struct Config {
   // Under load (ops waiting for peers), the longest the background thread waits
   // for new local work before it negotiates again. New work wakes it at once.
@@ -60,7 +64,7 @@ struct Config {
   // BLUEFOG_SKIP_PATTERN_MATRIX_RANKS: in skip-negotiate mode, on up to this
   // many ranks a neighbor op's send/receive pattern is checked inside the op's
   // agreement allreduce (two size x size bit matrices); on more, by gathering
-  // every rank's lists (0: always gather; at most 1024).
+  // every rank's lists (0: always gather; at most kSkipPatternMatrixMostRanks).
   int64_t skip_pattern_matrix_ranks = 64;
   // Window put / get / accumulate: the most elements one MPI call moves (a
   // larger window goes in several calls). 0: as many as an MPI count allows.

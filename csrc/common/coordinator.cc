@@ -45,29 +45,35 @@ std::string GroupSizeDisagreement(const std::vector<Request>& v) {
 
 }  // namespace
 
+namespace {
+// What is wrong with rank `r`'s own lists in a world of `size` ranks, appended
+// to `problems` (nothing if they are valid).
+void ListProblems(const Request& q, int r, int size, std::vector<std::string>* problems) {
+  for (const auto* list : {&q.src_ranks, &q.dst_ranks}) {
+    const char* what = list == &q.src_ranks ? "source" : "destination";
+    for (size_t i = 0; i < list->size(); ++i) {
+      int32_t x = (*list)[i];
+      if (x < 0 || x >= size || x == r) {
+        problems->push_back("rank " + std::to_string(r) + " lists " + what + " rank " + std::to_string(x) +
+                            " (expected a rank in [0, " + std::to_string(size) + ") other than itself)");
+      } else if (std::find(list->begin(), list->begin() + i, x) != list->begin() + i) {
+        problems->push_back("rank " + std::to_string(r) + " lists " + what + " rank " + std::to_string(x) + " twice");
+      }
+    }
+  }
+  if (!q.dst_weights.empty() && q.dst_weights.size() != q.dst_ranks.size()) {
+    problems->push_back("rank " + std::to_string(r) + " gives " + std::to_string(q.dst_weights.size()) +
+                        " weights for " + std::to_string(q.dst_ranks.size()) + " destinations");
+  }
+}
+}  // namespace
+
 // Every rank's send/receive lists must be valid and mirror each other, or the
 // exchange would deadlock or drop data.
 std::string CheckPattern(const std::vector<Request>& v) {
   const int size = static_cast<int>(v.size());
   std::vector<std::string> problems;
-  for (int r = 0; r < size; ++r) {
-    for (const auto* list : {&v[r].src_ranks, &v[r].dst_ranks}) {
-      const char* what = list == &v[r].src_ranks ? "source" : "destination";
-      for (size_t i = 0; i < list->size(); ++i) {
-        int32_t x = (*list)[i];
-        if (x < 0 || x >= size || x == r) {
-          problems.push_back("rank " + std::to_string(r) + " lists " + what + " rank " + std::to_string(x) +
-                             " (expected a rank in [0, " + std::to_string(size) + ") other than itself)");
-        } else if (std::find(list->begin(), list->begin() + i, x) != list->begin() + i) {
-          problems.push_back("rank " + std::to_string(r) + " lists " + what + " rank " + std::to_string(x) + " twice");
-        }
-      }
-    }
-    if (!v[r].dst_weights.empty() && v[r].dst_weights.size() != v[r].dst_ranks.size()) {
-      problems.push_back("rank " + std::to_string(r) + " gives " + std::to_string(v[r].dst_weights.size()) +
-                         " weights for " + std::to_string(v[r].dst_ranks.size()) + " destinations");
-    }
-  }
+  for (int r = 0; r < size; ++r) ListProblems(v[r], r, size, &problems);
   if (problems.empty()) {
     for (int r = 0; r < size; ++r) {
       for (int32_t d : v[r].dst_ranks)
@@ -279,25 +285,18 @@ int PatternWords(int size, int64_t max_ranks) {
 namespace {
 void ClearBit(uint64_t* bits, int index) { bits[index / 64] &= ~(uint64_t{1} << (index % 64)); }
 bool TestBit(const uint64_t* bits, int index) { return (bits[index / 64] >> (index % 64)) & 1; }
-
-// Whether this rank's lists fit the matrices (CheckPattern's validity checks).
-bool PatternFits(const Request& r, int rank, int size) {
-  for (const auto* list : {&r.src_ranks, &r.dst_ranks}) {
-    std::vector<bool> seen(size, false);
-    for (int32_t x : *list) {
-      if (x < 0 || x >= size || x == rank || seen[x]) return false;
-      seen[x] = true;
-    }
-  }
-  return r.dst_weights.empty() || r.dst_weights.size() == r.dst_ranks.size();
-}
 }  // namespace
+
+bool HasPatternToCheck(const Request& r) {
+  return r.topo_check && (r.op == OpType::NEIGHBOR_ALLREDUCE || r.op == OpType::NEIGHBOR_ALLGATHER);
+}
 
 void FillPatternWords(const Request& r, int rank, int size, int n, uint64_t* words) {
   std::fill(words, words + n, ~uint64_t{0});
-  const bool checked = r.topo_check && (r.op == OpType::NEIGHBOR_ALLREDUCE || r.op == OpType::NEIGHBOR_ALLGATHER);
-  if (n == 0 || !checked) return;
-  if (!PatternFits(r, rank, size)) {
+  if (n == 0 || !HasPatternToCheck(r)) return;
+  std::vector<std::string> problems;  // (CheckPattern's own validity rules: these lists do not fit the matrices)
+  ListProblems(r, rank, size, &problems);
+  if (!problems.empty()) {
     words[0] = 0;
     return;
   }

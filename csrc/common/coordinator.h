@@ -78,6 +78,9 @@ uint64_t SkipModePrefixDigest(const std::vector<Request>& queue, size_t start, i
 // The words the pattern adds to the agreement (the same on every rank; 0
 // above `max_ranks`): a flag word, then the two matrices.
 int PatternWords(int size, int64_t max_ranks);
+// Whether skip-negotiate mode checks `r`'s send/receive pattern (a neighbor op
+// with enable_topo_check).
+bool HasPatternToCheck(const Request& r);
 // This rank's `n` pattern words for `r`: every bit set when `r` has no
 // pattern to check, and the flag word 0 when its lists do not fit the
 // matrices (a rank out of range or this rank itself, a rank listed twice,

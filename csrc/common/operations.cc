@@ -129,16 +129,17 @@ void WaitReady(const TensorTableEntry& e) {
   while (!e.ready_event->Ready()) std::this_thread::yield();
 }
 
-// Skip-negotiate mode: with the topology check on, every rank shares its
-// send/receive lists and all fail alike on a mismatch (nothing is exchanged).
-// (Up to BLUEFOG_SKIP_PATTERN_MATRIX_RANKS ranks with lists that fit, the
-// agreement's own allreduce decides it.) Here the lists travel in one list
-// gather (two collectives): the source count, the sources, the destinations.
+// The error of op `name` whose send/receive pattern has `problem` (OK if none).
 Status PatternError(OpType op, const std::string& name, const std::string& problem) {
   if (problem.empty()) return Status::OK();
   return Status::InvalidArgument("bluefog " + std::string(OpTypeName(op)) + " '" + name + "': " + problem);
 }
 
+// Skip-negotiate mode: with the topology check on, every rank shares its
+// send/receive lists and all fail alike on a mismatch (nothing is exchanged).
+// (Up to BLUEFOG_SKIP_PATTERN_MATRIX_RANKS ranks with lists that fit, the
+// agreement's own allreduce decides it.) Here the lists travel in one list
+// gather (two collectives): the source count, the sources, the destinations.
 Status SkipModePatternCheck(GlobalState& g, const Request& e) {
   std::vector<int32_t> mine;
   mine.reserve(1 + e.src_ranks.size() + e.dst_ranks.size());
@@ -497,10 +498,9 @@ Status SkipModeAgree(GlobalState& g, const std::vector<Request>& queue, size_t s
   if (same && !refused) {
     const std::string invalid = SkipModeInvalid(r, size);
     if (!invalid.empty()) return Status::InvalidArgument(invalid);
-    const bool checked = r.topo_check && (r.op == OpType::NEIGHBOR_ALLREDUCE || r.op == OpType::NEIGHBOR_ALLGATHER);
-    std::string problem;
-    if (checked) {
+    if (HasPatternToCheck(r)) {
       // (Every rank takes the same branch: the flag word is ANDed.)
+      std::string problem;
       if (PatternFromWords(words.data() + 4, n_pattern, size, &problem)) {
         if (!problem.empty()) return PatternError(r.op, r.name, problem);
       } else {
