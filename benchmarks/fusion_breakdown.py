@@ -8,16 +8,19 @@ blocks within one job (the same two as in neighbor_bench.py's fusion comparison)
   mpi4py.fused  fusion written by hand in raw MPI: torch.cat of the N tensors, one
                 Neighbor_allgather, one weighted average over the whole batch
 
-For every batch each rank records the wall time, the CPU time of the calling thread in each
-phase (bf.fused: submitting, synchronizing; mpi4py.fused: packing, exchange, average) and the
-CPU time of the whole process; the difference between the last two is the other threads'
-(BlueFog's background thread: negotiation, packing, the MPI exchange, completions; a wait may
-also run a cycle on the calling thread, BLUEFOG_CALLER_RUNS, which then counts in its
-synchronize phase). For bf.fused it also counts the negotiation exchanges per batch.
+Both results are checked first (with the same code that is timed). For every batch each rank
+records the wall time, its CPU time (the whole process; the calling thread, by phase: bf.fused
+submitting and synchronizing, mpi4py.fused packing, exchange, average; the other threads, the
+process's minus the calling thread's: BlueFog's background thread with its negotiation, packing,
+exchange, completions and spinning, and MPI's own threads). Each column is the median over the
+batches, then the largest over the ranks. A wait may also run a negotiation cycle on the calling
+thread itself (BLUEFOG_CALLER_RUNS), which then counts in its synchronize phase: the script
+prints bf.fused's negotiation exchanges per batch and how many of them a waiting caller ran (in
+skip-negotiate mode, how many ops ran in batches of several). The contenders alternate in blocks,
+each first in every other block. At least 2 ranks.
 
 With more ranks than cores the batch is CPU-bound: its wall time is about (ranks per core) x
-(CPU per rank), so the CPU columns say where a faster batch has to come from. Medians over the
-batches; each column is the largest median over the ranks.
+(CPU per rank), so the CPU columns say where a faster batch has to come from.
 
     bfrun -np 4 python benchmarks/fusion_breakdown.py
 """
@@ -35,14 +38,15 @@ from mpi4py import MPI  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import neighbor_bench as nb  # noqa: E402  (Ctx, Batch, combine, print_table, parse_size, ...)
+import allreduce_bench as ab  # noqa: E402  (start_bluefog)
+import neighbor_bench as nb  # noqa: E402  (Ctx, Batch, combine, verify_all, print_table, parse_size, fmt_size)
 
 import bluefog.torch as bf  # noqa: E402
 from bluefog.common.basics import get_basics  # noqa: E402
 
 
 class Clocks:
-    """Wall, calling-thread CPU and process CPU time, read together."""
+    """Wall, calling-thread CPU and process CPU time, read together at each mark."""
 
     def __init__(self):
         self.marks = []
@@ -50,11 +54,13 @@ class Clocks:
     def mark(self):
         self.marks.append((time.perf_counter(), time.thread_time(), time.process_time()))
 
-    def phases(self):
-        """Calling-thread CPU of each phase between marks, then the totals: wall, thread, process."""
+    def readings(self):
+        """The calling thread's CPU in each phase between marks, then wall, calling-thread CPU,
+        process CPU and the other threads' CPU (process minus calling thread) over all of them."""
         m = self.marks
-        out = [m[i + 1][1] - m[i][1] for i in range(len(m) - 1)]
-        return out + [m[-1][0] - m[0][0], m[-1][1] - m[0][1], m[-1][2] - m[0][2]]
+        phases = [m[i + 1][1] - m[i][1] for i in range(len(m) - 1)]
+        wall, thread, process = (m[-1][k] - m[0][k] for k in range(3))
+        return phases + [wall, thread, process, process - thread]
 
 
 def bf_batch(batch):
@@ -64,7 +70,7 @@ def bf_batch(batch):
     clocks.mark()
     batch.outs = [bf.synchronize(h) for h in handles]
     clocks.mark()
-    return clocks.phases()
+    return clocks.readings()
 
 
 def mpi4py_batch(batch):
@@ -76,7 +82,7 @@ def mpi4py_batch(batch):
     clocks.mark()
     batch.outs = list(nb.combine(batch.packed, batch.recv_all, c.uniform, batch.weights).split(batch.nelem))
     clocks.mark()
-    return clocks.phases()
+    return clocks.readings()
 
 
 CONTENDERS = {
@@ -88,14 +94,13 @@ CONTENDERS = {
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--count", type=int, default=64, help="tensors per batch (default 64)")
-    p.add_argument("--size", default="16KiB", help="size of each float32 tensor (default 16KiB)")
+    p.add_argument("--size", type=nb.parse_size, default="16KiB", help="size of each float32 tensor (default 16KiB)")
     p.add_argument("--blocks", type=int, default=10, help="alternating blocks per contender (default 10)")
     p.add_argument("--per-block", type=int, default=20, help="timed batches per block (default 20)")
     p.add_argument("--warmup", type=int, default=3, help="untimed batches before each block (default 3)")
     p.add_argument("--skip-negotiate", action="store_true",
                    help="bf.set_skip_negotiate_stage(True) for the whole run (what negotiation costs)")
     a = p.parse_args()
-    a.size = nb.parse_size(a.size)
     if min(a.count, a.blocks, a.per_block) < 1 or a.warmup < 0 or a.size < 4:
         p.error("--count, --blocks and --per-block must be >= 1, --warmup >= 0, --size >= 4 bytes")
     return a
@@ -103,58 +108,61 @@ def parse_args():
 
 def main(args):
     comm = MPI.COMM_WORLD
-    bf.init()
-    torch.set_num_threads(1)
-    if args.skip_negotiate:
-        bf.set_skip_negotiate_stage(True)
+    ab.start_bluefog(comm, 1, args.skip_negotiate, "fusion_breakdown", min_ranks=2)
     ctx = nb.Ctx(comm, fresh_recv=False)
-    nelem = args.size // 4
-    batches = {label: nb.Batch(label, ctx, args.count, nelem) for label in CONTENDERS}
-    for label, batch in batches.items():
+    batches = {label: nb.Batch(label, ctx, args.count, args.size // 4) for label in CONTENDERS}
+    for label, (run, _) in CONTENDERS.items():
+        batch = batches[label]
+        batch.op = lambda b=batch, f=run: f(b)  # the check runs the very code that is timed
         ok, details = nb.verify_all(comm, batch)
         if not ok:
             raise SystemExit(f"{label} returned a wrong average: {'; '.join(details)}")
     samples = {label: [] for label in CONTENDERS}
-    exchanges = []
-    for _ in range(args.blocks):
-        for label, (run, _) in CONTENDERS.items():
-            batch = batches[label]
-            for _ in range(args.warmup):
+    exchanges = []  # bf.fused: (all, run by a waiting caller) per batch, per block
+    order = list(CONTENDERS)
+    for block in range(args.blocks):
+        for label in order[block % 2:] + order[:block % 2]:  # each contender first in every other block
+            run, batch = CONTENDERS[label][0], batches[label]
+            for _warm in range(args.warmup):
                 run(batch)
             comm.Barrier()
-            before = get_basics().exchange_counts()[0]
-            for _ in range(args.per_block):
+            before = get_basics().exchange_counts()
+            for _timed in range(args.per_block):
                 samples[label].append(run(batch))
             if label == "bf.fused":
-                exchanges.append((get_basics().exchange_counts()[0] - before) / args.per_block)
+                after = get_basics().exchange_counts()
+                exchanges.append([(a - b) / args.per_block for a, b in zip(after, before)])
     # Per rank: the median of each column (microseconds); then the largest over the ranks.
     mine = {label: [statistics.median(col) * 1e6 for col in zip(*rows)] for label, rows in samples.items()}
-    everyone = comm.gather((mine, statistics.median(exchanges)), root=0)
+    counts = [statistics.median(col) for col in zip(*exchanges)]
+    everyone = comm.gather((mine, counts), root=0)
+    ctx.graph_comm.Free()
     if comm.Get_rank() != 0:
         return
     worst = {label: [max(r[0][label][i] for r in everyone) for i in range(len(mine[label]))] for label in mine}
-    cores, ranks = os.cpu_count(), comm.Get_size()
     mode = "skip-negotiate mode" if args.skip_negotiate else "negotiated"
-    title = (f"Fused batch ({mode}): {args.count} x {nb.fmt_size(args.size)} float32, {ranks} ranks on {cores} cores; "
-             f"medians of {args.blocks * args.per_block} batches (largest over the ranks), us")
+    title = (f"Fused batch ({mode}): {args.count} x {nb.fmt_size(args.size)} float32, {comm.Get_size()} ranks on "
+             f"{os.cpu_count()} cores; medians of {args.blocks * args.per_block} batches (largest over the ranks), us")
     rows = []
     for label, (_, phases) in CONTENDERS.items():
         w = worst[label]
         named = ", ".join(f"{p} {v:.0f}" for p, v in zip(phases, w))
-        rows.append([label, f"{w[-3]:.0f}", f"{w[-1]:.0f}", f"{w[-2]:.0f}", f"{w[-1] - w[-2]:.0f}", named])
-    nb.print_table(title, ["contender", "wall", "CPU (process)", "CPU (calling thread)", "CPU (other threads)",
-                        "calling thread's CPU by phase"], rows)
+        rows.append([label] + [f"{v:.0f}" for v in w[-4:]] + [named])
+    nb.print_table(title, ["contender", "wall", "CPU (calling thread)", "CPU (process)", "CPU (other threads)",
+                           "calling thread's CPU by phase"], rows)
     bf_w, raw_w = worst["bf.fused"], worst["mpi4py.fused"]
-    per_op = (bf_w[-1] - raw_w[-1]) / args.count
-    print(f"\nbf.fused / mpi4py.fused: wall {bf_w[-3] / raw_w[-3]:.2f}x, process CPU {bf_w[-1] / raw_w[-1]:.2f}x "
+    per_op = (bf_w[-2] - raw_w[-2]) / args.count
+    print(f"\nbf.fused / mpi4py.fused: wall {bf_w[-4] / raw_w[-4]:.2f}x, process CPU {bf_w[-2] / raw_w[-2]:.2f}x "
           f"({per_op:.1f} us more CPU per tensor and rank)")
     if not args.skip_negotiate:
-        print(f"bf.fused negotiation exchanges per batch (median over blocks, largest over ranks): "
-              f"{max(r[1] for r in everyone):.2f}")
+        total, by_callers = (max(r[1][k] for r in everyone) for k in range(2))
+        print(f"bf.fused negotiation exchanges per batch (median over blocks, largest over ranks): {total:.2f}, "
+              f"of which run by a waiting caller: {by_callers:.2f}")
+    else:
+        batches_run, fused_ops = get_basics().skip_mode_counts()
+        print(f"skip mode on rank 0, the whole run: {batches_run} agreements; "
+              f"{fused_ops} ops ran in batches of several")
 
 
 if __name__ == "__main__":
-    arguments = parse_args()
-    main(arguments)
-    if arguments.skip_negotiate:
-        bf.set_skip_negotiate_stage(False)
+    main(parse_args())
