@@ -35,13 +35,10 @@ import mpi4py
 mpi4py.rc.thread_level = "multiple"
 from mpi4py import MPI  # noqa: E402
 
-import torch  # noqa: E402
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import allreduce_bench as ab  # noqa: E402  (start_bluefog)
-import neighbor_bench as nb  # noqa: E402  (Ctx, Batch, combine, verify_all, print_table, parse_size, fmt_size)
+import neighbor_bench as nb  # noqa: E402  (Ctx, Batch, verify_all, print_table, parse_size, fmt_size)
 
-import bluefog.torch as bf  # noqa: E402
 from bluefog.common.basics import get_basics  # noqa: E402
 
 
@@ -63,31 +60,19 @@ class Clocks:
         return phases + [wall, thread, process, process - thread]
 
 
-def bf_batch(batch):
+def run(batch):
+    """One batch of `batch`'s contender (neighbor_bench.Batch.op), timed phase by phase."""
     clocks = Clocks()
     clocks.mark()
-    handles = [bf.neighbor_allreduce_nonblocking(x, name=n) for x, n in zip(batch.xs, batch.names)]
-    clocks.mark()
-    batch.outs = [bf.synchronize(h) for h in handles]
+    batch.op(clocks.mark)
     clocks.mark()
     return clocks.readings()
 
 
-def mpi4py_batch(batch):
-    c, clocks = batch.ctx, Clocks()
-    clocks.mark()
-    torch.cat(batch.xs, out=batch.packed)
-    clocks.mark()
-    c.graph_comm.Neighbor_allgather(batch.packed.numpy(), batch.recv_all.numpy())
-    clocks.mark()
-    batch.outs = list(nb.combine(batch.packed, batch.recv_all, c.uniform, batch.weights).split(batch.nelem))
-    clocks.mark()
-    return clocks.readings()
-
-
-CONTENDERS = {
-    "bf.fused": (bf_batch, ["submit", "synchronize"]),
-    "mpi4py.fused": (mpi4py_batch, ["pack", "exchange", "average"]),
+# The calling thread's phases, in the order Batch.op marks them.
+PHASES = {
+    "bf.fused": ["submit", "synchronize"],
+    "mpi4py.fused": ["pack", "exchange", "average"],
 }
 
 
@@ -110,19 +95,17 @@ def main(args):
     comm = MPI.COMM_WORLD
     ab.start_bluefog(comm, 1, args.skip_negotiate, "fusion_breakdown", min_ranks=2)
     ctx = nb.Ctx(comm, fresh_recv=False)
-    batches = {label: nb.Batch(label, ctx, args.count, args.size // 4) for label in CONTENDERS}
-    for label, (run, _) in CONTENDERS.items():
-        batch = batches[label]
-        batch.op = lambda b=batch, f=run: f(b)  # the check runs the very code that is timed
-        ok, details = nb.verify_all(comm, batch)
+    batches = {label: nb.Batch(label, ctx, args.count, args.size // 4) for label in PHASES}
+    for label, batch in batches.items():
+        ok, details = nb.verify_all(comm, batch)  # (Batch.op: the code that is timed)
         if not ok:
             raise SystemExit(f"{label} returned a wrong average: {'; '.join(details)}")
-    samples = {label: [] for label in CONTENDERS}
+    samples = {label: [] for label in PHASES}
     exchanges = []  # bf.fused: (all, run by a waiting caller) per batch, per block
-    order = list(CONTENDERS)
+    order = list(PHASES)
     for block in range(args.blocks):
         for label in order[block % 2:] + order[:block % 2]:  # each contender first in every other block
-            run, batch = CONTENDERS[label][0], batches[label]
+            batch = batches[label]
             for _warm in range(args.warmup):
                 run(batch)
             comm.Barrier()
@@ -144,7 +127,7 @@ def main(args):
     title = (f"Fused batch ({mode}): {args.count} x {nb.fmt_size(args.size)} float32, {comm.Get_size()} ranks on "
              f"{os.cpu_count()} cores; medians of {args.blocks * args.per_block} batches (largest over the ranks), us")
     rows = []
-    for label, (_, phases) in CONTENDERS.items():
+    for label, phases in PHASES.items():
         w = worst[label]
         named = ", ".join(f"{p} {v:.0f}" for p, v in zip(phases, w))
         rows.append([label] + [f"{v:.0f}" for v in w[-4:]] + [named])

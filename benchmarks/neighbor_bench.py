@@ -289,10 +289,13 @@ class Batch:
             self.packed = torch.empty(count * nelem, dtype=torch.float32)
             self.recv_all = torch.empty(len(ctx.in_nbrs), count * nelem, dtype=torch.float32)
 
-    def op(self):
+    def op(self, mark=lambda: None):
+        """One batch. `mark()` is called between the fused contenders' phases (fusion_breakdown.py
+        times them): bf.fused submitting | synchronizing, mpi4py.fused packing | exchange | average."""
         c, label = self.ctx, self.label
         if label == "bf.fused":
             handles = [bf.neighbor_allreduce_nonblocking(x, name=n) for x, n in zip(self.xs, self.names)]
+            mark()
             self.outs = [bf.synchronize(h) for h in handles]
         elif label == "bf.one_by_one":
             self.outs = [bf.neighbor_allreduce(x, name=n) for x, n in zip(self.xs, self.names)]
@@ -304,7 +307,9 @@ class Batch:
             self.outs = outs
         elif label == "mpi4py.fused":
             torch.cat(self.xs, out=self.packed)
+            mark()
             c.graph_comm.Neighbor_allgather(self.packed.numpy(), self.recv_all.numpy())
+            mark()
             # one average over the whole packed batch; the outputs are its slices
             self.outs = list(combine(self.packed, self.recv_all, c.uniform, self.weights).split(self.nelem))
         else:  # mpi4py.nonblocking
